@@ -1,0 +1,5 @@
+import sys
+
+from hvaeseg.cli import main
+
+sys.exit(main())

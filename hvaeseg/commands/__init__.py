@@ -1,0 +1,1 @@
+"""Command groups of the ``hvaeseg`` CLI; each module exposes ``register(subparsers)``."""
