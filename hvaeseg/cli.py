@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 #: command modules, each with ``register(subparsers)``; order is the order in ``--help``
-COMMAND_MODULES = ("hvaeseg.commands.data",)
+COMMAND_MODULES = ("hvaeseg.commands.data", "hvaeseg.commands.train")
 
 
 def build_parser() -> argparse.ArgumentParser:

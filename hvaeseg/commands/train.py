@@ -1,0 +1,104 @@
+"""``hvaeseg train``, ``hvaeseg evaluate`` and ``hvaeseg predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from hvaeseg.commands._table import format_metrics
+
+METHOD_NAMES = ("symmetric", "elbo", "supervised", "mixmatch")
+
+
+def _options(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--options: expected a JSON object such as '{{\"lr\": 0.001}}', got {text!r} ({err})")
+    if not isinstance(options, dict):
+        raise ValueError(f"--options: expected a JSON object, got {type(options).__name__}")
+    return options
+
+
+def _train(args: argparse.Namespace) -> int:
+    from hvaeseg.experiment import RunConfig, evaluate_run, train_run
+
+    config = RunConfig(
+        method=args.method, data=args.data, labels=args.labels, steps=args.steps, seed=args.seed,
+        data_seed=args.data_seed, batch_size=args.batch_size, patch_size=args.patch_size, dates=args.dates,
+        unlabelled_patches=args.unlabelled_patches, block=args.block, val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every, time_budget_s=args.time_budget, device=args.device,
+        options=_options(args.options),
+    )
+    trainer = train_run(config, args.out, resume=not args.no_resume)
+    h = trainer.history
+    print(f"trained {config.method} for {trainer.step} steps in {h.train_seconds:.0f} s; "
+          f"best validation mean IoU {h.best_score:.3f} at step {h.best_step}; run folder {args.out}")
+    if args.evaluate:
+        print(format_metrics(evaluate_run(args.out, "test")))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from hvaeseg.experiment import evaluate_run
+
+    result = evaluate_run(args.run, args.split, iwae_samples=args.iwae_samples)
+    print(json.dumps(result, indent=1) if args.json else format_metrics(result))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from hvaeseg.experiment import load_run, open_data
+    from hvaeseg.predict import predict_cube, write_prediction
+
+    config, data, method = load_run(args.run)
+    cube = open_data(args.data, config.data_seed) if args.data else data.cube
+    pred = predict_cube(method.predict_proba, cube, data.num_classes, patch_size=config.patch_size,
+                        dates=config.dates, batch_size=config.batch_size, device=config.device)
+    write_prediction(pred, args.out, overwrite=args.overwrite)
+    print(f"wrote class map and probabilities ({pred.sizes['y']}x{pred.sizes['x']}, {data.num_classes} classes) "
+          f"to {args.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a method on a cube",
+                       description="Train a segmentation method; CUBE may be a store path, a URL or synthetic:PRESET.")
+    p.add_argument("--method", choices=METHOD_NAMES, required=True)
+    p.add_argument("--data", default="synthetic:small", metavar="CUBE",
+                   help="store path, fsspec URL or synthetic:PRESET (default synthetic:small)")
+    p.add_argument("--labels", type=int, default=10, metavar="N", help="labelled training locations (default 10)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0, help="seed of split, labelled subset and plans")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patch-size", type=int, default=64)
+    p.add_argument("--dates", type=int, default=1, help="dates per patch (>1: temporal stacks)")
+    p.add_argument("--unlabelled-patches", type=int, default=2048)
+    p.add_argument("--block", type=int, default=128, help="side of the spatial split blocks (pixels)")
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--options", default=None, metavar="JSON", help="method hyper-parameters as a JSON object")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if RUN has a checkpoint")
+    p.add_argument("--evaluate", action="store_true", help="evaluate on the test split when done")
+    p.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a trained run")
+    e.add_argument("run", metavar="RUN")
+    e.add_argument("--split", default="test", choices=("val", "test"))
+    e.add_argument("--iwae-samples", type=int, default=8)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_evaluate)
+
+    q = sub.add_parser("predict", help="predict a class map for a whole cube")
+    q.add_argument("run", metavar="RUN")
+    q.add_argument("--data", default=None, metavar="CUBE", help="cube to predict (default: the run's cube)")
+    q.add_argument("--out", required=True, metavar="PRED.zarr")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=_predict)

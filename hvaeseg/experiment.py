@@ -1,0 +1,373 @@
+"""A run, end to end: data -> split and plans -> method -> training -> evaluation -> prediction.
+
+This is what ``hvaeseg train / evaluate / predict`` call. A run folder holds everything needed to repeat or
+continue it:
+
+``config.json``      the :class:`RunConfig` (validated dataclass)
+``plan_train.json``  the training plan (labelled locations and unlabelled patches), ``plan_eval.json`` the
+                     validation/test tiles (:class:`~hvaeseg.data.sampler.PatchPlan`, exact JSON)
+``checkpoint.pt``    the latest state, ``best.pt`` the state with the best validation mean IoU
+``history.json``     losses and validation metrics; ``metrics.json`` the evaluation
+
+Protocol (DESIGN.md section 7): a fixed spatial split and labelled subset drawn by ``data_seed`` (the same for
+every method and every training seed), the checkpoint chosen on validation, the test split reported once.
+Labelled locations are ``patch_size`` tiles of the training blocks; every date of a labelled location on which
+at least ``min_valid`` of its pixels are clear is a labelled patch (labels are time-invariant).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from hvaeseg.data.loader import PatchLoader
+from hvaeseg.data.sampler import PatchPlan, PatchSampler, SpatialSplit
+from hvaeseg.data.schema import class_names
+from hvaeseg.data.store import open_cube
+from hvaeseg.method import Method
+from hvaeseg.objectives.pool import LabelPool
+from hvaeseg.train import BEST, LoopConfig, Trainer, evaluate_segmentation, load_checkpoint, step_seed
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run (saved as ``config.json`` in the run folder).
+
+    :param method: ``symmetric``, ``elbo``, ``supervised`` or ``mixmatch``.
+    :param data: a cube store (path or fsspec URL) or ``synthetic:PRESET`` for the built-in synthetic cube.
+    :param labels: N, the number of labelled training locations (``patch_size`` tiles).
+    :param steps: optimisation steps.
+    :param seed: training seed (initialisation, sampling, augmentation, batch order).
+    :param data_seed: seed of the spatial split, the labelled subset and the patch plans (and of the synthetic
+        cube): keep it fixed to compare methods and training seeds on the same data.
+    :param batch_size: patches per stream per step.
+    :param patch_size: side of the square patches (a multiple of the hierarchy's coarsest down-scaling).
+    :param dates: 1 for single-date patches, T > 1 for T-date stacks (temporal models).
+    :param unlabelled_patches: random training patches drawn for the unlabelled stream.
+    :param block: side of the spatial split blocks (pixels).
+    :param fractions: train/val/test shares of the blocks.
+    :param min_valid: a date qualifies for a patch when this share of its pixels is clear.
+    :param val_every: validate every this many steps; ``checkpoint_every`` likewise.
+    :param time_budget_s: stop training after this much wall-clock time (benchmarks compare at equal time).
+    :param device: ``cpu`` or ``cuda``.
+    :param options: method hyper-parameters (fields of the method's config dataclass).
+    """
+
+    method: str
+    data: str = "synthetic:small"
+    labels: int = 10
+    steps: int = 1000
+    seed: int = 0
+    data_seed: int = 0
+    batch_size: int = 8
+    patch_size: int = 64
+    dates: int = 1
+    unlabelled_patches: int = 2048
+    block: int = 128
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    min_valid: float = 0.5
+    val_every: int = 100
+    checkpoint_every: int = 100
+    time_budget_s: float | None = None
+    device: str = "cpu"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from hvaeseg.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"method: expected one of {sorted(METHODS)}, got {self.method!r}")
+        for name in ("steps", "batch_size", "patch_size", "dates", "unlabelled_patches", "block"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.labels < 0:
+            raise ValueError(f"labels: expected N >= 0 labelled locations, got {self.labels}")
+        if self.labels == 0 and self.method in ("supervised", "mixmatch"):
+            raise ValueError(f"method {self.method!r} needs labelled locations: give --labels N with N >= 1")
+        if self.block < self.patch_size:
+            raise ValueError(f"block ({self.block}) must be at least the patch size ({self.patch_size})")
+        fr = tuple(float(f) for f in self.fractions)
+        if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
+            raise ValueError(f"fractions: expected three non-negative train/val/test shares summing to 1, got {fr}")
+        object.__setattr__(self, "fractions", fr)
+        if not 0 <= self.min_valid <= 1:
+            raise ValueError(f"min_valid: expected a fraction in [0, 1], got {self.min_valid}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but torch sees no CUDA device: use --device cpu")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"config.json: unknown fields {unknown}; this run was written by another version")
+        data["fractions"] = tuple(data.get("fractions", (0.6, 0.2, 0.2)))
+        return cls(**data)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> RunConfig:
+        path = Path(run_dir) / "config.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json): run `hvaeseg train` first")
+        return cls.from_json(path.read_text())
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        sizes = {"y": self.patch_size, "x": self.patch_size}
+        if self.dates > 1:
+            sizes["time"] = self.dates
+        return sizes
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+
+
+def open_data(data: str, data_seed: int = 0) -> xr.Dataset | str:
+    """The cube behind ``data``: ``synthetic:PRESET`` is generated in memory (seeded by ``data_seed``); a path or
+    URL is returned as is, for the loader to stream chunk by chunk (it is validated on opening)."""
+    if data.startswith(SYNTHETIC_PREFIX):
+        from hvaeseg.data.synthetic import make_cube
+
+        preset = data[len(SYNTHETIC_PREFIX):]
+        if preset == "large":
+            raise ValueError("synthetic:large does not fit in memory: write it with `hvaeseg data synth` and "
+                             "pass the store path")
+        return make_cube(preset, seed=data_seed)
+    open_cube(data)  # validates, with a clear error, before any training starts
+    return data
+
+
+def _dataset(cube: xr.Dataset | str) -> xr.Dataset:
+    return cube if isinstance(cube, xr.Dataset) else open_cube(cube, validate=False)
+
+
+@dataclass
+class RunData:
+    """The cube and the plans of a run."""
+
+    cube: xr.Dataset | str
+    train_plan: PatchPlan
+    eval_plan: PatchPlan
+    num_classes: int
+    num_bands: int
+    class_names: list[str]
+
+
+def _expand_labelled_dates(plan: PatchPlan, ds: xr.Dataset, min_valid: float) -> PatchPlan:
+    """One labelled single-date patch per (labelled location, qualifying date)."""
+    lab = plan.select(labelled=True)
+    if len(lab) == 0 or plan.temporal:
+        return plan
+    P, Q = plan.sizes["y"], plan.sizes["x"]
+    valid = ds["valid"].values
+    rows: dict[str, list] = {k: [] for k in ("y", "x", "t", "split", "labelled", "group")}
+    for i in range(len(lab)):
+        y, x = int(lab.y[i]), int(lab.x[i])
+        frac = valid[:, y:y + P, x:x + Q].mean(axis=(1, 2))
+        dates = np.flatnonzero((frac >= min_valid) & (frac > 0))
+        if len(dates) == 0:
+            dates = np.array([int(np.argmax(frac))])
+        for t in dates:
+            rows["y"].append(y), rows["x"].append(x), rows["t"].append([int(t)])
+            rows["split"].append(int(lab.split[i])), rows["labelled"].append(True)
+            rows["group"].append(int(lab.group[i]))
+    unl = plan.select(labelled=False)
+    cat = {k: np.concatenate([np.asarray(v), getattr(unl, k)]) if k != "t" else
+           np.concatenate([np.asarray(v, dtype=np.int64).reshape(-1, 1), unl.t]) for k, v in rows.items()}
+    return PatchPlan(sizes=plan.sizes, cube_shape=plan.cube_shape, meta=plan.meta, **cat)
+
+
+def prepare_data(config: RunConfig) -> RunData:
+    """Open the cube and draw the plans (everything seeded by ``config.data_seed``)."""
+    cube = open_data(config.data, config.data_seed)
+    ds = _dataset(cube)
+    if "labels" not in ds:
+        raise ValueError(f"{config.data} has no `labels` variable: training and evaluation need a label map")
+    names = class_names(ds)
+    split = SpatialSplit(
+        block={"y": config.block, "x": config.block},
+        fractions=dict(zip(("train", "val", "test"), config.fractions)),
+        seed=config.data_seed,
+    )
+    train = PatchSampler(
+        config.sizes, mode="random", n_patches={"train": config.unlabelled_patches}, split=split,
+        n_labelled=config.labels, min_valid=config.min_valid, splits=("train",), seed=config.data_seed,
+    ).plan(cube)
+    train = _expand_labelled_dates(train, ds, config.min_valid)
+    evaluation = PatchSampler(
+        config.sizes, mode="grid", split=split, splits=("val", "test"), min_valid=config.min_valid,
+        grid_remainder="shift", seed=config.data_seed,
+    ).plan(cube)
+    return RunData(cube, train, evaluation, len(names), int(ds.sizes["band"]), names)
+
+
+class _Streams:
+    """Resumable, seeded batch streams of a run: the batch of step ``k`` depends on ``(seed, k)`` only."""
+
+    def __init__(self, data: RunData, config: RunConfig, method: Method) -> None:
+        self.config = config
+        self.loaders: dict[str, PatchLoader] = {}
+        common = dict(batch_size=config.batch_size, device=config.device, repeat=True, workers=1, prefetch=2)
+        if "labelled" in method.streams:
+            lab = data.train_plan.select(labelled=True)
+            if len(lab) == 0:
+                raise ValueError(f"method {method.name!r} needs labelled patches, the plan has none: give --labels N")
+            self.loaders["labelled"] = PatchLoader(
+                data.cube, lab, **{**common, "batch_size": min(config.batch_size, len(lab))}, seed=config.seed
+            )
+        if "unlabelled" in method.streams:
+            self.loaders["unlabelled"] = PatchLoader(
+                data.cube, data.train_plan.select(labelled=False), **common, seed=config.seed + 1
+            )
+        self.pool = None
+        if "pool" in method.streams and config.labels > 0:
+            lab = data.train_plan.select(labelled=True)
+            maps = PatchLoader(data.cube, lab, batch_size=len(lab), workers=0, normalise=False)
+            labels = next(iter(maps)).labels
+            self.pool = LabelPool(labels, dihedral=True, seed=config.data_seed)
+
+    def factories(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: loader.stream for name, loader in self.loaders.items()}
+        if self.pool is not None:
+            pool, cfg = self.pool, self.config
+
+            def pool_stream(start: int):
+                step = start
+                while True:
+                    g = torch.Generator().manual_seed(step_seed(cfg.seed + 2, step))
+                    yield pool.sample(cfg.batch_size, g, device=cfg.device)
+                    step += 1
+
+            out["pool"] = pool_stream
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# runs
+# --------------------------------------------------------------------------------------------------
+
+
+def build_method(config: RunConfig, data: RunData) -> Method:
+    from hvaeseg.methods import build_method as build
+
+    torch.manual_seed(config.seed)
+    return build(config.method, data.num_bands, data.num_classes, config.dates > 1, config.options,
+                 seed=config.seed, patch_size=config.patch_size, device=config.device)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def train_run(config: RunConfig, out: str | os.PathLike, *, resume: bool = True) -> Trainer:
+    """Train ``config`` into the run folder ``out`` (continuing from its checkpoint when ``resume``).
+
+    :raises FileExistsError: when ``out`` holds a run with a different configuration.
+    """
+    out = Path(out)
+    if (out / "config.json").exists():
+        old = RunConfig.load(out)
+        if old != config:
+            raise FileExistsError(
+                f"{out} holds a run with another configuration; choose a new --out or delete that folder"
+            )
+    data = prepare_data(config)
+    method = build_method(config, data)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(config.to_json())
+    data.train_plan.save(out / "plan_train.json")
+    data.eval_plan.save(out / "plan_eval.json")
+    streams = _Streams(data, config, method)
+    val = data.eval_plan.select(split="val")
+    val_loader = PatchLoader(data.cube, val, batch_size=config.batch_size, device=config.device, workers=1)
+    loop = LoopConfig(config.steps, config.seed, config.val_every, config.checkpoint_every, config.time_budget_s)
+    trainer = Trainer(method, streams.factories(), lambda: val_loader.batches(0), data.num_classes, out, loop)
+    if resume:
+        trainer.resume()
+    trainer.fit()
+    return trainer
+
+
+def load_run(run_dir: str | os.PathLike, *, checkpoint: str = BEST) -> tuple[RunConfig, RunData, Method]:
+    """The config, data and trained method of a run folder (the ``best.pt`` state by default)."""
+    run_dir = Path(run_dir)
+    config = RunConfig.load(run_dir)
+    data = prepare_data(config)
+    plan_path = run_dir / "plan_eval.json"
+    if plan_path.exists():
+        data.eval_plan = PatchPlan.load(plan_path)
+    method = build_method(config, data)
+    path = run_dir / checkpoint
+    if not path.exists():
+        path = run_dir / "checkpoint.pt"
+    method.load_state_dict(load_checkpoint(path)["method"])
+    method.train(False)
+    return config, data, method
+
+
+def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, iwae_samples: int = 8) -> dict[str, Any]:
+    """Segmentation metrics on ``split`` (and IWAE / consistency / reconstruction for HVAE methods), written to
+    ``RUN/metrics.json`` under the split's name."""
+    config, data, method = load_run(run_dir)
+    plan = data.eval_plan.select(split=split)
+    if len(plan) == 0:
+        raise ValueError(f"the {split!r} split of this run has no patches; use a smaller --block or another split")
+    loader = PatchLoader(data.cube, plan, batch_size=config.batch_size, device=config.device, workers=1)
+    cm = evaluate_segmentation(method, loader.batches(0), data.num_classes)
+    result: dict[str, Any] = {"split": split, "patches": len(plan), **cm.to_dict(data.class_names)}
+    hvae = getattr(method, "hvae", None)
+    if hvae is not None:
+        result.update(_generative_metrics(hvae, loader, iwae_samples))
+    path = Path(run_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics[split] = result
+    _write_json(path, metrics)
+    return result
+
+
+def _generative_metrics(hvae: Any, loader: PatchLoader, k: int) -> dict[str, Any]:
+    """IWAE bound (nats per observed value: per-image bounds summed, over valid pixels x bands), consistency on
+    the split's label maps, and reconstruction error; the IWAE bound needs a closed-form s prior."""
+    from hvaeseg.objectives.estimators import consistency, iwae_bound, reconstruction_error
+
+    has_density = hvae.spec.s_prior != "empirical"
+    iwae_sum, observed, cons, mae, rmse = 0.0, 0, [], [], []
+    with torch.no_grad():
+        for batch in loader.batches(0):
+            if has_density:
+                iwae_sum += float(iwae_bound(hvae.model, hvae.guide, batch.x, batch.valid, num_samples=k).sum())
+                observed += int(batch.valid.sum()) * int(batch.x.shape[-3])
+            if bool((batch.labels >= 0).any()):
+                cons.append(consistency(hvae.model, hvae.guide, batch.labels))
+            if bool(batch.valid.any()):
+                rec = reconstruction_error(hvae.model, hvae.guide, batch.x, batch.valid)
+                mae.append(rec["mae"]), rmse.append(rec["rmse"])
+    return {
+        "iwae_nats_per_value": iwae_sum / observed if observed else None,
+        "iwae_samples": k,
+        "consistency": float(np.mean(cons)) if cons else None,
+        "recon_mae": float(np.mean(mae)) if mae else None,
+        "recon_rmse": float(np.mean(rmse)) if rmse else None,
+    }

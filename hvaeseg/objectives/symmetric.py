@@ -1,0 +1,300 @@
+r"""Symmetric equilibrium learning of a (hierarchical) VAE with a segmentation latent.
+
+Two players share one model and one guide. The decoder (theta: every parameter the model uses) maximises
+:math:`L_p`; the encoder (phi: the parameters only the guide uses) maximises :math:`L_q`. Every sample is
+drawn without gradient, so discrete latents are used exactly and nothing is reparameterised: the gradient
+of each player is the average of :math:`\nabla \log p` (or :math:`\nabla \log q`) at the drawn samples.
+
+Written against the site conventions of ``docs/conventions.md`` (``"s"``, ``"x"`` and any other latent
+sites under ``pyro.plate("batch", B)``), so it trains any Pyro model / guide pair that follows them, not
+only :class:`hvaeseg.HVAE`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import is_validation_enabled, site_is_subsample
+from torch import Tensor
+
+from hvaeseg.objectives._common import (
+    as_labelled,
+    as_unlabelled,
+    all_valid_like,
+    check_labels,
+    is_empirical,
+    repeat,
+    s_logits,
+    s_value,
+    squeeze_time,
+    valid_from_x,
+)
+from hvaeseg.objectives.pool import fill_void_nearest
+from hvaeseg.traces import labelled_log_prob, replay, site_distribution
+
+__all__ = ["SymmetricEquilibrium", "SymmetricWeights"]
+
+
+@dataclass(frozen=True)
+class SymmetricWeights:
+    r"""Weights of the four terms of symmetric learning (each finite and >= 0; a zero weight skips the term).
+
+    :param labelled_p: decoder, labelled batch: :math:`E_{(x,s)} E_{q(l,z,s_{void}|x,s)} \log p(x,s,l,z)`.
+    :param unlabelled_p: decoder, unlabelled batch: :math:`E_{x'} E_{q(s,l,z|x')} \log p(x',s,l,z)`.
+    :param supervised_q: encoder, labelled batch: :math:`E_{(x,s)} \log q(s|x)` over labelled pixels.
+    :param sleep_q: encoder, label pool: :math:`E_{s''} E_{p(l)p(z,\tilde x|s'',l)} \log q(s'',l,z|\tilde x)`.
+    """
+
+    labelled_p: float = 1.0
+    unlabelled_p: float = 1.0
+    supervised_q: float = 1.0
+    sleep_q: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"expected SymmetricWeights.{f.name} as a number, got {type(value).__name__}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"expected SymmetricWeights.{f.name} finite and >= 0, got {value!r}")
+            object.__setattr__(self, f.name, float(value))
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class SymmetricEquilibrium:
+    r"""Symmetric equilibrium learning (Flach, Schlesinger and Shekhovtsov, 2024) for semi-supervised
+    segmentation: returns a (decoder loss, encoder loss) pair, like Pyro's ``ReweightedWakeSleep``.
+
+    With a labelled batch :math:`(x, s)` (void pixels ``-1`` allowed), an unlabelled batch :math:`x'` and a
+    batch of label maps :math:`s''` from the label pool (:class:`~hvaeseg.objectives.LabelPool`), the
+    decoder maximises
+
+    .. math::
+
+        L_p(\theta) = w_1\, E_{(x,s)} E_{q_\phi(l,z,s_{void}|x,s)} \log p_\theta(x, s, l, z)
+                    + w_2\, E_{x'} E_{q_\phi(s,l,z|x')} \log p_\theta(x', s, l, z)
+
+    and the encoder maximises
+
+    .. math::
+
+        L_q(\phi) = w_3\, E_{(x,s)} \log q_\phi(s_{lab}|x)
+                  + w_4\, E_{s''} E_{p_\theta(l)} E_{p_\theta(z,\tilde x|s'',l)}
+                    \log q_\phi(s''_{lab}, l, z | \tilde x),
+
+    where :math:`E_{(x,s)}`, :math:`E_{x'}`, :math:`E_{s''}` average over the images of each batch (so
+    batch sizes do not change the balance of the terms) and the inner expectations are estimated with
+    ``num_particles`` samples per image. The gradients are taken with the samples held fixed: the decoder
+    steps along :math:`E_q[\nabla_\theta \log p]`, the encoder along :math:`E_p[\nabla_\phi \log q]`.
+
+    Void pixels:
+
+    - in :math:`L_p` they are latent: the guide, given ``s`` with ``-1``, samples them from q(s|x) together
+      with ``l`` and ``z`` (``docs/conventions.md``) and the model scores the completed map;
+    - in the supervised term :math:`\log q(s_{lab}|x)` they are ignored: it is the sum of the per-pixel
+      log-probabilities from the guide's ``"s"`` logits over the labelled pixels only;
+    - in the sleep term, void pixels of a pool map are filled with the class of the nearest labelled pixel
+      (:func:`~hvaeseg.objectives.pool.fill_void_nearest`) to generate :math:`\tilde x`, and left out of
+      :math:`\log q(s''|\tilde x)`.
+
+    Unsupervised mode (no labelled batch and no pool): the sleep term draws :math:`s` from the model's own
+    prior, ``model(x=None, s=None, valid=all-True)``, which needs a model whose ``s`` prior can be sampled
+    (not the empirical prior). With a labelled batch but no pool, the sleep term needs a pool and a
+    :class:`ValueError` says so (set ``weights.sleep_q = 0`` to train without it).
+
+    Parameter groups: step the decoder parameters (theta, every parameter the model uses; see
+    :func:`hvaeseg.traces.split_parameters`) with the decoder loss and the encoder parameters (phi, only
+    used by the guide) with the encoder loss. The encoder loss also depends on theta when the guide reuses
+    the decoder's prior logits (the ladder guide of the HVAE does), and the decoder loss does not depend on
+    phi; only phi must be stepped with the encoder loss.
+
+    How the model and the guide are called (keywords as in ``docs/conventions.md``):
+
+    - labelled: ``guide(x, s=s, valid=valid)`` sampled under ``torch.no_grad()``; then ``model(x=x,
+      s=s_completed, valid=valid)`` replayed on the guide's samples and scored with gradient; the supervised
+      term runs the guide only up to its ``"s"`` site (:func:`~hvaeseg.traces.site_distribution`);
+    - unlabelled: ``guide(x', s=None, valid=valid')`` sampled without gradient, ``model(x=x', s=s_sampled,
+      valid=valid')`` replayed and scored;
+    - sleep: ``model(x=None, s=s''_filled, valid=all-True)`` sampled without gradient (``valid`` shaped like
+      the other batches' masks, ``(B'', H, W)`` or ``(B'', T, H, W)``; ``None`` when there is no other
+      batch), then ``guide(x~, s=None, valid=all-True)`` replayed on the model's values and scored.
+
+    Particles are drawn by repeating each batch ``num_particles`` times along the batch dimension, which is
+    exact because every site is under the batch plate.
+
+    :param weights: :class:`SymmetricWeights` (default: all 1).
+    :param num_particles: samples per image for every expectation (>= 1).
+
+    References:
+
+    - B. Flach, D. Schlesinger, A. Shekhovtsov. Symmetric Equilibrium Learning of VAEs. AISTATS 2024.
+    """
+
+    def __init__(self, weights: SymmetricWeights | None = None, *, num_particles: int = 1) -> None:
+        if weights is None:
+            weights = SymmetricWeights()
+        if not isinstance(weights, SymmetricWeights):
+            raise TypeError(f"expected weights as SymmetricWeights, got {type(weights).__name__}")
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"expected num_particles as an int >= 1, got {num_particles!r}")
+        self.weights = weights
+        self.num_particles = num_particles
+
+    # ------------------------------------------------------------------------------------------- public
+    def loss(
+        self,
+        model: Any,
+        guide: Any,
+        *,
+        labelled: Any = None,
+        unlabelled: Any = None,
+        pool: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``(decoder_loss, encoder_loss) = (-L_p, -L_q)`` for one step.
+
+        :param model: ``model(x=None, s=None, valid=None)``.
+        :param guide: ``guide(x, s=None, valid=None)``.
+        :param labelled: ``(x, s, valid)`` or a ``PatchBatch``: x ``(B, C, H, W)`` float, s ``(B, H, W)``
+            int64 with -1 = void, valid ``(B, H, W)`` bool or None (temporal: ``(B, T, ...)``).
+        :param unlabelled: ``(x', valid')`` or a ``PatchBatch`` (its labels are ignored).
+        :param pool: ``(B'', H, W)`` int64 label maps from the label pool (-1 = void).
+        :returns: two scalar tensors; backpropagate each into its own parameter group.
+        """
+        terms = self.terms(model, guide, labelled=labelled, unlabelled=unlabelled, pool=pool)
+        return terms["decoder_loss"], terms["encoder_loss"]
+
+    def terms(
+        self,
+        model: Any,
+        guide: Any,
+        *,
+        labelled: Any = None,
+        unlabelled: Any = None,
+        pool: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The two losses and every unweighted term (mean per image) by name, for logging.
+
+        Keys: ``decoder_loss``, ``encoder_loss`` and those of the computed terms among ``labelled_p``,
+        ``unlabelled_p``, ``supervised_q``, ``sleep_q``. Arguments as in :meth:`loss`.
+        """
+        lab = as_labelled(labelled)
+        unl = as_unlabelled(unlabelled)
+        if lab is None and unl is None:
+            raise ValueError("expected a labelled and/or an unlabelled batch, got neither")
+        if pool is not None:
+            check_labels(pool, None, "pool")
+        w = self.weights
+        out: dict[str, Tensor] = {}
+        if lab is not None and w.labelled_p > 0:
+            out["labelled_p"] = self._wake(model, guide, lab.x, lab.s, lab.valid)
+        if unl is not None and w.unlabelled_p > 0:
+            out["unlabelled_p"] = self._wake(model, guide, unl.x, None, unl.valid)
+        if lab is not None and w.supervised_q > 0:
+            fn = site_distribution(guide, "s", lab.x, s=lab.s, valid=lab.valid)
+            out["supervised_q"] = labelled_log_prob(s_logits(fn, lab.s.shape), lab.s).mean()
+        if w.sleep_q > 0:
+            template = next((b.valid for b in (lab, unl) if b is not None and b.valid is not None), None)
+            if template is None:
+                template = next((valid_from_x(b.x) for b in (lab, unl) if b is not None), None)
+            if pool is not None:
+                out["sleep_q"] = self._sleep(model, guide, pool, template, None)
+            elif lab is None:
+                out["sleep_q"] = self._sleep(model, guide, None, template, unl.x.shape[0])
+            else:
+                raise ValueError(
+                    "expected a label pool batch (pool=LabelPool.sample(n)) with a labelled batch: the sleep "
+                    "term generates images from pool maps; pass pool=... or set weights.sleep_q=0"
+                )
+        ref = (lab or unl).x
+        zero = torch.zeros((), dtype=ref.dtype, device=ref.device)
+        out["decoder_loss"] = -(
+            w.labelled_p * out.get("labelled_p", zero) + w.unlabelled_p * out.get("unlabelled_p", zero)
+        )
+        out["encoder_loss"] = -(
+            w.supervised_q * out.get("supervised_q", zero) + w.sleep_q * out.get("sleep_q", zero)
+        )
+        return out
+
+    # ------------------------------------------------------------------------------------------ terms
+    def _wake(self, model: Any, guide: Any, x: Tensor, s: Tensor | None, valid: Tensor | None) -> Tensor:
+        """Mean per image of log p(x, s, l, z) at samples of the guide (s completed at void pixels)."""
+        p = self.num_particles
+        xr, sr, vr = repeat(x, p), repeat(s, p), repeat(valid, p)
+        with torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=vr)
+        s_full = s_value(guide_trace, "guide")
+        if s_full.is_floating_point():
+            raise ValueError(f"expected the guide's 's' value as int64 class ids, got {s_full.dtype}")
+        if sr is not None and is_validation_enabled():  # a cheap contract check, but a device sync
+            lab = sr >= 0
+            flat = squeeze_time(s_full, tuple(sr.shape))
+            if flat.shape != sr.shape or not torch.equal(flat[lab], sr[lab]):
+                raise ValueError(
+                    "expected the guide given s to keep labelled pixels and sample void ones "
+                    "(docs/conventions.md), got an 's' value that differs at labelled pixels"
+                )
+        model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=s_full, valid=vr)
+        return model_trace.log_prob_sum() / xr.shape[0]
+
+    def _sleep(
+        self,
+        model: Any,
+        guide: Any,
+        pool: Tensor | None,
+        template: Tensor | None,
+        prior_batch: int | None,
+    ) -> Tensor:
+        """Mean per map of log q(s''_lab, l, z | x~) with (l, z, x~) drawn from the model given s''."""
+        p = self.num_particles
+        with torch.no_grad():
+            if pool is not None:
+                pool = pool.long()
+                mask = pool >= 0
+                has_void = not bool(mask.all())
+                s_gen = repeat(fill_void_nearest(pool) if has_void else pool, p)
+                rows = s_gen.shape[0]
+                valid = all_valid_like(template, rows)
+                if valid is not None and valid.shape[-2:] != s_gen.shape[-2:]:
+                    raise ValueError(
+                        f"expected pool maps of the batches' size {tuple(valid.shape[-2:])}, got "
+                        f"{tuple(s_gen.shape[-2:])}"
+                    )
+                model_trace = poutine.trace(model).get_trace(x=None, s=s_gen, valid=valid)
+            else:
+                rows = prior_batch * p
+                valid = all_valid_like(template, rows)
+                prior_s = site_distribution(model, "s", x=None, s=None, valid=valid)
+                if is_empirical(prior_s):
+                    raise ValueError(
+                        "unsupervised symmetric learning (no labelled batch, no pool) samples s from the model's "
+                        "prior, which the empirical prior cannot: pass pool=LabelPool(...).sample(n) or set "
+                        "s_prior='categorical' in the HierarchySpec"
+                    )
+                has_void, mask = False, None
+                model_trace = poutine.trace(model).get_trace(x=None, s=None, valid=valid)
+            if "x" not in model_trace.nodes:
+                raise ValueError("expected a sample site named 'x' in the model (docs/conventions.md), got none")
+            x_gen = model_trace.nodes["x"]["value"]
+        guide_trace = poutine.trace(replay(guide, trace=model_trace)).get_trace(x_gen, s=None, valid=valid)
+        total = torch.zeros((), dtype=x_gen.dtype, device=x_gen.device)
+        guide_trace.compute_log_prob(site_filter=lambda name, site: not (has_void and name == "s"))
+        s_seen = False
+        for name, site in guide_trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+                continue
+            if name == "s":
+                s_seen = True
+                if has_void:
+                    logits = s_logits(site["fn"], s_gen.shape)
+                    total = total + labelled_log_prob(logits, s_gen, repeat(mask, p)).sum()
+                    continue
+            total = total + site["log_prob_sum"]
+        if not s_seen:
+            raise ValueError("expected a sample site named 's' in the guide (docs/conventions.md), got none")
+        return total / rows

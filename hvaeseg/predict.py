@@ -1,0 +1,118 @@
+"""Whole-cube prediction: a class map and class probabilities with the input's coordinates.
+
+The cube is tiled with ``patch_size`` tiles that cover every pixel (the last row/column of tiles is shifted
+back to end at the border, never padded); overlapping tiles are averaged. A single-date model predicts every
+date of a tile and the per-pixel probabilities are averaged over the dates weighted by whether the pixel is
+clear on that date (a pixel never clear gets the plain average over dates). A temporal model (T-date stacks)
+sees the T clearest dates of each tile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+
+from hvaeseg._progress import progress
+from hvaeseg.data.loader import PatchLoader
+from hvaeseg.data.sampler import PatchPlan
+
+PredictFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _tile_starts(extent: int, size: int) -> list[int]:
+    if size > extent:
+        raise ValueError(f"patch size {size} is larger than the cube ({extent} pixels): use a smaller patch size")
+    starts = list(range(0, extent - size + 1, size))
+    if starts[-1] + size < extent:
+        starts.append(extent - size)
+    return starts
+
+
+def _cover_plan(ds: xr.Dataset, patch_size: int, dates: int) -> PatchPlan:
+    """Tiles that cover the cube: for single dates one row per (tile, date), for stacks the clearest dates."""
+    T, Y, X = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
+    valid = ds["valid"].values
+    rows_y, rows_x, rows_t = [], [], []
+    for y in _tile_starts(Y, patch_size):
+        for x in _tile_starts(X, patch_size):
+            if dates == 1:
+                for t in range(T):
+                    rows_y.append(y), rows_x.append(x), rows_t.append([t])
+            else:
+                frac = valid[:, y:y + patch_size, x:x + patch_size].mean(axis=(1, 2))
+                best = np.sort(np.argsort(-frac, kind="stable")[:dates])
+                rows_y.append(y), rows_x.append(x), rows_t.append(best.tolist())
+    n = len(rows_y)
+    sizes = {"y": patch_size, "x": patch_size, **({"time": dates} if dates > 1 else {})}
+    return PatchPlan(
+        sizes=sizes, cube_shape={"time": T, "y": Y, "x": X}, y=rows_y, x=rows_x, t=rows_t,
+        split=np.zeros(n), labelled=np.zeros(n, dtype=bool), group=np.arange(n),
+    )
+
+
+@torch.no_grad()
+def predict_cube(
+    predict_proba: PredictFn,
+    cube: xr.Dataset | str,
+    num_classes: int,
+    *,
+    patch_size: int,
+    dates: int = 1,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> xr.Dataset:
+    """Class probabilities and the argmax class map of a whole cube.
+
+    :param predict_proba: ``(x, valid) -> (B, K, H, W)`` probabilities (a trained method's ``predict_proba``).
+    :param cube: the cube (Dataset or store path/URL).
+    :returns: a Dataset with ``class_map (y, x)`` int16 and ``probability (class, y, x)`` float32 on the
+        input's ``y``/``x`` coordinates, with the input's class attributes and CRS.
+    """
+    from hvaeseg.data.store import open_cube
+
+    ds = cube if isinstance(cube, xr.Dataset) else open_cube(cube, validate=False)
+    plan = _cover_plan(ds, patch_size, dates)
+    Y, X = ds.sizes["y"], ds.sizes["x"]
+    total = torch.zeros(num_classes, Y, X, dtype=torch.float64)
+    weight = torch.zeros(Y, X, dtype=torch.float64)
+    plain = torch.zeros(num_classes, Y, X, dtype=torch.float64)
+    count = torch.zeros(Y, X, dtype=torch.float64)
+    loader = PatchLoader(cube, plan, batch_size=batch_size, device=device, workers=1)
+    row = 0
+    for batch in progress(loader.batches(0), desc="predicting", total=len(loader)):
+        probs = predict_proba(batch.x, batch.valid).double().cpu()
+        clear = batch.valid.double().cpu()
+        if clear.dim() == 4:  # stacks: a pixel counts as clear when clear on any date
+            clear = clear.amax(1)
+        for i in range(probs.shape[0]):
+            y, x = int(plan.y[row]), int(plan.x[row])
+            sl = (slice(y, y + patch_size), slice(x, x + patch_size))
+            total[(slice(None), *sl)] += probs[i] * clear[i]
+            weight[sl] += clear[i]
+            plain[(slice(None), *sl)] += probs[i]
+            count[sl] += 1
+            row += 1
+    prob = torch.where(weight > 0, total / weight.clamp_min(1e-12), plain / count.clamp_min(1))
+    prob = (prob / prob.sum(0, keepdim=True)).float()
+    class_map = prob.argmax(0).to(torch.int16)
+    label_attrs = dict(ds["labels"].attrs) if "labels" in ds else {}
+    out = xr.Dataset(
+        {
+            "class_map": (("y", "x"), class_map.numpy(), label_attrs),
+            "probability": (("class", "y", "x"), prob.numpy(), {"long_name": "class probability"}),
+        },
+        coords={"y": ds["y"].values, "x": ds["x"].values, "class": np.arange(num_classes)},
+        attrs={k: v for k, v in ds.attrs.items() if k in ("crs",)},
+    )
+    return out
+
+
+def write_prediction(pred: xr.Dataset, path: str, *, overwrite: bool = False) -> str:
+    """Write a prediction to Zarr atomically (temporary name, then rename)."""
+    from hvaeseg.data.store import write_dataset
+
+    return write_dataset(pred, path, overwrite=overwrite)

@@ -1,0 +1,236 @@
+"""One training loop for every method (symmetric, ELBO, supervised, MixMatch).
+
+The loop owns what all methods share: seeding, the data streams, progress, periodic validation, atomic
+checkpoints, bit-identical resume and the NaN guard. A method (:class:`hvaeseg.method.Method`) owns its networks,
+optimizers and losses.
+
+Determinism: before every step the global torch generator is re-seeded from ``(seed, step)``, and every data
+stream yields the batch of a step as a function of ``(seed, step)`` only. So a run resumed from the checkpoint of
+step ``k`` takes exactly the steps an uninterrupted run takes, and ends with identical parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hvaeseg._progress import progress
+from hvaeseg.method import Method, StepBatch
+from hvaeseg.metrics import ConfusionMatrix
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hvaeseg.data.loader import PatchBatch
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or Inf; training stopped and the last good checkpoint was kept."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How long and how often: the parts of a run the loop itself needs.
+
+    :param steps: number of optimisation steps in total (a resumed run continues up to this number).
+    :param seed: seeds every step (``torch.manual_seed`` of a hash of ``(seed, step)``).
+    :param val_every: validate every this many steps (0 = only at the end).
+    :param checkpoint_every: write ``checkpoint.pt`` every this many steps (0 = only at the end).
+    :param time_budget_s: stop early (cleanly, with a checkpoint) after this much wall-clock training time.
+    """
+
+    steps: int = 1000
+    seed: int = 0
+    val_every: int = 100
+    checkpoint_every: int = 100
+    time_budget_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps: expected a positive number of steps, got {self.steps}")
+        for name in ("val_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected >= 0 (0 = only at the end), got {getattr(self, name)}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s: expected a positive number of seconds or None, got {self.time_budget_s}")
+
+
+#: ``stream(start_step)`` returns an iterator whose i-th item is the batch of step ``start_step + i``
+StreamFactory = Callable[[int], Iterator[Any]]
+
+
+@dataclass
+class History:
+    """What the loop records: losses per step (every ``log_every``) and validation metrics."""
+
+    losses: list[dict[str, float]] = field(default_factory=list)
+    validation: list[dict[str, float]] = field(default_factory=list)
+    best_step: int | None = None
+    best_score: float = -math.inf
+    train_seconds: float = 0.0
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A 63-bit seed for ``step`` of a run seeded with ``seed`` (SplitMix64 of the pair)."""
+    z = (seed * 0x9E3779B97F4A7C15 + step + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary sibling, then rename: a crash never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :class:`Trainer` (``weights_only=True``: no code is unpickled)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: train first, or point to a run folder that has one")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def evaluate_segmentation(
+    method: Method, batches: Iterable[PatchBatch], num_classes: int
+) -> ConfusionMatrix:
+    """Accumulate a confusion matrix of ``method``'s argmax predictions over ``batches`` (void excluded)."""
+    cm = ConfusionMatrix(num_classes)
+    method.train(False)
+    with torch.no_grad():
+        for batch in batches:
+            pred = method.predict_proba(batch.x, batch.valid).argmax(1)
+            cm.update(pred, batch.labels)
+    method.train(True)
+    return cm
+
+
+class Trainer:
+    """Train ``method`` on the given streams, validating and checkpointing into ``run_dir``.
+
+    :param method: the method to train.
+    :param streams: one factory per stream the method consumes (``"labelled"``, ``"unlabelled"``, ``"pool"``);
+        see :data:`StreamFactory`.
+    :param validation: a callable returning the validation batches (called at each validation), or None.
+    :param num_classes: K, for the validation metrics.
+    :param run_dir: folder for ``checkpoint.pt``, ``best.pt`` and ``history.json``.
+    :param config: the loop's settings.
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        streams: dict[str, StreamFactory],
+        validation: Callable[[], Iterable[PatchBatch]] | None,
+        num_classes: int,
+        run_dir: str | os.PathLike,
+        config: LoopConfig,
+    ) -> None:
+        missing = [s for s in method.streams if s not in streams]
+        if missing:
+            raise ValueError(f"method {method.name!r} needs the streams {missing}; got {sorted(streams)}")
+        self.method = method
+        self.streams = streams
+        self.validation = validation
+        self.num_classes = num_classes
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.history = History()
+        self.step = 0
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "method": self.method.state_dict(),
+            "history": json.loads(json.dumps(asdict(self.history))),
+        }
+
+    def save(self, name: str = CHECKPOINT) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / name
+        atomic_save(self._state(), path)
+        return path
+
+    def resume(self, path: str | os.PathLike | None = None) -> bool:
+        """Load ``checkpoint.pt`` from the run folder (or ``path``) if it exists; True when resumed."""
+        path = Path(path) if path is not None else self.run_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = load_checkpoint(path)
+        self.method.load_state_dict(state["method"])
+        self.step = int(state["step"])
+        self.history = History(**state["history"])
+        return True
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        if self.validation is None:
+            return {}
+        cm = evaluate_segmentation(self.method, self.validation(), self.num_classes)
+        return {"step": self.step, "accuracy": cm.accuracy(), "mean_iou": cm.mean_iou()}
+
+    def _record_validation(self) -> None:
+        metrics = self.validate()
+        if not metrics:
+            return
+        self.history.validation.append(metrics)
+        if metrics["mean_iou"] > self.history.best_score:
+            self.history.best_score = metrics["mean_iou"]
+            self.history.best_step = self.step
+            self.save(BEST)
+
+    def fit(self, log_every: int = 10) -> History:
+        """Run (or continue) training up to ``config.steps``; returns the history, also saved as JSON."""
+        cfg = self.config
+        iters = {name: self.streams[name](self.step) for name in self.method.streams}
+        self.method.train(True)
+        start_time = time.perf_counter() - self.history.train_seconds
+        bar = progress(range(self.step, cfg.steps), desc=f"training {self.method.name}", total=cfg.steps - self.step)
+        for step in bar:
+            torch.manual_seed(step_seed(cfg.seed, step))
+            batch = StepBatch(**{name: next(it) for name, it in iters.items()})
+            losses = self.method.losses(batch, step)
+            bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
+            if bad:
+                last = self.run_dir / CHECKPOINT
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step}: {bad}. Training stopped; the last good checkpoint is "
+                    f"{last if last.exists() else '(none written yet)'}. Lower the learning rate or check the data."
+                )
+            self.method.update(losses)
+            self.method.after_update(step)
+            self.step = step + 1
+            self.history.train_seconds = time.perf_counter() - start_time
+            if step % log_every == 0 or self.step == cfg.steps:
+                self.history.losses.append({"step": step, **{k: float(v.detach()) for k, v in losses.items()}})
+            out_of_time = cfg.time_budget_s is not None and self.history.train_seconds >= cfg.time_budget_s
+            if cfg.val_every and self.step % cfg.val_every == 0:
+                self._record_validation()
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save()
+            if out_of_time:
+                break
+        if not self.history.validation or self.history.validation[-1].get("step") != self.step:
+            self._record_validation()
+        self.save()
+        self.write_history()
+        return self.history
+
+    def write_history(self) -> Path:
+        path = self.run_dir / "history.json"
+        tmp = path.with_name(".history.json.tmp")
+        tmp.write_text(json.dumps(asdict(self.history), indent=1))
+        os.replace(tmp, path)
+        return path
