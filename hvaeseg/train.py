@@ -202,7 +202,7 @@ class Trainer:
             torch.manual_seed(step_seed(cfg.seed, step))
             batch = StepBatch(**{name: next(it) for name, it in iters.items()})
             losses = self.method.losses(batch, step)
-            bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
+            bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
             if bad:
                 last = self.run_dir / CHECKPOINT
                 raise NonFiniteLossError(

@@ -1,0 +1,151 @@
+"""The shared training loop: determinism, bit-identical resume, the NaN guard, atomic checkpoints."""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+import pytest
+import torch
+from torch import nn
+
+from hvaeseg.method import Method, StepBatch
+from hvaeseg.train import CHECKPOINT, LoopConfig, NonFiniteLossError, Trainer, load_checkpoint, step_seed
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor
+    valid: torch.Tensor
+    labels: torch.Tensor
+
+
+class TinyMethod(Method):
+    """A 1x1-conv classifier with dropout (so the global RNG matters) and Adam (so optimizer state matters)."""
+
+    name = "tiny"
+    streams = ("labelled",)
+
+    def __init__(self, poison_at: int | None = None) -> None:
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Dropout(0.3), nn.Conv2d(8, 2, 1))
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-2)
+        self.poison_at = poison_at
+
+    def modules(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"opt": self.opt}
+
+    def losses(self, batch: StepBatch, step: int):
+        b = batch.labelled
+        loss = nn.functional.cross_entropy(self.net(b.x), b.labels, ignore_index=-1)
+        if step == self.poison_at:
+            loss = loss * float("nan")
+        return {"ce": loss}
+
+    def predict_proba(self, x, valid):
+        return self.net(x).softmax(1)
+
+
+def stream(seed: int):
+    """A resumable stream: the batch of step k is a function of (seed, k) only."""
+
+    def factory(start: int):
+        k = start
+        while True:
+            g = torch.Generator().manual_seed(step_seed(seed, k))
+            x = torch.randn(4, 3, 8, 8, generator=g)
+            labels = (x[:, 0] > 0).long()
+            yield Batch(x, torch.ones(4, 8, 8, dtype=torch.bool), labels)
+            k += 1
+
+    return factory
+
+
+def validation():
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(4, 3, 8, 8, generator=g)
+    return [Batch(x, torch.ones(4, 8, 8, dtype=torch.bool), (x[:, 0] > 0).long())]
+
+
+def make_trainer(tmp_path, steps: int, poison_at: int | None = None, **loop) -> Trainer:
+    torch.manual_seed(0)
+    method = TinyMethod(poison_at)
+    config = LoopConfig(steps=steps, seed=7, val_every=loop.pop("val_every", 5), checkpoint_every=5, **loop)
+    return Trainer(method, {"labelled": stream(3)}, validation, 2, tmp_path, config)
+
+
+def params(trainer: Trainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.method.net.parameters()]
+
+
+def test_training_learns_and_writes_run_files(tmp_path):
+    trainer = make_trainer(tmp_path, 60)
+    history = trainer.fit()
+    assert history.validation[-1]["accuracy"] > 0.9  # the label is the sign of band 0
+    assert history.losses[-1]["ce"] < history.losses[0]["ce"]
+    assert (tmp_path / CHECKPOINT).exists() and (tmp_path / "best.pt").exists()
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert saved["best_step"] == history.best_step
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_same_seed_same_parameters(tmp_path):
+    a = make_trainer(tmp_path / "a", 12)
+    a.fit()
+    b = make_trainer(tmp_path / "b", 12)
+    b.fit()
+    for p, q in zip(params(a), params(b)):
+        assert torch.equal(p, q)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    full = make_trainer(tmp_path / "full", 20)
+    full.fit()
+    # an interrupted run: 10 steps, then a fresh process-like trainer (new method object) resumes to 20
+    part = make_trainer(tmp_path / "part", 10)
+    part.fit()
+    resumed = make_trainer(tmp_path / "part", 20)
+    assert resumed.resume()
+    assert resumed.step == 10
+    resumed.fit()
+    for p, q in zip(params(full), params(resumed)):
+        assert torch.equal(p, q)
+    assert resumed.history.losses[-1] == full.history.losses[-1]
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, 50, poison_at=13)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 13"):
+        trainer.fit()
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["step"] == 10  # written at step 10, before the poisoned step
+    fresh = TinyMethod()
+    fresh.load_state_dict(state["method"])
+    assert all(torch.isfinite(p).all() for p in fresh.net.parameters())
+    # the parameters in memory were not touched by the poisoned update either
+    assert all(torch.isfinite(p).all() for p in trainer.method.net.parameters())
+
+
+def test_time_budget_stops_early_with_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, 10_000, time_budget_s=0.5, val_every=0)
+    trainer.fit()
+    assert 0 < trainer.step < 10_000
+    assert load_checkpoint(tmp_path / CHECKPOINT)["step"] == trainer.step
+
+
+def test_missing_stream_and_bad_config_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="needs the streams"):
+        Trainer(TinyMethod(), {}, None, 2, tmp_path, LoopConfig(steps=1))
+    with pytest.raises(ValueError, match="steps"):
+        LoopConfig(steps=0)
+    with pytest.raises(FileNotFoundError, match="train first"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    trainer = make_trainer(tmp_path, 5)
+    trainer.fit()
+    # weights_only=True refuses arbitrary pickles: loading must still work
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["step"] == 5
