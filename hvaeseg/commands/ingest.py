@@ -1,0 +1,124 @@
+"""``hvaeseg data ingest``: real Sentinel-2 L2A products to a cube store (see :mod:`hvaeseg.data.ingest`).
+
+Examples::
+
+    # a WorldCereal-style site folder (band NetCDFs, OUTPUT_*.nc labels, *.csv code table found in it)
+    hvaeseg data ingest ../shared/data/worldcereal-be-00002806639B424A site.zarr
+
+    # explicit NetCDF files
+    hvaeseg data ingest S2_L2A_10m.nc S2_L2A_20m.nc --labels OUTPUT.nc --code-table map.csv site.zarr
+
+    # GeoTIFF: one file per band with one layer per date, plus SCL, and the dates
+    hvaeseg data ingest --geotiff B02=b02.tif B03=b03.tif ... SCL=scl.tif \\
+        --times 2024-03-01,2024-03-11 out.zarr
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_ingest_parser", "run_ingest"]
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Options may come between the paths (``IN1 IN2 --labels L OUT``): parse intermixed."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
+def add_ingest_parser(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``ingest`` to the ``hvaeseg data`` sub-commands; returns its parser."""
+    parser_class = data_subparsers._parser_class  # noqa: SLF001 - only to let options sit between paths
+    data_subparsers._parser_class = _IntermixedParser  # noqa: SLF001
+    try:
+        p = _add(data_subparsers)
+    finally:
+        data_subparsers._parser_class = parser_class  # noqa: SLF001
+    return p
+
+
+def _add(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = data_subparsers.add_parser(
+        "ingest",
+        help="ingest real Sentinel-2 L2A products (NetCDF or GeoTIFF) into a cube store",
+        description=(
+            "Resample every band onto the 10 m grid (reflectance bilinear with pixel centres aligned, SCL "
+            "nearest), derive `valid` from SCL and no-data, map label codes to class ids named by the code "
+            "table, validate, and write the cube atomically (nothing is written on error)."
+        ),
+        epilog=__doc__.split("Examples::", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="NetCDF band files, or one site folder; with --geotiff, NAME=PATH pairs (NAME a band or SCL; "
+        "PATH one file with a layer per date, or several comma-separated single-layer files)",
+    )
+    p.add_argument("out", metavar="OUT.zarr", help="the store to write (path or fsspec URL)")
+    p.add_argument("--geotiff", action="store_true", help="the inputs are GeoTIFF band files (needs rioxarray)")
+    p.add_argument("--times", help="GeoTIFF: comma-separated dates, one per layer (e.g. 2024-03-01,2024-03-11)")
+    p.add_argument("--labels", help="label file (NetCDF with --label-var; GeoTIFF with --geotiff)")
+    p.add_argument("--label-var", default="CT", help="label variable of a NetCDF label file (default CT)")
+    p.add_argument("--code-table", help="CSV naming the label codes (e.g. wc2eurocrops_map.csv)")
+    p.add_argument("--classes", help="comma-separated class codes, in id order (default: the codes present)")
+    p.add_argument("--bands", help="comma-separated bands required, in cube order (default: the 10 L2A bands)")
+    p.add_argument("--boa-offset", type=float, default=None, metavar="DN",
+                   help="BOA offset in DN (e.g. -1000 for baseline >= 04.00); default from metadata, else 0")
+    p.add_argument("--no-scl", action="store_true", help="allow products without SCL (valid = no band is DN 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=run_ingest)
+    return p
+
+
+def _codes(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"--classes: expected comma-separated integer codes, got {text!r}") from None
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from hvaeseg.data.ingest import ingest
+
+    options: dict = {
+        "classes": _codes(args.classes),
+        "boa_add_offset": args.boa_offset,
+        "require_scl": not args.no_scl,
+        "label_var": args.label_var,
+    }
+    if args.bands:
+        options["bands"] = [b.strip() for b in args.bands.split(",") if b.strip()]
+    if args.code_table:
+        options["code_table"] = args.code_table
+    if args.labels:
+        options["labels"] = args.labels
+    if args.geotiff:
+        if not args.times:
+            raise ValueError("--geotiff needs --times (one date per layer)")
+        files: dict[str, list[str]] = {}
+        for item in args.inputs:
+            name, sep, path = item.partition("=")
+            if not sep or not path:
+                raise ValueError(f"--geotiff inputs are NAME=PATH pairs, got {item!r}")
+            files[name.strip()] = [q for q in path.split(",") if q]
+        scl = files.pop("SCL", None)
+        written = ingest(
+            None, args.out, format="geotiff", overwrite=args.overwrite, band_files=files, scl=scl,
+            times=[t.strip() for t in args.times.split(",") if t.strip()], **options,
+        )
+    else:
+        written = ingest([Path(p) for p in args.inputs], args.out, format="netcdf", overwrite=args.overwrite, **options)
+    print(written)
+    return 0

@@ -1,0 +1,348 @@
+"""Ingestion of real L2A products: the shared WorldCereal sample, resampling, GeoTIFF, and bad inputs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from hvaeseg.data.bands import L2A_BANDS
+from hvaeseg.data.ingest import (
+    IngestError,
+    discover_netcdf,
+    ingest,
+    ingest_geotiff,
+    ingest_netcdf,
+    read_code_table,
+    resample_to_grid,
+)
+from hvaeseg.data.schema import CLEAR_SCL, class_names, validate_cube
+
+SAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "worldcereal-be-00002806639B424A"
+SAMPLE = SAMPLE.resolve()
+needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"shared WorldCereal sample not found at {SAMPLE}")
+
+
+def _files(d: Path) -> dict[str, Path]:
+    return {
+        "10m": next(d.glob("S2_L2A_10m_*.nc")),
+        "20m": next(d.glob("S2_L2A_20m_*.nc")),
+        "labels": next(d.glob("OUTPUT_*.nc")),
+        "table": d / "wc2eurocrops_map.csv",
+    }
+
+
+def _open(path: Path) -> xr.Dataset:
+    with xr.open_dataset(path, engine="h5netcdf", mask_and_scale=False) as ds:
+        return ds.load()
+
+
+@pytest.fixture(scope="module")
+def sample_cube() -> xr.Dataset:
+    f = _files(SAMPLE)
+    return ingest_netcdf(f["10m"], f["20m"], labels=f["labels"], code_table=f["table"])
+
+
+# ---------------------------------------------------------------------------------------------- the sample
+
+
+@needs_sample
+def test_worldcereal_sample_gives_a_valid_cube(sample_cube):
+    ds = sample_cube
+    validate_cube(ds)
+    assert dict(ds.sizes) == {"time": 118, "band": 10, "y": 64, "x": 64}
+    assert list(ds["band"].values) == list(L2A_BANDS)
+    assert ds["reflectance"].dtype == np.uint16
+    assert ds["reflectance"].attrs["scale_factor"] == pytest.approx(1e-4)
+    assert ds["reflectance"].attrs["add_offset"] == 0.0  # no BOA offset in the metadata: harmonised
+    assert ds.attrs["crs"] == "EPSG:32631"
+    assert np.all(np.diff(ds["time"].values) > np.timedelta64(0))
+
+
+@needs_sample
+def test_sample_valid_is_consistent_with_scl(sample_cube):
+    ds = sample_cube
+    scl = ds["scl"].values
+    expect = np.isin(scl, CLEAR_SCL) & (ds["reflectance"].values != 0).all(axis=1)
+    np.testing.assert_array_equal(ds["valid"].values, expect)
+    # clouds (8, 9), cirrus (10), shadows (3) and snow (11) are never valid; vegetation usually is
+    assert not ds["valid"].values[np.isin(scl, (3, 8, 9, 10, 11))].any()
+    assert ds["valid"].values[scl == 4].mean() > 0.99
+    # SCL is nearest-resampled: each 20 m pixel becomes exactly its 2 x 2 block of 10 m pixels
+    src = _open(_files(SAMPLE)["20m"])["SCL"].values
+    np.testing.assert_array_equal(scl, np.repeat(np.repeat(src, 2, axis=1), 2, axis=2))
+
+
+@needs_sample
+def test_sample_native_bands_are_copied_and_20m_bands_interpolated(sample_cube):
+    f = _files(SAMPLE)
+    b10, b20 = _open(f["10m"]), _open(f["20m"])
+    refl = sample_cube["reflectance"]
+    for b in ("B02", "B03", "B04", "B08"):
+        np.testing.assert_array_equal(refl.sel(band=b).values, b10[b].values)
+    # the mean over each 2 x 2 block of an interpolated band stays close to the 20 m pixel
+    for b in ("B05", "B11"):
+        up = refl.sel(band=b).values.astype(float)
+        block_mean = up.reshape(118, 32, 2, 32, 2).mean(axis=(2, 4))
+        src = b20[b].values.astype(float)
+        inner = (slice(None), slice(1, -1), slice(1, -1))
+        assert np.median(np.abs(block_mean[inner] - src[inner]) / src[inner]) < 0.05
+
+
+@needs_sample
+def test_sample_labels_have_class_names(sample_cube):
+    lab = sample_cube["labels"]
+    assert lab.dtype == np.int16
+    names = class_names(sample_cube)
+    assert names == ["Maize", "Cabages", "Potatoes", "Other_Leguminous_crops", "Permanent_grass_crops"]
+    assert lab.attrs["source_codes"] == [1200, 2130, 5100, 7900, 9120]
+    ids, counts = np.unique(lab.values, return_counts=True)
+    assert dict(zip(ids.tolist(), counts.tolist())) == {-1: 1860, 0: 1249, 1: 31, 2: 25, 3: 96, 4: 835}
+    # the mapping follows the codes pixel by pixel
+    codes = _open(_files(SAMPLE)["labels"])["CT"].values
+    np.testing.assert_array_equal(lab.values == 0, codes == 1200)
+    np.testing.assert_array_equal(lab.values == -1, codes == 0)
+
+
+@needs_sample
+def test_codes_absent_from_the_table_become_void():
+    f = _files(SAMPLE)
+    table = read_code_table(f["table"])
+    del table[2130]  # cabbages: no longer named
+    ds = ingest_netcdf(f["10m"], f["20m"], labels=f["labels"], code_table=table)
+    codes = _open(f["labels"])["CT"].values
+    assert "Cabages" not in class_names(ds)
+    assert (ds["labels"].values[codes == 2130] == -1).all()
+    assert ds["labels"].attrs["flag_values"] == [0, 1, 2, 3]
+
+
+@needs_sample
+def test_explicit_classes_and_boa_offset():
+    f = _files(SAMPLE)
+    ds = ingest_netcdf(f["10m"], f["20m"], labels=f["labels"], code_table=f["table"], classes=[9120, 1200], boa_add_offset=-1000)
+    assert class_names(ds) == ["Permanent_grass_crops", "Maize"]
+    assert ds["reflectance"].attrs["add_offset"] == pytest.approx(-0.1)
+    assert ds.attrs["boa_offset_source"] == "option"
+
+
+@needs_sample
+def test_ingest_writes_a_store_from_a_site_folder(tmp_path):
+    from hvaeseg.data.store import open_cube
+
+    out = ingest(SAMPLE, tmp_path / "site.zarr")
+    ds = open_cube(out)
+    assert dict(ds.sizes) == {"time": 118, "band": 10, "y": 64, "x": 64}
+    assert class_names(ds)[0] == "Maize"
+    assert discover_netcdf(SAMPLE)["labels"].name.startswith("OUTPUT")
+
+
+@needs_sample
+def test_command_line_ingest(tmp_path, capsys):
+    from hvaeseg.commands.ingest import add_ingest_parser
+
+    parser = argparse.ArgumentParser()
+    add_ingest_parser(parser.add_subparsers())
+    f = _files(SAMPLE)
+    out = tmp_path / "cli.zarr"
+    args = parser.parse_args(
+        ["ingest", str(f["10m"]), str(f["20m"]), "--labels", str(f["labels"]), "--code-table", str(f["table"]), str(out)]
+    )
+    assert args.func(args) == 0
+    assert str(out) in capsys.readouterr().out
+    assert (out / "zarr.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- resampling
+
+
+def _grid(n: int, res: float, x0: float = 500_000.0, y0: float = 5_000_000.0):
+    """Pixel centres of an n x n grid with top-left corner (x0, y0)."""
+    x = x0 + res * (np.arange(n) + 0.5)
+    y = y0 - res * (np.arange(n) + 0.5)
+    return y, x
+
+
+def _da(values: np.ndarray, y, x) -> xr.DataArray:
+    return xr.DataArray(values, dims=("time", "y", "x"), coords={"y": y, "x": x})
+
+
+@pytest.mark.parametrize("res", [20.0, 60.0])
+def test_constant_field_stays_constant(res):
+    n = 6 if res == 60 else 8
+    y, x = _grid(n, res)
+    ty, tx = _grid(int(n * res / 10), 10.0)
+    src = _da(np.full((2, n, n), 1234, dtype=np.uint16), y, x)
+    out = resample_to_grid(src, ty, tx, "bilinear")
+    assert out.dtype == np.uint16 and out.shape == (2, len(ty), len(tx))
+    assert (out.values == 1234).all()
+    # no-data pixels do not drag their neighbours towards 0
+    src.values[0, 3, 3] = 0
+    out = resample_to_grid(src, ty, tx, "bilinear")
+    assert set(np.unique(out.values)) <= {1234}
+
+
+def test_pixel_centres_are_aligned_on_a_ramp():
+    """A ramp along x at 20 m: every interior 10 m pixel gets the ramp at its own centre."""
+    y, x = _grid(8, 20.0)
+    ty, tx = _grid(16, 10.0)
+    j = np.arange(8)
+    src = _da(np.broadcast_to(1000 + 4 * j, (1, 8, 8)).astype(np.uint16), y, x)
+    out = resample_to_grid(src, ty, tx, "bilinear").values[0]
+    # 20 m centre j sits at 10 m index 2j + 0.5: 10 m pixel i is at 20 m index u = i/2 - 0.25
+    u = np.arange(16) / 2 - 0.25
+    expect = 1000 + 4 * np.clip(u, 0, 7)  # beyond the outer centres: the edge value
+    np.testing.assert_array_equal(out, np.broadcast_to(expect, (16, 16)))
+    assert out[0, 1] == 1001 and out[0, 2] == 1003  # not 1002/1004: corners are not aligned
+    # the same along y (y decreasing)
+    src_y = _da(np.broadcast_to((1000 + 4 * j)[:, None], (1, 8, 8)).astype(np.uint16), y, x)
+    out_y = resample_to_grid(src_y, ty, tx, "bilinear").values[0]
+    np.testing.assert_array_equal(out_y, np.broadcast_to(expect[:, None], (16, 16)))
+
+
+def test_nearest_takes_the_containing_pixel():
+    y, x = _grid(4, 60.0)
+    ty, tx = _grid(24, 10.0)
+    codes = np.arange(16, dtype=np.uint8).reshape(1, 4, 4)
+    out = resample_to_grid(_da(codes, y, x), ty, tx, "nearest").values[0]
+    np.testing.assert_array_equal(out, np.repeat(np.repeat(codes[0], 6, axis=0), 6, axis=1))
+
+
+# ---------------------------------------------------------------------------------------------- GeoTIFF
+
+
+@needs_sample
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")  # rioxarray with affine >= 2.5
+def test_geotiff_bands_give_the_same_cube_as_netcdf(tmp_path, sample_cube):
+    pytest.importorskip("rioxarray")
+    f = _files(SAMPLE)
+    n_dates = 3
+    b10, b20 = _open(f["10m"]).isel(timestamp=slice(0, n_dates)), _open(f["20m"]).isel(timestamp=slice(0, n_dates))
+    files = {}
+    for ds, names in ((b10, ("B02", "B03", "B04", "B08")), (b20, ("B05", "B06", "B07", "B8A", "B11", "B12", "SCL"))):
+        for name in names:
+            da = ds[name].rename(timestamp="band").drop_vars("band", errors="ignore")
+            da.attrs = {}
+            da = da.rio.write_crs("EPSG:32631")
+            path = tmp_path / f"{name}.tif"
+            da.rio.to_raster(path)
+            files[name] = path
+    lab = _open(f["labels"])["CT"]
+    lab.attrs = {}
+    lab.rio.write_crs("EPSG:32631").rio.to_raster(tmp_path / "labels.tif")
+    scl = files.pop("SCL")
+    ds = ingest_geotiff(
+        files, times=b10["timestamp"].values, scl=scl, labels=tmp_path / "labels.tif", code_table=f["table"]
+    )
+    ref = sample_cube.isel(time=slice(0, n_dates))
+    for var in ("reflectance", "scl", "valid", "labels"):
+        np.testing.assert_array_equal(ds[var].values, ref[var].values)
+    np.testing.assert_allclose(ds["x"].values, ref["x"].values)
+    # one date too few for a band: the timestamps differ
+    with pytest.raises(IngestError, match="timestamps differ"):
+        ingest_geotiff(files, times=b10["timestamp"].values[:2], scl=scl)
+    # the same through the command line
+    from hvaeseg.commands.ingest import add_ingest_parser
+
+    parser = argparse.ArgumentParser()
+    add_ingest_parser(parser.add_subparsers())
+    times = ",".join(str(t) for t in b10["timestamp"].values)
+    pairs = [f"{k}={v}" for k, v in files.items()] + [f"SCL={scl}"]
+    out = tmp_path / "tif.zarr"
+    args = parser.parse_args(["ingest", "--geotiff", *pairs, "--times", times, "--labels", str(tmp_path / "labels.tif"),
+                              "--code-table", str(f["table"]), str(out)])
+    assert args.func(args) == 0
+    from hvaeseg.data.store import open_cube
+
+    np.testing.assert_array_equal(open_cube(out)["reflectance"].values, ref["reflectance"].values)
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs
+
+
+def _corrupt(tmp_path: Path, which: str, change) -> dict[str, Path]:
+    """Copy the sample to ``tmp_path`` and rewrite one file through ``change(ds) -> ds``."""
+    d = tmp_path / "site"
+    shutil.copytree(SAMPLE, d)
+    os.chmod(d, 0o755)  # the shared sample is read-only
+    for p in d.iterdir():
+        os.chmod(p, 0o644)
+    f = _files(d)
+    ds = change(_open(f[which]))
+    for attrs in [ds.attrs] + [v.attrs for v in ds.variables.values()]:
+        if not isinstance(attrs.get("bounds", ""), str):  # an array `bounds` confuses xarray's CF writer
+            attrs["bounds"] = str(np.asarray(attrs["bounds"]).tolist())
+    f[which].unlink()
+    ds.to_netcdf(f[which], engine="h5netcdf")
+    return f
+
+
+def _set_crs(ds: xr.Dataset) -> xr.Dataset:
+    ds.attrs.update(epsg="32632", crs="+init=epsg:32632")
+    for v in ds.data_vars.values():
+        v.attrs.update(epsg="32632", crs="+init=epsg:32632")
+    for k in ("crs_wkt", "spatial_ref"):
+        ds["spatial_ref"].attrs[k] = ds["spatial_ref"].attrs[k].replace("32631", "32632").replace("zone 31N", "zone 32N")
+    return ds
+
+
+def _shift_date(ds: xr.Dataset) -> xr.Dataset:
+    t = ds["timestamp"].values.copy()
+    t[5] = t[5] + np.timedelta64(1, "D")
+    return ds.assign_coords(timestamp=t)
+
+
+BAD_INPUTS = {
+    "crs": ("20m", _set_crs, "different CRS.*EPSG:32632"),
+    "footprint": ("20m", lambda ds: ds.assign_coords(x=ds["x"].values + 20.0), "footprints differ"),
+    "timestamps": ("20m", _shift_date, "timestamps differ between the 10 m file .* and the 20 m file"),
+    "missing band": ("20m", lambda ds: ds.drop_vars("B11"), "missing bands B11"),
+    "label grid": ("labels", lambda ds: ds.isel(y=slice(0, 60)), "label grid does not match"),
+    "label shift": ("labels", lambda ds: ds.assign_coords(y=ds["y"].values + 10.0), "label grid does not match"),
+}
+
+
+@needs_sample
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_raises_a_clear_error_and_writes_nothing(tmp_path, case):
+    which, change, message = BAD_INPUTS[case]
+    f = _corrupt(tmp_path, which, change)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(IngestError, match=message):
+        ingest([f["10m"], f["20m"]], out, labels=f["labels"], code_table=f["table"])
+    assert not out.exists()
+    assert not list(tmp_path.glob("out.zarr*"))  # no temporary store left behind either
+
+
+@needs_sample
+def test_missing_scl_is_an_error_unless_allowed(tmp_path):
+    f = _corrupt(tmp_path, "20m", lambda ds: ds.drop_vars("SCL"))
+    with pytest.raises(IngestError, match="missing the SCL layer"):
+        ingest_netcdf(f["10m"], f["20m"])
+    ds = ingest_netcdf(f["10m"], f["20m"], require_scl=False)
+    np.testing.assert_array_equal(ds["valid"].values, (ds["reflectance"].values != 0).all(axis=1))
+
+
+@needs_sample
+def test_several_problems_are_reported_together(tmp_path):
+    f = _corrupt(tmp_path, "20m", lambda ds: _set_crs(ds.drop_vars("B12")))
+    with pytest.raises(IngestError) as err:
+        ingest_netcdf(f["10m"], f["20m"])
+    assert "missing bands B12" in str(err.value) and "different CRS" in str(err.value)
+
+
+def test_read_code_table_errors(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("name,croptype\nA,1\nB,1\n")
+    with pytest.raises(IngestError, match="named twice"):
+        read_code_table(p)
+    p.write_text("name,croptype\nA,x\n")
+    with pytest.raises(IngestError, match="not an integer"):
+        read_code_table(p)
+    p.write_text("label,value\nA,1\n")
+    with pytest.raises(IngestError, match="no code column"):
+        read_code_table(p)

@@ -1,0 +1,292 @@
+"""PatchLoader: bit-identical to naive reads, chunk-aware, ordered by (seed, epoch), edges and invalid patches."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from hvaeseg.data.loader import (
+    PatchBatch,
+    PatchLoader,
+    _normalise_torch,
+    _ZarrChunks,
+    normalise_dn,
+    normaliser,
+    read_patches_naive,
+)
+from hvaeseg.data.sampler import PatchPlan, PatchSampler, SpatialSplit
+from hvaeseg.data.stats import compute_band_stats, ensure_band_stats, read_band_stats
+from hvaeseg.data.store import open_cube, write_cube
+
+from .conftest import make_toy_cube
+
+
+def _cube(n_dates: int = 5, size: int = 48) -> xr.Dataset:
+    ds = make_toy_cube(seed=1, n_dates=n_dates, size=size)
+    # a date with no valid pixel at all, to exercise the all-invalid rule
+    ds["valid"][2] = False
+    return ds
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """The toy cube in a store with 16 x 16 chunks (so patches straddle chunks), with band statistics.
+
+    Shared by the tests of this module, which only read it."""
+    path = write_cube(_cube(), tmp_path_factory.mktemp("loader") / "cube.zarr", chunks={"y": 16, "x": 16})
+    ensure_band_stats(path)
+    return path
+
+
+def _plan(cube, sizes, **kw) -> PatchPlan:
+    kw.setdefault("n_patches", 13)
+    kw.setdefault("seed", 7)
+    return PatchSampler(sizes, **kw).plan(cube)
+
+
+def _cat(batches: list[PatchBatch]) -> PatchBatch:
+    return PatchBatch(*(torch.cat(parts) for parts in zip(*batches)))
+
+
+def _assert_identical(a: PatchBatch, b: PatchBatch) -> None:
+    for name, x, y in zip(PatchBatch._fields, a, b):
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert torch.equal(x, y), name
+
+
+SIZES = [{"y": 12, "x": 20}, {"time": 3, "y": 16, "x": 16}]
+
+
+# ---------------------------------------------------------------------------------------------- identity
+
+
+@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_is_bit_identical_to_naive_reads(store, sizes, workers):
+    plan = _plan(store, sizes, split=SpatialSplit({"y": 24, "x": 24}, fractions={"train": 0.5, "val": 0.5}), n_labelled=2)
+    loader = PatchLoader(store, plan, batch_size=5, workers=workers)
+    batches = list(loader)
+    assert [len(b.x) for b in batches] == [5] * (len(plan) // 5) + ([len(plan) % 5] if len(plan) % 5 else [])
+    got = _cat(batches)
+    _assert_identical(got, read_patches_naive(store, plan))
+    T = sizes.get("time")
+    H, W = sizes["y"], sizes["x"]
+    assert got.x.shape == ((len(plan), 4, H, W) if T is None else (len(plan), T, 4, H, W))
+    assert got.x.dtype == torch.float32 and got.valid.dtype == torch.bool and got.labels.dtype == torch.int64
+    # and the naive read itself is right: compare with plain numpy indexing of the cube
+    ds = open_cube(store).load()
+    mean, std = read_band_stats(store)
+    refl = ds["reflectance"].values.astype(np.float64) * 1e-4 - 0.1
+    i = 3
+    y, x, t = plan.y[i], plan.x[i], plan.t[i]
+    want = (refl[t, :, y : y + H, x : x + W] - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    have = got.x[i].numpy() if T else got.x[i][None].numpy()
+    np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sizes", SIZES)
+def test_in_memory_lazy_and_store_cubes_give_the_same_tensors(store, sizes):
+    plan = _plan(store, sizes, window={"y": 24, "x": 24}, per_window=4)
+    ref = _cat(list(PatchLoader(store, plan, batch_size=4)))
+    lazy = open_cube(store)
+    _assert_identical(_cat(list(PatchLoader(lazy, plan, batch_size=4, workers=1))), ref)
+    mem = open_cube(store).load()
+    _assert_identical(_cat(list(PatchLoader(mem, plan, batch_size=6, workers=0))), ref)
+
+
+def test_direct_chunk_decoding_matches_zarr(store):
+    import zarr
+
+    arr = zarr.open_group(store, mode="r")["reflectance"]
+    direct = _ZarrChunks(arr)
+    assert direct._direct is not None  # local store, blosc: decoded without zarr
+    via_zarr = _ZarrChunks(arr)
+    via_zarr._direct = None
+    for key in [(0, 0, 0, 0), (4, 0, 2, 1), (2, 0, 1, 2)]:
+        a, b = direct.get(key), via_zarr.get(key)
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_normalise_false_gives_raw_dn(store):
+    plan = _plan(store, {"y": 8, "x": 8})
+    raw = _cat(list(PatchLoader(store, plan, batch_size=4, normalise=False)))
+    assert raw.x.dtype == torch.uint16
+    mean, std = read_band_stats(store)
+    a, b = normaliser(1e-4, -0.1, mean, std, 4)
+    _assert_identical(PatchBatch(normalise_dn(raw.x, a, b), raw.valid, raw.labels), read_patches_naive(store, plan))
+
+
+def test_numpy_and_torch_normalisation_give_the_same_bits():
+    """The CPU path (numpy) and the accelerator path (torch ops, here run on the CPU) agree bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    dn = torch.randint(0, 65536, (6, 10, 32, 32), generator=g, dtype=torch.int32).to(torch.uint16)
+    a, b = normaliser(1e-4, -0.1, torch.rand(10, generator=g).tolist(), (0.01 + torch.rand(10, generator=g)).tolist(), 10)
+    assert torch.equal(normalise_dn(dn, a, b), _normalise_torch(dn, a, b))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_equal_cpu_batches(store):
+    plan = _plan(store, {"time": 2, "y": 16, "x": 16})
+    cpu = _cat(list(PatchLoader(store, plan, batch_size=4)))
+    gpu = [PatchBatch(*(t.cpu() for t in b)) for b in PatchLoader(store, plan, batch_size=4, device="cuda")]
+    _assert_identical(_cat(gpu), cpu)
+
+
+# ---------------------------------------------------------------------------------------------- chunks
+
+
+def test_each_chunk_is_decoded_once_per_batch(store):
+    # 16 patches of 8 x 8 from one 16 x 16 window: one chunk per date of that window serves them all
+    plan = _plan(store, {"y": 8, "x": 8}, n_patches=16, window={"y": 16, "x": 16}, per_window=16)
+    loader = PatchLoader(store, plan, batch_size=16, workers=0)
+    calls: list[tuple] = []
+    get = loader.src.refl.get
+    loader.src.refl.get = lambda key: calls.append(key) or get(key)
+    (batch,) = list(loader)
+    assert len(calls) == len(set(calls)) == len({(int(t),) for t in plan.t[:, 0]})
+    _assert_identical(batch, read_patches_naive(store, plan))
+
+
+def test_memory_is_bounded_by_prefetch_and_workers(store):
+    plan = _plan(store, {"y": 8, "x": 8}, n_patches=60)
+    loader = PatchLoader(store, plan, batch_size=2, workers=2, prefetch=1)
+    started = []
+    read = loader.read_host
+
+    def counting(index):
+        started.append(1)
+        return read(index)
+
+    loader.read_host = counting
+    it = iter(loader)
+    next(it)
+    time.sleep(0.3)  # a slow consumer: the workers must not run ahead
+    assert len(started) <= 1 + 1 + 2
+    it.close()  # stopping early shuts the threads down
+    assert not [t for t in threading.enumerate() if t.name.startswith("hvaeseg-loader")]
+
+
+# ---------------------------------------------------------------------------------------------- order
+
+
+def _firsts(loader: PatchLoader, n: int) -> list[torch.Tensor]:
+    out = []
+    for i, b in enumerate(loader):
+        out.append(b.x)
+        if i + 1 == n:
+            break
+    return out
+
+
+def test_repeat_order_is_a_function_of_seed_and_epoch(store):
+    plan = _plan(store, {"y": 8, "x": 8}, n_patches=24, window={"y": 16, "x": 16}, per_window=4)
+    a = PatchLoader(store, plan, batch_size=5, repeat=True, seed=3)
+    b = PatchLoader(store, plan, batch_size=5, repeat=True, seed=3, workers=0)
+    assert len(a) == 4  # 24 patches: incomplete batch dropped
+    xa, xb = _firsts(a, 10), _firsts(b, 10)  # 2.5 epochs
+    assert all(torch.equal(u, v) for u, v in zip(xa, xb))
+    assert all(len(x) == 5 for x in xa)
+    # epoch 1 of a run started at epoch 0 == a run started at epoch 1
+    c = PatchLoader(store, plan, batch_size=5, repeat=True, seed=3, epoch=1)
+    assert all(torch.equal(u, v) for u, v in zip(xa[4:8], _firsts(c, 4)))
+    # another seed or epoch: another order; groups stay together
+    assert not np.array_equal(a.epoch_order(0), a.epoch_order(1))
+    assert not np.array_equal(a.epoch_order(0), PatchLoader(store, plan, batch_size=5, repeat=True, seed=4).epoch_order(0))
+    g = plan.group[a.epoch_order(0)]
+    assert (np.diff(g) != 0).sum() == len(np.unique(g)) - 1
+    assert sorted(a.epoch_order(2).tolist()) == list(range(len(plan)))
+
+
+def test_without_shuffle_the_plan_order_is_kept(store):
+    plan = _plan(store, {"y": 8, "x": 8}, n_patches=9)
+    loader = PatchLoader(store, plan, batch_size=4)
+    assert np.array_equal(loader.epoch_order(5), np.arange(9)) and len(loader) == 3
+    _assert_identical(_cat(list(loader)), read_patches_naive(store, plan))
+
+
+def test_repeat_needs_a_full_batch(store):
+    plan = _plan(store, {"y": 8, "x": 8}, n_patches=3)
+    with pytest.raises(ValueError, match="batch_size"):
+        PatchLoader(store, plan, batch_size=4, repeat=True)
+
+
+# ---------------------------------------------------------------------------------------------- rules
+
+
+def test_edge_and_all_invalid_patches_follow_the_rule(store):
+    cube = open_cube(store)
+    Y, X = cube.sizes["y"], cube.sizes["x"]
+    # hand-made plan: the bottom-right corner patch, and a patch on the all-invalid date 2
+    plan = PatchPlan(
+        sizes={"y": 16, "x": 16}, cube_shape={"time": 5, "y": Y, "x": X}, y=[Y - 16, 0], x=[X - 16, 5], t=[[4], [2]],
+        split=[0, 0], labelled=[True, False], group=[0, 1],
+    )
+    batch = _cat(list(PatchLoader(store, plan, batch_size=2)))
+    _assert_identical(batch, read_patches_naive(store, plan))
+    assert not batch.valid[1].any()  # yielded, with valid all False
+    assert torch.isfinite(batch.x).all()
+    assert (batch.labels[1] == -1).all()  # not labelled: all void
+    np.testing.assert_array_equal(batch.labels[0].numpy(), cube["labels"].values[Y - 16 :, X - 16 :])
+    # a patch across the border is refused, never padded
+    plan.x[0] = X - 8
+    with pytest.raises(ValueError, match="cube border"):
+        PatchLoader(store, plan, batch_size=2)
+
+
+def test_plan_for_another_cube_is_refused(store, tmp_path):
+    plan = _plan(store, {"y": 8, "x": 8})
+    other = write_cube(make_toy_cube(n_dates=3, size=32), tmp_path / "other.zarr")
+    with pytest.raises(ValueError, match="plan was made for"):
+        PatchLoader(other, plan, batch_size=2)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def test_band_stats_are_over_valid_pixels_and_stored_once(tmp_path):
+    ds = _cube()
+    path = write_cube(ds, tmp_path / "s.zarr")
+    assert read_band_stats(path) is None
+    mean, std = ensure_band_stats(path)
+    assert read_band_stats(path) == (mean, std)
+    assert open_cube(path).attrs["band_mean"] == mean  # in the store's attributes
+    dn = ds["reflectance"].values
+    ok = ds["valid"].values[:, None] & (dn != 0)
+    for c in range(4):
+        v = dn[:, c][ok[:, c]].astype(np.float64) * 1e-4 - 0.1
+        assert mean[c] == pytest.approx(v.mean(), rel=1e-12)
+        assert std[c] == pytest.approx(v.std(), rel=1e-9)
+    # a Dataset gets them in its attrs; the same numbers whatever the chunking
+    mem = _cube()
+    assert ensure_band_stats(mem) == (mean, std) and mem.attrs["band_std"] == std
+    assert compute_band_stats(open_cube(write_cube(ds, tmp_path / "c.zarr", chunks={"y": 8, "x": 8}))) == (mean, std)
+
+
+def test_loader_computes_missing_stats_once(tmp_path):
+    path = write_cube(_cube(), tmp_path / "n.zarr")
+    plan = _plan(path, {"y": 8, "x": 8})
+    PatchLoader(path, plan, batch_size=4)
+    assert read_band_stats(path) is not None
+
+
+def test_stream_benchmark_runs(tmp_path, capsys):
+    """bench/stream.py end to end on a tiny store (a smoke test: no timing is checked)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    pytest.importorskip("xbatcher")
+    spec = importlib.util.spec_from_file_location("bench_stream", Path(__file__).resolve().parents[2] / "bench" / "stream.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main([
+        "--store", str(tmp_path / "b.zarr"), "--size", "256", "--dates", "2", "--patches", "16", "--batch", "4",
+        "--window", "128", "--per-window", "4", "--baseline-patches", "2", "--rounds", "1", "--workers", "1",
+    ])
+    assert json.loads(capsys.readouterr().out)["ratio_vs_xbatcher"] == out["ratio_vs_xbatcher"] > 0
+    assert set(out["patches_per_s"]) >= {"a_hvaeseg_loader", "b_xbatcher", "c_xarray_isel", "d_decode_limit"}
