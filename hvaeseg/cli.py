@@ -1,19 +1,14 @@
 """The ``hvaeseg`` command line (also ``python -m hvaeseg``).
 
-Each command group lives in its own module under :mod:`hvaeseg.commands` and exposes
-``register(subparsers)``; this module only assembles them and maps user errors to exit codes.
+Each command group lives in its own module under :mod:`hvaeseg.commands`; this module only assembles them
+and maps user errors to exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
-
-#: command modules, each with ``register(subparsers)``; order is the order in ``--help``
-COMMAND_MODULES = ("hvaeseg.commands.data", "hvaeseg.commands.train")
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -21,8 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semi-supervised segmentation of Sentinel-2 image time series with hierarchical VAEs.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    from hvaeseg.commands import data, ingest, train
+
+    data_commands = data.register(sub)
+    ingest.add_ingest_parser(data_commands)
+    train.register(sub)
     return parser
 
 

@@ -582,6 +582,26 @@ class PatchLoader:
         jobs = ((e, b) for e in itertools.count(start) for b in self.epoch_batches(e))
         return self._run(jobs)
 
+    def stream(self, start: int = 0) -> Iterator[PatchBatch]:
+        """Endless batches from global batch number ``start`` on (epoch ``start // len(self)``, counted from
+        :attr:`epoch`): the i-th item is batch ``start + i``, a function of ``(seed, start + i)`` only. This is
+        what makes a resumed training run read exactly the batches an uninterrupted one reads; skipped batches
+        are never read."""
+        if start < 0:
+            raise ValueError(f"start: expected a batch number >= 0, got {start}")
+        per_epoch = len(self.epoch_batches(self.epoch))
+        if per_epoch == 0:
+            raise ValueError(f"the plan has {len(self.plan)} patches, fewer than one batch of {self.batch_size}")
+        first, offset = divmod(start, per_epoch)
+
+        def jobs() -> Iterator[tuple[int, np.ndarray]]:
+            for e in itertools.count(self.epoch + first):
+                batches = self.epoch_batches(e)
+                for b in batches[offset if e == self.epoch + first else 0:]:
+                    yield e, b
+
+        return self._run(jobs())
+
     def _run(self, jobs: Iterator[tuple[int, np.ndarray]]) -> Iterator[PatchBatch]:
         cpu = self.device.type == "cpu"
 

@@ -290,3 +290,20 @@ def test_stream_benchmark_runs(tmp_path, capsys):
     ])
     assert json.loads(capsys.readouterr().out)["ratio_vs_xbatcher"] == out["ratio_vs_xbatcher"] > 0
     assert set(out["patches_per_s"]) >= {"a_hvaeseg_loader", "b_xbatcher", "c_xarray_isel", "d_decode_limit"}
+
+
+def test_stream_from_any_batch_matches_an_uninterrupted_stream(toy_cube):
+    from hvaeseg.data.loader import PatchLoader
+    from hvaeseg.data.sampler import PatchSampler
+
+    plan = PatchSampler({"y": 8, "x": 8}, n_patches=10, seed=1).plan(toy_cube)
+    loader = PatchLoader(toy_cube, plan, batch_size=3, repeat=True, seed=5, workers=1)  # 3 batches per epoch
+    it = loader.stream(0)
+    full = [next(it) for _ in range(8)]
+    for start in (1, 3, 5):
+        it = loader.stream(start)
+        for i in range(start, 8):
+            got = next(it)
+            assert all(torch.equal(a, b) for a, b in zip(got, full[i]))
+    with pytest.raises(ValueError, match="start"):
+        loader.stream(-1)
