@@ -1,0 +1,358 @@
+"""``HVAE``: a :class:`HierarchySpec` as a Pyro model and ladder guide (site names per docs/conventions.md).
+
+Generative model, top-down (``z0 = (s, l)``, layers in topological order, then ``x``)::
+
+    s   ~ pi(s)                       empirical (no density) or factorised categorical, (B, H, W)
+    l   ~ Bernoulli(1/2)^D            (B, D)                      temporal: (B, T, D)
+    z_t ~ p(z_t | parents)            (B, C_t, H/r_t, W/r_t)      temporal: (B, T, C_t, ...)
+    x   ~ Normal(loc, scale)          (B, C, H, W), masked by valid  temporal: (B, T, C, H, W)
+
+Guide (ladder): one bottom-up U-Net pass over ``(x * valid, valid)``; q(s|x) from the U-Net's head,
+q(l|x) from the pooled coarsest features, and q(z_t | z_<t, x) with parameters = decoder prior
+parameters of z_t (theta, shared) + encoder head on the bottom-up features at z_t's resolution (phi).
+
+Shapes in temporal models: the batch plate is at ``dim=-2`` and per-date sites are under
+``pyro.plate("time", T, dim=-1)``; ``s`` is outside the time plate, so its site value is ``(B, 1, H, W)``
+(labels ``(B, H, W)`` given by the caller are unsqueezed) and the guide's q(s|x) logits ``(B, 1, H, W, K)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import pyro
+import pyro.poutine as poutine
+import torch
+import torch.nn.functional as F
+from pyro.distributions import Normal
+from pyro.nn import PyroModule
+
+from hvaeseg.distributions import EmpiricalPrior, FastBernoulli, FastCategorical, PartiallyObservedCategorical
+from hvaeseg.hierarchy.networks import LATENT_MIN_SCALE, Decoder, LadderEncoder, parent_input
+from hvaeseg.hierarchy.spec import HierarchySpec, LatentLayerSpec
+
+__all__ = ["HVAE"]
+
+
+def _shape_str(t: torch.Tensor | None) -> str:
+    return "None" if t is None else str(tuple(t.shape))
+
+
+class HVAE(PyroModule):
+    """Hierarchical VAE whose top latent is the segmentation ``s``.
+
+    :param spec: the hierarchy (see :class:`~hvaeseg.hierarchy.spec.HierarchySpec`).
+
+    Networks: ``self.decoder`` (:class:`~hvaeseg.hierarchy.networks.Decoder`, theta) and
+    ``self.encoder`` (:class:`~hvaeseg.hierarchy.networks.LadderEncoder`, phi; ``self.encoder.unet`` is a
+    :class:`~hvaeseg.nets.SegmentationUNet`). :meth:`parameter_groups` derives the two groups from traces.
+    """
+
+    def __init__(self, spec: HierarchySpec):
+        if not isinstance(spec, HierarchySpec):
+            raise TypeError(f"expected a HierarchySpec, got {type(spec).__name__}")
+        super().__init__()
+        self.spec = spec
+        self.decoder = Decoder(spec)
+        self.encoder = LadderEncoder(spec)
+        self._layers: dict[str, LatentLayerSpec] = {layer.name: layer for layer in spec.layers}
+        # dtype / device anchor that follows .to(); not a parameter, so reading it uses no parameter
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    # --------------------------------------------------------------------------------------- helpers
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+    @property
+    def _device(self) -> torch.device:
+        return self._anchor.device
+
+    def _dims(self, x, s, valid, shape) -> tuple[int, int | None, int, int]:
+        """``(B, T, H, W)`` from whichever of x / valid / s / shape is given (T is None unless temporal)."""
+        spec = self.spec
+        temporal = spec.temporal
+        if x is not None:
+            want = 5 if temporal else 4
+            if x.dim() != want or x.shape[-3] != spec.image.bands:
+                layout = "(B, T, C, H, W)" if temporal else "(B, C, H, W)"
+                raise ValueError(f"expected x of shape {layout} with C={spec.image.bands}, got {_shape_str(x)}")
+            B, H, W = x.shape[0], x.shape[-2], x.shape[-1]
+            T = x.shape[1] if temporal else None
+        elif valid is not None:
+            B, H, W = valid.shape[0], valid.shape[-2], valid.shape[-1]
+            T = valid.shape[1] if temporal else None
+        elif s is not None:
+            B, H, W = s.shape[0], s.shape[-2 - s.is_floating_point()], s.shape[-1 - s.is_floating_point()]
+            T = None
+            if temporal:
+                T = int(shape[1]) if shape is not None else 1
+        elif shape is not None:
+            shape = tuple(int(v) for v in shape)
+            if len(shape) != (4 if temporal else 3):
+                layout = "(B, T, H, W)" if temporal else "(B, H, W)"
+                raise ValueError(f"expected shape={layout}, got {shape}")
+            B, H, W = shape[0], shape[-2], shape[-1]
+            T = shape[1] if temporal else None
+        else:
+            raise ValueError("expected at least one of x, s, valid or shape=(B, H, W) to size the batch")
+        if valid is not None:
+            want = (B, T, H, W) if temporal else (B, H, W)
+            if tuple(valid.shape) != want or valid.dtype != torch.bool:
+                raise ValueError(f"expected valid of shape {want} (bool), got {valid.dtype} {_shape_str(valid)}")
+        if s is not None:
+            hw = tuple(s.shape[1:3]) if s.dim() in (3, 4) else None
+            ok = (s.dim() == 3 and not s.is_floating_point()) or (s.dim() == 4 and s.is_floating_point())
+            if temporal:  # also accept the site layout (B, 1, H, W[, K])
+                ok = ok or (s.shape[1:2] == (1,) and s.dim() - s.is_floating_point() == 4)
+                if ok and s.dim() - s.is_floating_point() == 4:
+                    hw = tuple(s.shape[2:4])
+            if not ok or s.shape[0] != B or hw != (H, W):
+                raise ValueError(
+                    f"expected s of shape {(B, H, W)} (int64 class ids, -1 = void) or {(B, H, W)} + (K,) "
+                    f"(one-hot float), got {_shape_str(s)}"
+                )
+        spec.check_patch(H, W)
+        return B, T, H, W
+
+    def _s_site_value(self, s: torch.Tensor | None) -> torch.Tensor | None:
+        """Labels as the s site stores them: int64 (or one-hot float), ``(B, 1, ...)`` when temporal."""
+        if s is None:
+            return None
+        if not s.is_floating_point() and s.dtype != torch.int64:
+            s = s.long()
+        if self.spec.temporal and s.dim() - s.is_floating_point() == 3:
+            s = s.unsqueeze(1)
+        return s
+
+    def _time_plate(self, T: int | None):
+        return pyro.plate("time", T, dim=-1) if T is not None else contextlib.nullcontext()
+
+    def _layer_dist(self, layer: LatentLayerSpec, out: torch.Tensor):
+        """The distribution of a layer's site from its (prior or posterior) parameters ``(B[, T], P, h, w)``."""
+        if layer.family == "bernoulli":
+            return FastBernoulli(out)
+        if layer.family == "categorical":
+            return FastCategorical(out.unflatten(-3, (layer.channels, layer.categories)).movedim(-3, -1))
+        loc, raw = out.chunk(2, dim=-3)
+        return Normal(loc, LATENT_MIN_SCALE + F.softplus(raw), validate_args=False)
+
+    def _prior_out(self, name: str, inputs: dict, H: int, W: int, B: int, T: int | None) -> torch.Tensor:
+        r = self._layers[name].resolution if name != "x" else 1
+        out = self.decoder.net_output(name, inputs, (H // r, W // r))
+        if T is not None and out.shape[1] != T:  # parents shared by all dates (e.g. only s)
+            out = out.expand(B, T, *out.shape[2:])
+        return out
+
+    def _s_prior(self, B: int, T: int | None, H: int, W: int):
+        batch = (B, 1, H, W) if T is not None else (B, H, W)
+        if self.spec.s_prior == "empirical":
+            return EmpiricalPrior(self.spec.num_classes, batch)
+        return FastCategorical(self.decoder.s_logits.expand(*batch, self.spec.num_classes))
+
+    # ------------------------------------------------------------------------------------ model
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        s: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        *,
+        shape: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """p(s) p(l) prod_t p(z_t | parents) p(x | parents), observing ``x`` (where ``valid``) and ``s`` if given.
+
+        :param x: ``(B, C, H, W)`` float (temporal ``(B, T, C, H, W)``), or ``None`` to generate.
+        :param s: ``(B, H, W)`` int64 labels (``-1`` = void, marginalised) or one-hot float ``(B, H, W, K)``.
+            With the empirical prior, ``s`` must be given or replayed from a guide trace.
+        :param valid: ``(B, H, W)`` bool (temporal ``(B, T, H, W)``); invalid pixels of ``x`` do not count.
+        :param shape: ``(B, H, W)`` (temporal ``(B, T, H, W)``) when none of x, s, valid is given, or the
+            number of dates T when only ``s`` is.
+        :return: the value of the ``"x"`` site.
+        """
+        spec = self.spec
+        B, T, H, W = self._dims(x, s, valid, shape)
+        dtype = self._dtype
+        inputs: dict[str, torch.Tensor] = {}
+        with pyro.plate("batch", B, dim=-2 if T is not None else -1):
+            s_val = pyro.sample("s", self._s_prior(B, T, H, W).to_event(2), obs=self._s_site_value(s))
+            inputs["s"] = parent_input(spec, "s", s_val, dtype)
+            with self._time_plate(T):
+                l_shape = (B, T, spec.code_bits) if T is not None else (B, spec.code_bits)
+                half = torch.zeros((), dtype=dtype, device=self._device).expand(l_shape)
+                inputs["l"] = pyro.sample("l", FastBernoulli(half).to_event(1))
+                for name in spec.order:
+                    out = self._prior_out(name, inputs, H, W, B, T)
+                    z = pyro.sample(name, self._layer_dist(self._layers[name], out).to_event(3))
+                    inputs[name] = parent_input(spec, name, z, dtype)
+                loc, scale = self.decoder.x_params(self._prior_out("x", inputs, H, W, B, T))
+                fn = Normal(loc, scale, validate_args=False)
+                if valid is not None:
+                    fn = fn.mask(valid.unsqueeze(-3))
+                return pyro.sample("x", fn.to_event(3), obs=x)
+
+    # ------------------------------------------------------------------------------------ guide
+    def guide(
+        self, x: torch.Tensor, s: torch.Tensor | None = None, valid: torch.Tensor | None = None, **_unused
+    ) -> None:
+        """q(s|x) q(l|x) prod_t q(z_t | z_<t, x) (ladder), from ``(x * valid, valid)``.
+
+        With ``s`` given, labelled pixels keep their label and void pixels (``-1``) are sampled; the ``"s"``
+        site's log-probability then counts the void pixels only. Extra keyword arguments of the model
+        (``shape``) are accepted and ignored.
+        """
+        spec = self.spec
+        B, T, H, W = self._dims(x, s, valid, None)
+        dtype = self._dtype
+        logits, feats = self.encoder.unet.forward_features(x, valid)
+        logits = logits.movedim(1, -1)  # (B, H, W, K)
+        if T is not None:
+            logits = logits.unsqueeze(1)
+        inputs: dict[str, torch.Tensor] = {}
+        with pyro.plate("batch", B, dim=-2 if T is not None else -1):
+            s_obs = self._s_site_value(s)
+            if s_obs is not None and s_obs.is_floating_point():
+                raise ValueError("expected s as int64 labels (-1 = void) in the guide, got a float tensor")
+            q_s = FastCategorical(logits) if s_obs is None else PartiallyObservedCategorical(logits, s_obs)
+            inputs["s"] = parent_input(spec, "s", pyro.sample("s", q_s.to_event(2)), dtype)
+            with self._time_plate(T):
+                inputs["l"] = pyro.sample("l", FastBernoulli(self.encoder.l_logits(feats, valid)).to_event(1))
+                for name in spec.order:
+                    r = self._layers[name].resolution
+                    out = self.decoder.net_output(name, inputs, (H // r, W // r)) + self.encoder.head(name, feats)
+                    z = pyro.sample(name, self._layer_dist(self._layers[name], out).to_event(3))
+                    inputs[name] = parent_input(spec, name, z, dtype)
+
+    # ---------------------------------------------------------------------------------- methods
+    def parameter_groups(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+        """``(decoder_params, encoder_params)``: parameters the model uses / only the guide uses.
+
+        Derived from one tiny trace of the guide and the model replayed on it
+        (:func:`hvaeseg.traces.split_parameters`), never hard-coded.
+        """
+        from hvaeseg.traces import split_parameters
+
+        spec = self.spec
+        side = spec.patch_size or spec.network.factors[-1]
+        lead = (1, 1) if spec.temporal else (1,)
+        x = torch.zeros(*lead, spec.image.bands, side, side, dtype=self._dtype, device=self._device)
+        valid = torch.ones(*lead, side, side, dtype=torch.bool, device=self._device)
+        return split_parameters(self.model, self.guide, x, valid=valid)
+
+    @torch.no_grad()
+    def sample_prior(
+        self,
+        n: int | None = None,
+        s: torch.Tensor | None = None,
+        size: int | Sequence[int] | None = None,
+        *,
+        dates: int = 1,
+    ) -> dict[str, torch.Tensor]:
+        """Draw ``(s, l, z..., x)`` from the model (no gradient).
+
+        :param n: number of samples (default: the batch of ``s``; a batch of one ``s`` is repeated ``n``
+            times).
+        :param s: ``(B, H, W)`` label maps to condition on (required with the empirical prior).
+        :param size: image side or ``(H, W)`` when ``s`` is not given.
+        :param dates: T for temporal hierarchies.
+        :return: site name -> value (``"x"``: ``(n, C, H, W)``, temporal ``(n, T, C, H, W)``).
+        """
+        spec = self.spec
+        if s is not None:
+            if n is not None and s.shape[0] != n:
+                if s.shape[0] != 1:
+                    raise ValueError(f"expected n equal to the batch of s ({s.shape[0]}) or s with batch 1, got n={n}")
+                s = s.expand(n, *s.shape[1:])
+            shape = (s.shape[0], dates) if spec.temporal else None
+        else:
+            if spec.s_prior == "empirical":
+                raise ValueError(
+                    "the empirical s prior has no sampler: give s (label maps, e.g. from a label pool) "
+                    "to sample_prior, or use s_prior='categorical' in the HierarchySpec"
+                )
+            if n is None or size is None:
+                raise ValueError("expected n and size (image side or (H, W)) when s is not given")
+            h, w = (size, size) if isinstance(size, int) else tuple(size)
+            shape = (n, dates, h, w) if spec.temporal else (n, h, w)
+        trace = poutine.trace(self.model).get_trace(None, s, None, shape=shape)
+        out = {name: trace.nodes[name]["value"] for name in spec.site_names}
+        if spec.temporal:
+            out["s"] = out["s"].squeeze(1)
+        return out
+
+    @torch.no_grad()
+    def reconstruct(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, s: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decoder mean of x given one posterior sample ``(s, l, z) ~ q(.|x)``: the shape of ``x``."""
+        from hvaeseg.traces import unwrap
+
+        B, T, H, W = self._dims(x, s, valid, None)
+        shape = (B, H, W) if T is None else (B, T, H, W)
+        guide_trace = poutine.trace(self.guide).get_trace(x, s, valid)
+        trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(None, None, valid, shape=shape)
+
+        return unwrap(trace.nodes["x"]["fn"]).mean
+
+    @torch.no_grad()
+    def segment(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Class probabilities q(s|x): ``(B, K, H, W)``."""
+        self._dims(x, None, valid, None)
+        return torch.softmax(self.encoder.unet(x, valid), dim=1)
+
+    def inpaint(
+        self, x: torch.Tensor, valid: torch.Tensor, num_samples: int = 8, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mean, std, samples)`` of x given its valid pixels; see :func:`hvaeseg.inpaint.posterior_inpaint`."""
+        from hvaeseg.inpaint import posterior_inpaint
+
+        return posterior_inpaint(self, x, valid, num_samples, **kwargs)
+
+    @torch.no_grad()
+    def layer_statistics(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, s: torch.Tensor | None = None
+    ) -> dict[str, dict[str, float]]:
+        """Rate per latent site: KL(q || p) given the same parents, so a collapsed layer is visible.
+
+        For each of ``"s"`` (categorical prior only; with the empirical prior its ``"entropy"`` is reported),
+        ``"l"`` and every layer: ``"kl"`` (nats per image, mean over the batch), ``"kl_per_dim"`` (nats per
+        latent variable) and ``"active"`` (fraction of latent variables whose batch-mean KL exceeds 0.01
+        nats; near 0 means the layer has collapsed onto its prior).
+        """
+        from hvaeseg.traces import unwrap
+
+        guide_trace = poutine.trace(self.guide).get_trace(x, s, valid)
+        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x, None, valid)
+        B = x.shape[0]
+        stats: dict[str, dict[str, float]] = {}
+        for name in ("s", "l") + self.spec.order:
+            q = unwrap(guide_trace.nodes[name]["fn"])
+            p = unwrap(model_trace.nodes[name]["fn"])
+            if isinstance(p, EmpiricalPrior):
+                lq = q.logits
+                ent = -(lq.exp() * lq).sum(-1).reshape(B, -1)
+                stats[name] = {"entropy": float(ent.sum(-1).mean()), "entropy_per_dim": float(ent.mean())}
+                continue
+            kl = _kl(q, p)  # per latent variable, shape (B, ...)
+            kl = kl.reshape(B, -1)
+            stats[name] = {
+                "kl": float(kl.sum(-1).mean()),
+                "kl_per_dim": float(kl.mean()),
+                "active": float((kl.mean(0) > 0.01).float().mean()),
+            }
+        return stats
+
+
+def _kl(q, p) -> torch.Tensor:
+    """Elementwise KL(q || p) for the site distributions used here (Bernoulli, categorical, Normal)."""
+    if isinstance(q, FastBernoulli) or isinstance(p, FastBernoulli):
+        a, b = q.logits, p.logits
+        pa = torch.sigmoid(a)
+        return pa * (F.logsigmoid(a) - F.logsigmoid(b)) + (1 - pa) * (F.logsigmoid(-a) - F.logsigmoid(-b))
+    if isinstance(q, FastCategorical):
+        lq, lp = q.logits, p.logits
+        return (lq.exp() * (lq - lp)).sum(-1)
+    if isinstance(q, Normal):
+        return torch.log(p.scale / q.scale) + (q.scale**2 + (q.loc - p.loc) ** 2) / (2 * p.scale**2) - 0.5
+    raise TypeError(f"no closed-form KL for {type(q).__name__} vs {type(p).__name__}")  # pragma: no cover
+

@@ -1,0 +1,494 @@
+"""``HierarchySpec``: the HVAE's latent hierarchy declared as validated, serialisable dataclasses.
+
+A hierarchy is ``z0 = (s, l)``, latent layers ``z1 .. z(m-1)`` and the image ``x``:
+
+.. code-block:: yaml
+
+    num_classes: 6          # K: classes of the segmentation s
+    code_bits: 8            # D: bits of the global code l ~ Bernoulli(1/2)^D
+    s_prior: empirical      # or "categorical" (learned class logits, needed by the ELBO)
+    temporal: false         # inputs are stacks (B, T, C, H, W)
+    layers:
+      - {name: z1, family: bernoulli, channels: 8, resolution: 4, parents: [s, l]}
+      - {name: z2, family: bernoulli, channels: 8, resolution: 2, parents: [s, l, z1]}
+    image: {bands: 10, parents: [s, l, z2]}
+    network: {encoder_widths: [32, 48, 64], encoder_depths: [1, 1, 1], decoder_width: 32, decoder_depth: 1}
+
+Every spec is checked on construction; each error names the layer and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "FAMILIES",
+    "RESERVED_NAMES",
+    "S_PRIORS",
+    "HierarchySpec",
+    "ImageLayerSpec",
+    "LatentLayerSpec",
+    "NetworkSpec",
+]
+
+FAMILIES = ("bernoulli", "categorical", "gaussian")
+S_PRIORS = ("empirical", "categorical")
+IMAGE_SCALES = ("band", "pixel")
+#: site names of the built-in variables: the segmentation s, the global code l and the image x
+RESERVED_NAMES = ("s", "l", "x")
+_TOP = ("s", "l")
+_OPTIONAL = ("categories", "patch_size")  # left out of to_dict() when None
+
+
+def _positive_int(value: Any, what: str, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}: {fix}")
+    return value
+
+
+def _str_tuple(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{what} must be a list of names, got {value!r}")
+    for v in value:
+        if not isinstance(v, str):
+            raise TypeError(f"{what} must be a list of names, got {value!r}")
+    return tuple(value)
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{what} must be a list of integers, got {value!r}")
+    out = tuple(value)
+    for v in out:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{what} must be a list of integers, got {value!r}")
+    return out
+
+
+def _from_fields(cls, data: Any, where: str):
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise TypeError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(names)}")
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class LatentLayerSpec:
+    """One latent layer z_t: a ``(channels, H / resolution, W / resolution)`` map.
+
+    :param name: site name (a Python identifier; not ``s``, ``l`` or ``x``).
+    :param family: ``"bernoulli"`` (binary maps), ``"categorical"`` (``channels`` maps of ``categories``
+        classes each; values are int64 indices) or ``"gaussian"`` (reparameterised).
+    :param channels: number of maps.
+    :param resolution: down-scaling factor with respect to the image; must be one of the encoder's
+        levels (``1, 2, 4, ...`` up to ``2**(len(encoder_widths) - 1)``).
+    :param parents: names among ``s``, ``l`` and the other layers (any acyclic graph).
+    :param categories: categorical layers only: classes per map (at least 2).
+    """
+
+    name: str
+    family: str = "bernoulli"
+    channels: int = 8
+    resolution: int = 1
+    parents: tuple[str, ...] = _TOP
+    categories: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(
+                f"layer name {self.name!r} is not a valid name: use letters, digits and underscores "
+                "(e.g. 'z1')"
+            )
+        where = f"layer {self.name!r}"
+        if self.name in RESERVED_NAMES:
+            raise ValueError(
+                f"{where}: the name is reserved (s, l and x are the built-in sites): rename the layer, e.g. 'z1'"
+            )
+        if self.family not in FAMILIES:
+            raise ValueError(f"{where}: unknown family {self.family!r}: choose one of {', '.join(FAMILIES)}")
+        _positive_int(self.channels, f"{where}: channels", "give the number of maps, e.g. 8")
+        _positive_int(self.resolution, f"{where}: resolution", "give a down-scaling factor such as 1, 2 or 4")
+        object.__setattr__(self, "parents", _str_tuple(self.parents, f"{where}: parents"))
+        if not self.parents:
+            raise ValueError(f"{where}: no parents: give at least one of 's', 'l' or another layer")
+        if len(set(self.parents)) != len(self.parents):
+            raise ValueError(f"{where}: parents {list(self.parents)} repeat a name: list each parent once")
+        if self.name in self.parents:
+            raise ValueError(
+                f"{where}: lists itself as a parent, which is a cycle: remove {self.name!r} from its parents"
+            )
+        if self.family == "categorical":
+            k = self.categories
+            if k is None or isinstance(k, bool) or not isinstance(k, int) or k < 2:
+                raise ValueError(
+                    f"{where}: a categorical layer needs categories >= 2, got {self.categories!r}: "
+                    "set e.g. categories: 4"
+                )
+        elif self.categories is not None:
+            raise ValueError(
+                f"{where}: categories is only for family 'categorical', got categories={self.categories!r} "
+                f"with family {self.family!r}: remove it"
+            )
+
+    @property
+    def input_channels(self) -> int:
+        """Channels this layer contributes as a parent (one-hot for categorical layers)."""
+        return self.channels * (self.categories or 1)
+
+    @property
+    def param_channels(self) -> int:
+        """Channels of the decoder's output for this layer (logits, or loc and scale)."""
+        if self.family == "gaussian":
+            return 2 * self.channels
+        return self.input_channels
+
+
+@dataclass(frozen=True)
+class ImageLayerSpec:
+    """The image x: Gaussian per band with a learned scale, observed where ``valid``.
+
+    :param bands: C.
+    :param parents: names among ``s``, ``l`` and the latent layers.
+    :param scale: ``"band"`` (one learned scale per band) or ``"pixel"`` (predicted per pixel).
+    :param min_scale: lower bound of the scale (``scale = min_scale + softplus(raw)``).
+    """
+
+    bands: int
+    parents: tuple[str, ...] = _TOP
+    scale: str = "band"
+    min_scale: float = 1e-3
+
+    def __post_init__(self):
+        _positive_int(self.bands, "image: bands", "give the number of spectral bands, e.g. 10")
+        object.__setattr__(self, "parents", _str_tuple(self.parents, "image: parents"))
+        if not self.parents:
+            raise ValueError("image: no parents: give at least one of 's', 'l' or a latent layer")
+        if len(set(self.parents)) != len(self.parents):
+            raise ValueError(f"image: parents {list(self.parents)} repeat a name: list each parent once")
+        if self.scale not in IMAGE_SCALES:
+            raise ValueError(f"image: unknown scale {self.scale!r}: choose one of {', '.join(IMAGE_SCALES)}")
+        if isinstance(self.min_scale, bool) or not isinstance(self.min_scale, (int, float)) or not self.min_scale > 0:
+            raise ValueError(f"image: min_scale must be a positive number, got {self.min_scale!r}: e.g. 0.001")
+        object.__setattr__(self, "min_scale", float(self.min_scale))
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Network sizes.
+
+    :param encoder_widths: channels of the guide's U-Net per level, finest first; level ``i`` is at
+        down-scaling factor ``2**i``.
+    :param encoder_depths: residual blocks per U-Net level.
+    :param decoder_width: channels of every decoder net between layers.
+    :param decoder_depth: residual blocks of every decoder net.
+    """
+
+    encoder_widths: tuple[int, ...] = (32, 48, 64)
+    encoder_depths: tuple[int, ...] = (1, 1, 1)
+    decoder_width: int = 32
+    decoder_depth: int = 1
+
+    def __post_init__(self):
+        widths = _int_tuple(self.encoder_widths, "network: encoder_widths")
+        depths = _int_tuple(self.encoder_depths, "network: encoder_depths")
+        object.__setattr__(self, "encoder_widths", widths)
+        object.__setattr__(self, "encoder_depths", depths)
+        if not widths or any(w <= 0 for w in widths):
+            raise ValueError(
+                f"network: encoder_widths must be positive integers, got {list(widths)}: e.g. [32, 48, 64]"
+            )
+        if len(depths) != len(widths) or any(d < 0 for d in depths):
+            raise ValueError(
+                f"network: encoder_depths must give one non-negative depth per encoder level "
+                f"({len(widths)}), got {list(depths)}"
+            )
+        _positive_int(self.decoder_width, "network: decoder_width", "e.g. 32")
+        if isinstance(self.decoder_depth, bool) or not isinstance(self.decoder_depth, int) or self.decoder_depth < 0:
+            raise ValueError(f"network: decoder_depth must be a non-negative integer, got {self.decoder_depth!r}")
+
+    @property
+    def factors(self) -> tuple[int, ...]:
+        """Down-scaling factors of the encoder levels: ``(1, 2, 4, ...)``."""
+        return tuple(2**i for i in range(len(self.encoder_widths)))
+
+
+@dataclass(frozen=True)
+class HierarchySpec:
+    """The whole hierarchy: ``z0 = (s, l)``, latent layers, image, networks.
+
+    :param num_classes: K, classes of the segmentation ``s``.
+    :param code_bits: D, bits of the global code ``l``.
+    :param layers: latent layers (any order; sampled in a topological order of the parent graph that
+        keeps the listed order where it is free).
+    :param image: the image layer.
+    :param s_prior: ``"empirical"`` (no density; ``s`` is observed or comes from a label pool) or
+        ``"categorical"`` (factorised, learned class logits; closed form, needed by the ELBO).
+    :param temporal: inputs are stacks ``(B, T, C, H, W)``: ``s`` is shared by the dates, ``l``, the
+        layers and ``x`` are per date.
+    :param network: network sizes.
+    :param patch_size: optional patch side; when given, every resolution must divide it (otherwise
+        this is checked when the model is called).
+    """
+
+    num_classes: int
+    code_bits: int
+    layers: tuple[LatentLayerSpec, ...]
+    image: ImageLayerSpec
+    s_prior: str = "empirical"
+    temporal: bool = False
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    patch_size: int | None = None
+
+    def __post_init__(self):
+        _positive_int(self.num_classes, "num_classes", "give K, the number of classes of s")
+        _positive_int(self.code_bits, "code_bits", "give D, the number of bits of the global code l, e.g. 8")
+        if self.s_prior not in S_PRIORS:
+            raise ValueError(f"s_prior: unknown prior {self.s_prior!r}: choose one of {', '.join(S_PRIORS)}")
+        if not isinstance(self.temporal, bool):
+            raise TypeError(f"temporal must be true or false, got {self.temporal!r}")
+        if isinstance(self.layers, (str, dict)) or not isinstance(self.layers, (list, tuple)):
+            raise TypeError(f"layers must be a list of layers, got {type(self.layers).__name__}")
+        layers = tuple(_from_fields(LatentLayerSpec, v, f"layers[{i}]") for i, v in enumerate(self.layers))
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "image", _from_fields(ImageLayerSpec, self.image, "image"))
+        object.__setattr__(self, "network", _from_fields(NetworkSpec, self.network, "network"))
+        if self.patch_size is not None:
+            _positive_int(self.patch_size, "patch_size", "give the patch side in pixels, or leave it out")
+
+        seen: set[str] = set()
+        for layer in layers:
+            if layer.name in seen:
+                raise ValueError(f"duplicate layer name {layer.name!r}: give each latent layer its own name")
+            seen.add(layer.name)
+        known = set(_TOP) | seen
+        names = ", ".join(["s", "l"] + [layer.name for layer in layers])
+        for layer in layers:
+            for p in layer.parents:
+                if p not in known:
+                    raise ValueError(
+                        f"layer {layer.name!r}: unknown parent {p!r}: parents must be among {names}"
+                    )
+        for p in self.image.parents:
+            if p not in known:
+                raise ValueError(f"image: unknown parent {p!r}: parents must be among {names}")
+
+        factors = self.network.factors
+        for layer in layers:
+            if layer.resolution not in factors:
+                raise ValueError(
+                    f"layer {layer.name!r}: resolution {layer.resolution} has no encoder features "
+                    f"(the encoder levels are at factors {', '.join(map(str, factors))}): choose one of "
+                    "those, or add levels to network.encoder_widths"
+                )
+        if self.patch_size is not None:
+            for f in (factors[-1],) + tuple(layer.resolution for layer in layers):
+                if self.patch_size % f:
+                    who = next((f"layer {la.name!r}" for la in layers if la.resolution == f), "the encoder")
+                    raise ValueError(
+                        f"{who}: resolution {f} does not divide the patch size {self.patch_size}: "
+                        f"use a patch size that is a multiple of {f}, or a smaller resolution"
+                    )
+        object.__setattr__(self, "_by_name", {layer.name: layer for layer in layers})
+        object.__setattr__(self, "_order", self._topological_order())
+        used = {p for layer in layers for p in layer.parents} | set(self.image.parents)
+        unused = [layer.name for layer in layers if layer.name not in used]
+        if unused:
+            warnings.warn(
+                f"latent layer(s) {', '.join(map(repr, unused))} are parents of nothing, so they do not "
+                "influence x: add them to the parents of a layer or of the image",
+                stacklevel=3,
+            )
+
+    def _topological_order(self) -> tuple[str, ...]:
+        by_name = {layer.name: layer for layer in self.layers}
+        done: list[str] = []
+        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = path[path.index(name):] + [name]
+                raise ValueError(
+                    f"layer {name!r}: the parents form a cycle {' -> '.join(map(repr, cycle))}: "
+                    "remove one of these parent links"
+                )
+            state[name] = 1
+            for p in by_name[name].parents:
+                if p in by_name:
+                    visit(p, path + [name])
+            state[name] = 2
+            done.append(name)
+
+        for layer in self.layers:
+            visit(layer.name, [])
+        return tuple(done)
+
+    # ----------------------------------------------------------------------------------------- queries
+    @property
+    def order(self) -> tuple[str, ...]:
+        """Latent layer names in sampling (topological) order."""
+        return self._order
+
+    def layer(self, name: str) -> LatentLayerSpec:
+        """The layer called ``name``."""
+        layer = self._by_name.get(name)
+        if layer is not None:
+            return layer
+        raise KeyError(f"no latent layer {name!r}; layers: {', '.join(la.name for la in self.layers)}")
+
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        """Sample sites of the model, in order: ``("s", "l", *order, "x")``."""
+        return ("s", "l") + self.order + ("x",)
+
+    def input_channels(self, name: str) -> int:
+        """Channels that the parent ``name`` feeds to a decoder net (``s``: K one-hot, ``l``: D bits)."""
+        if name == "s":
+            return self.num_classes
+        if name == "l":
+            return self.code_bits
+        return self.layer(name).input_channels
+
+    def check_patch(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` when an image of ``height x width`` does not fit this hierarchy."""
+        for f in (self.network.factors[-1],) + tuple(layer.resolution for layer in self.layers):
+            if height % f or width % f:
+                who = next((f"layer {la.name!r}" for la in self.layers if la.resolution == f), "the encoder")
+                raise ValueError(
+                    f"{who}: resolution {f} does not divide the patch size {height}x{width}: "
+                    f"use patches whose sides are multiples of {f}"
+                )
+
+    # ------------------------------------------------------------------------------ construction
+    @classmethod
+    def default(
+        cls,
+        num_classes: int,
+        bands: int,
+        code_bits: int = 8,
+        *,
+        channels: int = 8,
+        s_prior: str = "empirical",
+        temporal: bool = False,
+        encoder_widths: tuple[int, ...] = (32, 48, 64),
+        decoder_width: int = 32,
+        patch_size: int | None = None,
+    ) -> HierarchySpec:
+        """The default hierarchy: s, l -> z1 (Bernoulli, 1/4 resolution) -> z2 (Bernoulli, 1/2) -> x.
+
+        ``z1`` has parents ``(s, l)``, ``z2`` has ``(s, l, z1)`` and ``x`` has ``(s, l, z2)``; about 0.3 M
+        parameters for 10 bands and 6 classes (small enough to train on a CPU).
+        """
+        widths = tuple(encoder_widths)
+        return cls(
+            num_classes=num_classes,
+            code_bits=code_bits,
+            layers=(
+                LatentLayerSpec("z1", "bernoulli", channels, 4, ("s", "l")),
+                LatentLayerSpec("z2", "bernoulli", channels, 2, ("s", "l", "z1")),
+            ),
+            image=ImageLayerSpec(bands=bands, parents=("s", "l", "z2")),
+            s_prior=s_prior,
+            temporal=temporal,
+            network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1),
+            patch_size=patch_size,
+        )
+
+    # --------------------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of lists, numbers and strings (the YAML/JSON form); unset optional fields are left out."""
+
+        def plain(v):
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            if dataclasses.is_dataclass(v):
+                return {
+                    f.name: plain(getattr(v, f.name))
+                    for f in dataclasses.fields(v)
+                    if not (f.name in _OPTIONAL and getattr(v, f.name) is None)
+                }
+            return v
+
+        return plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HierarchySpec:
+        """Inverse of :meth:`to_dict`; unknown fields are errors."""
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a mapping for a HierarchySpec, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(names)}")
+        missing = [n for n in ("num_classes", "code_bits", "layers", "image") if n not in data]
+        if missing:
+            raise ValueError(f"missing field(s) {', '.join(missing)} in the hierarchy spec")
+        data = dict(data)
+        if isinstance(data["layers"], (list, tuple)):
+            data["layers"] = tuple(
+                _from_fields(LatentLayerSpec, _tuplify(v, ("parents",)), f"layers[{i}]")
+                for i, v in enumerate(data["layers"])
+            )
+        data["image"] = _from_fields(ImageLayerSpec, _tuplify(data["image"], ("parents",)), "image")
+        if "network" in data:
+            data["network"] = _from_fields(
+                NetworkSpec, _tuplify(data["network"], ("encoder_widths", "encoder_depths")), "network"
+            )
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> HierarchySpec:
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> HierarchySpec:
+        return cls.from_dict(yaml.safe_load(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to ``path`` as YAML (``.yaml``/``.yml``) or JSON (``.json``)."""
+        path = Path(path)
+        text = self.to_json() if path.suffix == ".json" else self.to_yaml()
+        if path.suffix not in (".json", ".yaml", ".yml"):
+            raise ValueError(f"expected a .yaml, .yml or .json path, got {str(path)!r}")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HierarchySpec:
+        """Read a spec written by :meth:`save` (or by hand) from a ``.yaml``/``.yml``/``.json`` file."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no hierarchy spec at {str(path)!r}")
+        text = path.read_text()
+        return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)
+
+
+def _tuplify(data: Any, keys: tuple[str, ...]) -> Any:
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for k in keys:
+        if isinstance(out.get(k), list):
+            out[k] = tuple(out[k])
+    return out

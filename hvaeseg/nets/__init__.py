@@ -1,0 +1,15 @@
+"""Plain :mod:`torch.nn` building blocks (no Pyro): residual blocks, the U-Net encoder, the segmentation U-Net."""
+
+from hvaeseg.nets.blocks import ConditionalConvNet, ResBlock, resize, zero_init
+from hvaeseg.nets.unet import SegmentationUNet, UNetEncoder, masked_input, valid_weighted_pool
+
+__all__ = [
+    "ConditionalConvNet",
+    "ResBlock",
+    "SegmentationUNet",
+    "UNetEncoder",
+    "masked_input",
+    "resize",
+    "valid_weighted_pool",
+    "zero_init",
+]

@@ -1,0 +1,217 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hvaeseg.distributions import (
+    EmpiricalPrior,
+    FastBernoulli,
+    FastCategorical,
+    PartiallyObservedCategorical,
+    StraightThroughCategorical,
+)
+from hvaeseg.traces import unwrap
+
+# chi-square critical value at p = 0.001 for 4 degrees of freedom (K = 5 classes): a correct sampler
+# fails this with probability 1e-3, and the seed is fixed, so the test is deterministic.
+CHI2_999_DOF4 = 18.467
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    expected = probs * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_categorical_frequencies_match_probs():
+    logits = torch.tensor([0.3, -1.0, 2.0, 0.0, -0.5])
+    n = 40_000
+    d = FastCategorical(logits.expand(n, 5))
+    s = d.sample()
+    assert s.dtype == torch.int64 and s.shape == (n,)
+    counts = torch.bincount(s, minlength=5).float()
+    assert chi_square(counts, logits.softmax(-1)) < CHI2_999_DOF4
+    # sample_shape on a small batch
+    assert FastCategorical(torch.zeros(2, 3, 4)).sample((5,)).shape == (5, 2, 3)
+
+
+def test_categorical_zero_probability_class_never_drawn():
+    logits = torch.tensor([0.0, -math.inf, 0.0]).expand(10_000, 3)
+    s = FastCategorical(logits).sample()
+    assert (s != 1).all()
+
+
+def test_bernoulli_frequencies_match_probs():
+    logits = torch.tensor([-2.0, 0.0, 1.5])
+    n = 40_000
+    x = FastBernoulli(logits.expand(n, 3)).sample()
+    assert x.dtype == torch.float32 and set(x.unique().tolist()) <= {0.0, 1.0}
+    p = torch.sigmoid(logits)
+    z = (x.mean(0) - p) / (p * (1 - p) / n).sqrt()
+    assert z.abs().max() < 4.0  # a correct sampler exceeds 4 sigma with probability ~6e-5
+
+
+def test_partially_observed_frequencies_on_void_pixels():
+    logits = torch.tensor([1.0, 0.0, -1.0, 0.5, 0.2])
+    n = 40_000
+    labels = torch.full((n,), -1)
+    labels[::2] = 3
+    s = PartiallyObservedCategorical(logits.expand(n, 5), labels).sample()
+    assert (s[::2] == 3).all()
+    counts = torch.bincount(s[1::2], minlength=5).float()
+    assert chi_square(counts, logits.softmax(-1)) < CHI2_999_DOF4
+
+
+def test_categorical_log_prob_by_hand():
+    logits = torch.randn(2, 3, 4)
+    value = torch.tensor([[0, 3, -1], [2, 2, 1]])
+    d = FastCategorical(logits)
+    expected = torch.empty(2, 3)
+    for i in range(2):
+        for j in range(3):
+            k = int(value[i, j])
+            expected[i, j] = 0.0 if k < 0 else logits[i, j, k] - torch.logsumexp(logits[i, j], 0)
+    torch.testing.assert_close(d.log_prob(value), expected)
+    torch.testing.assert_close(d.logits.exp().sum(-1), torch.ones(2, 3))
+    # one-hot float values (void = zero vector) give the same numbers
+    onehot = F.one_hot(value.clamp(min=0), 4).float() * (value >= 0).unsqueeze(-1)
+    torch.testing.assert_close(d.log_prob(onehot), expected)
+
+
+def test_bernoulli_log_prob_by_hand_and_differentiable_in_value():
+    logits = torch.tensor([-1.0, 0.5, 2.0])
+    value = torch.tensor([0.0, 1.0, 1.0], requires_grad=True)
+    lp = FastBernoulli(logits).log_prob(value)
+    p = torch.sigmoid(logits)
+    torch.testing.assert_close(lp, (value * p.log() + (1 - value) * (1 - p).log()).detach())
+    lp.sum().backward()
+    torch.testing.assert_close(value.grad, logits)  # d/dv [v l - softplus(l)] = l
+
+
+def test_partially_observed_log_prob_counts_void_only():
+    logits = torch.randn(3, 4)
+    labels = torch.tensor([-1, 2, -1])
+    d = PartiallyObservedCategorical(logits, labels)
+    value = torch.tensor([1, 2, 0])
+    full = FastCategorical(logits).log_prob(value)
+    torch.testing.assert_close(d.log_prob(value), torch.stack([full[0], torch.tensor(0.0), full[2]]))
+    torch.testing.assert_close(d.logits, logits.log_softmax(-1))
+
+
+def test_empirical_prior():
+    d = EmpiricalPrior(5, (2, 3, 4))
+    s = torch.randint(-1, 5, (2, 3, 4))
+    assert torch.equal(d.log_prob(s), torch.zeros(2, 3, 4))
+    assert torch.equal(d.log_prob(F.one_hot(s.clamp(min=0), 5).float()), torch.zeros(2, 3, 4))
+    assert d.to_event(2).log_prob(s).shape == (2,)
+    with pytest.raises(ValueError, match="the empirical s prior has no sampler: give s or draw from a label pool"):
+        d.sample()
+    assert d.expand((6, 2, 3, 4)).batch_shape == (6, 2, 3, 4)
+    assert d.straight_through(0.5) is d
+
+
+def _grad(fn, logits):
+    logits = logits.clone().requires_grad_(True)
+    fn(logits).backward()
+    return logits.grad
+
+
+def test_straight_through_categorical_gradient_equals_relaxed_gradient():
+    logits = torch.randn(6, 4)
+    weights = torch.randn(6, 4)
+    tau = 0.7
+
+    def st(lg):
+        torch.manual_seed(1)
+        value = FastCategorical(lg).straight_through(tau).rsample()
+        return (weights * value).sum()
+
+    def relaxed(lg):
+        torch.manual_seed(1)
+        _, soft = StraightThroughCategorical(lg, tau).relaxed_rsample()
+        return (weights * soft).sum()
+
+    torch.manual_seed(1)
+    value = FastCategorical(logits).straight_through(tau).rsample()
+    assert value.shape == (6, 4)
+    assert torch.equal(value.sum(-1), torch.ones(6)) and set(value.unique().tolist()) == {0.0, 1.0}
+    g_st, g_rel = _grad(st, logits), _grad(relaxed, logits)
+    assert g_st.abs().sum() > 0
+    torch.testing.assert_close(g_st, g_rel)
+
+
+def test_straight_through_bernoulli_gradient_equals_relaxed_gradient():
+    logits = torch.randn(10)
+    weights = torch.randn(10)
+
+    def st(lg):
+        torch.manual_seed(2)
+        return (weights * FastBernoulli(lg).straight_through(0.5).rsample()).sum()
+
+    def relaxed(lg):
+        torch.manual_seed(2)
+        return (weights * FastBernoulli(lg).straight_through(0.5).relaxed_rsample()[1]).sum()
+
+    torch.manual_seed(2)
+    value = FastBernoulli(logits).straight_through(0.5).rsample()
+    assert set(value.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(_grad(st, logits), _grad(relaxed, logits))
+
+
+def test_straight_through_log_prob_is_discrete_and_differentiable_in_value():
+    logits = torch.randn(5, 3)
+    d = FastCategorical(logits)
+    st = d.straight_through(1.0)
+    value = st.rsample()
+    assert value.requires_grad is False  # logits without grad
+    value = value.clone().requires_grad_(True)
+    lp = st.log_prob(value)
+    torch.testing.assert_close(lp, d.log_prob(value.argmax(-1)))
+    lp.sum().backward()
+    torch.testing.assert_close(value.grad, logits.log_softmax(-1))
+    # the model scores the relaxed guide sample with a normal (non-relaxed) distribution
+    torch.testing.assert_close(FastCategorical(logits).log_prob(value), lp)
+
+
+def test_partially_observed_straight_through_keeps_labels():
+    logits = torch.randn(8, 3, requires_grad=True)
+    labels = torch.tensor([0, -1, 2, -1, -1, 1, -1, 0])
+    st = PartiallyObservedCategorical(logits, labels).straight_through(0.5)
+    value = st.rsample()
+    assert torch.equal(value[labels >= 0].argmax(-1), labels[labels >= 0])
+    lp = st.log_prob(value)
+    assert torch.equal(lp[labels >= 0], torch.zeros(4))
+    (value[labels < 0] * torch.randn(4, 3)).sum().backward()
+    assert logits.grad[labels >= 0].abs().sum() == 0 and logits.grad[labels < 0].abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: FastBernoulli(torch.randn(2, 3, 4)),
+        lambda: FastCategorical(torch.randn(2, 3, 4, 5)),
+        lambda: PartiallyObservedCategorical(torch.randn(2, 3, 4, 5), torch.randint(-1, 5, (2, 3, 4))),
+        lambda: FastBernoulli(torch.randn(2, 3, 4)).straight_through(0.5),
+        lambda: FastCategorical(torch.randn(2, 3, 4, 5)).straight_through(0.5),
+    ],
+)
+def test_pyro_wrappers_mask_and_to_event(make):
+    d = make()
+    value = d.sample()
+    lp = d.log_prob(value)
+    assert lp.shape == (2, 3, 4)
+    mask = torch.tensor([True, False]).view(2, 1, 1)
+    masked = d.mask(mask).to_event(2)
+    assert masked.batch_shape == (2,)
+    out = masked.log_prob(value)
+    torch.testing.assert_close(out, torch.stack([lp[0].sum(), torch.tensor(0.0)]))
+    assert unwrap(masked) is d
+    expanded = d.expand((7, 2, 3, 4))
+    assert expanded.batch_shape == (7, 2, 3, 4)
+    assert expanded.sample().shape[:4] == (7, 2, 3, 4)
+
+
+def test_no_validation_cost():
+    d = FastCategorical(torch.randn(2, 3))
+    assert d._validate_args is False
+    assert FastBernoulli(torch.randn(2))._validate_args is False
