@@ -514,10 +514,9 @@ class PatchSampler:
         return self.split.blocks(shape, split)
 
     # -- public ------------------------------------------------------------------------------------
-    def labelled_locations(self, cube: Any, *, storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
-        """``(n_labelled, 2)`` int64 top-left ``(y, x)`` of the labelled training locations (sorted)."""
-        if self.n_labelled == 0:
-            return np.zeros((0, 2), dtype=np.int64)
+    def labelled_candidates(self, cube: Any, *, storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
+        """``(M, 2)`` int64 top-left ``(y, x)`` of every non-overlapping patch-size tile of the training blocks
+        that holds a labelled pixel: the locations the labelled subset is drawn from (M = "all labels")."""
         view = cube if isinstance(cube, _CubeView) else _CubeView(cube, storage_options)
         H, W = self.sizes["y"], self.sizes["x"]
         tiles = []
@@ -531,6 +530,14 @@ class PatchSampler:
         if lab is not None and len(tiles):
             has = _box_sums(_integral(lab), tiles[:, 0], tiles[:, 1], H, W) > 0
             tiles = tiles[has]
+        return tiles.astype(np.int64)
+
+    def labelled_locations(self, cube: Any, *, storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
+        """``(n_labelled, 2)`` int64 top-left ``(y, x)`` of the labelled training locations (sorted)."""
+        if self.n_labelled == 0:
+            return np.zeros((0, 2), dtype=np.int64)
+        tiles = self.labelled_candidates(cube, storage_options=storage_options)
+        H, W = self.sizes["y"], self.sizes["x"]
         if self.n_labelled > len(tiles):
             raise ValueError(
                 f"asked for {self.n_labelled} labelled training locations, but the training blocks hold only "

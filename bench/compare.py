@@ -1,0 +1,122 @@
+"""Compare methods on one synthetic preset under the same protocol and wall-clock budget; prints JSON.
+
+Every method sees the same cube, spatial split, labelled subset (``data_seed``) and evaluation tiles; each
+trains for the same wall-clock budget (``--budget`` seconds) with validation every ``--val-every`` steps, the
+checkpoint with the best validation mean IoU is evaluated once on the test split. Several training seeds give a
+mean and a spread.
+
+    python bench/compare.py --methods symmetric elbo supervised mixmatch --labels 10 --budget 240
+    python bench/compare.py --methods supervised mixmatch --labels 10 100 0 --seeds 0 1 2 --budget 120
+
+``--labels 0`` means *all* labelled training locations. The run folders are kept under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hvaeseg.experiment import RunConfig, evaluate_run, prepare_data, train_run
+
+KEYS = ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency", "steps_per_second", "labelled_pixels")
+
+
+def all_locations(config: RunConfig) -> int:
+    """How many labelled training locations the split holds (the "all labels" budget)."""
+    from hvaeseg.data.sampler import PatchSampler, SpatialSplit
+    from hvaeseg.experiment import open_data
+
+    split = SpatialSplit(block={"y": config.block, "x": config.block},
+                         fractions=dict(zip(("train", "val", "test"), config.fractions)), seed=config.data_seed)
+    sampler = PatchSampler(config.sizes, split=split, splits=("train",), seed=config.data_seed)
+    return len(sampler.labelled_candidates(open_data(config.data, config.data_seed)))
+
+
+def run_one(args: argparse.Namespace, method: str, labels: int, seed: int) -> dict:
+    out = Path(args.out) / f"{method}-N{labels}-seed{seed}"
+    config = RunConfig(
+        method=method, data=f"synthetic:{args.preset}", labels=labels, steps=10**7, seed=seed, data_seed=0,
+        batch_size=args.batch_size, patch_size=args.patch_size, block=args.block, val_every=args.val_every,
+        checkpoint_every=args.val_every, time_budget_s=args.budget, unlabelled_patches=args.unlabelled_patches,
+    )
+    t0 = time.perf_counter()
+    trainer = train_run(config, out, resume=False)
+    train_s = trainer.history.train_seconds
+    result = evaluate_run(out, "test", iwae_samples=args.iwae_samples)
+    data = prepare_data(config)
+    lab = data.train_plan.select(labelled=True)
+    row = {
+        "method": method, "labels": labels, "seed": seed, "steps": trainer.step,
+        "steps_per_second": trainer.step / train_s, "train_seconds": train_s,
+        "wall_seconds": time.perf_counter() - t0,
+        "labelled_patches": len(lab), "labelled_pixels": int(len(lab) * args.patch_size**2),
+        "best_step": trainer.history.best_step,
+        **{k: result.get(k) for k in ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency",
+                                      "recon_mae", "recon_rmse")},
+    }
+    print(json.dumps(row), file=sys.stderr)
+    return row
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["labels"]), []).append(r)
+    out = []
+    for (method, labels), rs in groups.items():
+        entry = {"method": method, "labels": labels, "seeds": len(rs)}
+        for k in KEYS:
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            if vals:
+                entry[k] = statistics.fmean(vals)
+                entry[f"{k}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=["symmetric", "elbo", "supervised", "mixmatch"])
+    p.add_argument("--labels", nargs="+", type=int, default=[10], help="N per run; 0 = all locations")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--budget", type=float, default=240.0, help="training seconds per run")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--patch-size", type=int, default=32)
+    p.add_argument("--block", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--unlabelled-patches", type=int, default=2048)
+    p.add_argument("--val-every", type=int, default=50)
+    p.add_argument("--iwae-samples", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--out", default="runs/compare")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("HVAESEG_NO_PROGRESS", "1")
+    probe = RunConfig(method="supervised", data=f"synthetic:{args.preset}", labels=1,
+                      patch_size=args.patch_size, block=args.block)
+    n_all = all_locations(probe)
+    rows = []
+    for labels in args.labels:
+        n = n_all if labels == 0 or labels > n_all else labels
+        for seed in args.seeds:
+            for method in args.methods:
+                rows.append(run_one(args, method, n, seed))
+    report = {
+        "preset": args.preset, "patch_size": args.patch_size, "budget_s": args.budget,
+        "all_locations": n_all, "threads": torch.get_num_threads(),
+        "runs": rows, "summary": summarise(rows),
+    }
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
