@@ -1,0 +1,262 @@
+"""Augmentations for segmentation patches: the dihedral group D4, translations with validity masks, and
+spectral jitter.
+
+The dihedral group acts on the last two dimensions of any tensor (bands ``(B, C, H, W)``, temporal stacks
+``(B, T, C, H, W)``, masks ``(B, [T,] H, W)``, label maps ``(B, H, W)``, class probabilities ``(B, K, H, W)``),
+so one element transforms an image, its validity mask and its label map consistently, and its inverse maps
+a prediction back exactly (no interpolation, no lost pixels). Translations lose the pixels shifted out;
+the pixels shifted in are marked invalid (``valid`` False, label -1, reflectance 0), never filled with
+made-up values. Spectral jitter multiplies each band by a random gain; it leaves labels and masks alone.
+
+An element ``g = (k, flip)`` acts as ``rot90^k ∘ flip``: first mirror left-right (last dim) if ``flip``,
+then rotate by ``k`` quarter turns with ``torch.rot90(t, k, dims=(-2, -1))``. Since
+``flip ∘ rot90^k = rot90^-k ∘ flip``, composition and inverse have closed forms:
+
+.. math::
+
+    (k_1, f_1) \\circ (k_2, f_2) = (k_1 + (-1)^{f_1} k_2 \\bmod 4,\\; f_1 \\oplus f_2), \\qquad
+    (k, f)^{-1} = ((-1)^{1-f} k \\bmod 4,\\; f).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DihedralElement",
+    "ELEMENTS",
+    "IDENTITY",
+    "Augmentation",
+    "AugmentationDraw",
+    "random_elements",
+    "apply",
+    "invert",
+    "translate",
+    "spectral_jitter",
+]
+
+_NAMES = {
+    (0, False): "identity",
+    (1, False): "rot90",
+    (2, False): "rot180",
+    (3, False): "rot270",
+    (0, True): "flip_lr",
+    (1, True): "transpose",
+    (2, True): "flip_ud",
+    (3, True): "antitranspose",
+}
+
+
+@dataclass(frozen=True)
+class DihedralElement:
+    """An element of D4: mirror left-right if ``flip``, then rotate by ``k`` quarter turns.
+
+    :param k: number of counter-clockwise quarter turns (``torch.rot90`` convention), 0..3.
+    :param flip: mirror the last dimension first.
+    """
+
+    k: int = 0
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or not 0 <= self.k <= 3:
+            raise ValueError(f"expected k in 0..3, got {self.k!r}")
+        if not isinstance(self.flip, bool):
+            raise TypeError(f"expected flip to be a bool, got {type(self.flip).__name__}")
+
+    @property
+    def name(self) -> str:
+        """``identity``, ``rot90``, ``rot180``, ``rot270``, ``flip_lr``, ``transpose``, ``flip_ud`` or
+        ``antitranspose``."""
+        return _NAMES[(self.k, self.flip)]
+
+    @property
+    def preserves_shape(self) -> bool:
+        """True when ``(H, W)`` stays ``(H, W)`` (even number of quarter turns)."""
+        return self.k % 2 == 0
+
+    def compose(self, other: DihedralElement) -> DihedralElement:
+        """The element ``self ∘ other``: apply ``other`` first, then ``self``."""
+        k = (self.k - other.k if self.flip else self.k + other.k) % 4
+        return DihedralElement(k, self.flip != other.flip)
+
+    def __matmul__(self, other: DihedralElement) -> DihedralElement:
+        return self.compose(other)
+
+    def inverse(self) -> DihedralElement:
+        """The element undoing this one (a reflection is its own inverse)."""
+        return self if self.flip else DihedralElement((-self.k) % 4, False)
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """Apply to the last two dims of ``t`` (a new tensor; ``t`` is not modified)."""
+        if t.dim() < 2:
+            raise ValueError(f"expected a tensor with at least 2 dims (..., H, W), got shape {tuple(t.shape)}")
+        if self.flip:
+            t = torch.flip(t, dims=(-1,))
+        return torch.rot90(t, self.k, dims=(-2, -1)) if self.k else (t if self.flip else t.clone())
+
+
+IDENTITY = DihedralElement()
+#: the 8 elements of D4, identity first
+ELEMENTS: tuple[DihedralElement, ...] = tuple(DihedralElement(k, f) for f in (False, True) for k in range(4))
+#: the 4 elements that keep ``(H, W)`` (a subgroup), for non-square patches
+_SHAPE_PRESERVING: tuple[DihedralElement, ...] = tuple(e for e in ELEMENTS if e.preserves_shape)
+
+Elements = Union[DihedralElement, Sequence[DihedralElement]]
+
+
+def random_elements(
+    n: int, generator: torch.Generator | None = None, shape_preserving: bool = False
+) -> list[DihedralElement]:
+    """``n`` elements drawn uniformly from D4 (or from its shape-preserving subgroup {identity, rot180,
+    flip_lr, flip_ud} when ``shape_preserving``, for non-square patches)."""
+    pool = _SHAPE_PRESERVING if shape_preserving else ELEMENTS
+    idx = torch.randint(len(pool), (n,), generator=generator)
+    return [pool[i] for i in idx.tolist()]
+
+
+def apply(t: Tensor, element: Elements) -> Tensor:
+    """Apply one element to the last two dims of ``t``, or one element per sample along dim 0.
+
+    :param t: ``(..., H, W)``; with a sequence of elements, ``(B, ..., H, W)`` with ``B = len(element)``.
+    :param element: a :class:`DihedralElement`, or ``B`` of them (per sample). Mixed per-sample elements
+        that rotate by an odd number of quarter turns need square patches (``H == W``).
+    """
+    if isinstance(element, DihedralElement):
+        return element(t)
+    elements = list(element)
+    if t.dim() < 3 or t.shape[0] != len(elements):
+        raise ValueError(
+            f"expected a batch (B, ..., H, W) with B = {len(elements)} elements, got shape {tuple(t.shape)}"
+        )
+    distinct = set(elements)
+    if len(distinct) == 1:
+        return elements[0](t)
+    if t.shape[-1] != t.shape[-2] and any(not e.preserves_shape for e in distinct):
+        raise ValueError(
+            f"per-sample quarter turns need square patches, got H x W = {t.shape[-2]} x {t.shape[-1]}; "
+            "draw elements with shape_preserving=True"
+        )
+    out = torch.empty_like(t)
+    for e in distinct:
+        idx = torch.tensor([i for i, ei in enumerate(elements) if ei == e], device=t.device)
+        out[idx] = e(t[idx])
+    return out
+
+
+def invert(t: Tensor, element: Elements) -> Tensor:
+    """Undo :func:`apply` with the same element(s): ``invert(apply(t, g), g) == t`` exactly."""
+    if isinstance(element, DihedralElement):
+        return element.inverse()(t)
+    return apply(t, [e.inverse() for e in element])
+
+
+def translate(t: Tensor, shifts: Tensor, fill: float | int | bool = 0) -> Tensor:
+    """Shift each sample by whole pixels; pixels shifted in take ``fill``, pixels shifted out are lost.
+
+    :param t: ``(B, ..., H, W)``.
+    :param shifts: ``(B, 2)`` integer ``(dy, dx)``: the content moves down by ``dy`` and right by ``dx``.
+    :param fill: value of the pixels shifted in (0 for reflectance, False for ``valid``, -1 for labels).
+    """
+    if shifts.shape != (t.shape[0], 2):
+        raise ValueError(f"expected shifts of shape ({t.shape[0]}, 2), got {tuple(shifts.shape)}")
+    B, H, W = t.shape[0], t.shape[-2], t.shape[-1]
+    shifts = shifts.to(device=t.device, dtype=torch.long)
+    rows = torch.arange(H, device=t.device)[None, :] - shifts[:, :1]  # (B, H) source row of each output row
+    cols = torch.arange(W, device=t.device)[None, :] - shifts[:, 1:]  # (B, W)
+    inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]  # (B, H, W)
+    src = rows.clamp(0, H - 1)[:, :, None] * W + cols.clamp(0, W - 1)[:, None, :]  # (B, H, W)
+    flat = t.reshape(B, -1, H * W)
+    out = flat.gather(2, src.reshape(B, 1, H * W).expand(-1, flat.shape[1], -1)).reshape(t.shape)
+    inside = inside.reshape((B,) + (1,) * (t.dim() - 3) + (H, W))
+    return torch.where(inside, out, torch.as_tensor(fill, dtype=t.dtype, device=t.device))
+
+
+def spectral_jitter(x: Tensor, gains: Tensor) -> Tensor:
+    """Multiply each band by its gain: ``x`` ``(B, C, H, W)`` or ``(B, T, C, H, W)``, ``gains`` ``(B, C)``
+    (the same gain on every date of a stack). Undo with ``1 / gains``."""
+    if gains.shape != (x.shape[0], x.shape[-3]):
+        raise ValueError(f"expected gains of shape ({x.shape[0]}, {x.shape[-3]}), got {tuple(gains.shape)}")
+    shape = (x.shape[0],) + (1,) * (x.dim() - 4) + (x.shape[-3], 1, 1)
+    return x * gains.to(x).reshape(shape)
+
+
+@dataclass(frozen=True)
+class AugmentationDraw:
+    """The random parameters of one augmentation of a batch (so it can be replayed or inverted).
+
+    :param elements: one dihedral element per sample.
+    :param shifts: ``(B, 2)`` int64 translations, or None.
+    :param gains: ``(B, C)`` per-band gains, or None.
+    """
+
+    elements: tuple[DihedralElement, ...]
+    shifts: Tensor | None = None
+    gains: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Which augmentations a baseline uses, and how strong.
+
+    :param dihedral: random elements of D4 (for non-square patches, of its shape-preserving subgroup).
+    :param max_shift: largest translation in pixels along each axis (0 = none); shifted-in pixels are
+        invalid and void.
+    :param jitter: standard deviation of the log of the per-band gain (0 = none); a gain ``exp(jitter * N(0, 1))``
+        multiplies each normalised band, the same on every date of a stack.
+    """
+
+    dihedral: bool = True
+    max_shift: int = 0
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_shift, int) or self.max_shift < 0:
+            raise ValueError(f"expected max_shift to be an int >= 0, got {self.max_shift!r}")
+        if not self.jitter >= 0:
+            raise ValueError(f"expected jitter >= 0, got {self.jitter!r}")
+
+    def draw(self, x: Tensor, generator: torch.Generator | None = None) -> AugmentationDraw:
+        """Draw parameters for the batch ``x`` ``(B, C, H, W)`` or ``(B, T, C, H, W)`` (drawn on the CPU)."""
+        B, C, H, W = x.shape[0], x.shape[-3], x.shape[-2], x.shape[-1]
+        if self.dihedral:
+            elements = tuple(random_elements(B, generator, shape_preserving=H != W))
+        else:
+            elements = (IDENTITY,) * B
+        shifts = None
+        if self.max_shift:
+            shifts = torch.randint(-self.max_shift, self.max_shift + 1, (B, 2), generator=generator)
+        gains = None
+        if self.jitter:
+            gains = torch.exp(self.jitter * torch.randn(B, C, generator=generator))
+        return AugmentationDraw(elements, shifts, gains)
+
+    @staticmethod
+    def apply_draw(
+        draw: AugmentationDraw, x: Tensor, valid: Tensor, labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Jitter, then the dihedral element, then the translation, applied consistently to
+        ``x``, ``valid`` and ``labels`` (label maps ``(B, H, W)`` int64, or soft targets ``(B, K, H, W)``
+        float, whose shifted-in pixels become zero vectors, i.e. no target)."""
+        if draw.gains is not None:
+            x = spectral_jitter(x, draw.gains)
+        x, valid = apply(x, draw.elements), apply(valid, draw.elements)
+        if labels is not None:
+            labels = apply(labels, draw.elements)
+        if draw.shifts is not None:
+            x = translate(x, draw.shifts, 0.0)
+            valid = translate(valid, draw.shifts, False)
+            if labels is not None:
+                labels = translate(labels, draw.shifts, 0.0 if labels.is_floating_point() else -1)
+        return x, valid, labels
+
+    def __call__(
+        self, x: Tensor, valid: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Draw and apply: returns the augmented ``(x, valid, labels)``."""
+        return self.apply_draw(self.draw(x, generator), x, valid, labels)

@@ -1,0 +1,152 @@
+import itertools
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hvaeseg.baselines.augment import (
+    ELEMENTS,
+    IDENTITY,
+    Augmentation,
+    DihedralElement,
+    apply,
+    invert,
+    random_elements,
+    spectral_jitter,
+    translate,
+)
+
+elements = st.sampled_from(ELEMENTS)
+
+
+@st.composite
+def patches(draw, square=False):
+    """A random patch triple: bands (B, [T,] C, H, W), mask (B, [T,] H, W), label map (B, H, W) with voids."""
+    B, C = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    H = draw(st.integers(1, 7))
+    W = H if square else draw(st.integers(1, 7))
+    T = draw(st.sampled_from([None, 2]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    lead = (B,) if T is None else (B, T)
+    x = torch.randn(*lead, C, H, W, generator=g)
+    valid = torch.rand(*lead, H, W, generator=g) < 0.7
+    labels = torch.randint(-1, 5, (B, H, W), generator=g)
+    return x, valid, labels
+
+
+@given(patches(), elements)
+def test_inverse_undoes_every_element_exactly(patch, g):
+    for t in patch:  # bands, masks and label maps
+        out = apply(t, g)
+        assert out.dtype == t.dtype
+        assert torch.equal(invert(out, g), t)
+        assert torch.equal(apply(out, g.inverse()), t)
+
+
+@given(patches(square=True), st.integers(0, 2**31 - 1))
+def test_per_sample_elements_are_inverted_exactly(patch, seed):
+    B = patch[0].shape[0]
+    gs = random_elements(B, torch.Generator().manual_seed(seed))
+    for t in patch:
+        out = apply(t, gs)
+        for b in range(B):  # each sample got its own element
+            assert torch.equal(out[b], gs[b](t[b]))
+        assert torch.equal(invert(out, gs), t)
+
+
+def test_group_closure_composition_and_inverses():
+    t = torch.arange(2 * 3 * 3).reshape(2, 3, 3)
+    images = {g: g(t) for g in ELEMENTS}
+    assert len({tuple(v.flatten().tolist()) for v in images.values()}) == 8  # 8 distinct actions
+    for a, b in itertools.product(ELEMENTS, ELEMENTS):
+        ab = a @ b
+        assert ab in ELEMENTS  # closure
+        assert torch.equal(a(b(t)), ab(t))  # composition acts as "b first, then a"
+    for a, b, c in itertools.product(ELEMENTS, ELEMENTS, ELEMENTS):
+        assert (a @ b) @ c == a @ (b @ c)
+    for g in ELEMENTS:
+        assert g @ g.inverse() == IDENTITY == g.inverse() @ g
+        assert IDENTITY @ g == g == g @ IDENTITY
+
+
+def test_element_names_say_what_they_do():
+    t = torch.arange(12).reshape(3, 4)
+    by_name = {g.name: g(t) for g in ELEMENTS}
+    assert torch.equal(by_name["identity"], t)
+    assert torch.equal(by_name["flip_lr"], t.flip(-1))
+    assert torch.equal(by_name["flip_ud"], t.flip(-2))
+    assert torch.equal(by_name["transpose"], t.T)
+    assert torch.equal(by_name["antitranspose"], t.flip(0, 1).T)
+    assert torch.equal(by_name["rot180"], t.flip(0, 1))
+    assert torch.equal(by_name["rot90"], torch.rot90(t, 1))
+    assert torch.equal(by_name["rot270"], torch.rot90(t, 3))
+    with pytest.raises(ValueError, match="k in 0..3"):
+        DihedralElement(4)
+
+
+def test_random_elements_are_seeded_cover_the_group_and_respect_shape():
+    a = random_elements(200, torch.Generator().manual_seed(3))
+    b = random_elements(200, torch.Generator().manual_seed(3))
+    assert a == b and set(a) == set(ELEMENTS)
+    keep = random_elements(100, torch.Generator().manual_seed(3), shape_preserving=True)
+    assert all(g.preserves_shape for g in keep) and len(set(keep)) == 4
+    x = torch.randn(2, 1, 3, 5)
+    with pytest.raises(ValueError, match="square"):
+        apply(x, [DihedralElement(1), IDENTITY])
+
+
+def test_translate_moves_content_and_marks_shifted_in_pixels():
+    t = torch.arange(1, 26, dtype=torch.float32).reshape(1, 1, 5, 5).repeat(2, 1, 1, 1)
+    shifts = torch.tensor([[1, -2], [0, 0]])
+    out = translate(t, shifts, fill=-7.0)
+    assert torch.equal(out[1], t[1])
+    assert torch.equal(out[0, 0, 1:, :3], t[0, 0, :4, 2:])  # moved down 1, left 2
+    assert (out[0, 0, 0, :] == -7).all() and (out[0, 0, :, 3:] == -7).all()
+    valid = translate(torch.ones(2, 5, 5, dtype=torch.bool), shifts, fill=False)
+    assert valid[0].sum() == 4 * 3 and valid[1].all()
+    labels = translate(torch.zeros(2, 5, 5, dtype=torch.long), shifts, fill=-1)
+    assert torch.equal(labels == -1, ~valid)
+    # shifting back restores every pixel that was not lost
+    back = translate(out, -shifts, fill=0.0)
+    assert torch.equal(back[0, 0, :4, 2:], t[0, 0, :4, 2:])
+
+
+@given(patches(), st.integers(0, 2**31 - 1))
+def test_augmentation_is_consistent_across_bands_masks_and_labels(patch, seed):
+    x, valid, _ = patch
+    # labels derived from the bands, so a consistent transform keeps them derivable
+    labels = (x.reshape(x.shape[0], -1, *x.shape[-2:])[:, 0] > 0).long()
+    aug = Augmentation(dihedral=True, max_shift=2, jitter=0.0)
+    g = torch.Generator().manual_seed(seed)
+    draw = aug.draw(x, g)
+    xa, va, la = aug.apply_draw(draw, x, valid, labels)
+    inside = la != -1
+    derived = (xa.reshape(xa.shape[0], -1, *xa.shape[-2:])[:, 0] > 0).long()
+    assert torch.equal(derived[inside], la[inside])
+    # pixels shifted in: invalid on every date, void, zero reflectance; never made up
+    vt = va if va.dim() == 3 else va.any(1)
+    assert not vt[~inside].any()
+    assert (xa.reshape(xa.shape[0], -1, *xa.shape[-2:]).abs().sum(1)[~inside] == 0).all()
+
+
+def test_spectral_jitter_touches_bands_only_and_is_reversible():
+    x = torch.randn(3, 2, 4, 6, 6)  # (B, T, C, H, W)
+    valid = torch.rand(3, 2, 6, 6) < 0.5
+    labels = torch.randint(-1, 3, (3, 6, 6))
+    aug = Augmentation(dihedral=False, jitter=0.2)
+    draw = aug.draw(x, torch.Generator().manual_seed(0))
+    xa, va, la = aug.apply_draw(draw, x, valid, labels)
+    assert torch.equal(va, valid) and torch.equal(la, labels)
+    assert not torch.allclose(xa, x)
+    torch.testing.assert_close(spectral_jitter(xa, 1 / draw.gains), x)
+    # one gain per sample and band, shared by all dates and pixels
+    ratio = xa / x
+    torch.testing.assert_close(ratio, draw.gains[:, None, :, None, None].expand_as(ratio))
+
+
+def test_augmentation_config_is_validated():
+    with pytest.raises(ValueError, match="max_shift"):
+        Augmentation(max_shift=-1)
+    with pytest.raises(ValueError, match="jitter"):
+        Augmentation(jitter=-0.1)
