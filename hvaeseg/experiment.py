@@ -353,21 +353,24 @@ def _generative_metrics(hvae: Any, loader: PatchLoader, k: int) -> dict[str, Any
     from hvaeseg.objectives.estimators import consistency, iwae_bound, reconstruction_error
 
     has_density = hvae.spec.s_prior != "empirical"
-    iwae_sum, observed, cons, mae, rmse = 0.0, 0, [], [], []
+    iwae_sum, observed, agree, labelled, mae, rmse = 0.0, 0, 0.0, 0, [], []
     with torch.no_grad():
         for batch in loader.batches(0):
             if has_density:
                 iwae_sum += float(iwae_bound(hvae.model, hvae.guide, batch.x, batch.valid, num_samples=k).sum())
                 observed += int(batch.valid.sum()) * int(batch.x.shape[-3])
-            if bool((batch.labels >= 0).any()):
-                cons.append(consistency(hvae.model, hvae.guide, batch.labels))
+            maps = batch.labels[(batch.labels >= 0).flatten(1).any(1)]  # all-void maps say nothing
+            if len(maps):
+                n = int((maps >= 0).sum())
+                agree += consistency(hvae.model, hvae.guide, maps) * n  # weighted by labelled pixels
+                labelled += n
             if bool(batch.valid.any()):
                 rec = reconstruction_error(hvae.model, hvae.guide, batch.x, batch.valid)
                 mae.append(rec["mae"]), rmse.append(rec["rmse"])
     return {
         "iwae_nats_per_value": iwae_sum / observed if observed else None,
         "iwae_samples": k,
-        "consistency": float(np.mean(cons)) if cons else None,
+        "consistency": agree / labelled if labelled else None,
         "recon_mae": float(np.mean(mae)) if mae else None,
         "recon_rmse": float(np.mean(rmse)) if rmse else None,
     }
