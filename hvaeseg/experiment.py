@@ -359,10 +359,11 @@ def _generative_metrics(hvae: Any, loader: PatchLoader, k: int) -> dict[str, Any
             if has_density:
                 iwae_sum += float(iwae_bound(hvae.model, hvae.guide, batch.x, batch.valid, num_samples=k).sum())
                 observed += int(batch.valid.sum()) * int(batch.x.shape[-3])
-            maps = batch.labels[(batch.labels >= 0).flatten(1).any(1)]  # all-void maps say nothing
-            if len(maps):
+            keep = (batch.labels >= 0).flatten(1).any(1)  # all-void maps say nothing
+            if bool(keep.any()):
+                maps, shape = batch.labels[keep], torch.ones_like(batch.valid[keep])  # shape: dates of stacks
                 n = int((maps >= 0).sum())
-                agree += consistency(hvae.model, hvae.guide, maps) * n  # weighted by labelled pixels
+                agree += consistency(hvae.model, hvae.guide, maps, valid=shape) * n  # weighted by labelled pixels
                 labelled += n
             if bool(batch.valid.any()):
                 rec = reconstruction_error(hvae.model, hvae.guide, batch.x, batch.valid)
