@@ -56,7 +56,9 @@ def run_one(args: argparse.Namespace, method: str, labels: int, seed: int) -> di
         "method": method, "labels": labels, "seed": seed, "steps": trainer.step,
         "steps_per_second": trainer.step / train_s, "train_seconds": train_s,
         "wall_seconds": time.perf_counter() - t0,
-        "labelled_patches": len(lab), "labelled_pixels": int(len(lab) * args.patch_size**2),
+        # the budget: N locations of patch_size^2 labelled pixels; every clear-enough date of a location is a
+        # labelled (single-date) patch, so labelled_patches counts (location, date) pairs
+        "labelled_patches": len(lab), "labelled_pixels": int(labels * args.patch_size**2),
         "best_step": trainer.history.best_step,
         **{k: result.get(k) for k in ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency",
                                       "recon_mae", "recon_rmse")},

@@ -169,12 +169,14 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"      mean invalid fraction {summary['invalid_fraction']:.1%}")
     if summary.get("classes"):
         lines.append("")
-        lines.append(f"{'id':>4}  {'class':<16}{'colour':<9}{'pixels':>12}{'share':>8}")
+        w = max(16, 2 + max(len(str(c["name"])) for c in summary["classes"]))
+        lines.append(f"{'id':>4}  {'class':<{w}}{'colour':<9}{'pixels':>12}{'share':>8}")
         for c in summary["classes"]:
             lines.append(
-                f"{c['id']:>4}  {c['name']:<16}{c['color'] or '-':<9}{c['pixels']:>12}{c['fraction']:>8.1%}"
+                f"{c['id']:>4}  {c['name']:<{w}}{c['color'] or '-':<9}{c['pixels']:>12}{c['fraction']:>8.1%}"
             )
-        lines.append(f"{'-1':>4}  {'void':<16}{'':<9}{summary.get('void_pixels', 0):>12}{1 - summary.get('labelled_fraction', 1):>8.1%}")
+        void_share = 1 - summary.get("labelled_fraction", 1)
+        lines.append(f"{'-1':>4}  {'void':<{w}}{'':<9}{summary.get('void_pixels', 0):>12}{void_share:>8.1%}")
     return "\n".join(lines)
 
 
