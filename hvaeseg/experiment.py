@@ -17,6 +17,7 @@ at least ``min_valid`` of its pixels are clear is a labelled patch (labels are t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -222,16 +223,19 @@ def prepare_data(config: RunConfig) -> RunData:
 
 
 class _Streams:
-    """Resumable, seeded batch streams of a run: the batch of step ``k`` depends on ``(seed, k)`` only."""
+    """Resumable, seeded batch streams of a run: the batch of step ``k`` depends on ``(seed, k)`` only.
+
+    With ``labels == 0`` (unsupervised HVAE training) the labelled and pool streams yield ``None``, which the
+    objectives read as "no labelled term" (symmetric learning then samples s from the model's prior).
+    """
 
     def __init__(self, data: RunData, config: RunConfig, method: Method) -> None:
         self.config = config
         self.loaders: dict[str, PatchLoader] = {}
+        self.pool: LabelPool | None = None
         common = dict(batch_size=config.batch_size, device=config.device, repeat=True, workers=1, prefetch=2)
-        if "labelled" in method.streams:
-            lab = data.train_plan.select(labelled=True)
-            if len(lab) == 0:
-                raise ValueError(f"method {method.name!r} needs labelled patches, the plan has none: give --labels N")
+        lab = data.train_plan.select(labelled=True)
+        if "labelled" in method.streams and len(lab):
             self.loaders["labelled"] = PatchLoader(
                 data.cube, lab, **{**common, "batch_size": min(config.batch_size, len(lab))}, seed=config.seed
             )
@@ -239,27 +243,29 @@ class _Streams:
             self.loaders["unlabelled"] = PatchLoader(
                 data.cube, data.train_plan.select(labelled=False), **common, seed=config.seed + 1
             )
-        self.pool = None
-        if "pool" in method.streams and config.labels > 0:
-            lab = data.train_plan.select(labelled=True)
-            maps = PatchLoader(data.cube, lab, batch_size=len(lab), workers=0, normalise=False)
-            labels = next(iter(maps)).labels
-            self.pool = LabelPool(labels, dihedral=True, seed=config.data_seed)
+        if "pool" in method.streams and len(lab):
+            # one map per labelled location (the plan repeats a location once per qualifying date)
+            _, first = np.unique(np.stack([lab.y, lab.x], axis=1), axis=0, return_index=True)
+            maps = PatchLoader(data.cube, lab.take(np.sort(first)), batch_size=len(first), workers=0,
+                               normalise=False)
+            self.pool = LabelPool(next(iter(maps)).labels, dihedral=True, seed=config.data_seed)
 
     def factories(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: loader.stream for name, loader in self.loaders.items()}
-        if self.pool is not None:
-            pool, cfg = self.pool, self.config
-
-            def pool_stream(start: int):
-                step = start
-                while True:
-                    g = torch.Generator().manual_seed(step_seed(cfg.seed + 2, step))
-                    yield pool.sample(cfg.batch_size, g, device=cfg.device)
-                    step += 1
-
-            out["pool"] = pool_stream
+        out.setdefault("labelled", _nothing)
+        out["pool"] = self._pool_stream if self.pool is not None else _nothing
         return out
+
+    def _pool_stream(self, start: int):
+        pool, cfg = self.pool, self.config
+        for step in itertools.count(start):
+            g = torch.Generator().manual_seed(step_seed(cfg.seed + 2, step))
+            yield pool.sample(cfg.batch_size, g, device=cfg.device)
+
+
+def _nothing(start: int):
+    """A stream of ``None``: the method gets no batch of this kind."""
+    return itertools.repeat(None)
 
 
 # --------------------------------------------------------------------------------------------------

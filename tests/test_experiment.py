@@ -91,3 +91,19 @@ def test_bad_run_configs_are_clear_errors(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
     assert main([*train_args("elbo", tmp_path / "r"), "--options", '{"no_such_option": 1}']) == 2
     assert "no options" in capsys.readouterr().err
+
+
+def test_unsupervised_symmetric_run_without_labels(tmp_path):
+    config = RunConfig(method="symmetric", labels=0, steps=2, val_every=0, checkpoint_every=0, **TINY)
+    trainer = train_run(config, tmp_path / "run")
+    assert trainer.step == 2
+    assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in trainer.history.losses)
+
+
+def test_pool_has_one_map_per_labelled_location(tmp_path):
+    config = RunConfig(method="symmetric", labels=3, **TINY)
+    data = prepare_data(config)
+    lab = data.train_plan.select(labelled=True)
+    assert len(lab) > 3  # several dates per location...
+    streams = _Streams(data, config, build_method(config, data))
+    assert len(streams.pool.maps) == 3  # ...but one map each in the pool
