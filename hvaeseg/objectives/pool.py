@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from hvaeseg.dihedral import DihedralElement
+
 __all__ = ["LabelLeakError", "LabelPool", "dihedral_transforms", "fill_void_nearest", "find_leaks"]
 
 #: number of elements of one (void x labelled) squared-distance block in :func:`fill_void_nearest`
@@ -59,30 +61,32 @@ def fill_void_nearest(maps: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------- dihedral group
+#: the transforms of square maps, in pool order: the 4 rotations of the map, then the 4 rotations of its
+#: transpose (``rot90^k o transpose`` is the element ``(k + 1, flip)``)
+_SQUARE = tuple(DihedralElement(k, False) for k in range(4)) + tuple(DihedralElement((k + 1) % 4, True) for k in range(4))
+#: the shape-keeping ones for non-square maps: identity, vertical flip, horizontal flip, rotation by 180 degrees
+_RECTANGULAR = (DihedralElement(0, False), DihedralElement(2, True), DihedralElement(0, True), DihedralElement(2, False))
+
+
+def _elements(maps: Tensor) -> tuple[DihedralElement, ...]:
+    h, w = maps.shape[-2:]
+    return _SQUARE if h == w else _RECTANGULAR
+
+
 def dihedral_transforms(maps: Tensor) -> list[Tensor]:
-    """The images of ``(..., H, W)`` maps under the dihedral group of the square.
+    """The images of ``(..., H, W)`` maps under the dihedral group of the square (:mod:`hvaeseg.dihedral`).
 
     :param maps: tensor whose last two dims are (H, W).
     :returns: for square maps all 8 transforms (the 4 rotations of the map, then the 4 rotations of its
         transpose); for non-square maps the 4 that keep the shape (identity, vertical flip, horizontal
         flip, rotation by 180 degrees). The identity is first.
     """
-    h, w = maps.shape[-2:]
-    if h == w:
-        out = [torch.rot90(maps, k, dims=(-2, -1)) for k in range(4)]
-        t = maps.transpose(-2, -1)
-        out += [torch.rot90(t, k, dims=(-2, -1)) for k in range(4)]
-        return out
-    return [maps, maps.flip(-2), maps.flip(-1), maps.flip(-2).flip(-1)]
+    return [g(maps) for g in _elements(maps)]
 
 
 def _transform(maps: Tensor, index: int) -> Tensor:
     """Transform number ``index`` of :func:`dihedral_transforms` (without building the others)."""
-    h, w = maps.shape[-2:]
-    if h == w:
-        base = maps if index < 4 else maps.transpose(-2, -1)
-        return torch.rot90(base, index % 4, dims=(-2, -1))
-    return [lambda m: m, lambda m: m.flip(-2), lambda m: m.flip(-1), lambda m: m.flip(-2).flip(-1)][index](maps)
+    return _elements(maps)[index](maps)
 
 
 # ------------------------------------------------------------------------------------------- leak check
