@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from hvaeseg.experiment import RunConfig, evaluate_run, prepare_data, train_run
+from hvaeseg.data.sampler import PatchPlan
+from hvaeseg.experiment import RunConfig, evaluate_run, train_run
 
 KEYS = ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency", "steps_per_second", "labelled_pixels")
 
@@ -50,8 +51,7 @@ def run_one(args: argparse.Namespace, method: str, labels: int, seed: int) -> di
     trainer = train_run(config, out, resume=False)
     train_s = trainer.history.train_seconds
     result = evaluate_run(out, "test", iwae_samples=args.iwae_samples)
-    data = prepare_data(config)
-    lab = data.train_plan.select(labelled=True)
+    lab = PatchPlan.load(out / "plan_train.json").select(labelled=True)  # the plan the run trained on
     row = {
         "method": method, "labels": labels, "seed": seed, "steps": trainer.step,
         "steps_per_second": trainer.step / train_s, "train_seconds": train_s,

@@ -180,11 +180,11 @@ def _expand_labelled_dates(plan: PatchPlan, ds: xr.Dataset, min_valid: float) ->
     if len(lab) == 0 or plan.temporal:
         return plan
     P, Q = plan.sizes["y"], plan.sizes["x"]
-    valid = ds["valid"].values
     rows: dict[str, list] = {k: [] for k in ("y", "x", "t", "split", "labelled", "group")}
     for i in range(len(lab)):
         y, x = int(lab.y[i]), int(lab.x[i])
-        frac = valid[:, y:y + P, x:x + Q].mean(axis=(1, 2))
+        # only the location's box is read (a store opens lazily): never the whole valid array
+        frac = ds["valid"][:, y:y + P, x:x + Q].values.mean(axis=(1, 2))
         dates = np.flatnonzero((frac >= min_valid) & (frac > 0))
         if len(dates) == 0:
             dates = np.array([int(np.argmax(frac))])
@@ -198,13 +198,26 @@ def _expand_labelled_dates(plan: PatchPlan, ds: xr.Dataset, min_valid: float) ->
     return PatchPlan(sizes=plan.sizes, cube_shape=plan.cube_shape, meta=plan.meta, **cat)
 
 
-def prepare_data(config: RunConfig) -> RunData:
-    """Open the cube and draw the plans (everything seeded by ``config.data_seed``)."""
+def prepare_data(config: RunConfig, plans_from: str | os.PathLike | None = None) -> RunData:
+    """Open the cube and draw the plans (everything seeded by ``config.data_seed``).
+
+    :param plans_from: a run folder whose saved plans (``plan_train.json``, ``plan_eval.json``) are used
+        instead of drawing them again (evaluation and prediction of a finished run).
+    """
     cube = open_data(config.data, config.data_seed)
     ds = _dataset(cube)
     if "labels" not in ds:
         raise ValueError(f"{config.data} has no `labels` variable: training and evaluation need a label map")
     names = class_names(ds)
+    saved = None if plans_from is None else [Path(plans_from) / f for f in ("plan_train.json", "plan_eval.json")]
+    if saved is not None and all(p.exists() for p in saved):
+        train, evaluation = (PatchPlan.load(p) for p in saved)
+    else:
+        train, evaluation = _draw_plans(config, cube, ds)
+    return RunData(cube, train, evaluation, len(names), int(ds.sizes["band"]), names)
+
+
+def _draw_plans(config: RunConfig, cube: xr.Dataset | str, ds: xr.Dataset) -> tuple[PatchPlan, PatchPlan]:
     split = SpatialSplit(
         block={"y": config.block, "x": config.block},
         fractions=dict(zip(("train", "val", "test"), config.fractions)),
@@ -219,7 +232,7 @@ def prepare_data(config: RunConfig) -> RunData:
         config.sizes, mode="grid", split=split, splits=("val", "test"), min_valid=config.min_valid,
         grid_remainder="shift", seed=config.data_seed,
     ).plan(cube)
-    return RunData(cube, train, evaluation, len(names), int(ds.sizes["band"]), names)
+    return train, evaluation
 
 
 class _Streams:
@@ -320,10 +333,7 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = BEST) -> tuple[Run
     """The config, data and trained method of a run folder (the ``best.pt`` state by default)."""
     run_dir = Path(run_dir)
     config = RunConfig.load(run_dir)
-    data = prepare_data(config)
-    plan_path = run_dir / "plan_eval.json"
-    if plan_path.exists():
-        data.eval_plan = PatchPlan.load(plan_path)
+    data = prepare_data(config, plans_from=run_dir)
     method = build_method(config, data)
     path = run_dir / checkpoint
     if not path.exists():

@@ -35,7 +35,6 @@ def _tile_starts(extent: int, size: int) -> list[int]:
 def _cover_plan(ds: xr.Dataset, patch_size: int, dates: int) -> PatchPlan:
     """Tiles that cover the cube: for single dates one row per (tile, date), for stacks the clearest dates."""
     T, Y, X = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
-    valid = ds["valid"].values
     rows_y, rows_x, rows_t = [], [], []
     for y in _tile_starts(Y, patch_size):
         for x in _tile_starts(X, patch_size):
@@ -43,7 +42,7 @@ def _cover_plan(ds: xr.Dataset, patch_size: int, dates: int) -> PatchPlan:
                 for t in range(T):
                     rows_y.append(y), rows_x.append(x), rows_t.append([t])
             else:
-                frac = valid[:, y:y + patch_size, x:x + patch_size].mean(axis=(1, 2))
+                frac = ds["valid"][:, y:y + patch_size, x:x + patch_size].values.mean(axis=(1, 2))
                 best = np.sort(np.argsort(-frac, kind="stable")[:dates])
                 rows_y.append(y), rows_x.append(x), rows_t.append(best.tolist())
     n = len(rows_y)

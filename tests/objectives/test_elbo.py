@@ -23,7 +23,7 @@ from hvaeseg.distributions import FastBernoulli, FastCategorical
 from hvaeseg.objectives import SemiSupervisedELBO, StraightThrough, relax_distribution
 from hvaeseg.traces import labelled_log_prob
 from tests.objectives import gradcheck
-from tests.objectives.tiny import TinyHVAE, all_images, all_latents, consistent, log_guide, log_joint, rows
+from tests.objectives.tiny import TinyHVAE, all_images, enumerate_given, log_guide, log_joint
 
 ALPHA = 0.7
 
@@ -43,14 +43,7 @@ def setting():
 
 
 def exact_elbo(m, x, valid, s=None):
-    h = all_latents(m)
-    n = len(h["s"])
-    xx, vv = x.expand(n, *x.shape[1:]), valid.expand(n, *valid.shape[1:])
-    s_given = None
-    if s is not None:
-        ok = consistent(h, s[0])
-        h, xx, vv = rows(h, ok), xx[ok], vv[ok]
-        s_given = s.expand(len(xx), *s.shape[1:])
+    h, xx, vv, s_given = enumerate_given(m, x, valid, s)
     lq = log_guide(m, xx, h, vv, s_given=s_given)
     value = (lq.exp() * (log_joint(m, xx, h, vv) - lq)).sum()
     if s is not None:

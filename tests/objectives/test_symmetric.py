@@ -26,7 +26,7 @@ from tests.objectives.tiny import (
     TinyHVAE,
     all_images,
     all_latents,
-    consistent,
+    enumerate_given,
     log_guide,
     log_guide_no_s,
     log_joint,
@@ -52,14 +52,7 @@ def setting():
 # ------------------------------------------------------------------------------------------ exact terms
 def exact_wake(m, x, valid, s=None):
     """sum_h sg[q(h|x[,s])] log p(x, h) for one image."""
-    h = all_latents(m)
-    n = len(h["s"])
-    xx, vv = x.expand(n, *x.shape[1:]), valid.expand(n, *valid.shape[1:])
-    s_given = None
-    if s is not None:
-        ok = consistent(h, s[0])
-        h, xx, vv = rows(h, ok), xx[ok], vv[ok]
-        s_given = s.expand(len(xx), *s.shape[1:])
+    h, xx, vv, s_given = enumerate_given(m, x, valid, s)
     w = log_guide(m, xx, h, vv, s_given=s_given).detach().exp()
     assert abs(float(w.sum()) - 1) < 1e-5
     return (w * log_joint(m, xx, h, vv)).sum()

@@ -212,6 +212,21 @@ def consistent(h: dict[str, Tensor], s: Tensor) -> Tensor:
     return ((h["s"] == s) | ~lab).flatten(1).all(1)
 
 
+def enumerate_given(
+    m: TinyHVAE, x: Tensor, valid: Tensor, s: Tensor | None = None
+) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor | None]:
+    """Every latent configuration for one image ``x`` (restricted to those agreeing with the labelled pixels
+    of ``s`` when given), with ``x``, ``valid`` and ``s`` repeated to match: ``(h, xx, vv, s_given)``."""
+    h = all_latents(m)
+    n = len(h["s"])
+    xx, vv = x.expand(n, *x.shape[1:]), valid.expand(n, *valid.shape[1:])
+    if s is None:
+        return h, xx, vv, None
+    ok = consistent(h, s[0])
+    h, xx, vv = rows(h, ok), xx[ok], vv[ok]
+    return h, xx, vv, s.expand(len(xx), *s.shape[1:])
+
+
 def log_marginal(m: TinyHVAE, x: Tensor, valid: Tensor | None = None) -> Tensor:
     """Exact log p(x) per image of ``x`` (B, C, H, W), by enumeration of (s, l, z)."""
     h = all_latents(m)
