@@ -11,13 +11,14 @@
 * ``labels``: ``(B, H, W)`` int64, -1 = void; all -1 for patches the plan does not flag ``labelled``.
 
 Reading is **chunk-aware**: for each batch the loader lists the store chunks its patches touch, decodes
-each chunk once (and frees it after its last use in the batch) and cuts every patch that needs it.
+each chunk once and, while it is hot in cache, copies it into every patch that needs it; then the chunk's
+buffer serves the next chunk.
 For a local Zarr v3 store with a plain codec chain (bytes + blosc / zstd / gzip, no sharding) chunks are
 read and decoded directly with numcodecs, which releases the GIL, skipping zarr's per-call machinery;
 any other store (fsspec URL, sharded, v2) goes through ``zarr.Array`` slicing of whole chunks. In-memory
 cubes are sliced directly. Batches are built by ``workers`` background threads, at most
-``prefetch + workers`` batches exist at once (bounded memory), into pinned host buffers when the device
-is CUDA, and are copied with ``non_blocking=True``.
+``prefetch + workers`` batches exist at once (bounded memory), into host buffers that are reused once the
+batch they held is gone (pinned ones when the device is CUDA), and are copied with ``non_blocking=True``.
 
 Edges and invalid pixels follow the sampler's rules (:mod:`hvaeseg.data.sampler`): patches never cross the
 cube border (a plan that does is rejected with ``ValueError``), nothing is padded; a patch with no valid
@@ -39,6 +40,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -87,16 +89,21 @@ def normaliser(
     return torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
 
 
-def normalise_dn(dn: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def normalise_dn(
+    dn: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: np.ndarray | None = None
+) -> torch.Tensor:
     """``dn (..., C, H, W)`` (uint16 / any number) to float32 ``dn * a[c] + b[c]`` on ``dn``'s device.
 
     One float32 multiply and one float32 add per element (each exactly rounded), so the CPU (numpy:
     single-threaded, GIL released, no contention between loader threads) and the GPU (torch) give the
-    same bits.
+    same bits. ``out``: a float32 array of ``dn``'s shape to write into (CPU only).
     """
     shape = (-1, 1, 1)
     if dn.device.type == "cpu":
-        x = dn.numpy().astype(np.float32)
+        if out is None:
+            out = np.empty(dn.shape, dtype=np.float32)
+        x = out
+        x[...] = dn.numpy()  # exact: every uint16 is a float32
         np.multiply(x, a.numpy().astype(np.float32).reshape(shape), out=x)
         np.add(x, b.numpy().astype(np.float32).reshape(shape), out=x)
         return torch.from_numpy(x)
@@ -372,31 +379,28 @@ def _gather(reader: Any, requests: Sequence[Sequence[Any]], out: np.ndarray, row
     """Fill ``out[rows[i]]`` with the region ``requests[i]`` of the array behind ``reader``.
 
     A request has one entry per array dim: an index array (dates), or a ``(start, stop)`` range.
-    Chunks are decoded once and dropped after their last use; the requests are processed in the order
-    of the first chunk they touch (locality), the output order does not change.
+    Chunk-major: every piece of every request is listed under the chunk it comes from, then each chunk is
+    decoded once, copied into all the pieces that need it while it is hot in cache, and given back before
+    the next one is decoded (one decoded chunk alive per thread). Chunks go in key order (locality).
     """
     chunks = reader.chunks
-    plans = []
-    for req in requests:
-        per_dim = []
-        for r, c in zip(req, chunks):
-            per_dim.append(_index_pieces(r, c) if isinstance(r, np.ndarray) else _range_pieces(r[0], r[1], c))
-        plans.append([tuple(zip(*combo)) for combo in itertools.product(*per_dim)])
-    order = sorted(range(len(plans)), key=lambda i: plans[i][0][0])
-    last: dict[tuple, int] = {}
-    for step, i in enumerate(order):
-        for key, _, _ in plans[i]:
-            last[key] = step
-    cache: dict[tuple, np.ndarray] = {}
-    for step, i in enumerate(order):
-        dst = out[rows[i]]
-        for key, osl, csl in plans[i]:
-            chunk = cache.get(key)
-            if chunk is None:
-                chunk = cache[key] = reader.get(key)
-            dst[osl] = chunk[csl]
-            if last[key] == step:
-                reader.release(cache.pop(key))
+    pieces: dict[tuple, list[tuple[np.ndarray, tuple, tuple]]] = {}
+    for row, req in zip(rows, requests):
+        per_dim = [
+            _index_pieces(r, c) if isinstance(r, np.ndarray) else _range_pieces(r[0], r[1], c)
+            for r, c in zip(req, chunks)
+        ]
+        dst = out[row]
+        for combo in itertools.product(*per_dim):
+            key, osl, csl = zip(*combo)
+            pieces.setdefault(key, []).append((dst, osl, csl))
+    for key in sorted(pieces):
+        chunk = reader.get(key)
+        try:
+            for dst, osl, csl in pieces[key]:
+                dst[osl] = chunk[csl]
+        finally:
+            reader.release(chunk)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,6 +409,40 @@ def _gather(reader: Any, requests: Sequence[Sequence[Any]], out: np.ndarray, row
 
 
 _NP_DTYPES = {torch.uint16: np.uint16, torch.bool: np.bool_, torch.int16: np.int16}
+
+
+def _refcounts(arrays: Sequence[np.ndarray]) -> list[int]:
+    """Reference counts of ``arrays`` (one code path for calibration and use, so the counts compare)."""
+    return [sys.getrefcount(a) for a in arrays]
+
+
+class _HostBuffers:
+    """Reusable unpinned host arrays for the batches, so steady-state reading allocates nothing.
+
+    A batch's tensors are views of an array from here (``torch.from_numpy``: every tensor sharing the
+    storage keeps the array referenced). An array is handed out again only once nothing but this pool
+    refers to it, i.e. when every tensor of the batch it went into is gone; no caller has to give anything
+    back. At most ``keep`` arrays per (shape, dtype) are kept; beyond that fresh ones are allocated (and
+    freed as usual). Fresh memory costs page faults on first touch, as much as decoding on small machines.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = int(keep)
+        self._lock = threading.Lock()
+        self._arrays: dict[tuple, list[np.ndarray]] = {}
+        self._free_refs = _refcounts([np.empty(0)])[0]
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        key = (tuple(shape), np.dtype(dtype))
+        with self._lock:
+            arrays = self._arrays.setdefault(key, [])
+            for a, refs in zip(arrays, _refcounts(arrays)):
+                if refs <= self._free_refs:
+                    return a
+            a = np.empty(shape, dtype=dtype)
+            if len(arrays) < self.keep:
+                arrays.append(a)
+            return a
 
 
 class PatchLoader:
@@ -469,6 +507,8 @@ class PatchLoader:
         self.epoch = int(epoch)
         self.drop_last = bool(drop_last) or self.repeat
         self.src = _Source(cube, storage_options)
+        # batches alive at once: queued + being built + the consumer's current and previous one
+        self._host = _HostBuffers(keep=max(self.prefetch, 1) + self.workers + 2)
         shape = self.src.shape
         want = {k: shape[k] for k in ("time", "y", "x")}
         if dict(plan.cube_shape) != want:
@@ -527,10 +567,9 @@ class PatchLoader:
 
     # -- reading -----------------------------------------------------------------------------------
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        if self.pin_memory:  # torch's caching host allocator reuses pinned blocks
+        if self.pin_memory:  # torch's caching host allocator reuses pinned blocks once their copies are done
             return torch.empty(shape, dtype=dtype, pin_memory=True)
-        # numpy's allocator reuses freed memory; torch's returns big blocks to the OS (page faults on refill)
-        return torch.from_numpy(np.empty(shape, dtype=_NP_DTYPES[dtype]))
+        return torch.from_numpy(self._host.empty(shape, _NP_DTYPES[dtype]))
 
     def read_host(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw host tensors for the patches ``index``: DN uint16 ``(B, T, C, H, W)``, valid bool
@@ -563,9 +602,18 @@ class PatchLoader:
             # uint16 crosses as its int16 bit pattern (a plain copy; no uint16 kernel needed there)
             dn = dn.view(torch.int16).to(self.device, non_blocking=nb).view(torch.uint16)
             valid, labels = (t.to(self.device, non_blocking=nb) for t in (valid, labels))
-        x = normalise_dn(dn, self._a, self._b) if self.normalise else dn
+        cpu = dn.device.type == "cpu"
+        if self.normalise:
+            x = normalise_dn(dn, self._a, self._b, out=self._host.empty(dn.shape, np.float32) if cpu else None)
+        else:
+            x = dn
         # int16 -> int64 (numpy on the CPU: torch's thread pool contends with the loader threads)
-        labels = torch.from_numpy(labels.numpy().astype(np.int64)) if labels.device.type == "cpu" else labels.to(torch.int64)
+        if cpu:
+            wide = self._host.empty(labels.shape, np.int64)
+            wide[...] = labels.numpy()
+            labels = torch.from_numpy(wide)
+        else:
+            labels = labels.to(torch.int64)
         if not self.plan.temporal:
             x, valid = x[:, 0], valid[:, 0]
         return PatchBatch(x, valid, labels)

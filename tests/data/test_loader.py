@@ -13,6 +13,7 @@ import xarray as xr
 from hvaeseg.data.loader import (
     PatchBatch,
     PatchLoader,
+    _HostBuffers,
     _normalise_torch,
     _ZarrChunks,
     normalise_dn,
@@ -169,6 +170,40 @@ def test_memory_is_bounded_by_prefetch_and_workers(store):
     assert len(started) <= 1 + 1 + 2
     it.close()  # stopping early shuts the threads down
     assert not [t for t in threading.enumerate() if t.name.startswith("hvaeseg-loader")]
+
+
+def test_host_buffers_are_reused_only_when_no_tensor_refers_to_them():
+    pool = _HostBuffers(keep=2)
+    first = pool.empty((3, 4), np.uint16)
+    ptr_first = first.ctypes.data
+    view = torch.from_numpy(first)[1:]  # a view of a tensor keeps the storage, and so the array, alive
+    del first
+    second = pool.empty((3, 4), np.uint16)
+    assert second.ctypes.data != ptr_first  # not handed out while `view` lives
+    ptr_second = second.ctypes.data
+    del second
+    assert pool.empty((3, 4), np.uint16).ctypes.data == ptr_second  # free again: reused
+    del view
+    assert {pool.empty((3, 4), np.uint16).ctypes.data for _ in range(5)} == {ptr_first}
+    held = [pool.empty((3, 4), np.uint16) for _ in range(4)]  # beyond `keep`: fresh, unpooled arrays
+    assert len({h.ctypes.data for h in held}) == 4
+    assert sum(len(v) for v in pool._arrays.values()) == 2
+    assert pool.empty((2, 2), np.bool_).dtype == np.bool_  # another (shape, dtype): its own arrays
+
+
+@pytest.mark.parametrize("normalise", [False, True])
+def test_batches_a_consumer_keeps_are_never_overwritten(store, normalise):
+    """Batches (views of the reused host arrays) held past many later batches keep their contents."""
+    plan = _plan(store, {"y": 8, "x": 8}, n_patches=60, n_labelled=30)
+    loader = PatchLoader(store, plan, batch_size=2, workers=2, prefetch=1, normalise=normalise)
+    kept = []
+    for i, batch in enumerate(loader):
+        if i % 3 == 0:
+            kept.append((i, batch))
+    ref = read_patches_naive(store, plan, normalise=normalise)
+    for i, batch in kept:
+        _assert_identical(batch, PatchBatch(*(t[2 * i : 2 * i + 2] for t in ref)))
+    assert all(len(v) <= loader._host.keep for v in loader._host._arrays.values())  # bounded memory
 
 
 # ---------------------------------------------------------------------------------------------- order
