@@ -38,6 +38,7 @@ The CPU path gives exactly the tensors of a naive read of the same plan (:func:`
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import sys
@@ -249,8 +250,8 @@ class _ZarrChunks:
             os.close(fd)
 
     def get(self, key: tuple[int, ...]) -> np.ndarray:
-        region = tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.shape))
         if self._direct is None:
+            region = tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.shape))
             return np.asarray(self.arr[region])
         root, enc, decoder, dtype, fill = self._direct
         tls = self._local()
@@ -262,8 +263,10 @@ class _ZarrChunks:
             out.view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
         else:
             decoder.decode(raw, out=out)
-        clipped = tuple(slice(0, s.stop - s.start) for s in region)
-        return out.reshape(self.chunks)[clipped]
+        out = out.reshape(self.chunks)
+        if all((k + 1) * c <= n for k, c, n in zip(key, self.chunks, self.shape)):
+            return out
+        return out[tuple(slice(0, min(c, n - k * c)) for k, c, n in zip(key, self.chunks, self.shape))]
 
     def release(self, chunk: np.ndarray) -> None:
         """Give a chunk from :meth:`get` back for reuse (it must not be used afterwards)."""
@@ -352,17 +355,24 @@ def _open_ds(cube: Any, storage_options) -> xr.Dataset:
 # --------------------------------------------------------------------------------------------------
 
 
-def _range_pieces(start: int, stop: int, c: int) -> list[tuple[int, slice, slice]]:
+@functools.lru_cache(maxsize=16384)
+def _range_pieces(start: int, stop: int, c: int) -> tuple[tuple[int, slice, slice], ...]:
+    """The chunks (size ``c``) that ``[start, stop)`` touches: ``(chunk, output slice, slice in the chunk)``.
+
+    Cached (Python ints in, immutable out): patches share offsets, and planning holds the GIL."""
     out = []
     for k in range(start // c, (stop - 1) // c + 1):
         lo, hi = max(start, k * c), min(stop, (k + 1) * c)
         out.append((k, slice(lo - start, hi - start), slice(lo - k * c, hi - k * c)))
-    return out
+    return tuple(out)
+
+
+_FIRST = slice(0, 1)
 
 
 def _index_pieces(idx: np.ndarray, c: int) -> list[tuple[int, Any, Any]]:
     if c == 1:
-        return [(int(t), slice(i, i + 1), slice(0, 1)) for i, t in enumerate(idx)]
+        return [(t, slice(i, i + 1), _FIRST) for i, t in enumerate(idx.tolist())]
     out = []
     ks = idx // c
     for k in np.unique(ks):
@@ -375,25 +385,36 @@ def _index_pieces(idx: np.ndarray, c: int) -> list[tuple[int, Any, Any]]:
     return out
 
 
+def _box_pieces(
+    ranges: Sequence[tuple[int, int]], chunks: Sequence[int]
+) -> list[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]:
+    """The chunks a box of ``(start, stop)`` ranges touches: ``(chunk key, output slices, chunk slices)``."""
+    per_dim = [_range_pieces(start, stop, c) for (start, stop), c in zip(ranges, chunks)]
+    return [tuple(zip(*combo)) for combo in itertools.product(*per_dim)]
+
+
 def _gather(reader: Any, requests: Sequence[Sequence[Any]], out: np.ndarray, rows: Sequence[int]) -> None:
     """Fill ``out[rows[i]]`` with the region ``requests[i]`` of the array behind ``reader``.
 
-    A request has one entry per array dim: an index array (dates), or a ``(start, stop)`` range.
+    A request has one entry per array dim: index arrays (dates) first, then ``(start, stop)`` ranges.
     Chunk-major: every piece of every request is listed under the chunk it comes from, then each chunk is
     decoded once, copied into all the pieces that need it while it is hot in cache, and given back before
     the next one is decoded (one decoded chunk alive per thread). Chunks go in key order (locality).
     """
-    chunks = reader.chunks
+    if not requests:
+        return
+    chunks = tuple(reader.chunks)
+    n_index = sum(isinstance(r, np.ndarray) for r in requests[0])
+    box_chunks = chunks[n_index:]
     pieces: dict[tuple, list[tuple[np.ndarray, tuple, tuple]]] = {}
     for row, req in zip(rows, requests):
-        per_dim = [
-            _index_pieces(r, c) if isinstance(r, np.ndarray) else _range_pieces(r[0], r[1], c)
-            for r, c in zip(req, chunks)
-        ]
+        box = _box_pieces(req[n_index:], box_chunks)
         dst = out[row]
-        for combo in itertools.product(*per_dim):
-            key, osl, csl = zip(*combo)
-            pieces.setdefault(key, []).append((dst, osl, csl))
+        index_dims = [_index_pieces(r, c) for r, c in zip(req[:n_index], chunks)]
+        for combo in itertools.product(*index_dims):
+            ikey, iosl, icsl = zip(*combo) if combo else ((), (), ())
+            for key, osl, csl in box:
+                pieces.setdefault(ikey + key, []).append((dst, iosl + osl, icsl + csl))
     for key in sorted(pieces):
         chunk = reader.get(key)
         try:
@@ -582,7 +603,7 @@ class PatchLoader:
         valid = self._empty((B, T, H, W), torch.bool)
         labels = self._empty((B, H, W), torch.int16)
         dn_np, valid_np, labels_np = dn.numpy(), valid.numpy(), labels.numpy()
-        ys, xs, ts = p.y[index], p.x[index], p.t[index]
+        ys, xs, ts = p.y[index].tolist(), p.x[index].tolist(), p.t[index]  # Python ints: cheap planning
         rows = range(B)
         _gather(src.refl, [(ts[i], (0, C), (ys[i], ys[i] + H), (xs[i], xs[i] + W)) for i in rows], dn_np, rows)
         if src.valid is not None:

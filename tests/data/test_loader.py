@@ -8,13 +8,17 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import xarray as xr
 
 from hvaeseg.data.loader import (
     PatchBatch,
     PatchLoader,
     _HostBuffers,
+    _index_pieces,
     _normalise_torch,
+    _range_pieces,
     _ZarrChunks,
     normalise_dn,
     normaliser,
@@ -90,6 +94,15 @@ def test_loader_is_bit_identical_to_naive_reads(store, sizes, workers):
     np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5)
 
 
+def test_stores_with_several_dates_and_bands_per_chunk_read_the_same(store, tmp_path):
+    """Chunks spanning 3 dates and 2 bands (index pieces with fancy indexing, band ranges over chunks)."""
+    other = write_cube(open_cube(store).load(), tmp_path / "t3.zarr", chunks={"time": 3, "band": 2, "y": 16, "x": 16})
+    ensure_band_stats(other)
+    plan = _plan(store, {"time": 3, "y": 16, "x": 16}, n_patches=17, n_labelled=5)
+    _assert_identical(_cat(list(PatchLoader(other, plan, batch_size=6))), _cat(list(PatchLoader(store, plan, batch_size=6))))
+    _assert_identical(_cat(list(PatchLoader(other, plan, batch_size=6))), read_patches_naive(other, plan))
+
+
 @pytest.mark.parametrize("sizes", SIZES)
 def test_in_memory_lazy_and_store_cubes_give_the_same_tensors(store, sizes):
     plan = _plan(store, sizes, window={"y": 24, "x": 24}, per_window=4)
@@ -139,6 +152,33 @@ def test_cuda_batches_equal_cpu_batches(store):
 
 
 # ---------------------------------------------------------------------------------------------- chunks
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 200), st.integers(1, 90))
+def test_range_pieces_tile_the_range_exactly(c, start, length):
+    stop = start + length
+    pieces = _range_pieces(start, stop, c)
+    covered = []
+    for k, osl, csl in pieces:
+        assert 0 <= csl.start < csl.stop <= c  # inside the chunk
+        assert osl.stop - osl.start == csl.stop - csl.start
+        assert k * c + csl.start == start + osl.start  # the same array element on both sides
+        covered.extend(range(osl.start, osl.stop))
+    assert covered == list(range(length))  # in order, no gap, no overlap
+    assert [k for k, _, _ in pieces] == list(range(start // c, (stop - 1) // c + 1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=6), st.integers(1, 7))
+def test_index_pieces_pick_every_index_once(idx, c):
+    idx = np.asarray(idx)
+    seen = np.zeros(len(idx), int)
+    for k, osl, csl in _index_pieces(idx, c):
+        positions = np.arange(len(idx))[osl]
+        seen[positions] += 1
+        np.testing.assert_array_equal(k * c + np.arange(c)[csl], idx[positions])
+    assert (seen == 1).all()
 
 
 def test_each_chunk_is_decoded_once_per_batch(store):
