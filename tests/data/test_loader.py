@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import xarray as xr
 
 from hvaeseg.data.loader import (
     PatchBatch,
