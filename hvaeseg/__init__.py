@@ -11,7 +11,19 @@ The main entry points::
     from hvaeseg.experiment import RunConfig, train_run           # what `hvaeseg train` runs
 """
 
-from hvaeseg.hierarchy import HVAE, HierarchySpec
+from typing import TYPE_CHECKING
 
 __all__ = ["HVAE", "HierarchySpec", "__version__"]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from hvaeseg.hierarchy import HVAE, HierarchySpec
+
+
+def __getattr__(name: str):
+    # lazy: `import hvaeseg.data...` (the CLI's data commands, loader worker processes) need no torch or Pyro
+    if name in ("HVAE", "HierarchySpec"):
+        from hvaeseg import hierarchy
+
+        return getattr(hierarchy, name)
+    raise AttributeError(f"module 'hvaeseg' has no attribute {name!r}")

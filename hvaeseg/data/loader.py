@@ -16,9 +16,11 @@ buffer serves the next chunk.
 For a local Zarr v3 store with a plain codec chain (bytes + blosc / zstd / gzip, no sharding) chunks are
 read and decoded directly with numcodecs, which releases the GIL, skipping zarr's per-call machinery;
 any other store (fsspec URL, sharded, v2) goes through ``zarr.Array`` slicing of whole chunks. In-memory
-cubes are sliced directly. Batches are built by ``workers`` background threads, at most
-``prefetch + workers`` batches exist at once (bounded memory), into host buffers that are reused once the
-batch they held is gone (pinned ones when the device is CUDA), and are copied with ``non_blocking=True``.
+cubes are sliced directly (:mod:`hvaeseg.data.chunks`). Batches are built by ``workers`` background
+threads, at most ``prefetch + workers`` batches exist at once (bounded memory), into host buffers that are
+reused once the batch they held is gone (pinned ones when the device is CUDA), and are copied with
+``non_blocking=True``. With ``processes=True`` the workers are processes (:mod:`hvaeseg.data.workers`)
+writing into shared memory: they share no GIL with each other or with the training loop.
 
 Edges and invalid pixels follow the sampler's rules (:mod:`hvaeseg.data.sampler`): patches never cross the
 cube border (a plan that does is rejected with ``ValueError``), nothing is padded; a patch with no valid
@@ -38,11 +40,8 @@ The CPU path gives exactly the tensors of a naive read of the same plan (:func:`
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import os
-import sys
-import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,10 +49,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import xarray as xr
 
+from hvaeseg.data.chunks import CubeSource, HostBuffers, fill_patches, normalise_into, open_dataset
 from hvaeseg.data.sampler import PatchPlan
 from hvaeseg.data.stats import dn_scaling, ensure_band_stats, read_band_stats
+from hvaeseg.data.workers import ProcessWorkers, SharedSlots, SlotLayout
 
 __all__ = ["PatchBatch", "PatchLoader", "read_patches_naive", "normalise_dn", "normaliser"]
 
@@ -99,15 +99,9 @@ def normalise_dn(
     single-threaded, GIL released, no contention between loader threads) and the GPU (torch) give the
     same bits. ``out``: a float32 array of ``dn``'s shape to write into (CPU only).
     """
-    shape = (-1, 1, 1)
     if dn.device.type == "cpu":
-        if out is None:
-            out = np.empty(dn.shape, dtype=np.float32)
-        x = out
-        x[...] = dn.numpy()  # exact: every uint16 is a float32
-        np.multiply(x, a.numpy().astype(np.float32).reshape(shape), out=x)
-        np.add(x, b.numpy().astype(np.float32).reshape(shape), out=x)
-        return torch.from_numpy(x)
+        out = np.empty(dn.shape, dtype=np.float32) if out is None else out
+        return torch.from_numpy(normalise_into(dn.numpy(), a.numpy(), b.numpy(), out))
     return _normalise_torch(dn, a, b)
 
 
@@ -122,348 +116,11 @@ def _normalise_torch(dn: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torc
 
 
 # --------------------------------------------------------------------------------------------------
-# chunk readers: get(chunk coords) -> (the chunk's array, clipped at the array edge)
-# --------------------------------------------------------------------------------------------------
-
-
-class _InMemory:
-    """A numpy array: one 'chunk' (the whole array), no copy."""
-
-    def __init__(self, a: np.ndarray) -> None:
-        self.a = a
-        self.shape = a.shape
-        self.chunks = a.shape
-
-    def get(self, key: tuple[int, ...]) -> np.ndarray:
-        return self.a
-
-    def release(self, chunk: np.ndarray) -> None:
-        pass
-
-
-class _Lazy:
-    """A lazily indexed xarray variable (e.g. a store opened by ``open_cube``): read whole chunks."""
-
-    def __init__(self, var: xr.Variable) -> None:
-        self.var = var
-        self.shape = var.shape
-        ch = var.encoding.get("chunks") or var.encoding.get("preferred_chunks")
-        if isinstance(ch, Mapping):
-            ch = tuple(ch.get(d, n) for d, n in zip(var.dims, var.shape))
-        self.chunks = tuple(int(c) for c in ch) if ch else var.shape
-
-    def get(self, key: tuple[int, ...]) -> np.ndarray:
-        sl = tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.shape))
-        return np.asarray(self.var[sl].values)
-
-    def release(self, chunk: np.ndarray) -> None:
-        pass
-
-
-def _numcodecs_decoder(codec: Any):
-    """A numcodecs decoder equivalent to a zarr v3 compressor codec, or None if there is none."""
-    import numcodecs
-    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
-
-    if isinstance(codec, BloscCodec):
-        return numcodecs.Blosc()
-    if isinstance(codec, ZstdCodec):
-        return numcodecs.Zstd()
-    if isinstance(codec, GzipCodec):
-        return numcodecs.GZip()
-    return None
-
-
-class _ZarrChunks:
-    """A zarr array read one whole chunk at a time; direct file read + numcodecs decode when possible.
-
-    The direct path reads the chunk file into a per-thread buffer and decodes into a per-thread pool of
-    chunk buffers (:meth:`release` gives a chunk back), so steady-state reading allocates nothing: on
-    this kind of machine fresh allocations (page faults) cost as much as the decoding itself.
-    """
-
-    #: chunk buffers kept per thread for reuse
-    POOL = 16
-
-    def __init__(self, arr: Any) -> None:
-        self.arr = arr
-        self.shape = tuple(arr.shape)
-        self.chunks = tuple(arr.chunks)
-        self._direct = self._direct_path(arr)
-        self._count = int(np.prod(self.chunks))
-        self._tls = threading.local()
-
-    @staticmethod
-    def _direct_path(arr: Any):
-        try:
-            from zarr.codecs import BytesCodec
-            from zarr.core.chunk_grids import RegularChunkGrid
-            from zarr.storage import LocalStore
-
-            md = arr.metadata
-            if md.zarr_format != 3 or not isinstance(md.chunk_grid, RegularChunkGrid):
-                return None
-            store = arr.store_path.store
-            if not isinstance(store, LocalStore):
-                return None
-            codecs = list(md.codecs)
-            if not codecs or not isinstance(codecs[0], BytesCodec):
-                return None
-            dtype = np.dtype(md.dtype.to_native_dtype())
-            endian = getattr(codecs[0].endian, "value", codecs[0].endian)
-            if dtype.itemsize > 1 and endian not in ("little", None) or dtype.byteorder == ">":
-                return None
-            decoders = [_numcodecs_decoder(c) for c in codecs[1:]]
-            if any(d is None for d in decoders) or len(decoders) > 1:
-                return None
-            root = os.path.join(str(store.root), arr.store_path.path)
-            fill = np.asarray(md.fill_value, dtype=dtype)
-            return root, md.chunk_key_encoding, decoders[0] if decoders else None, dtype.newbyteorder("<"), fill
-        except Exception:  # noqa: BLE001 - any surprise: use zarr itself
-            return None
-
-    def _local(self):
-        tls = self._tls
-        if not hasattr(tls, "free"):
-            tls.free = []
-            tls.raw = bytearray(0)
-        return tls
-
-    def _read_file(self, path: str, tls) -> memoryview | None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            size = os.fstat(fd).st_size
-            if len(tls.raw) < size:
-                tls.raw = bytearray(size)
-            view = memoryview(tls.raw)[:size]
-            got = 0
-            while got < size:
-                n = os.readv(fd, [view[got:]])
-                if n == 0:
-                    raise OSError(f"{path}: file shrank while being read")
-                got += n
-            return view
-        finally:
-            os.close(fd)
-
-    def get(self, key: tuple[int, ...]) -> np.ndarray:
-        if self._direct is None:
-            region = tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.shape))
-            return np.asarray(self.arr[region])
-        root, enc, decoder, dtype, fill = self._direct
-        tls = self._local()
-        raw = self._read_file(os.path.join(root, enc.encode_chunk_key(key)), tls)
-        out = tls.free.pop() if tls.free else np.empty(self._count, dtype=dtype)
-        if raw is None:  # never-written chunk: all fill value
-            out[:] = fill
-        elif decoder is None:
-            out.view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
-        else:
-            decoder.decode(raw, out=out)
-        out = out.reshape(self.chunks)
-        if all((k + 1) * c <= n for k, c, n in zip(key, self.chunks, self.shape)):
-            return out
-        return out[tuple(slice(0, min(c, n - k * c)) for k, c, n in zip(key, self.chunks, self.shape))]
-
-    def release(self, chunk: np.ndarray) -> None:
-        """Give a chunk from :meth:`get` back for reuse (it must not be used afterwards)."""
-        if self._direct is None:
-            return
-        buf = chunk.base if chunk.base is not None else chunk
-        tls = self._local()
-        if buf.size == self._count and len(tls.free) < self.POOL:
-            tls.free.append(buf)
-
-
-# --------------------------------------------------------------------------------------------------
-# the source: the cube's arrays behind chunk readers
-# --------------------------------------------------------------------------------------------------
-
-
-class _Source:
-    """reflectance / valid / labels of a cube as chunk readers, with scaling and band statistics."""
-
-    def __init__(self, cube: Any, storage_options: Mapping[str, Any] | None) -> None:
-        if isinstance(cube, xr.Dataset):
-            self._from_dataset(cube)
-        elif isinstance(cube, (str, os.PathLike)):
-            self._from_store(os.fspath(cube), storage_options)
-        else:
-            raise TypeError(f"expected a cube (xarray.Dataset) or a store path/URL, got {type(cube).__name__}")
-
-    def _from_dataset(self, ds: xr.Dataset) -> None:
-        if "reflectance" not in ds:
-            raise ValueError("the cube has no `reflectance` variable")
-        refl = ds["reflectance"].transpose("time", "band", "y", "x")
-        self.refl_attrs = dict(refl.attrs)
-        self.dtype = refl.dtype
-
-        def reader(da: xr.DataArray):
-            data = da.variable._data  # noqa: SLF001 - is it already a numpy array?
-            return _InMemory(data) if isinstance(data, np.ndarray) else _Lazy(da.variable)
-
-        self.refl = reader(refl)
-        self.valid = reader(ds["valid"].transpose("time", "y", "x")) if "valid" in ds else None
-        self.labels = reader(ds["labels"].transpose("y", "x")) if "labels" in ds else None
-
-    def _from_store(self, path: str, storage_options) -> None:
-        import zarr
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            try:
-                g = zarr.open_group(path, mode="r", storage_options=storage_options)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"no cube at {path}") from None
-            names = set(g.array_keys())
-            if "reflectance" not in names:
-                raise ValueError(f"{path}: the store has no `reflectance` array")
-            arrays = {}
-            for name, dims in (("reflectance", ("time", "band", "y", "x")), ("valid", ("time", "y", "x")), ("labels", ("y", "x"))):
-                if name in names:
-                    arrays[name] = g[name]
-                    have = tuple(arrays[name].metadata.dimension_names or ())
-                    if have and have != dims:  # an unusual dim order: let xarray transpose
-                        self._from_dataset(_open_ds(path, storage_options))
-                        return
-        self.refl_attrs = dict(arrays["reflectance"].attrs)
-        self.dtype = np.dtype(arrays["reflectance"].dtype)
-        self.refl = _ZarrChunks(arrays["reflectance"])
-        self.valid = _ZarrChunks(arrays["valid"]) if "valid" in arrays else None
-        self.labels = _ZarrChunks(arrays["labels"]) if "labels" in arrays else None
-
-    @property
-    def shape(self) -> dict[str, int]:
-        T, C, Y, X = self.refl.shape
-        return {"time": T, "band": C, "y": Y, "x": X}
-
-
-def _open_ds(cube: Any, storage_options) -> xr.Dataset:
-    if isinstance(cube, xr.Dataset):
-        return cube
-    from hvaeseg.data.store import open_cube
-
-    return open_cube(os.fspath(cube), storage_options=storage_options, validate=False)
-
-
-# --------------------------------------------------------------------------------------------------
-# cutting patches out of chunks
-# --------------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=16384)
-def _range_pieces(start: int, stop: int, c: int) -> tuple[tuple[int, slice, slice], ...]:
-    """The chunks (size ``c``) that ``[start, stop)`` touches: ``(chunk, output slice, slice in the chunk)``.
-
-    Cached (Python ints in, immutable out): patches share offsets, and planning holds the GIL."""
-    out = []
-    for k in range(start // c, (stop - 1) // c + 1):
-        lo, hi = max(start, k * c), min(stop, (k + 1) * c)
-        out.append((k, slice(lo - start, hi - start), slice(lo - k * c, hi - k * c)))
-    return tuple(out)
-
-
-_FIRST = slice(0, 1)
-
-
-def _index_pieces(idx: np.ndarray, c: int) -> list[tuple[int, Any, Any]]:
-    if c == 1:
-        return [(t, slice(i, i + 1), _FIRST) for i, t in enumerate(idx.tolist())]
-    out = []
-    ks = idx // c
-    for k in np.unique(ks):
-        pos = np.nonzero(ks == k)[0]
-        if len(pos) == 1:
-            p = int(pos[0])
-            out.append((int(k), slice(p, p + 1), slice(int(idx[p] - k * c), int(idx[p] - k * c) + 1)))
-        else:
-            out.append((int(k), pos, idx[pos] - k * c))
-    return out
-
-
-def _box_pieces(
-    ranges: Sequence[tuple[int, int]], chunks: Sequence[int]
-) -> list[tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]]:
-    """The chunks a box of ``(start, stop)`` ranges touches: ``(chunk key, output slices, chunk slices)``."""
-    per_dim = [_range_pieces(start, stop, c) for (start, stop), c in zip(ranges, chunks)]
-    return [tuple(zip(*combo)) for combo in itertools.product(*per_dim)]
-
-
-def _gather(reader: Any, requests: Sequence[Sequence[Any]], out: np.ndarray, rows: Sequence[int]) -> None:
-    """Fill ``out[rows[i]]`` with the region ``requests[i]`` of the array behind ``reader``.
-
-    A request has one entry per array dim: index arrays (dates) first, then ``(start, stop)`` ranges.
-    Chunk-major: every piece of every request is listed under the chunk it comes from, then each chunk is
-    decoded once, copied into all the pieces that need it while it is hot in cache, and given back before
-    the next one is decoded (one decoded chunk alive per thread). Chunks go in key order (locality).
-    """
-    if not requests:
-        return
-    chunks = tuple(reader.chunks)
-    n_index = sum(isinstance(r, np.ndarray) for r in requests[0])
-    box_chunks = chunks[n_index:]
-    pieces: dict[tuple, list[tuple[np.ndarray, tuple, tuple]]] = {}
-    for row, req in zip(rows, requests):
-        box = _box_pieces(req[n_index:], box_chunks)
-        dst = out[row]
-        index_dims = [_index_pieces(r, c) for r, c in zip(req[:n_index], chunks)]
-        for combo in itertools.product(*index_dims):
-            ikey, iosl, icsl = zip(*combo) if combo else ((), (), ())
-            for key, osl, csl in box:
-                pieces.setdefault(ikey + key, []).append((dst, iosl + osl, icsl + csl))
-    for key in sorted(pieces):
-        chunk = reader.get(key)
-        try:
-            for dst, osl, csl in pieces[key]:
-                dst[osl] = chunk[csl]
-        finally:
-            reader.release(chunk)
-
-
-# --------------------------------------------------------------------------------------------------
 # the loader
 # --------------------------------------------------------------------------------------------------
 
 
 _NP_DTYPES = {torch.uint16: np.uint16, torch.bool: np.bool_, torch.int16: np.int16, torch.int64: np.int64}
-
-
-def _refcounts(arrays: Sequence[np.ndarray]) -> list[int]:
-    """Reference counts of ``arrays`` (one code path for calibration and use, so the counts compare)."""
-    return [sys.getrefcount(a) for a in arrays]
-
-
-class _HostBuffers:
-    """Reusable unpinned host arrays for the batches, so steady-state reading allocates nothing.
-
-    A batch's tensors are views of an array from here (``torch.from_numpy``: every tensor sharing the
-    storage keeps the array referenced). An array is handed out again only once nothing but this pool
-    refers to it, i.e. when every tensor of the batch it went into is gone; no caller has to give anything
-    back. At most ``keep`` arrays per (shape, dtype) are kept; beyond that fresh ones are allocated (and
-    freed as usual). Fresh memory costs page faults on first touch, as much as decoding on small machines.
-    """
-
-    def __init__(self, keep: int) -> None:
-        self.keep = int(keep)
-        self._lock = threading.Lock()
-        self._arrays: dict[tuple, list[np.ndarray]] = {}
-        self._free_refs = _refcounts([np.empty(0)])[0]
-
-    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        key = (tuple(shape), np.dtype(dtype))
-        with self._lock:
-            arrays = self._arrays.setdefault(key, [])
-            for a, refs in zip(arrays, _refcounts(arrays)):
-                if refs <= self._free_refs:
-                    return a
-            a = np.empty(shape, dtype=dtype)
-            if len(arrays) < self.keep:
-                arrays.append(a)
-            return a
 
 
 class PatchLoader:
@@ -474,7 +131,12 @@ class PatchLoader:
     :param batch_size: patches per batch.
     :param device: where the tensors go (``"cpu"``, ``"cuda"``, a ``torch.device``).
     :param prefetch: batches prepared ahead of the consumer.
-    :param workers: background threads building batches (0: build in the calling thread).
+    :param workers: background threads building batches (0: build in the calling thread), or processes.
+    :param processes: build batches in ``workers`` worker processes (:mod:`hvaeseg.data.workers`) instead of
+        threads: no GIL shared with each other or with the training loop. They write into shared memory,
+        need a store path or URL as ``cube``, start once (about a second) and live until :meth:`close`
+        (or the loader is garbage-collected; ``with PatchLoader(...) as loader:`` closes it). Scripts
+        that use them need the usual ``if __name__ == "__main__":`` guard (processes are spawned).
     :param pin_memory: host buffers in pinned memory; default: when ``device`` is CUDA.
     :param normalise: standardise with the cube's band statistics (computed and stored once if missing);
         ``False``: ``x`` is the raw DN as a ``torch.uint16`` tensor (what crosses the bus), for
@@ -504,6 +166,7 @@ class PatchLoader:
         epoch: int = 0,
         drop_last: bool = False,
         storage_options: Mapping[str, Any] | None = None,
+        processes: bool = False,
     ) -> None:
         if not isinstance(plan, PatchPlan):
             raise TypeError(f"expected a PatchPlan, got {type(plan).__name__}")
@@ -527,9 +190,22 @@ class PatchLoader:
         self.seed = int(seed)
         self.epoch = int(epoch)
         self.drop_last = bool(drop_last) or self.repeat
-        self.src = _Source(cube, storage_options)
+        self.processes = bool(processes)
+        if self.processes:
+            if not isinstance(cube, (str, os.PathLike)):
+                raise ValueError(
+                    "processes=True: worker processes open the cube themselves, so pass its store path or URL "
+                    f"(got a {type(cube).__name__}), or use threads (processes=False)"
+                )
+            if self.workers < 1:
+                raise ValueError("processes=True needs workers >= 1")
+        self._cube, self._storage_options = cube, storage_options
+        self._pool: ProcessWorkers | None = None
+        self._slots: SharedSlots | None = None
+        self._slot_events: dict[int, Any] = {}
+        self.src = CubeSource(cube, storage_options)
         # batches alive at once: queued + being built + the consumer's current and previous one
-        self._host = _HostBuffers(keep=max(self.prefetch, 1) + self.workers + 2)
+        self._host = HostBuffers(keep=max(self.prefetch, 1) + self.workers + 2)
         shape = self.src.shape
         want = {k: shape[k] for k in ("time", "y", "x")}
         if dict(plan.cube_shape) != want:
@@ -603,18 +279,8 @@ class PatchLoader:
         dn = self._empty((B, T, C, H, W), torch.uint16)
         valid = self._empty((B, T, H, W), torch.bool)
         labels = self._empty((B, H, W), torch.int64 if self.device.type == "cpu" else torch.int16)
-        dn_np, valid_np, labels_np = dn.numpy(), valid.numpy(), labels.numpy()
-        ys, xs, ts = p.y[index].tolist(), p.x[index].tolist(), p.t[index]  # Python ints: cheap planning
-        rows = range(B)
-        _gather(src.refl, [(ts[i], (0, C), (ys[i], ys[i] + H), (xs[i], xs[i] + W)) for i in rows], dn_np, rows)
-        if src.valid is not None:
-            _gather(src.valid, [(ts[i], (ys[i], ys[i] + H), (xs[i], xs[i] + W)) for i in rows], valid_np, rows)
-        else:
-            valid_np[:] = True
-        labelled = [i for i in rows if p.labelled[index[i]]]
-        labels_np[:] = -1
-        if src.labels is not None and labelled:
-            _gather(src.labels, [((ys[i], ys[i] + H), (xs[i], xs[i] + W)) for i in labelled], labels_np, labelled)
+        ys, xs = p.y[index].tolist(), p.x[index].tolist()  # Python ints: cheap planning
+        fill_patches(src, p.t[index], ys, xs, p.labelled[index].tolist(), dn.numpy(), valid.numpy(), labels.numpy())
         return dn, valid, labels
 
     def _finish(self, dn: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor) -> PatchBatch:
@@ -630,6 +296,10 @@ class PatchLoader:
         else:
             x = dn
         labels = labels.to(torch.int64)  # int16 from an accelerator's host buffer; on the CPU already int64
+        return self._single_date(x, valid, labels)
+
+    def _single_date(self, x: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor) -> PatchBatch:
+        """The batch, without the date axis unless the plan has ``"time"`` in its sizes."""
         if not self.plan.temporal:
             x, valid = x[:, 0], valid[:, 0]
         return PatchBatch(x, valid, labels)
@@ -666,7 +336,87 @@ class PatchLoader:
 
         return self._run(jobs())
 
+    # -- worker processes ----------------------------------------------------------------------------
+    def _layout(self) -> SlotLayout:
+        p = self.plan
+        cpu = self.device.type == "cpu"
+        # on the CPU the workers normalise (the consumer gets final tensors); else raw DN crosses the bus
+        return SlotLayout(self.batch_size, p.n_dates, self.src.shape["band"], p.sizes["y"], p.sizes["x"],
+                          labels_dtype="int64" if cpu else "int16", normalised=cpu and self.normalise)
+
+    def _start_processes(self) -> ProcessWorkers:
+        if self._pool is None or not self._pool.alive:
+            self._slots = SharedSlots(on_new=self._pin_slot if self.pin_memory else None)
+            self._pool = ProcessWorkers(self._cube, self.workers, self._storage_options)
+        return self._pool
+
+    def _pin_slot(self, raw: np.ndarray) -> None:
+        """Page-lock a shared-memory slot so copies from it to the GPU are asynchronous."""
+        err = torch.cuda.cudart().cudaHostRegister(raw.ctypes.data, raw.nbytes, 0)
+        if int(getattr(err, "value", err)) != 0:
+            warnings.warn(f"could not pin a shared-memory batch for CUDA (error {err}); copies will be synchronous",
+                          stacklevel=2)
+
+    def _acquire_slot(self, nbytes: int) -> tuple[np.ndarray, str]:
+        raw, path = self._slots.acquire(nbytes)
+        event = self._slot_events.pop(id(raw), None)
+        if event is not None:  # the asynchronous copy out of this slot must be over before it is refilled
+            event.synchronize()
+        return raw, path
+
+    def _run_processes(self, jobs: Iterator[tuple[int, np.ndarray]]) -> Iterator[PatchBatch]:
+        pool, layout, p = self._start_processes(), self._layout(), self.plan
+        norm = (self._a.numpy(), self._b.numpy()) if layout.normalised else None
+        pending: collections.deque[tuple[int, np.ndarray, int]] = collections.deque()
+
+        def submit(index: np.ndarray) -> None:
+            raw, path = self._acquire_slot(layout.nbytes)
+            jid = pool.submit(raw, path, layout, len(index), p.t[index], p.y[index].tolist(), p.x[index].tolist(),
+                              p.labelled[index].tolist(), norm)
+            pending.append((jid, raw, len(index)))
+
+        try:
+            for _, index in itertools.islice(jobs, max(self.prefetch, 1) + self.workers - 1):
+                submit(index)
+            while pending:
+                jid, raw, n = pending.popleft()
+                pool.wait(jid)
+                nxt = next(jobs, None)
+                if nxt is not None:
+                    submit(nxt[1])
+                x, valid, labels = (torch.from_numpy(a) for a in layout.views(raw, n))
+                batch = self._single_date(x, valid, labels) if layout.normalised else self._finish(x, valid, labels)
+                if self.pin_memory and self.device.type == "cuda":
+                    event = torch.cuda.Event()
+                    event.record()
+                    self._slot_events[id(raw)] = event
+                del raw
+                yield batch
+        finally:
+            pool.forget([jid for jid, _, _ in pending])
+
+    def close(self) -> None:
+        """Stop the worker processes and free their shared memory (no-op for threads); idempotent."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._slots is not None:
+            for raw in self._slots.slots() if self.pin_memory else ():
+                torch.cuda.cudart().cudaHostUnregister(raw.ctypes.data)
+            self._slots.close()
+            self._slots = None
+        self._slot_events.clear()
+
+    def __enter__(self) -> PatchLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _run(self, jobs: Iterator[tuple[int, np.ndarray]]) -> Iterator[PatchBatch]:
+        if self.processes:
+            yield from self._run_processes(jobs)
+            return
         cpu = self.device.type == "cpu"
 
         def build(index: np.ndarray):
@@ -715,7 +465,7 @@ def read_patches_naive(
     Gives the tensors :class:`PatchLoader` gives on the CPU for the same patches (bit for bit). The band
     statistics must already be in the cube (``ensure_band_stats``) when ``normalise``.
     """
-    ds = _open_ds(cube, storage_options)
+    ds = open_dataset(cube, storage_options)
     index = np.arange(len(plan)) if index is None else np.asarray(index, dtype=np.int64)
     H, W = plan.sizes["y"], plan.sizes["x"]
     refl = ds["reflectance"].transpose("time", "band", "y", "x")

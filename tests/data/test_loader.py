@@ -12,14 +12,11 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hvaeseg.data.chunks import HostBuffers, ZarrChunks, index_pieces, range_pieces
 from hvaeseg.data.loader import (
     PatchBatch,
     PatchLoader,
-    _HostBuffers,
-    _index_pieces,
     _normalise_torch,
-    _range_pieces,
-    _ZarrChunks,
     normalise_dn,
     normaliser,
     read_patches_naive,
@@ -117,9 +114,9 @@ def test_direct_chunk_decoding_matches_zarr(store):
     import zarr
 
     arr = zarr.open_group(store, mode="r")["reflectance"]
-    direct = _ZarrChunks(arr)
+    direct = ZarrChunks(arr)
     assert direct._direct is not None  # local store, blosc: decoded without zarr
-    via_zarr = _ZarrChunks(arr)
+    via_zarr = ZarrChunks(arr)
     via_zarr._direct = None
     for key in [(0, 0, 0, 0), (4, 0, 2, 1), (2, 0, 1, 2)]:
         a, b = direct.get(key), via_zarr.get(key)
@@ -158,7 +155,7 @@ def test_cuda_batches_equal_cpu_batches(store):
 @given(st.integers(1, 40), st.integers(0, 200), st.integers(1, 90))
 def test_range_pieces_tile_the_range_exactly(c, start, length):
     stop = start + length
-    pieces = _range_pieces(start, stop, c)
+    pieces = range_pieces(start, stop, c)
     covered = []
     for k, osl, csl in pieces:
         assert 0 <= csl.start < csl.stop <= c  # inside the chunk
@@ -174,7 +171,7 @@ def test_range_pieces_tile_the_range_exactly(c, start, length):
 def test_index_pieces_pick_every_index_once(idx, c):
     idx = np.asarray(idx)
     seen = np.zeros(len(idx), int)
-    for k, osl, csl in _index_pieces(idx, c):
+    for k, osl, csl in index_pieces(idx, c):
         positions = np.arange(len(idx))[osl]
         seen[positions] += 1
         np.testing.assert_array_equal(k * c + np.arange(c)[csl], idx[positions])
@@ -213,7 +210,7 @@ def test_memory_is_bounded_by_prefetch_and_workers(store):
 
 
 def test_host_buffers_are_reused_only_when_no_tensor_refers_to_them():
-    pool = _HostBuffers(keep=2)
+    pool = HostBuffers(keep=2)
     first = pool.empty((3, 4), np.uint16)
     ptr_first = first.ctypes.data
     view = torch.from_numpy(first)[1:]  # a view of a tensor keeps the storage, and so the array, alive
