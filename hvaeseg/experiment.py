@@ -235,6 +235,34 @@ def _draw_plans(config: RunConfig, cube: xr.Dataset | str, ds: xr.Dataset) -> tu
     return train, evaluation
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How training batches are read; no effect on the results (a batch depends on ``(seed, step)`` only).
+
+    :param workers: loader threads (or processes) per training stream.
+    :param processes: worker processes instead of threads (needs the cube in a store; see
+        :class:`~hvaeseg.data.loader.PatchLoader`): for GPU training, where the loader must not share the
+        training loop's GIL.
+    """
+
+    workers: int = 1
+    processes: bool = False
+
+    def __post_init__(self) -> None:
+        if int(self.workers) < 1:
+            raise ValueError(f"loader workers: expected >= 1, got {self.workers}")
+
+    def check(self, data: RunData, config: RunConfig) -> None:
+        """Refuse processes for a cube that is not in a store."""
+        if self.processes and not isinstance(data.cube, (str, os.PathLike)):
+            preset = config.data.removeprefix(SYNTHETIC_PREFIX)
+            raise ValueError(
+                f"loader processes read the cube from its store, and {config.data} is generated in memory: write it "
+                f"first (`hvaeseg data synth OUT.zarr --preset {preset} --seed {config.data_seed}`) and train with "
+                "--data OUT.zarr, or drop --loader-processes"
+            )
+
+
 class _Streams:
     """Resumable, seeded batch streams of a run: the batch of step ``k`` depends on ``(seed, k)`` only.
 
@@ -242,11 +270,14 @@ class _Streams:
     objectives read as "no labelled term" (symmetric learning then samples s from the model's prior).
     """
 
-    def __init__(self, data: RunData, config: RunConfig, method: Method) -> None:
+    def __init__(self, data: RunData, config: RunConfig, method: Method, loader: LoaderOptions | None = None) -> None:
         self.config = config
         self.loaders: dict[str, PatchLoader] = {}
         self.pool: LabelPool | None = None
-        common = dict(batch_size=config.batch_size, device=config.device, repeat=True, workers=1, prefetch=2)
+        loader = loader or LoaderOptions()
+        loader.check(data, config)
+        common = dict(batch_size=config.batch_size, device=config.device, repeat=True, workers=loader.workers,
+                      prefetch=2, processes=loader.processes)
         lab = data.train_plan.select(labelled=True)
         if "labelled" in method.streams and len(lab):
             self.loaders["labelled"] = PatchLoader(
@@ -262,6 +293,10 @@ class _Streams:
             maps = PatchLoader(data.cube, lab.take(np.sort(first)), batch_size=len(first), workers=0,
                                normalise=False)
             self.pool = LabelPool(next(iter(maps)).labels, dihedral=True, seed=config.data_seed)
+
+    def close(self) -> None:
+        for loader in self.loaders.values():
+            loader.close()
 
     def factories(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: loader.stream for name, loader in self.loaders.items()}
@@ -300,8 +335,12 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def train_run(config: RunConfig, out: str | os.PathLike, *, resume: bool = True) -> Trainer:
+def train_run(
+    config: RunConfig, out: str | os.PathLike, *, resume: bool = True, loader: LoaderOptions | None = None
+) -> Trainer:
     """Train ``config`` into the run folder ``out`` (continuing from its checkpoint when ``resume``).
+
+    ``loader`` says how batches are read (threads by default); it does not change the results.
 
     :raises FileExistsError: when ``out`` holds a run with a different configuration.
     """
@@ -313,19 +352,23 @@ def train_run(config: RunConfig, out: str | os.PathLike, *, resume: bool = True)
                 f"{out} holds a run with another configuration; choose a new --out or delete that folder"
             )
     data = prepare_data(config)
+    (loader or LoaderOptions()).check(data, config)  # before anything is written
     method = build_method(config, data)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.to_json())
     data.train_plan.save(out / "plan_train.json")
     data.eval_plan.save(out / "plan_eval.json")
-    streams = _Streams(data, config, method)
-    val = data.eval_plan.select(split="val")
-    val_loader = PatchLoader(data.cube, val, batch_size=config.batch_size, device=config.device, workers=1)
-    loop = LoopConfig(config.steps, config.seed, config.val_every, config.checkpoint_every, config.time_budget_s)
-    trainer = Trainer(method, streams.factories(), lambda: val_loader.batches(0), data.num_classes, out, loop)
-    if resume:
-        trainer.resume()
-    trainer.fit()
+    streams = _Streams(data, config, method, loader)
+    try:
+        val = data.eval_plan.select(split="val")
+        val_loader = PatchLoader(data.cube, val, batch_size=config.batch_size, device=config.device, workers=1)
+        loop = LoopConfig(config.steps, config.seed, config.val_every, config.checkpoint_every, config.time_budget_s)
+        trainer = Trainer(method, streams.factories(), lambda: val_loader.batches(0), data.num_classes, out, loop)
+        if resume:
+            trainer.resume()
+        trainer.fit()
+    finally:
+        streams.close()
     return trainer
 
 

@@ -107,3 +107,26 @@ def test_pool_has_one_map_per_labelled_location(tmp_path):
     assert len(lab) > 3  # several dates per location...
     streams = _Streams(data, config, build_method(config, data))
     assert len(streams.pool.maps) == 3  # ...but one map each in the pool
+
+
+def test_loader_processes_train_to_the_same_parameters(tmp_path):
+    """How batches are read (threads, processes, more workers) does not change a run."""
+    from hvaeseg.data.synthetic import write_synthetic
+    from hvaeseg.experiment import LoaderOptions
+
+    store = write_synthetic(tmp_path / "tiny.zarr", "tiny", 0)
+    config = RunConfig(method="supervised", labels=2, steps=3, val_every=3, checkpoint_every=3,
+                       **{**TINY, "data": str(store)})
+    train_run(config, tmp_path / "threads")
+    train_run(config, tmp_path / "processes", loader=LoaderOptions(workers=2, processes=True))
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True)["method"]["modules"]
+            for r in ("threads", "processes"))
+    for name in a:
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)
+    in_memory = RunConfig(method="supervised", labels=2, steps=1, **TINY)
+    with pytest.raises(ValueError, match="generated in memory"):
+        train_run(in_memory, tmp_path / "mem", loader=LoaderOptions(processes=True))
+    assert not (tmp_path / "mem").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match="workers"):
+        LoaderOptions(workers=0)

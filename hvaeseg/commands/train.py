@@ -24,7 +24,7 @@ def _options(text: str | None) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hvaeseg.experiment import RunConfig, evaluate_run, train_run
+    from hvaeseg.experiment import LoaderOptions, RunConfig, evaluate_run, train_run
 
     config = RunConfig(
         method=args.method, data=args.data, labels=args.labels, steps=args.steps, seed=args.seed,
@@ -33,7 +33,8 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, time_budget_s=args.time_budget, device=args.device,
         options=_options(args.options),
     )
-    trainer = train_run(config, args.out, resume=not args.no_resume)
+    loader = LoaderOptions(workers=args.loader_workers, processes=args.loader_processes)
+    trainer = train_run(config, args.out, resume=not args.no_resume, loader=loader)
     h = trainer.history
     print(f"trained {config.method} for {trainer.step} steps in {h.train_seconds:.0f} s; "
           f"best validation mean IoU {h.best_score:.3f} at step {h.best_step}; run folder {args.out}")
@@ -86,6 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--options", default=None, metavar="JSON", help="method hyper-parameters as a JSON object")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if RUN has a checkpoint")
+    p.add_argument("--loader-workers", type=int, default=1, metavar="N",
+                   help="loader threads (or processes) per training stream (default 1; results do not change)")
+    p.add_argument("--loader-processes", action="store_true",
+                   help="read batches in worker processes (cube in a store; for GPU training)")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split when done")
     p.set_defaults(func=_train)
 

@@ -353,7 +353,7 @@ class PatchLoader:
     def _pin_slot(self, raw: np.ndarray) -> None:
         """Page-lock a shared-memory slot so copies from it to the GPU are asynchronous."""
         err = torch.cuda.cudart().cudaHostRegister(raw.ctypes.data, raw.nbytes, 0)
-        if int(getattr(err, "value", err)) != 0:
+        if int(err) != 0:
             warnings.warn(f"could not pin a shared-memory batch for CUDA (error {err}); copies will be synchronous",
                           stacklevel=2)
 
