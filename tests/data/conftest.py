@@ -68,3 +68,23 @@ def make_toy_cube(seed: int = 0, n_dates: int = 3, size: int = 32, bands=TOY_BAN
 def toy_cube() -> xr.Dataset:
     """A fresh 3-date, 4-band, 32x32 valid cube (see :func:`make_toy_cube`)."""
     return make_toy_cube()
+
+
+def loader_cube(n_dates: int = 5, size: int = 48) -> xr.Dataset:
+    """The toy cube of the loader tests, with a date that has no valid pixel at all (the all-invalid rule)."""
+    ds = make_toy_cube(seed=1, n_dates=n_dates, size=size)
+    ds["valid"][2] = False
+    return ds
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """:func:`loader_cube` in a store with 16 x 16 chunks (so patches straddle chunks), with band statistics.
+
+    Shared by the tests of a module, which only read it."""
+    from hvaeseg.data.stats import ensure_band_stats
+    from hvaeseg.data.store import write_cube
+
+    path = write_cube(loader_cube(), tmp_path_factory.mktemp("loader") / "cube.zarr", chunks={"y": 16, "x": 16})
+    ensure_band_stats(path)
+    return path

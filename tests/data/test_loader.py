@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,24 +24,7 @@ from hvaeseg.data.sampler import PatchPlan, PatchSampler, SpatialSplit
 from hvaeseg.data.stats import compute_band_stats, ensure_band_stats, read_band_stats
 from hvaeseg.data.store import open_cube, write_cube
 
-from .conftest import make_toy_cube
-
-
-def _cube(n_dates: int = 5, size: int = 48) -> xr.Dataset:
-    ds = make_toy_cube(seed=1, n_dates=n_dates, size=size)
-    # a date with no valid pixel at all, to exercise the all-invalid rule
-    ds["valid"][2] = False
-    return ds
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """The toy cube in a store with 16 x 16 chunks (so patches straddle chunks), with band statistics.
-
-    Shared by the tests of this module, which only read it."""
-    path = write_cube(_cube(), tmp_path_factory.mktemp("loader") / "cube.zarr", chunks={"y": 16, "x": 16})
-    ensure_band_stats(path)
-    return path
+from .conftest import loader_cube, make_toy_cube
 
 
 def _plan(cube, sizes, **kw) -> PatchPlan:
@@ -321,7 +303,7 @@ def test_plan_for_another_cube_is_refused(store, tmp_path):
 
 
 def test_band_stats_are_over_valid_pixels_and_stored_once(tmp_path):
-    ds = _cube()
+    ds = loader_cube()
     path = write_cube(ds, tmp_path / "s.zarr")
     assert read_band_stats(path) is None
     mean, std = ensure_band_stats(path)
@@ -334,13 +316,13 @@ def test_band_stats_are_over_valid_pixels_and_stored_once(tmp_path):
         assert mean[c] == pytest.approx(v.mean(), rel=1e-12)
         assert std[c] == pytest.approx(v.std(), rel=1e-9)
     # a Dataset gets them in its attrs; the same numbers whatever the chunking
-    mem = _cube()
+    mem = loader_cube()
     assert ensure_band_stats(mem) == (mean, std) and mem.attrs["band_std"] == std
     assert compute_band_stats(open_cube(write_cube(ds, tmp_path / "c.zarr", chunks={"y": 8, "x": 8}))) == (mean, std)
 
 
 def test_loader_computes_missing_stats_once(tmp_path):
-    path = write_cube(_cube(), tmp_path / "n.zarr")
+    path = write_cube(loader_cube(), tmp_path / "n.zarr")
     plan = _plan(path, {"y": 8, "x": 8})
     PatchLoader(path, plan, batch_size=4)
     assert read_band_stats(path) is not None

@@ -17,14 +17,7 @@ from hvaeseg.data.stats import ensure_band_stats
 from hvaeseg.data.store import open_cube, write_cube
 from hvaeseg.data.workers import ProcessWorkers, SharedSlots, SlotLayout, WorkerError
 
-from .test_loader import _assert_identical, _cat, _cube
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    path = write_cube(_cube(), tmp_path_factory.mktemp("workers") / "cube.zarr", chunks={"y": 16, "x": 16})
-    ensure_band_stats(path)
-    return path
+from .test_loader import _assert_identical, _cat
 
 
 def _plan(cube, sizes, **kw) -> PatchPlan:
