@@ -205,7 +205,11 @@ class PatchLoader:
         self._slot_events: dict[int, Any] = {}
         self.src = CubeSource(cube, storage_options)
         # batches alive at once: queued + being built + the consumer's current and previous one
-        self._host = HostBuffers(keep=max(self.prefetch, 1) + self.workers + 2)
+        # batches in flight (queued or being built), plus the consumer's current and previous one
+        self._in_flight = max(self.prefetch, 1) + self.workers - 1
+        self._host = HostBuffers(keep=self._in_flight + 3)
+        # labels: final int64 on the CPU; int16 crosses to an accelerator (a quarter of the bytes)
+        self._labels_dtype = torch.int64 if self.device.type == "cpu" else torch.int16
         shape = self.src.shape
         want = {k: shape[k] for k in ("time", "y", "x")}
         if dict(plan.cube_shape) != want:
@@ -278,10 +282,15 @@ class PatchLoader:
         H, W, C = p.sizes["y"], p.sizes["x"], src.shape["band"]
         dn = self._empty((B, T, C, H, W), torch.uint16)
         valid = self._empty((B, T, H, W), torch.bool)
-        labels = self._empty((B, H, W), torch.int64 if self.device.type == "cpu" else torch.int16)
-        ys, xs = p.y[index].tolist(), p.x[index].tolist()  # Python ints: cheap planning
-        fill_patches(src, p.t[index], ys, xs, p.labelled[index].tolist(), dn.numpy(), valid.numpy(), labels.numpy())
+        labels = self._empty((B, H, W), self._labels_dtype)
+        fill_patches(src, *self._positions(index), dn.numpy(), valid.numpy(), labels.numpy())
         return dn, valid, labels
+
+    def _positions(self, index: np.ndarray) -> tuple[np.ndarray, list[int], list[int], list[bool]]:
+        """``(ts, ys, xs, labelled)`` of the patches ``index`` as :func:`fill_patches` takes them (positions
+        as Python ints: planning under the GIL is cheaper)."""
+        p = self.plan
+        return p.t[index], p.y[index].tolist(), p.x[index].tolist(), p.labelled[index].tolist()
 
     def _finish(self, dn: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor) -> PatchBatch:
         """To the device (non-blocking from pinned memory), normalise there, drop T for single dates."""
@@ -342,7 +351,8 @@ class PatchLoader:
         cpu = self.device.type == "cpu"
         # on the CPU the workers normalise (the consumer gets final tensors); else raw DN crosses the bus
         return SlotLayout(self.batch_size, p.n_dates, self.src.shape["band"], p.sizes["y"], p.sizes["x"],
-                          labels_dtype="int64" if cpu else "int16", normalised=cpu and self.normalise)
+                          labels_dtype=np.dtype(_NP_DTYPES[self._labels_dtype]).name,
+                          normalised=cpu and self.normalise)
 
     def _start_processes(self) -> ProcessWorkers:
         if self._pool is None or not self._pool.alive:
@@ -365,18 +375,17 @@ class PatchLoader:
         return raw, path
 
     def _run_processes(self, jobs: Iterator[tuple[int, np.ndarray]]) -> Iterator[PatchBatch]:
-        pool, layout, p = self._start_processes(), self._layout(), self.plan
+        pool, layout = self._start_processes(), self._layout()
         norm = (self._a.numpy(), self._b.numpy()) if layout.normalised else None
         pending: collections.deque[tuple[int, np.ndarray, int]] = collections.deque()
 
         def submit(index: np.ndarray) -> None:
             raw, path = self._acquire_slot(layout.nbytes)
-            jid = pool.submit(raw, path, layout, len(index), p.t[index], p.y[index].tolist(), p.x[index].tolist(),
-                              p.labelled[index].tolist(), norm)
+            jid = pool.submit(raw, path, layout, len(index), *self._positions(index), norm)
             pending.append((jid, raw, len(index)))
 
         try:
-            for _, index in itertools.islice(jobs, max(self.prefetch, 1) + self.workers - 1):
+            for _, index in itertools.islice(jobs, self._in_flight):
                 submit(index)
             while pending:
                 jid, raw, n = pending.popleft()
@@ -431,9 +440,8 @@ class PatchLoader:
             return
         ex = ThreadPoolExecutor(self.workers, thread_name_prefix="hvaeseg-loader")
         pending: collections.deque[Future] = collections.deque()
-        depth = max(self.prefetch, 1) + self.workers - 1
         try:
-            for _, index in itertools.islice(jobs, depth):
+            for _, index in itertools.islice(jobs, self._in_flight):
                 pending.append(ex.submit(build, index))
             while pending:
                 out = pending.popleft().result()
