@@ -1,14 +1,19 @@
-"""Compare methods on one synthetic preset under the same protocol and wall-clock budget; prints JSON.
+"""Compare methods on one or more cubes under the same protocol and wall-clock budget; prints JSON.
 
-Every method sees the same cube, spatial split, labelled subset (``data_seed``) and evaluation tiles; each
-trains for the same wall-clock budget (``--budget`` seconds) with validation every ``--val-every`` steps, the
-checkpoint with the best validation mean IoU is evaluated once on the test split. Several training seeds give a
-mean and a spread.
+On each cube, every method sees the same spatial split, labelled subset (``data_seed``) and evaluation tiles;
+each trains for the same wall-clock budget (``--budget`` seconds) with validation every ``--val-every`` steps,
+the checkpoint with the best validation mean IoU is evaluated once on the test split. Several training seeds
+give a mean and a spread.
 
     python bench/compare.py --methods symmetric elbo supervised mixmatch --labels 10 --budget 240
     python bench/compare.py --methods supervised mixmatch --labels 10 100 0 --seeds 0 1 2 --budget 120
+    python bench/compare.py --cubes synthetic:small s2-cloud-shadow-512 --methods supervised symmetric --budget 240
 
-``--labels 0`` means *all* labelled training locations. The run folders are kept under ``--out``.
+``--cubes`` takes ``synthetic:PRESET``, the name of a real scene under ``bench/data`` (ingested once into
+``--cube-cache``, see ``bench/scenes.py``) or a cube store path; ``--preset P`` is short for
+``--cubes synthetic:P``. ``--labels 0`` means *all* labelled training locations (counted per cube). Every
+row carries its ``cube`` and the summary is grouped by (cube, method, labels). The run folders are kept under
+``--out``/CUBE/.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ import torch
 from hvaeseg.data.sampler import PatchPlan
 from hvaeseg.experiment import RunConfig, evaluate_run, train_run
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # bench/scenes.py, beside this script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scenes import cube as resolve_cube  # noqa: E402
+from scenes import label as cube_label  # noqa: E402
+
 KEYS = ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency", "steps_per_second", "labelled_pixels")
 
 
@@ -40,10 +50,16 @@ def all_locations(config: RunConfig) -> int:
     return len(sampler.labelled_candidates(open_data(config.data, config.data_seed)))
 
 
-def run_one(args: argparse.Namespace, method: str, labels: int, seed: int) -> dict:
-    out = Path(args.out) / f"{method}-N{labels}-seed{seed}"
+def _slug(cube: str) -> str:
+    """A folder name for a cube: ``synthetic-small``, ``s2-cloud-shadow-512``, ``x`` for ``/some/x.zarr``."""
+    name = Path(cube).name.removesuffix(".zarr") if cube.endswith(".zarr") else cube
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def run_one(args: argparse.Namespace, cube: str, data: str, method: str, labels: int, seed: int) -> dict:
+    out = Path(args.out) / _slug(cube) / f"{method}-N{labels}-seed{seed}"
     config = RunConfig(
-        method=method, data=f"synthetic:{args.preset}", labels=labels, steps=10**7, seed=seed, data_seed=0,
+        method=method, data=data, labels=labels, steps=10**7, seed=seed, data_seed=0,
         batch_size=args.batch_size, patch_size=args.patch_size, block=args.block, val_every=args.val_every,
         checkpoint_every=args.val_every, time_budget_s=args.budget, unlabelled_patches=args.unlabelled_patches,
     )
@@ -53,7 +69,7 @@ def run_one(args: argparse.Namespace, method: str, labels: int, seed: int) -> di
     result = evaluate_run(out, "test", iwae_samples=args.iwae_samples)
     lab = PatchPlan.load(out / "plan_train.json").select(labelled=True)  # the plan the run trained on
     row = {
-        "method": method, "labels": labels, "seed": seed, "steps": trainer.step,
+        "cube": cube, "method": method, "labels": labels, "seed": seed, "steps": trainer.step,
         "steps_per_second": trainer.step / train_s, "train_seconds": train_s,
         "wall_seconds": time.perf_counter() - t0,
         # the budget: N locations of patch_size^2 labelled pixels; every clear-enough date of a location is a
@@ -70,10 +86,10 @@ def run_one(args: argparse.Namespace, method: str, labels: int, seed: int) -> di
 def summarise(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["labels"]), []).append(r)
+        groups.setdefault((r["cube"], r["method"], r["labels"]), []).append(r)
     out = []
-    for (method, labels), rs in groups.items():
-        entry = {"method": method, "labels": labels, "seeds": len(rs)}
+    for (cube, method, labels), rs in groups.items():
+        entry = {"cube": cube, "cube_label": cube_label(cube), "method": method, "labels": labels, "seeds": len(rs)}
         for k in KEYS:
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
@@ -89,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", nargs="+", type=int, default=[10], help="N per run; 0 = all locations")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--budget", type=float, default=240.0, help="training seconds per run")
-    p.add_argument("--preset", default="small")
+    p.add_argument("--cubes", nargs="+", default=None, metavar="CUBE",
+                   help="synthetic:PRESET, a scene of bench/data (e.g. s2-cloud-shadow-512) or a store path "
+                   "(default synthetic:small)")
+    p.add_argument("--preset", default=None, help="short for --cubes synthetic:PRESET")
+    p.add_argument("--cube-cache", default="runs/cubes", help="where real scenes are ingested (once)")
     p.add_argument("--patch-size", type=int, default=32)
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
@@ -101,19 +121,28 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.preset is not None and args.cubes is not None:
+        p.error("give --cubes or --preset (short for --cubes synthetic:PRESET), not both")
+    cubes = args.cubes or [f"synthetic:{args.preset or 'small'}"]
+    if len(set(cubes)) != len(cubes):
+        p.error(f"--cubes repeats a cube: {cubes}")
     os.environ.setdefault("HVAESEG_NO_PROGRESS", "1")
-    probe = RunConfig(method="supervised", data=f"synthetic:{args.preset}", labels=1,
-                      patch_size=args.patch_size, block=args.block)
-    n_all = all_locations(probe)
+    data = {c: resolve_cube(c, cache_dir=args.cube_cache) for c in cubes}  # ingests real scenes up front
+    n_all = {}
+    for c in cubes:
+        probe = RunConfig(method="supervised", data=data[c], labels=1, patch_size=args.patch_size, block=args.block)
+        n_all[c] = all_locations(probe)
     rows = []
-    for labels in args.labels:
-        n = n_all if labels == 0 or labels > n_all else labels
-        for seed in args.seeds:
-            for method in args.methods:
-                rows.append(run_one(args, method, n, seed))
+    for c in cubes:
+        for labels in args.labels:
+            n = n_all[c] if labels == 0 or labels > n_all[c] else labels
+            for seed in args.seeds:
+                for method in args.methods:
+                    rows.append(run_one(args, c, data[c], method, n, seed))
     report = {
-        "preset": args.preset, "patch_size": args.patch_size, "budget_s": args.budget,
-        "all_locations": n_all, "threads": torch.get_num_threads(),
+        "cubes": [{"cube": c, "label": cube_label(c), "data": data[c], "all_locations": n_all[c]} for c in cubes],
+        "patch_size": args.patch_size, "block": args.block, "budget_s": args.budget, "threads": torch.get_num_threads(),
+        **({"preset": args.preset} if args.preset is not None else {}),
         "runs": rows, "summary": summarise(rows),
     }
     print(json.dumps(report, indent=1))

@@ -16,11 +16,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semi-supervised segmentation of Sentinel-2 image time series with hierarchical VAEs.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from hvaeseg.commands import data, ingest, train
+    from hvaeseg.commands import data, ingest, report, train
 
     data_commands = data.register(sub)
     ingest.add_ingest_parser(data_commands)
     train.register(sub)
+    report.register(sub)
     return parser
 
 

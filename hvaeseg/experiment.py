@@ -9,6 +9,10 @@ continue it:
 ``checkpoint.pt``    the latest state, ``best.pt`` the state with the best validation mean IoU
 ``history.json``     losses and validation metrics; ``metrics.json`` the evaluation
 
+A fitted method (:class:`~hvaeseg.method.FittedMethod`: ``pixel-gbm``) is not trained by the loop: it is fitted
+once on every labelled training patch, choosing its size on the validation tiles, and the same files are written
+(``best.pt`` and ``checkpoint.pt`` then hold the one fitted state, ``history.json`` its validation curve).
+
 Protocol (DESIGN.md section 7): a fixed spatial split and labelled subset drawn by ``data_seed`` (the same for
 every method and every training seed), the checkpoint chosen on validation, the test split reported once.
 Labelled locations are ``patch_size`` tiles of the training blocks; every date of a labelled location on which
@@ -17,6 +21,7 @@ at least ``min_valid`` of its pixels are clear is a labelled patch (labels are t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -32,9 +37,19 @@ from hvaeseg.data.loader import PatchLoader
 from hvaeseg.data.sampler import PatchPlan, PatchSampler, SpatialSplit
 from hvaeseg.data.schema import class_names
 from hvaeseg.data.store import open_cube
-from hvaeseg.method import Method
+from hvaeseg.method import FittedMethod, Method
 from hvaeseg.objectives.pool import LabelPool
-from hvaeseg.train import BEST, LoopConfig, Trainer, evaluate_segmentation, load_checkpoint, step_seed
+from hvaeseg.train import (
+    BEST,
+    CHECKPOINT,
+    History,
+    LoopConfig,
+    Trainer,
+    atomic_save,
+    evaluate_segmentation,
+    load_checkpoint,
+    step_seed,
+)
 
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -48,10 +63,10 @@ SYNTHETIC_PREFIX = "synthetic:"
 class RunConfig:
     """Everything that defines a run (saved as ``config.json`` in the run folder).
 
-    :param method: ``symmetric``, ``elbo``, ``supervised`` or ``mixmatch``.
+    :param method: ``symmetric``, ``elbo``, ``supervised``, ``mixmatch`` or ``pixel-gbm``.
     :param data: a cube store (path or fsspec URL) or ``synthetic:PRESET`` for the built-in synthetic cube.
     :param labels: N, the number of labelled training locations (``patch_size`` tiles).
-    :param steps: optimisation steps.
+    :param steps: optimisation steps (not used by ``pixel-gbm``, whose size is chosen by early stopping).
     :param seed: training seed (initialisation, sampling, augmentation, batch order).
     :param data_seed: seed of the spatial split, the labelled subset and the patch plans (and of the synthetic
         cube): keep it fixed to compare methods and training seeds on the same data.
@@ -63,7 +78,8 @@ class RunConfig:
     :param fractions: train/val/test shares of the blocks.
     :param min_valid: a date qualifies for a patch when this share of its pixels is clear.
     :param val_every: validate every this many steps; ``checkpoint_every`` likewise.
-    :param time_budget_s: stop training after this much wall-clock time (benchmarks compare at equal time).
+    :param time_budget_s: stop training after this much wall-clock time (benchmarks compare at equal time);
+        not used by ``pixel-gbm``.
     :param device: ``cpu`` or ``cuda``.
     :param options: method hyper-parameters (fields of the method's config dataclass).
     """
@@ -97,7 +113,7 @@ class RunConfig:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.labels < 0:
             raise ValueError(f"labels: expected N >= 0 labelled locations, got {self.labels}")
-        if self.labels == 0 and self.method in ("supervised", "mixmatch"):
+        if self.labels == 0 and self.method in ("supervised", "mixmatch", "pixel-gbm"):
             raise ValueError(f"method {self.method!r} needs labelled locations: give --labels N with N >= 1")
         if self.block < self.patch_size:
             raise ValueError(f"block ({self.block}) must be at least the patch size ({self.patch_size})")
@@ -172,6 +188,20 @@ class RunData:
     num_classes: int
     num_bands: int
     class_names: list[str]
+    band_names: list[str] = field(default_factory=list)
+
+    def band_stats(self) -> tuple[list[float], list[float]]:
+        """``(band_mean, band_std)`` the loader normalises with: the cube's stored statistics, computed (and
+        stored, where the store is writable) if missing, as :class:`PatchLoader` does."""
+        from hvaeseg.data.stats import compute_band_stats, ensure_band_stats, read_band_stats
+
+        stats = read_band_stats(self.cube)
+        if stats is not None:
+            return stats
+        try:
+            return ensure_band_stats(self.cube)
+        except (PermissionError, OSError):
+            return compute_band_stats(self.cube)
 
 
 def _expand_labelled_dates(plan: PatchPlan, ds: xr.Dataset, min_valid: float) -> PatchPlan:
@@ -214,7 +244,8 @@ def prepare_data(config: RunConfig, plans_from: str | os.PathLike | None = None)
         train, evaluation = (PatchPlan.load(p) for p in saved)
     else:
         train, evaluation = _draw_plans(config, cube, ds)
-    return RunData(cube, train, evaluation, len(names), int(ds.sizes["band"]), names)
+    bands = [str(b) for b in ds["band"].values] if "band" in ds.coords else []
+    return RunData(cube, train, evaluation, len(names), int(ds.sizes["band"]), names, bands)
 
 
 def _draw_plans(config: RunConfig, cube: xr.Dataset | str, ds: xr.Dataset) -> tuple[PatchPlan, PatchPlan]:
@@ -321,12 +352,16 @@ def _nothing(start: int):
 # --------------------------------------------------------------------------------------------------
 
 
-def build_method(config: RunConfig, data: RunData) -> Method:
+def build_method(config: RunConfig, data: RunData) -> Method | FittedMethod:
     from hvaeseg.methods import build_method as build
+    from hvaeseg.methods import is_fitted
 
     torch.manual_seed(config.seed)
+    extra: dict[str, Any] = {}
+    if is_fitted(config.method):  # they see the bands by name, and compute from reflectance
+        extra = {"band_names": data.band_names or None, "band_stats": data.band_stats()}
     return build(config.method, data.num_bands, data.num_classes, config.dates > 1, config.options,
-                 seed=config.seed, patch_size=config.patch_size, device=config.device)
+                 seed=config.seed, patch_size=config.patch_size, device=config.device, **extra)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -335,12 +370,28 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class FitResult:
+    """What :func:`train_run` returns for a fitted method: the attributes callers read from a
+    :class:`~hvaeseg.train.Trainer` (``step``: boosting rounds kept; ``history``: validation curve, best step,
+    best validation mean IoU, fit seconds), plus the method and its fit statistics."""
+
+    step: int
+    history: History
+    method: FittedMethod
+    stats: dict[str, Any]
+    #: tells a fitted run's result from a :class:`~hvaeseg.train.Trainer`
+    fitted: bool = True
+
+
 def train_run(
     config: RunConfig, out: str | os.PathLike, *, resume: bool = True, loader: LoaderOptions | None = None
-) -> Trainer:
+) -> Trainer | FitResult:
     """Train ``config`` into the run folder ``out`` (continuing from its checkpoint when ``resume``).
 
-    ``loader`` says how batches are read (threads by default); it does not change the results.
+    ``loader`` says how batches are read (threads by default); it does not change the results. A fitted method
+    (``pixel-gbm``) is fitted once instead (see :func:`fit_run`; a finished fit is not repeated when
+    ``resume``) and a :class:`FitResult` is returned.
 
     :raises FileExistsError: when ``out`` holds a run with a different configuration.
     """
@@ -358,6 +409,8 @@ def train_run(
     (out / "config.json").write_text(config.to_json())
     data.train_plan.save(out / "plan_train.json")
     data.eval_plan.save(out / "plan_eval.json")
+    if isinstance(method, FittedMethod):
+        return fit_run(config, data, method, out, resume=resume, loader=loader)
     streams = _Streams(data, config, method, loader)
     try:
         val = data.eval_plan.select(split="val")
@@ -372,7 +425,64 @@ def train_run(
     return trainer
 
 
-def load_run(run_dir: str | os.PathLike, *, checkpoint: str = BEST) -> tuple[RunConfig, RunData, Method]:
+def fit_run(
+    config: RunConfig,
+    data: RunData,
+    method: FittedMethod,
+    out: str | os.PathLike,
+    *,
+    resume: bool = True,
+    loader: LoaderOptions | None = None,
+) -> FitResult:
+    """Fit ``method`` on every labelled training patch of ``data`` (one pass, no repetition), choosing its size
+    on the validation tiles, and write ``best.pt``, ``checkpoint.pt`` (the layout of the loop's checkpoints:
+    ``{"step", "method", "history"}``) and ``history.json`` into ``out``.
+
+    ``history.validation`` holds one entry per boosting round (``{"step": round, "multi_logloss": ...}``) and the
+    kept round's entry also the validation ``accuracy`` and ``mean_iou``; ``best_step`` is that round,
+    ``best_score`` that mean IoU and ``train_seconds`` the fit time. ``config.steps`` and ``time_budget_s`` do
+    not apply. With ``resume``, a run folder that already holds a finished fit is read back, not refitted.
+    """
+    out = Path(out)
+    loader = loader or LoaderOptions()
+    if resume and all((out / f).exists() for f in (CHECKPOINT, BEST, "history.json")):
+        state = load_checkpoint(out / CHECKPOINT)
+        method.load_state_dict(state["method"])
+        method.train(False)
+        return FitResult(int(state["step"]), History(**state["history"]), method, dict(getattr(method, "stats", {})))
+    lab = data.train_plan.select(labelled=True)
+    val = data.eval_plan.select(split="val")
+    common = dict(batch_size=config.batch_size, workers=loader.workers, processes=loader.processes)
+    with contextlib.ExitStack() as stack:
+        lab_loader = stack.enter_context(PatchLoader(data.cube, lab, **common))
+        val_loader = stack.enter_context(PatchLoader(data.cube, val, **common)) if len(val) else None
+        stats = method.fit(lab_loader.batches(0), val_loader.batches(0) if val_loader is not None else None)
+        method.train(False)
+        history = History(train_seconds=float(stats.get("fit_seconds", 0.0)))
+        curve = list(getattr(method, "eval_curve", []))
+        history.validation = [{"step": i + 1, "multi_logloss": v} for i, v in enumerate(curve)]
+        step = int(stats.get("iterations", 0))
+        history.best_step = step
+        if val_loader is not None:
+            cm = evaluate_segmentation(method, val_loader.batches(0), data.num_classes)
+            scores = {"accuracy": cm.accuracy(), "mean_iou": cm.mean_iou()}
+            if 1 <= step <= len(history.validation):
+                history.validation[step - 1].update(scores)
+            else:  # no curve (a single class: a constant prediction)
+                history.validation.append({"step": step, **scores})
+            history.best_score = scores["mean_iou"]
+    method.train(True)
+    history_json = json.loads(json.dumps(asdict(history)))
+    state = {"step": step, "method": method.state_dict(), "history": history_json}
+    atomic_save(state, out / BEST)
+    atomic_save(state, out / CHECKPOINT)
+    _write_json(out / "history.json", history_json)
+    return FitResult(step, history, method, stats)
+
+
+def load_run(
+    run_dir: str | os.PathLike, *, checkpoint: str = BEST
+) -> tuple[RunConfig, RunData, Method | FittedMethod]:
     """The config, data and trained method of a run folder (the ``best.pt`` state by default)."""
     run_dir = Path(run_dir)
     config = RunConfig.load(run_dir)

@@ -1,43 +1,67 @@
 """The HVAE as a training method: symmetric equilibrium learning and the semi-supervised ELBO.
 
-Both train the same :class:`~hvaeseg.hierarchy.HVAE`; they differ in the objective and in the players:
+Both train the same :class:`~hvaeseg.hierarchy.HVAE` with the same training aids (so that the comparison of
+the two objectives stays fair); they differ in the objective and in the players:
 
 - :class:`SymmetricMethod`: two players. The decoder (theta: every parameter the model uses) is stepped with
   the gradient of ``-L_p``, the encoder (phi: the parameters only the guide uses) with the gradient of
   ``-L_q``, each by its own optimizer (:class:`~hvaeseg.objectives.SymmetricEquilibrium`).
 - :class:`ELBOMethod`: one player, one optimizer on all parameters, the semi-supervised ELBO
   (:class:`~hvaeseg.objectives.SemiSupervisedELBO`), which needs a closed-form s prior.
+
+Training aids shared by both (each a field of :class:`HVAEConfig`, so each can be switched off for an
+ablation): dihedral augmentation of the labelled and unlabelled batches, decoupled weight decay on weight
+tensors, an exponential moving average (EMA) of the encoder's U-Net for prediction, per-player gradient
+clipping, a separate learning rate for the few global parameters (the image scale, the class logits of the
+s prior), and, for symmetric learning, real cloud masks on the generated images the encoder learns from.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from hvaeseg.baselines.augment import Augmentation
+from hvaeseg.baselines.supervised import eval_mode
 from hvaeseg.hierarchy import HierarchySpec, HVAE
 from hvaeseg.method import Method, StepBatch
+from hvaeseg.nets.ema import ema_copy, ema_decay_at, ema_update
 from hvaeseg.objectives import SemiSupervisedELBO, SymmetricEquilibrium, SymmetricWeights
+from hvaeseg.objectives.elbo import ESTIMATORS
 
 
 @dataclass(frozen=True)
 class HVAEConfig:
     """Hyper-parameters shared by the HVAE methods.
 
-    :param lr: Adam learning rate (both players for symmetric learning).
+    :param lr: AdamW learning rate (both players for symmetric learning).
     :param code_bits: D, bits of the global code l.
     :param channels: channels of each Bernoulli feature map of the default hierarchy.
-    :param spec: a user hierarchy (overrides ``code_bits`` / ``channels``; its classes, bands and temporal flag
-        must match the data).
+    :param spec: a user hierarchy (overrides ``code_bits`` / ``channels`` / ``init_scale``; its classes,
+        bands and temporal flag must match the data).
     :param weights: symmetric-learning weight per term.
     :param alpha: ELBO weight of the classifier term ``log q(s|x)`` on labelled pixels.
     :param estimator: ELBO gradient estimator for discrete latents, ``"straight_through"`` or ``"score_function"``.
     :param temperature: straight-through relaxation temperature.
+    :param num_particles: samples per image of every expectation (the score-function ELBO needs >= 2 for
+        its leave-one-out baseline).
     :param s_prior: ``"categorical"`` (learned class logits; gives a density, so the IWAE bound can be
         reported, and is required by the ELBO) or ``"empirical"`` (symmetric learning only: s comes from the
         data and the label pool, no density).
+    :param init_scale: initial scale of the image likelihood (normalised units) of the default hierarchy.
+    :param global_lr: learning rate of the global parameters (image scale per band, s prior logits); they
+        are few, and at ``lr`` they move too slowly to follow the networks.
+    :param weight_decay: decoupled weight decay on weight tensors (conv and linear kernels) of both players.
+    :param augment: random dihedral transforms of the labelled and unlabelled batches.
+    :param sleep_masks: symmetric learning: generated images reach the encoder under real cloud masks.
+    :param clip_norm: clip each player's gradient norm (None: no clipping). The losses are sums over
+        pixels, so their gradient norms are in the thousands; a low threshold fires on every step.
+    :param ema_decay: decay of the moving average of the encoder's U-Net used for prediction (0: predict
+        with the current weights).
     """
 
     lr: float = 1e-3
@@ -48,13 +72,38 @@ class HVAEConfig:
     alpha: float = 10.0
     estimator: str = "straight_through"
     temperature: float = 0.5
+    num_particles: int = 1
     s_prior: str = "categorical"
+    init_scale: float = 0.25
+    global_lr: float = 1e-2
+    weight_decay: float = 0.02
+    augment: bool = True
+    sleep_masks: bool = True
+    clip_norm: float | None = None
+    ema_decay: float = 0.999
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected a positive learning rate, got {self.lr}")
+        for name in ("lr", "global_lr", "temperature", "init_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name}: expected a positive number, got {value!r}")
         if self.s_prior not in ("categorical", "empirical"):
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {self.estimator!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"alpha: expected a finite number >= 0, got {self.alpha!r}")
+        if isinstance(self.num_particles, bool) or not isinstance(self.num_particles, int) or self.num_particles < 1:
+            raise ValueError(f"num_particles: expected an int >= 1, got {self.num_particles!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay: expected a number >= 0, got {self.weight_decay!r}")
+        if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float)) and self.clip_norm > 0):
+            raise ValueError(f"clip_norm: expected a positive number or None, got {self.clip_norm!r}")
+        if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+            raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
+        for name in ("augment", "sleep_masks"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if isinstance(self.weights, dict):
             object.__setattr__(self, "weights", SymmetricWeights(**self.weights))
 
@@ -62,14 +111,45 @@ class HVAEConfig:
         return asdict(self)
 
 
+def _param_groups(params: list[nn.Parameter], global_params: set[int], config: HVAEConfig) -> list[dict]:
+    """AdamW groups: weight tensors with decay, other tensors without, global parameters at ``global_lr``."""
+    groups: dict[str, list[nn.Parameter]] = {"decay": [], "plain": [], "global": []}
+    for p in params:
+        key = "global" if id(p) in global_params else ("decay" if p.dim() > 1 else "plain")
+        groups[key].append(p)
+    return [
+        {"params": groups["decay"], "weight_decay": config.weight_decay},
+        {"params": groups["plain"], "weight_decay": 0.0},
+        {"params": groups["global"], "weight_decay": 0.0, "lr": config.global_lr},
+    ]
+
+
+def _grad_norm(params: list[nn.Parameter]) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
 class _HVAEMethod(Method):
-    def __init__(self, hvae: HVAE, config: HVAEConfig) -> None:
+    """What the two HVAE methods share: the model, augmentation, EMA, optimizers per player, diagnostics."""
+
+    clip_norm = None
+
+    def __init__(self, hvae: HVAE, config: HVAEConfig, seed: int = 0) -> None:
         self.hvae = hvae
         self.config = config
+        self.augmentation = Augmentation(dihedral=True) if config.augment else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.ema = ema_copy(hvae.encoder.unet) if config.ema_decay > 0 else None
+        self.clip_norm = config.clip_norm
+        self.last_grad_norms: dict[str, float] = {}
+        decoder = hvae.decoder
+        self._global = {id(p) for p in (decoder.x_scale, decoder.s_logits) if p is not None}
 
     @classmethod
     def build(cls, in_channels: int, num_classes: int, temporal: bool, config: HVAEConfig | None = None, *,
-              patch_size: int | None = None) -> _HVAEMethod:
+              patch_size: int | None = None, seed: int = 0) -> _HVAEMethod:
         """The default hierarchy for ``in_channels`` bands and ``num_classes`` classes (or ``config.spec``)."""
         config = config or HVAEConfig()
         if config.spec is not None:
@@ -84,13 +164,104 @@ class _HVAEMethod(Method):
                 num_classes, in_channels, config.code_bits, channels=config.channels,
                 s_prior=config.s_prior, temporal=temporal, patch_size=patch_size,
             )
-        return cls(HVAE(spec), config)
+            spec = replace(spec, image=replace(spec.image, init_scale=config.init_scale))
+        return cls(HVAE(spec), config, seed=seed)
+
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(_param_groups(params, self._global, self.config), lr=self.config.lr)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"hvae": self.hvae}
+        return {"hvae": self.hvae} if self.ema is None else {"hvae": self.hvae, "ema": self.ema}
+
+    def train(self, mode: bool = True) -> None:
+        self.hvae.train(mode)
+        if self.ema is not None:
+            self.ema.eval()
 
     def predict_proba(self, x: Tensor, valid: Tensor) -> Tensor:
-        return self.hvae.segment(x, valid)
+        if self.ema is None:
+            return self.hvae.segment(x, valid)
+        with eval_mode(self.ema):
+            return torch.softmax(self.ema(x, valid), dim=1)
+
+    def after_update(self, step: int) -> None:
+        if self.ema is not None:
+            ema_update(self.ema, self.hvae.encoder.unet, ema_decay_at(step, self.config.ema_decay))
+
+    def augment(self, batch: StepBatch) -> StepBatch:
+        """The batch with a random dihedral element applied to each labelled and unlabelled patch."""
+        if self.augmentation is None:
+            return batch
+        out = {}
+        for name in ("labelled", "unlabelled"):
+            b = getattr(batch, name)
+            if b is not None:
+                x, valid, labels = self.augmentation(b.x, b.valid, b.labels, self.generator)
+                b = b._replace(x=x, valid=valid, labels=labels)
+            out[name] = b
+        return StepBatch(pool=batch.pool, **out)
+
+    def _clip_and_measure(self, name: str, params: list[nn.Parameter]) -> None:
+        self.last_grad_norms[name] = _grad_norm(params)
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.clip_norm)
+
+    def step_statistics(self) -> dict[str, float]:
+        return {f"grad_norm_{k}": v for k, v in self.last_grad_norms.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+    # ------------------------------------------------------------------------------------ diagnostics
+    def _players(self) -> dict[str, list[nn.Parameter]]:
+        raise NotImplementedError
+
+    def _terms(self, batch: StepBatch) -> dict[str, tuple[Tensor, float]]:
+        """Each objective term (a mean per image, to be maximised) with its weight in the loss."""
+        raise NotImplementedError
+
+    def diagnostics(self, batch: StepBatch) -> dict[str, Any]:
+        """What a user needs to see a collapsed layer or an overfitting encoder (recorded at validation):
+
+        ``sigma`` (image scale per band, ``"band"`` scale only), ``layers`` (KL in nats per image and share of
+        active units per latent layer, on the unlabelled batch), ``terms`` (each objective term, mean per image),
+        ``grad_norms`` (``term -> player -> norm`` of the weighted term's gradient on that player's parameters)
+        and ``train_accuracy`` (q(s|x) on the labelled batch, void excluded).
+        """
+        hvae = self.hvae
+        out: dict[str, Any] = {}
+        if hvae.decoder.x_scale is not None:
+            with torch.no_grad():
+                _, scale = hvae.decoder.x_params(torch.zeros(1, hvae.spec.image.bands, 1, 1,
+                                                             device=hvae.decoder.x_scale.device))
+            out["sigma"] = [float(v) for v in scale.flatten()]
+        probe = batch.unlabelled if batch.unlabelled is not None else batch.labelled
+        if probe is not None:
+            out["layers"] = hvae.layer_statistics(probe.x, probe.valid)
+        players = self._players()
+        terms = self._terms(batch)
+        out["terms"] = {k: float(v.detach()) for k, (v, _) in terms.items()}
+        norms: dict[str, dict[str, float]] = {}
+        for name, (value, weight) in terms.items():
+            if not value.requires_grad or weight == 0:
+                continue
+            norms[name] = {}
+            for player, params in players.items():
+                grads = torch.autograd.grad(weight * value, params, retain_graph=True, allow_unused=True)
+                flat = [g.norm() for g in grads if g is not None]
+                norms[name][player] = float(torch.stack(flat).norm()) if flat else 0.0
+        out["grad_norms"] = norms
+        lab = batch.labelled
+        if lab is not None:
+            pred = hvae.segment(lab.x, lab.valid).argmax(1)
+            mask = lab.labels >= 0
+            out["train_accuracy"] = float((pred[mask] == lab.labels[mask]).float().mean()) if bool(mask.any()) else None
+        return out
 
 
 class SymmetricMethod(_HVAEMethod):
@@ -99,38 +270,46 @@ class SymmetricMethod(_HVAEMethod):
     name = "symmetric"
     streams = ("labelled", "unlabelled", "pool")
 
-    def __init__(self, hvae: HVAE, config: HVAEConfig) -> None:
-        super().__init__(hvae, config)
-        self.objective = SymmetricEquilibrium(config.weights)
+    def __init__(self, hvae: HVAE, config: HVAEConfig, seed: int = 0) -> None:
+        super().__init__(hvae, config, seed)
+        self.objective = SymmetricEquilibrium(config.weights, num_particles=config.num_particles,
+                                              sleep_masks=config.sleep_masks)
         self.decoder_params, self.encoder_params = hvae.parameter_groups()
-        self._optimizers = {
-            "decoder": torch.optim.Adam(self.decoder_params, lr=config.lr),
-            "encoder": torch.optim.Adam(self.encoder_params, lr=config.lr),
-        }
+        self._optimizers = {"decoder": self._optimizer(self.decoder_params),
+                            "encoder": self._optimizer(self.encoder_params)}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._optimizers
 
+    def _players(self) -> dict[str, list[nn.Parameter]]:
+        return {"decoder": self.decoder_params, "encoder": self.encoder_params}
+
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
+        batch = self.augment(batch)
         dec, enc = self.objective.loss(
             self.hvae.model, self.hvae.guide, labelled=batch.labelled, unlabelled=batch.unlabelled, pool=batch.pool
         )
         return {"decoder": dec, "encoder": enc}
 
+    def _terms(self, batch: StepBatch) -> dict[str, tuple[Tensor, float]]:
+        terms = self.objective.terms(self.hvae.model, self.hvae.guide, labelled=batch.labelled,
+                                     unlabelled=batch.unlabelled, pool=batch.pool)
+        weights = self.objective.weights.to_dict()
+        return {k: (v, weights[k]) for k, v in terms.items() if k in weights}
+
     def update(self, losses: dict[str, Tensor]) -> None:
         """Each player descends its own loss on its own parameters only (both gradients are taken before
         either player steps, so neither sees the other's move within a step)."""
         players = (
-            (losses["decoder"], self.decoder_params, self._optimizers["decoder"]),
-            (losses["encoder"], self.encoder_params, self._optimizers["encoder"]),
+            ("decoder", losses["decoder"], self.decoder_params, self._optimizers["decoder"]),
+            ("encoder", losses["encoder"], self.encoder_params, self._optimizers["encoder"]),
         )
-        for i, (loss, params, _) in enumerate(players):
+        for i, (_, loss, params, _) in enumerate(players):
             grads = torch.autograd.grad(loss, params, retain_graph=i == 0, allow_unused=True)
             for p, g in zip(params, grads):
                 p.grad = g
-        for _, params, opt in players:
-            if self.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.clip_norm)
+        for name, _, params, opt in players:
+            self._clip_and_measure(name, params)
             opt.step()
             opt.zero_grad(set_to_none=True)
 
@@ -141,15 +320,35 @@ class ELBOMethod(_HVAEMethod):
     name = "elbo"
     streams = ("labelled", "unlabelled")
 
-    def __init__(self, hvae: HVAE, config: HVAEConfig) -> None:
-        super().__init__(hvae, config)
-        self.objective = SemiSupervisedELBO(config.alpha, config.estimator, config.temperature)
-        self._optimizers = {"all": torch.optim.Adam(hvae.parameters(), lr=config.lr)}
+    def __init__(self, hvae: HVAE, config: HVAEConfig, seed: int = 0) -> None:
+        super().__init__(hvae, config, seed)
+        self.objective = SemiSupervisedELBO(config.alpha, config.estimator, config.temperature,
+                                            num_particles=config.num_particles)
+        self.params = list(hvae.parameters())
+        self._optimizers = {"all": self._optimizer(self.params)}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._optimizers
 
+    def _players(self) -> dict[str, list[nn.Parameter]]:
+        decoder, encoder = self.hvae.parameter_groups()
+        return {"decoder": decoder, "encoder": encoder}
+
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
+        batch = self.augment(batch)
         loss = self.objective.loss(self.hvae.model, self.hvae.guide, labelled=batch.labelled,
                                    unlabelled=batch.unlabelled)
         return {"elbo": loss}
+
+    def _terms(self, batch: StepBatch) -> dict[str, tuple[Tensor, float]]:
+        terms = self.objective.terms(self.hvae.model, self.hvae.guide, labelled=batch.labelled,
+                                     unlabelled=batch.unlabelled, differentiable=True)
+        weights = {"labelled_elbo": 1.0, "supervised_q": self.objective.alpha, "unlabelled_elbo": 1.0}
+        return {k: (v, weights[k]) for k, v in terms.items() if k in weights}
+
+    def update(self, losses: dict[str, Tensor]) -> None:
+        opt = self._optimizers["all"]
+        opt.zero_grad(set_to_none=True)
+        losses["elbo"].backward()
+        self._clip_and_measure("all", self.params)
+        opt.step()

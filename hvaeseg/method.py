@@ -3,12 +3,18 @@
 A method owns its networks and optimizers. The loop asks it for losses on a :class:`StepBatch`, checks that
 they are finite (a NaN or Inf stops training with the last good checkpoint kept), then asks it to apply them.
 Splitting ``losses`` from ``update`` is what lets the guard run before any parameter changes.
+
+A method that is fitted in one call instead of trained step by step (the per-pixel gradient-boosting baseline)
+implements :class:`FittedMethod`: :func:`hvaeseg.experiment.train_run` calls its :meth:`~FittedMethod.fit` on
+every labelled training patch and the validation tiles, and writes the same run folder as the loop does, so that
+evaluation and prediction treat both kinds alike.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -80,6 +86,16 @@ class Method(abc.ABC):
     def after_update(self, step: int) -> None:
         """Hook run after every update (e.g. an EMA of the weights); nothing by default."""
 
+    def step_statistics(self) -> dict[str, float]:
+        """Cheap numbers of the last update logged with the losses (e.g. gradient norms); none by default."""
+        return {}
+
+    def diagnostics(self, batch: StepBatch) -> dict[str, Any]:
+        """Costlier training diagnostics on one training batch, recorded at each validation (JSON-ready);
+        none by default. The HVAE methods report image scales, KL and active units per layer, each objective
+        term and its gradient norm per player, and the train-batch accuracy."""
+        return {}
+
     def train(self, mode: bool = True) -> None:
         for module in self.modules().values():
             module.train(mode)
@@ -95,3 +111,40 @@ class Method(abc.ABC):
             m.load_state_dict(state["modules"][k])
         for k, o in self.optimizers().items():
             o.load_state_dict(state["optimizers"][k])
+
+
+class FittedMethod(abc.ABC):
+    """A segmentation method fitted in one call (no losses, optimizers or training loop).
+
+    It shares the prediction and checkpoint contract of :class:`Method` (:meth:`predict_proba`,
+    :meth:`state_dict` / :meth:`load_state_dict` saved with ``torch.save`` and loaded with
+    ``weights_only=True``, :meth:`train` switching modes), so evaluation and whole-cube prediction need not
+    know which kind they hold. :func:`hvaeseg.experiment.train_run` calls :meth:`fit` instead of running
+    :class:`hvaeseg.train.Trainer`.
+    """
+
+    #: the ``--method`` name on the command line
+    name: ClassVar[str]
+    #: a fitted method consumes no training streams
+    streams: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def fit(self, labelled: Iterable[PatchBatch], validation: Iterable[PatchBatch] | None) -> dict[str, Any]:
+        """Fit on the non-void pixels of the ``labelled`` batches, using the ``validation`` batches (or None)
+        to choose the model size; returns fit statistics (JSON-able)."""
+
+    @abc.abstractmethod
+    def predict_proba(self, x: Tensor, valid: Tensor) -> Tensor:
+        """Class probabilities ``(B, K, H, W)`` for ``x`` ``(B, C, H, W)`` or ``(B, T, C, H, W)``, on ``x``'s
+        device."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`load_state_dict` needs, loadable with ``torch.load(weights_only=True)``."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state :meth:`state_dict` returned."""
+
+    def train(self, mode: bool = True) -> None:
+        """Nothing to switch by default."""

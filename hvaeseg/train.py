@@ -73,7 +73,7 @@ class History:
     """What the loop records: losses per step (every ``log_every``) and validation metrics."""
 
     losses: list[dict[str, float]] = field(default_factory=list)
-    validation: list[dict[str, float]] = field(default_factory=list)
+    validation: list[dict[str, Any]] = field(default_factory=list)
     best_step: int | None = None
     best_score: float = -math.inf
     train_seconds: float = 0.0
@@ -181,10 +181,14 @@ class Trainer:
         cm = evaluate_segmentation(self.method, self.validation(), self.num_classes)
         return {"step": self.step, "accuracy": cm.accuracy(), "mean_iou": cm.mean_iou()}
 
-    def _record_validation(self) -> None:
+    def _record_validation(self, batch: StepBatch | None = None) -> None:
         metrics = self.validate()
         if not metrics:
             return
+        if batch is not None:
+            diagnostics = self.method.diagnostics(batch)
+            if diagnostics:
+                metrics["diagnostics"] = diagnostics
         self.history.validation.append(metrics)
         if metrics["mean_iou"] > self.history.best_score:
             self.history.best_score = metrics["mean_iou"]
@@ -195,6 +199,7 @@ class Trainer:
         """Run (or continue) training up to ``config.steps``; returns the history, also saved as JSON."""
         cfg = self.config
         iters = {name: self.streams[name](self.step) for name in self.method.streams}
+        start_step, batch = self.step, None
         self.method.train(True)
         start_time = time.perf_counter() - self.history.train_seconds
         bar = progress(range(self.step, cfg.steps), desc=f"training {self.method.name}", total=cfg.steps - self.step)
@@ -214,16 +219,17 @@ class Trainer:
             self.step = step + 1
             self.history.train_seconds = time.perf_counter() - start_time
             if step % log_every == 0 or self.step == cfg.steps:
-                self.history.losses.append({"step": step, **{k: float(v.detach()) for k, v in losses.items()}})
+                self.history.losses.append({"step": step, **{k: float(v.detach()) for k, v in losses.items()},
+                                            **self.method.step_statistics()})
             out_of_time = cfg.time_budget_s is not None and self.history.train_seconds >= cfg.time_budget_s
             if cfg.val_every and self.step % cfg.val_every == 0:
-                self._record_validation()
+                self._record_validation(batch)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save()
             if out_of_time:
                 break
         if not self.history.validation or self.history.validation[-1].get("step") != self.step:
-            self._record_validation()
+            self._record_validation(batch if self.step > start_step else None)
         self.save()
         self.write_history()
         return self.history

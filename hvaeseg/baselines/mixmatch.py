@@ -33,7 +33,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from torch import Tensor, nn
 from hvaeseg.baselines.augment import Augmentation, AugmentationDraw, invert
 from hvaeseg.baselines.supervised import AugmentingMethod, SupervisedConfig, eval_mode
 from hvaeseg.method import StepBatch
+from hvaeseg.nets.ema import ema_copy, ema_decay_at, ema_update
 
 __all__ = [
     "MixMatchConfig",
@@ -219,7 +219,7 @@ class MixMatchMethod(AugmentingMethod):
 
     def __init__(self, net: nn.Module, config: MixMatchConfig | None = None, seed: int = 0) -> None:
         super().__init__(net, config, seed)
-        self.ema = copy.deepcopy(net).requires_grad_(False).eval()
+        self.ema = ema_copy(net)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net, "ema": self.ema}
@@ -274,15 +274,7 @@ class MixMatchMethod(AugmentingMethod):
 
     def after_update(self, step: int) -> None:
         """Move the EMA copy towards the current weights (floating buffers too; others are copied)."""
-        decay = min(self.config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            ema_params = list(self.ema.parameters())
-            torch._foreach_lerp_(ema_params, [p.detach() for p in self.net.parameters()], 1 - decay)
-            for e, b in zip(self.ema.buffers(), self.net.buffers()):
-                if e.is_floating_point():
-                    e.lerp_(b, 1 - decay)
-                else:
-                    e.copy_(b)
+        ema_update(self.ema, self.net, ema_decay_at(step, self.config.ema_decay))
 
     def predict_proba(self, x: Tensor, valid: Tensor) -> Tensor:
         with eval_mode(self.ema):

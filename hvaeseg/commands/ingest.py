@@ -11,6 +11,11 @@ Examples::
     # GeoTIFF: one file per band with one layer per date, plus SCL, and the dates
     hvaeseg data ingest --geotiff B02=b02.tif B03=b03.tif ... SCL=scl.tif \\
         --times 2024-03-01,2024-03-11 out.zarr
+
+    # GeoTIFF without SCL, label codes 1, 2, 3 named, files without georeference on a local pixel grid
+    hvaeseg data ingest --geotiff B02=b02.tif B03=b03.tif B04=b04.tif --bands B02,B03,B04 --no-scl \\
+        --times 2020-01-01 --labels labels.tif --classes 1,2,3 --class-names shadow,clear,cloud \\
+        --local-grid out.zarr
 """
 
 from __future__ import annotations
@@ -71,10 +76,16 @@ def _add(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--label-var", default="CT", help="label variable of a NetCDF label file (default CT)")
     p.add_argument("--code-table", help="CSV naming the label codes (e.g. wc2eurocrops_map.csv)")
     p.add_argument("--classes", help="comma-separated class codes, in id order (default: the codes present)")
+    p.add_argument("--class-names", metavar="NAMES",
+                   help="comma-separated class names, one per class id (as many as --classes; single words, unique); "
+                   "default: the code table's names, else code_<c>")
     p.add_argument("--bands", help="comma-separated bands required, in cube order (default: the 10 L2A bands)")
     p.add_argument("--boa-offset", type=float, default=None, metavar="DN",
                    help="BOA offset in DN (e.g. -1000 for baseline >= 04.00); default from metadata, else 0")
     p.add_argument("--no-scl", action="store_true", help="allow products without SCL (valid = no band is DN 0)")
+    p.add_argument("--local-grid", action="store_true",
+                   help="GeoTIFF without georeference (no geotransform): ingest on a local pixel grid (origin 0, 10 m "
+                   "pixels, y decreasing from the top, no CRS), recorded as grid=local in the cube attributes")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run_ingest)
     return p
@@ -89,11 +100,23 @@ def _codes(text: str | None) -> list[int] | None:
         raise ValueError(f"--classes: expected comma-separated integer codes, got {text!r}") from None
 
 
+def _names(text: str | None) -> list[str] | None:
+    """``--class-names``: empty items are kept, for the ingest check to name them."""
+    if text is None:
+        return None
+    return [n.strip() for n in text.split(",")]
+
+
 def run_ingest(args: argparse.Namespace) -> int:
     from hvaeseg.data.ingest import ingest
 
+    if args.class_names is not None and not args.labels:
+        raise ValueError("--class-names needs --labels (the label file whose classes it names)")
+    if args.local_grid and not args.geotiff:
+        raise ValueError("--local-grid is for GeoTIFF inputs without georeference: add --geotiff")
     options: dict = {
         "classes": _codes(args.classes),
+        "class_names": _names(args.class_names),
         "boa_add_offset": args.boa_offset,
         "require_scl": not args.no_scl,
         "label_var": args.label_var,
@@ -116,7 +139,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         scl = files.pop("SCL", None)
         written = ingest(
             None, args.out, format="geotiff", overwrite=args.overwrite, band_files=files, scl=scl,
-            times=[t.strip() for t in args.times.split(",") if t.strip()], **options,
+            times=[t.strip() for t in args.times.split(",") if t.strip()], local_grid=args.local_grid, **options,
         )
     else:
         written = ingest([Path(p) for p in args.inputs], args.out, format="netcdf", overwrite=args.overwrite, **options)

@@ -4,11 +4,39 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hvaeseg.commands._table import format_metrics
 
-METHOD_NAMES = ("symmetric", "elbo", "supervised", "mixmatch")
+
+class _MethodNames(Sequence):
+    """The ``--method`` choices: the names in :data:`hvaeseg.methods.METHODS`, read from the registry when
+    first needed (parsing ``train`` or printing its help), so that the other commands do not import torch."""
+
+    def _names(self) -> tuple[str, ...]:
+        from hvaeseg.methods import METHODS
+
+        return tuple(METHODS)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+#: the method names of the registry (:data:`hvaeseg.methods.METHODS`)
+METHOD_NAMES: Sequence[str] = _MethodNames()
 
 
 def _options(text: str | None) -> dict[str, Any]:
@@ -36,7 +64,8 @@ def _train(args: argparse.Namespace) -> int:
     loader = LoaderOptions(workers=args.loader_workers, processes=args.loader_processes)
     trainer = train_run(config, args.out, resume=not args.no_resume, loader=loader)
     h = trainer.history
-    print(f"trained {config.method} for {trainer.step} steps in {h.train_seconds:.0f} s; "
+    what = "boosting rounds" if getattr(trainer, "fitted", False) else "steps"
+    print(f"trained {config.method} for {trainer.step} {what} in {h.train_seconds:.0f} s; "
           f"best validation mean IoU {h.best_score:.3f} at step {h.best_step}; run folder {args.out}")
     if args.evaluate:
         print(format_metrics(evaluate_run(args.out, "test")))
@@ -68,7 +97,8 @@ def _predict(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a method on a cube",
                        description="Train a segmentation method; CUBE may be a store path, a URL or synthetic:PRESET.")
-    p.add_argument("--method", choices=METHOD_NAMES, required=True)
+    # a metavar, so that argparse lists the choices (importing the registry) only for help and errors
+    p.add_argument("--method", choices=METHOD_NAMES, required=True, metavar="METHOD", help="one of: %(choices)s")
     p.add_argument("--data", default="synthetic:small", metavar="CUBE",
                    help="store path, fsspec URL or synthetic:PRESET (default synthetic:small)")
     p.add_argument("--labels", type=int, default=10, metavar="N", help="labelled training locations (default 10)")

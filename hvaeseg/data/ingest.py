@@ -8,7 +8,12 @@ Two layouts are read:
   (``CT`` crop type, ``LC`` land cover) on the 10 m grid; a CSV code table (``wc2eurocrops_map.csv``)
   that names the codes. See :func:`ingest_netcdf`.
 * **GeoTIFF** band files read with ``rioxarray`` (``pip install hvaeseg[real]``): one file per band with
-  one layer per date, or one single-layer file per band and date. See :func:`ingest_geotiff`.
+  one layer per date, or one single-layer file per band and date. See :func:`ingest_geotiff`. A GeoTIFF
+  without georeference (no geotransform: rasterio reads the identity transform and warns
+  ``NotGeoreferencedWarning``) is an error naming the files, unless ``local_grid=True`` (CLI
+  ``--local-grid``) puts them on a local pixel grid: 10 m pixels, x from 0 at the left edge, y from 0 at
+  the bottom edge and decreasing from the top (north-up layout), no CRS; the cube records
+  ``grid = "local"``.
 
 Resampling onto the 10 m grid (the grid of the finest band file), by variable:
 
@@ -35,6 +40,8 @@ Labels: the class codes present in the label map that the code table names (code
 ids ``0 .. K-1`` in increasing code order (or in the order of an explicit ``classes`` list, to give
 several cubes the same ids); code 0 and codes absent from the table are void (-1). The labels carry
 ``flag_values``/``flag_meanings``/``flag_colors`` and ``source_codes`` (the original code of each id).
+Class names come from the code table (``code_<c>`` without one), or from an explicit ``class_names`` list,
+one single-word name per class id (checked before any pixel is read: same count, non-empty, unique).
 
 Every check runs before anything is written; a bad input raises :class:`IngestError` naming the files
 and what differs: CRS or footprints that differ between files, timestamps that differ between the
@@ -45,6 +52,7 @@ from __future__ import annotations
 
 import csv
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -71,6 +79,8 @@ __all__ = [
 L2A_SCALE_FACTOR = 1e-4
 #: the BOA offset (DN) of processing baseline >= 04.00
 BASELINE_04_BOA_OFFSET = -1000.0
+#: pixel size (metres) of the local grid given to GeoTIFFs without georeference (``local_grid=True``)
+LOCAL_GRID_RESOLUTION = 10.0
 
 _TIME_DIMS = ("time", "timestamp", "t", "date")
 _SCL_NAMES = ("SCL", "scl", "SCENE_CLASSIFICATION")
@@ -354,8 +364,43 @@ def _word(name: str) -> str:
     return w or "unnamed"
 
 
+def _check_class_names(class_names: Sequence[str] | None, classes: Sequence[int] | None) -> list[str] | None:
+    """``class_names`` stripped and checked (non-empty single words, unique, one per class code)."""
+    if class_names is None:
+        return None
+    if isinstance(class_names, str):
+        raise IngestError(
+            "class_names (--class-names): expected a list of names (e.g. ['cloud_shadow', 'clear', 'cloud']), "
+            f"got the string {class_names!r}"
+        )
+    names = [str(n).strip() for n in class_names]
+    problems = []
+    if not names:
+        problems.append("no names given")
+    empty = [i for i, n in enumerate(names) if not n]
+    if empty:
+        problems.append(f"name {', '.join(str(i + 1) for i in empty)} of {len(names)} is empty")
+    spaced = [n for n in names if n and re.search(r"\s", n)]
+    if spaced:
+        problems.append(f"names must be single words (flag_meanings is space-separated), got {spaced}; use '_'")
+    dup = sorted({n for n in names if n and names.count(n) > 1})
+    if dup:
+        problems.append(f"names repeat: {', '.join(dup)}")
+    if classes is not None and len(names) != len(list(classes)):
+        problems.append(
+            f"{len(names)} names for {len(list(classes))} class codes {list(classes)}; give one name per code, in the same order"
+        )
+    if problems:
+        raise IngestError(f"class_names (--class-names) {names}: " + "; ".join(problems))
+    return names
+
+
 def _map_labels(
-    codes: np.ndarray, table: Mapping[int, str] | None, classes: Sequence[int] | None, source: str
+    codes: np.ndarray,
+    table: Mapping[int, str] | None,
+    classes: Sequence[int] | None,
+    source: str,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, dict]:
     codes = np.asarray(codes).astype(np.int64)
     present = [int(c) for c in np.unique(codes) if c != 0]
@@ -370,9 +415,18 @@ def _map_labels(
     if not keep:
         raise IngestError(f"{source}: no pixel has a class code named by the code table (codes present: {present})")
     names: list[str] = []
-    for c in keep:
-        n = _word(table[c]) if table is not None and c in table else f"code_{c}"
-        names.append(n if n not in names else f"{n}_{c}")
+    if class_names is not None:
+        if len(class_names) != len(keep):
+            raise IngestError(
+                f"class_names (--class-names): {len(class_names)} names {list(class_names)} for the {len(keep)} "
+                f"classes of {source} (codes {keep}); give one name per class, and the codes in id order with "
+                "classes= (--classes)"
+            )
+        names = list(class_names)
+    else:
+        for c in keep:
+            n = _word(table[c]) if table is not None and c in table else f"code_{c}"
+            names.append(n if n not in names else f"{n}_{c}")
     lut_codes = np.array(keep, dtype=np.int64)
     order = np.argsort(lut_codes)
     pos = np.searchsorted(lut_codes[order], codes)
@@ -486,6 +540,7 @@ def _assemble(
     boa_add_offset: float | None,
     require_scl: bool,
     attrs: Mapping[str, Any],
+    class_names: Sequence[str] | None = None,
 ) -> xr.Dataset:
     if bands is None:
         present = {layer.name for layer in layers if layer.name != "SCL"}
@@ -548,7 +603,7 @@ def _assemble(
         valid = (refl != 0).all(axis=1)
     data_vars["valid"] = (("time", "y", "x"), valid, {"long_name": "observed and clear"})
     if labels is not None:
-        ids, lattrs = _map_labels(labels[2], code_table, classes, labels[4])
+        ids, lattrs = _map_labels(labels[2], code_table, classes, labels[4], class_names)
         data_vars["labels"] = (("y", "x"), ids, lattrs)
     crs = ref.crs
     ds = xr.Dataset(
@@ -599,6 +654,7 @@ def ingest_netcdf(
     label_var: str = "CT",
     code_table: PathType | Mapping[int, str] | None = None,
     classes: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
     bands: Sequence[str] | None = L2A_BANDS,
     boa_add_offset: float | None = None,
     require_scl: bool = True,
@@ -611,6 +667,8 @@ def ingest_netcdf(
     :param label_var: the label variable (``CT`` crop type, ``LC`` land cover).
     :param code_table: CSV (``wc2eurocrops_map.csv``) or ``{code: name}``; codes it lacks become void.
     :param classes: explicit class codes in id order (same ids across cubes); default: codes present.
+    :param class_names: one name per class id (single words, unique), overriding the code table's names;
+        with ``classes`` the same count, else one per code kept (in increasing code order).
     :param bands: bands that must be present, in cube order (default the 10 L2A bands); ``None`` takes
         whatever bands the files hold.
     :param boa_add_offset: BOA offset in DN (e.g. -1000); default from metadata, else 0.
@@ -620,6 +678,9 @@ def ingest_netcdf(
     """
     if not paths:
         raise IngestError("no band files given")
+    class_names = _check_class_names(class_names, classes)
+    if class_names is not None and labels is None:
+        raise IngestError("class_names given but no label file (labels=)")
     layers = [layer for p in paths for layer in _netcdf_layers(p)]
     lab = _read_label_netcdf(labels, label_var) if labels is not None else None
     site = {}
@@ -631,6 +692,7 @@ def ingest_netcdf(
     return _assemble(
         layers, labels=lab, code_table=_table(code_table, label_var), classes=classes, bands=bands,
         boa_add_offset=boa_add_offset, require_scl=require_scl, attrs={**site, "label_variable": label_var} if lab else site,
+        class_names=class_names,
     )
 
 
@@ -665,21 +727,96 @@ def _rioxarray():
     return rioxarray
 
 
-def _geotiff_layer(name: str, files: PathType | Sequence[PathType], times: Sequence[Any]) -> _Layer:
+def _file_list(files: PathType | Sequence[PathType]) -> list[PathType]:
+    return [files] if isinstance(files, (str, PathLike)) else list(files)
+
+
+@dataclass
+class _GeoTiff:
+    """One GeoTIFF opened lazily (no pixel read yet) and whether it carries a georeference."""
+
+    path: str
+    da: xr.DataArray
+    georeferenced: bool
+    crs: str | None
+
+
+def _open_geotiff(path: PathType) -> _GeoTiff:
     rio = _rioxarray()
-    files = [files] if isinstance(files, (str, PathLike)) else list(files)
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        # a file without geotransform is reported below, with the fix, instead of this warning
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            da = rio.open_rasterio(path, masked=False)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise IngestError(f"{path}: cannot be read as GeoTIFF ({type(err).__name__}: {err})") from err
+        # no geotransform (nor GCPs / RPCs): rasterio reports the identity transform (unit pixels, y = row index)
+        georeferenced = not da.rio.transform().is_identity
+    crs = _normalise_crs(da.rio.crs.to_string() if da.rio.crs is not None else None)
+    return _GeoTiff(str(path), da, georeferenced, crs)
+
+
+def _local_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres ``(y, x)`` of the local grid: 10 m pixels, x from 0 at the left edge, y from 0 at the
+    bottom edge and decreasing from the top row (the layout of a north-up raster)."""
+    r = LOCAL_GRID_RESOLUTION
+    return r * (height - np.arange(height) - 0.5), r * (np.arange(width) + 0.5)
+
+
+def _georeference_problems(opened: Sequence[_GeoTiff], local_grid: bool) -> list[str]:
+    """Message lines for files without georeference (none with ``local_grid`` unless some files have one)."""
+    bare = [g for g in opened if not g.georeferenced]
+    if not bare:
+        return []
+    if local_grid:
+        if len(bare) == len(opened):
+            return []
+        geo = [g.path for g in opened if g.georeferenced]
+        return [
+            "local_grid (--local-grid) needs every file to lack a georeference, but "
+            + ", ".join(g.path for g in bare) + " have none while " + ", ".join(geo)
+            + " are georeferenced; georeference the former (gdal_edit.py -a_ullr ULX ULY LRX LRY -a_srs EPSG:CODE "
+            "FILE.tif) and drop local_grid"
+        ]
+    lines = []
+    for g in bare:
+        h, w = g.da.sizes["y"], g.da.sizes["x"]
+        lines.append(
+            f"{g.path} has no georeference: no geotransform (rasterio reads the identity transform and warns "
+            f"NotGeoreferencedWarning){'' if g.crs else ' and no CRS'}, so its {h} x {w} pixels have no map "
+            "position (and `y` would increase)"
+        )
+    g = bare[0]
+    h, w = g.da.sizes["y"], g.da.sizes["x"]
+    r = LOCAL_GRID_RESOLUTION
+    lines.append(
+        "fix: georeference the files, e.g. `gdal_edit.py -a_ullr ULX ULY LRX LRY -a_srs EPSG:CODE FILE.tif` with "
+        f"the upper-left and lower-right corners in the CRS (for {h} x {w} pixels of {r:g} m: LRX = ULX + {w * r:g}, "
+        f"LRY = ULY - {h * r:g}); or pass --local-grid (Python: local_grid=True) to ingest on a local pixel grid "
+        f"(origin 0, {r:g} m pixels, y decreasing from the top, no CRS)"
+    )
+    return lines
+
+
+def _geotiff_layer(
+    name: str, files: Sequence[PathType], times: Sequence[Any], opened: Mapping[str, _GeoTiff], local: bool
+) -> _Layer:
     times = np.asarray(times, dtype="datetime64[ns]")
     planes, y = [], None
     crs = x = None
     for f in files:
-        try:
-            da = rio.open_rasterio(f, masked=False)
-        except FileNotFoundError:
-            raise
-        except Exception as err:  # noqa: BLE001
-            raise IngestError(f"{f}: cannot be read as GeoTIFF ({type(err).__name__}: {err})") from err
-        fy, fx = np.asarray(da["y"].values, np.float64), np.asarray(da["x"].values, np.float64)
-        fcrs = _normalise_crs(da.rio.crs.to_string() if da.rio.crs is not None else None)
+        g = opened[str(f)]
+        da = g.da
+        if local:
+            fy, fx = _local_grid(da.sizes["y"], da.sizes["x"])
+            fcrs = None
+        else:
+            fy, fx = np.asarray(da["y"].values, np.float64), np.asarray(da["x"].values, np.float64)
+            fcrs = g.crs
         if y is None:
             y, x, crs = fy, fx, fcrs
         elif not (_same_coords(fy, y) and _same_coords(fx, x)) or fcrs != crs:
@@ -705,10 +842,12 @@ def ingest_geotiff(
     code_table: PathType | Mapping[int, str] | None = None,
     label_var: str = "CT",
     classes: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
     bands: Sequence[str] | None = L2A_BANDS,
     scale_factor: float = L2A_SCALE_FACTOR,
     boa_add_offset: float | None = None,
     require_scl: bool = True,
+    local_grid: bool = False,
 ) -> xr.Dataset:
     """Build a cube from GeoTIFF band files (read with rioxarray).
 
@@ -718,7 +857,13 @@ def ingest_geotiff(
     :param scl: the SCL file(s), laid out like the bands.
     :param labels: a single-layer GeoTIFF of integer class codes on the finest band grid.
     :param scale_factor: DN scale (GeoTIFFs rarely say; L2A is 1e-4).
+    :param local_grid: files without georeference (no geotransform) are placed on a local pixel grid
+        (10 m pixels, x from 0 at the left edge, y from 0 at the bottom edge, decreasing from the top row;
+        no CRS) instead of being an error; every file must then lack a georeference and have the same size.
+        The cube's attributes say ``grid = "local"``.
     Other parameters as in :func:`ingest_netcdf`.
+    :raises IngestError: also, before any pixel is read, for files without georeference (unless
+        ``local_grid``), naming them and the fix.
     """
     def times_for(name: str):
         if isinstance(times, Mapping):
@@ -727,22 +872,42 @@ def ingest_geotiff(
             return times[name]
         return times
 
-    layers = [_geotiff_layer(str(b), f, times_for(str(b))) for b, f in band_files.items()]
-    for layer in layers:
-        layer.attrs["scale_factor"] = scale_factor
+    class_names = _check_class_names(class_names, classes)
+    if class_names is not None and labels is None:
+        raise IngestError("class_names given but no label file (labels=)")
+    files = [(str(b), _file_list(f)) for b, f in band_files.items()]
     if scl is not None:
-        layers.append(_geotiff_layer("SCL", scl, times_for("SCL")))
+        files.append(("SCL", _file_list(scl)))
+    every = [f for _, fs in files for f in fs] + ([labels] if labels is not None else [])
+    opened = {str(f): _open_geotiff(f) for f in dict.fromkeys(str(f) for f in every)}  # lazy: no pixel read
+    problems = _georeference_problems(list(opened.values()), local_grid)
+    if problems:
+        raise IngestError("cannot ingest these products:\n" + "\n".join(f"  - {p}" for p in problems))
+    local = bool(local_grid and opened and not any(g.georeferenced for g in opened.values()))
+
+    layers = [_geotiff_layer(name, fs, times_for(name), opened, local) for name, fs in files]
+    for layer in layers[: len(band_files)]:
+        layer.attrs["scale_factor"] = scale_factor
     lab = None
     if labels is not None:
-        rio = _rioxarray()
-        da = rio.open_rasterio(labels, masked=False)
-        lab = (
-            np.asarray(da["y"].values, np.float64), np.asarray(da["x"].values, np.float64), np.asarray(da.values)[0],
-            _normalise_crs(da.rio.crs.to_string() if da.rio.crs is not None else None), str(labels),
-        )
+        g = opened[str(labels)]
+        ly, lx = _local_grid(g.da.sizes["y"], g.da.sizes["x"]) if local else (
+            np.asarray(g.da["y"].values, np.float64), np.asarray(g.da["x"].values, np.float64))
+        lab = (ly, lx, np.asarray(g.da.values)[0], None if local else g.crs, str(labels))
+    attrs = {}
+    if local and layers:
+        r, h, w = LOCAL_GRID_RESOLUTION, len(layers[0].y), len(layers[0].x)
+        attrs = {
+            "grid": "local",
+            "grid_description": (
+                f"no georeference in the source GeoTIFFs; local pixel grid (local_grid=True): {r:g} m pixels assumed, "
+                f"origin 0 at the lower-left corner, pixel centres x = {r / 2:g} .. {(w - 0.5) * r:g} m and "
+                f"y = {(h - 0.5) * r:g} .. {r / 2:g} m (decreasing from the top row); no CRS"
+            ),
+        }
     return _assemble(
         layers, labels=lab, code_table=_table(code_table, label_var), classes=classes, bands=bands,
-        boa_add_offset=boa_add_offset, require_scl=require_scl, attrs={},
+        boa_add_offset=boa_add_offset, require_scl=require_scl, attrs=attrs, class_names=class_names,
     )
 
 

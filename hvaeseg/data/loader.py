@@ -9,6 +9,8 @@
   attributes (:func:`hvaeseg.data.stats.ensure_band_stats` computes and stores them once if missing).
 * ``valid``: ``(B, H, W)`` / ``(B, T, H, W)`` bool.
 * ``labels``: ``(B, H, W)`` int64, -1 = void; all -1 for patches the plan does not flag ``labelled``.
+* ``doy``: ``(B,)`` / ``(B, T)`` float32 day of the year (1 = 1 January, fractional for times of day) of
+  each patch's date(s), on the device: the acquisition date is known, and phenology depends on it.
 
 Reading is **chunk-aware**: for each batch the loader lists the store chunks its patches touch, decodes
 each chunk once and, while it is hot in cache, copies it into every patch that needs it; then the chunk's
@@ -55,15 +57,29 @@ from hvaeseg.data.sampler import PatchPlan
 from hvaeseg.data.stats import dn_scaling, ensure_band_stats, read_band_stats
 from hvaeseg.data.workers import ProcessWorkers, SharedSlots, SlotLayout
 
-__all__ = ["PatchBatch", "PatchLoader", "read_patches_naive", "normalise_dn", "normaliser"]
+__all__ = ["PatchBatch", "PatchLoader", "day_of_year", "read_patches_naive", "normalise_dn", "normaliser"]
 
 
 class PatchBatch(NamedTuple):
-    """One batch of patches (see the module doc for shapes and meaning)."""
+    """One batch of patches (see the module doc for shapes and meaning); ``doy`` is None when unknown."""
 
     x: torch.Tensor
     valid: torch.Tensor
     labels: torch.Tensor
+    doy: torch.Tensor | None = None
+
+
+def day_of_year(times: Any) -> np.ndarray:
+    """Day of the year, 1-based and fractional (``2020-01-01T12:00`` -> 1.5), of ``datetime64`` times: float32.
+
+    :raises TypeError: when ``times`` are not datetimes.
+    """
+    t = np.asarray(times)
+    if not np.issubdtype(t.dtype, np.datetime64):
+        raise TypeError(f"expected datetime64 times to compute the day of the year, got {t.dtype}")
+    start = t.astype("datetime64[Y]").astype("datetime64[ns]")
+    days = (t.astype("datetime64[ns]") - start) / np.timedelta64(1, "D")
+    return (days + 1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,6 +244,8 @@ class PatchLoader:
             mean, std = stats
         a, b = normaliser(scale, offset, mean, std, shape["band"])
         self._a, self._b = a.to(self.device), b.to(self.device)
+        times = open_dataset(cube, storage_options)["time"].values
+        self._doy = day_of_year(times) if np.issubdtype(np.asarray(times).dtype, np.datetime64) else None
 
     @staticmethod
     def _compute_stats(cube: Any, storage_options) -> tuple[list[float], list[float]]:
@@ -292,7 +310,7 @@ class PatchLoader:
         p = self.plan
         return p.t[index], p.y[index].tolist(), p.x[index].tolist(), p.labelled[index].tolist()
 
-    def _finish(self, dn: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor) -> PatchBatch:
+    def _finish(self, dn: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor, index: np.ndarray) -> PatchBatch:
         """To the device (non-blocking from pinned memory), normalise there, drop T for single dates."""
         if self.device.type != "cpu":
             nb = self.pin_memory and self.device.type == "cuda"
@@ -305,13 +323,17 @@ class PatchLoader:
         else:
             x = dn
         labels = labels.to(torch.int64)  # int16 from an accelerator's host buffer; on the CPU already int64
-        return self._single_date(x, valid, labels)
+        return self._single_date(x, valid, labels, index)
 
-    def _single_date(self, x: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor) -> PatchBatch:
-        """The batch, without the date axis unless the plan has ``"time"`` in its sizes."""
+    def _single_date(self, x: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor, index: np.ndarray) -> PatchBatch:
+        """The batch with the dates' days of the year, without the date axis unless the plan has ``"time"``."""
+        doy = None
+        if self._doy is not None:
+            doy = torch.from_numpy(self._doy[self.plan.t[np.asarray(index, dtype=np.int64)]]).to(self.device)
         if not self.plan.temporal:
             x, valid = x[:, 0], valid[:, 0]
-        return PatchBatch(x, valid, labels)
+            doy = None if doy is None else doy[:, 0]
+        return PatchBatch(x, valid, labels, doy)
 
     def batches(self, epoch: int | None = None) -> Iterator[PatchBatch]:
         """The batches of one epoch (default :attr:`epoch`), in that epoch's order."""
@@ -382,19 +404,20 @@ class PatchLoader:
         def submit(index: np.ndarray) -> None:
             raw, path = self._acquire_slot(layout.nbytes)
             jid = pool.submit(raw, path, layout, len(index), *self._positions(index), norm)
-            pending.append((jid, raw, len(index)))
+            pending.append((jid, raw, index))
 
         try:
             for _, index in itertools.islice(jobs, self._in_flight):
                 submit(index)
             while pending:
-                jid, raw, n = pending.popleft()
+                jid, raw, index = pending.popleft()
                 pool.wait(jid)
                 nxt = next(jobs, None)
                 if nxt is not None:
                     submit(nxt[1])
-                x, valid, labels = (torch.from_numpy(a) for a in layout.views(raw, n))
-                batch = self._single_date(x, valid, labels) if layout.normalised else self._finish(x, valid, labels)
+                x, valid, labels = (torch.from_numpy(a) for a in layout.views(raw, len(index)))
+                finish = self._single_date if layout.normalised else self._finish
+                batch = finish(x, valid, labels, index)
                 if self.pin_memory and self.device.type == "cuda":
                     event = torch.cuda.Event()
                     event.record()
@@ -431,7 +454,7 @@ class PatchLoader:
         def build(index: np.ndarray):
             host = self.read_host(index)
             # on the CPU the 'device' is here: normalise in the worker, in parallel
-            return self._finish(*host) if cpu else host
+            return self._finish(*host, index) if cpu else (*host, index)
 
         if self.workers == 0:
             for _, index in jobs:
@@ -499,7 +522,11 @@ def read_patches_naive(
         x = normalise_dn(dn, a, b)
     else:
         x = dn
+    doy = None
+    if np.issubdtype(ds["time"].dtype, np.datetime64):
+        doy = torch.from_numpy(day_of_year(ds["time"].values)[np.asarray(plan.t)[index]].reshape(len(index), -1))
     if not plan.temporal:
         x, valid = x[:, 0], valid[:, 0]
-    return PatchBatch(x, valid, labels)
+        doy = None if doy is None else doy[:, 0]
+    return PatchBatch(x, valid, labels, doy)
 

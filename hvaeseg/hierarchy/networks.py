@@ -92,10 +92,13 @@ class Decoder(nn.Module):
         out = image.bands * (2 if image.scale == "pixel" else 1)
         self._add("x", image.parents, out, net.decoder_width, net.decoder_depth)
         if image.scale == "band":
-            init = _inverse_softplus(max(1.0 - image.min_scale, 1e-3))
+            init = _inverse_softplus(image.init_scale - image.min_scale)
             self.x_scale = nn.Parameter(torch.full((image.bands,), init))
         else:
             self.register_parameter("x_scale", None)
+            # a zero net output gives init_scale at every pixel
+            self.register_buffer("x_scale_offset", torch.tensor(_inverse_softplus(image.init_scale - image.min_scale)),
+                                 persistent=False)
         if spec.s_prior == "categorical":
             self.s_logits = nn.Parameter(torch.zeros(spec.num_classes))
         else:
@@ -130,7 +133,7 @@ class Decoder(nn.Module):
             scale = image.min_scale + F.softplus(self.x_scale)
             return out, scale[:, None, None]
         loc, raw = out.chunk(2, dim=-3)
-        return loc, image.min_scale + F.softplus(raw)
+        return loc, image.min_scale + F.softplus(raw + self.x_scale_offset)
 
 
 class LadderEncoder(nn.Module):

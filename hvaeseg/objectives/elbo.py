@@ -114,9 +114,14 @@ class SemiSupervisedELBO:
         """
         return self.terms(model, guide, labelled=labelled, unlabelled=unlabelled)["loss"]
 
-    def terms(self, model: Any, guide: Any, *, labelled: Any = None, unlabelled: Any = None) -> dict[str, Tensor]:
+    def terms(
+        self, model: Any, guide: Any, *, labelled: Any = None, unlabelled: Any = None, differentiable: bool = False
+    ) -> dict[str, Tensor]:
         """``loss`` and the terms by name (``labelled_elbo``, ``supervised_q``, ``unlabelled_elbo``), each a
-        mean per image; arguments as in :meth:`loss`."""
+        mean per image; arguments as in :meth:`loss`. With ``differentiable`` the terms keep their graphs
+        (the ELBO terms are then their surrogates, whose gradients are the estimator's), e.g. to measure the
+        gradient norm of each term; otherwise they are detached, for logging."""
+        keep = (lambda t: t) if differentiable else (lambda t: t.detach())
         lab = as_labelled(labelled)
         unl = as_unlabelled(unlabelled)
         if lab is None and unl is None:
@@ -125,12 +130,12 @@ class SemiSupervisedELBO:
         total = None
         if lab is not None:
             elbo, surrogate, sup = self._elbo(model, guide, lab.x, lab.s, lab.valid)
-            out["labelled_elbo"] = elbo.mean().detach()
-            out["supervised_q"] = sup.mean().detach()
+            out["labelled_elbo"] = keep(surrogate.mean() if differentiable else elbo.mean())
+            out["supervised_q"] = keep(sup.mean())
             total = surrogate.mean() + self.alpha * sup.mean()
         if unl is not None:
             elbo, surrogate, _ = self._elbo(model, guide, unl.x, None, unl.valid)
-            out["unlabelled_elbo"] = elbo.mean().detach()
+            out["unlabelled_elbo"] = keep(surrogate.mean() if differentiable else elbo.mean())
             total = surrogate.mean() if total is None else total + surrogate.mean()
         out["loss"] = -total
         return out

@@ -128,15 +128,24 @@ class SymmetricEquilibrium:
     Particles are drawn by repeating each batch ``num_particles`` times along the batch dimension, which is
     exact because every site is under the batch plate.
 
+    Sleep masks (``sleep_masks=True``): the generated images are shown to the guide under the cloud masks
+    of the real batch (each generated image gets the ``valid`` mask of a real image of the unlabelled, else
+    the labelled, batch, drawn with the global generator), so the encoder learns the task it faces, where
+    real inputs are partly occluded. The generated image itself is complete; only the guide's view is
+    masked. With ``False`` the guide sees every generated pixel.
+
     :param weights: :class:`SymmetricWeights` (default: all 1).
     :param num_particles: samples per image for every expectation (>= 1).
+    :param sleep_masks: show generated images to the guide under real cloud masks.
 
     References:
 
     - B. Flach, D. Schlesinger, A. Shekhovtsov. Symmetric Equilibrium Learning of VAEs. AISTATS 2024.
     """
 
-    def __init__(self, weights: SymmetricWeights | None = None, *, num_particles: int = 1) -> None:
+    def __init__(
+        self, weights: SymmetricWeights | None = None, *, num_particles: int = 1, sleep_masks: bool = False
+    ) -> None:
         if weights is None:
             weights = SymmetricWeights()
         if not isinstance(weights, SymmetricWeights):
@@ -145,6 +154,7 @@ class SymmetricEquilibrium:
             raise ValueError(f"expected num_particles as an int >= 1, got {num_particles!r}")
         self.weights = weights
         self.num_particles = num_particles
+        self.sleep_masks = bool(sleep_masks)
 
     # ------------------------------------------------------------------------------------------- public
     def loss(
@@ -199,13 +209,14 @@ class SymmetricEquilibrium:
             fn = site_distribution(guide, "s", lab.x, s=lab.s, valid=lab.valid)
             out["supervised_q"] = labelled_log_prob(s_logits(fn, lab.s.shape), lab.s).mean()
         if w.sleep_q > 0:
-            template = next((b.valid for b in (lab, unl) if b is not None and b.valid is not None), None)
+            template = next((b.valid for b in (unl, lab) if b is not None and b.valid is not None), None)
+            masks = template if self.sleep_masks else None
             if template is None:
                 template = next((valid_from_x(b.x) for b in (lab, unl) if b is not None), None)
             if pool is not None:
-                out["sleep_q"] = self._sleep(model, guide, pool, template, None)
+                out["sleep_q"] = self._sleep(model, guide, pool, template, None, masks)
             elif lab is None:
-                out["sleep_q"] = self._sleep(model, guide, None, template, unl.x.shape[0])
+                out["sleep_q"] = self._sleep(model, guide, None, template, unl.x.shape[0], masks)
             else:
                 raise ValueError(
                     "expected a label pool batch (pool=LabelPool.sample(n)) with a labelled batch: the sleep "
@@ -249,8 +260,10 @@ class SymmetricEquilibrium:
         pool: Tensor | None,
         template: Tensor | None,
         prior_batch: int | None,
+        masks: Tensor | None = None,
     ) -> Tensor:
-        """Mean per map of log q(s''_lab, l, z | x~) with (l, z, x~) drawn from the model given s''."""
+        """Mean per map of log q(s''_lab, l, z | x~) with (l, z, x~) drawn from the model given s''; the
+        guide sees x~ under masks drawn from ``masks`` (real ``valid`` masks) when given."""
         p = self.num_particles
         with torch.no_grad():
             if pool is not None:
@@ -281,6 +294,8 @@ class SymmetricEquilibrium:
             if "x" not in model_trace.nodes:
                 raise ValueError("expected a sample site named 'x' in the model (docs/conventions.md), got none")
             x_gen = model_trace.nodes["x"]["value"]
+            if masks is not None and valid is not None and masks.shape[1:] == valid.shape[1:]:
+                valid = masks[torch.randint(masks.shape[0], (valid.shape[0],), device=masks.device)]
         guide_trace = poutine.trace(replay(guide, trace=model_trace)).get_trace(x_gen, s=None, valid=valid)
         total = torch.zeros((), dtype=x_gen.dtype, device=x_gen.device)
         guide_trace.compute_log_prob(site_filter=lambda name, site: not (has_void and name == "s"))

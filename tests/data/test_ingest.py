@@ -346,3 +346,173 @@ def test_read_code_table_errors(tmp_path):
     p.write_text("label,value\nA,1\n")
     with pytest.raises(IngestError, match="no code column"):
         read_code_table(p)
+
+
+# ---------------------------------------------------------------------------------------------- class names
+
+
+def _tiny_geotiffs(d: Path, *, georeferenced: bool, seed: int = 0, size: int = 16) -> dict:
+    """Three single-date band files (B02 B03 B04) and a label file (codes 1-3, a few 0) of ``size`` x ``size``,
+    seeded; without ``georeferenced`` they have no geotransform and no CRS (rasterio: identity transform)."""
+    import warnings
+
+    rasterio = pytest.importorskip("rasterio")
+    pytest.importorskip("rioxarray")
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    geo = {"transform": from_origin(500_000.0, 5_000_160.0, 10.0, 10.0), "crs": "EPSG:32631"} if georeferenced else {}
+    arrays = {b: rng.integers(1, 10_000, (size, size), dtype=np.uint16) for b in ("B02", "B03", "B04")}
+    codes = rng.integers(1, 4, (size, size)).astype(np.int16)
+    codes[0, :3] = 0  # no data: void
+    arrays["labels"] = codes
+    paths = {}
+    for name, a in arrays.items():
+        paths[name] = d / f"{name}.tif"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(paths[name], "w", driver="GTiff", width=size, height=size, count=1, dtype=a.dtype,
+                               **geo) as f:
+                f.write(a[None])
+    return {"paths": paths, "arrays": arrays}
+
+
+def _tiny_options(files: dict, **kw) -> dict:
+    p = files["paths"]
+    return {"band_files": {b: p[b] for b in ("B02", "B03", "B04")}, "times": ["2020-01-01"],
+            "bands": ["B02", "B03", "B04"], "require_scl": False, "labels": p["labels"], **kw}
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_class_names_name_the_classes(tmp_path):
+    files = _tiny_geotiffs(tmp_path, georeferenced=True)
+    ds = ingest_geotiff(**_tiny_options(files, classes=[3, 1, 2], class_names=["cloud", "shadow", "clear"]))
+    assert class_names(ds) == ["cloud", "shadow", "clear"]
+    assert ds["labels"].attrs["source_codes"] == [3, 1, 2]
+    codes = files["arrays"]["labels"]
+    np.testing.assert_array_equal(ds["labels"].values, np.select([codes == 3, codes == 1, codes == 2], [0, 1, 2], -1))
+    # without classes: one name per code present, in increasing code order
+    ds = ingest_geotiff(**_tiny_options(files, class_names=[" a ", "b", "c"]))
+    assert class_names(ds) == ["a", "b", "c"] and ds["labels"].attrs["source_codes"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "classes, names, message",
+    [
+        ([1, 2, 3], ["a", "b"], r"2 names for 3 class codes \[1, 2, 3\]"),
+        ([1, 2, 3], ["a", "", "c"], "name 2 of 3 is empty"),
+        ([1, 2, 3], ["a", "b", "a"], "names repeat: a"),
+        ([1, 2, 3], ["a", "b c", "d"], "single words"),
+        (None, ["a", "b"], r"2 names \['a', 'b'\] for the 3 classes of .*labels.tif \(codes \[1, 2, 3\]\)"),
+        ([1, 2], "a,b", "expected a list of names"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_bad_class_names_are_a_clear_error_and_write_nothing(tmp_path, classes, names, message):
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=True)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(IngestError, match=message) as err:
+        ingest(None, out, **_tiny_options(files, classes=classes, class_names=names))
+    assert "class_names (--class-names)" in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob("out.zarr*"))
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_class_names_on_the_command_line(tmp_path):
+    from hvaeseg.commands.ingest import add_ingest_parser
+    from hvaeseg.data.store import open_cube
+
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=True)
+    p = files["paths"]
+    parser = argparse.ArgumentParser()
+    add_ingest_parser(parser.add_subparsers())
+    base = ["ingest", "--geotiff", *(f"{b}={p[b]}" for b in ("B02", "B03", "B04")), "--bands", "B02,B03,B04",
+            "--no-scl", "--times", "2020-01-01", "--labels", str(p["labels"]), "--classes", "1,2,3"]
+    args = parser.parse_args([*base, "--class-names", "cloud_shadow,clear,cloud", str(tmp_path / "a.zarr")])
+    assert args.func(args) == 0
+    assert class_names(open_cube(tmp_path / "a.zarr")) == ["cloud_shadow", "clear", "cloud"]
+    args = parser.parse_args([*base, "--class-names", "cloud_shadow,,cloud", str(tmp_path / "b.zarr")])
+    with pytest.raises(IngestError, match="name 2 of 3 is empty"):
+        args.func(args)
+    assert not (tmp_path / "b.zarr").exists()
+
+
+# ---------------------------------------------------------------------------------------------- no georeference
+
+
+def test_geotiff_without_georeference_is_a_clear_error_and_writes_nothing(tmp_path):
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=False)
+    out = tmp_path / "out.zarr"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(IngestError) as err:
+            ingest(None, out, **_tiny_options(files))
+    msg = str(err.value)
+    for name in ("B02", "B03", "B04", "labels"):
+        assert f"{files['paths'][name]} has no georeference: no geotransform" in msg
+    assert "--local-grid" in msg and "local_grid=True" in msg and "gdal_edit.py -a_ullr" in msg
+    assert "y` increases" not in msg  # the late, obscure error of the cube validation is not reached
+    assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]  # the error says it instead
+    assert not out.exists() and not list(tmp_path.glob("out.zarr*"))
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_local_grid_ingests_files_without_georeference(tmp_path):
+    from hvaeseg.data.store import open_cube
+
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=False)
+    out = ingest(None, tmp_path / "local.zarr", **_tiny_options(files, local_grid=True, classes=[1, 2, 3]))
+    ds = open_cube(out)  # validates
+    assert dict(ds.sizes) == {"time": 1, "band": 3, "y": 16, "x": 16}
+    for b in ("B02", "B03", "B04"):
+        np.testing.assert_array_equal(ds["reflectance"].sel(band=b).values[0], files["arrays"][b])
+    codes = files["arrays"]["labels"]
+    np.testing.assert_array_equal(ds["labels"].values, np.where(codes == 0, -1, codes - 1))
+    assert ds["valid"].values.all()
+    # the local grid: 10 m pixels, origin 0 at the lower-left corner, y decreasing from the top row, no CRS
+    assert (np.diff(ds["y"].values) == -10).all() and ds["y"].values[0] == 155 and ds["y"].values[-1] == 5
+    np.testing.assert_array_equal(ds["x"].values, 5 + 10 * np.arange(16))
+    assert ds.attrs["grid"] == "local" and "no georeference" in ds.attrs["grid_description"]
+    assert "crs" not in ds.attrs
+    # georeferenced files: local_grid changes nothing and the cube does not say "local"
+    geo = _tiny_geotiffs(tmp_path / "geo", georeferenced=True)
+    ds_geo = ingest_geotiff(**_tiny_options(geo, local_grid=True))
+    assert "grid" not in ds_geo.attrs and ds_geo.attrs["crs"] == "EPSG:32631" and ds_geo["x"].values[0] == 500_005
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_local_grid_on_the_command_line(tmp_path):
+    from hvaeseg.commands.ingest import add_ingest_parser
+    from hvaeseg.data.store import open_cube
+
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=False)
+    p = files["paths"]
+    parser = argparse.ArgumentParser()
+    add_ingest_parser(parser.add_subparsers())
+    base = ["ingest", "--geotiff", *(f"{b}={p[b]}" for b in ("B02", "B03", "B04")), "--bands", "B02,B03,B04",
+            "--no-scl", "--times", "2020-01-01", "--labels", str(p["labels"])]
+    args = parser.parse_args([*base, str(tmp_path / "no.zarr")])
+    with pytest.raises(IngestError, match=f"(?s){p['B02']} has no georeference.*--local-grid"):
+        args.func(args)
+    assert not (tmp_path / "no.zarr").exists()
+    args = parser.parse_args([*base, "--local-grid", str(tmp_path / "cli.zarr")])
+    assert args.func(args) == 0
+    ds = open_cube(tmp_path / "cli.zarr")
+    assert ds.attrs["grid"] == "local" and (np.diff(ds["y"].values) < 0).all()
+    np.testing.assert_array_equal(ds["reflectance"].sel(band="B03").values[0], files["arrays"]["B03"])
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_local_grid_does_not_mix_with_georeferenced_files(tmp_path):
+    bare = _tiny_geotiffs(tmp_path / "bare", georeferenced=False)
+    geo = _tiny_geotiffs(tmp_path / "geo", georeferenced=True)
+    options = _tiny_options(bare, local_grid=True)
+    options["band_files"]["B04"] = geo["paths"]["B04"]
+    with pytest.raises(IngestError, match=f"(?s)needs every file to lack a georeference.*{geo['paths']['B04']}"):
+        ingest_geotiff(**options)

@@ -124,6 +124,7 @@ ERRORS = [
     ("bands", lambda: ImageLayerSpec(0), "image: bands must be a positive integer, got 0"),
     ("image scale", lambda: ImageLayerSpec(3, scale="global"), "image: unknown scale 'global'"),
     ("min scale", lambda: ImageLayerSpec(3, min_scale=0.0), "image: min_scale must be a positive number"),
+    ("init scale", lambda: ImageLayerSpec(3, min_scale=0.5, init_scale=0.25), "image: init_scale must be a number above"),
     ("num classes", lambda: HierarchySpec(0, 3, (), ImageLayerSpec(3)), "num_classes must be a positive integer"),
     ("code bits", lambda: HierarchySpec(3, 0, (), ImageLayerSpec(3)), "code_bits must be a positive integer"),
     (
@@ -209,7 +210,8 @@ def valid_specs(draw):
         bands=draw(st.integers(1, 13)),
         parents=tuple(draw(st.lists(st.sampled_from(image_pool), min_size=1, max_size=len(image_pool), unique=True))),
         scale=draw(st.sampled_from(["band", "pixel"])),
-        min_scale=draw(st.floats(1e-6, 1.0, allow_nan=False)),
+        min_scale=(min_scale := draw(st.floats(1e-6, 1.0, allow_nan=False))),
+        init_scale=min_scale + draw(st.floats(1e-3, 2.0, allow_nan=False)),
     )
     network = NetworkSpec(
         encoder_widths=tuple(draw(st.lists(st.integers(1, 128), min_size=n_levels, max_size=n_levels))),
