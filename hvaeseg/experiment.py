@@ -526,16 +526,18 @@ def _generative_metrics(hvae: Any, loader: PatchLoader, k: int) -> dict[str, Any
     with torch.no_grad():
         for batch in loader.batches(0):
             if has_density:
-                iwae_sum += float(iwae_bound(hvae.model, hvae.guide, batch.x, batch.valid, num_samples=k).sum())
+                iwae_sum += float(iwae_bound(hvae.model, hvae.guide, batch.x, batch.valid, num_samples=k,
+                                             doy=batch.doy).sum())
                 observed += int(batch.valid.sum()) * int(batch.x.shape[-3])
             keep = (batch.labels >= 0).flatten(1).any(1)  # all-void maps say nothing
             if bool(keep.any()):
                 maps, shape = batch.labels[keep], torch.ones_like(batch.valid[keep])  # shape: dates of stacks
                 n = int((maps >= 0).sum())
-                agree += consistency(hvae.model, hvae.guide, maps, valid=shape) * n  # weighted by labelled pixels
+                doy = None if batch.doy is None else batch.doy[keep]
+                agree += consistency(hvae.model, hvae.guide, maps, valid=shape, doy=doy) * n  # weighted by labelled pixels
                 labelled += n
             if bool(batch.valid.any()):
-                rec = reconstruction_error(hvae.model, hvae.guide, batch.x, batch.valid)
+                rec = reconstruction_error(hvae.model, hvae.guide, batch.x, batch.valid, batch.doy)
                 mae.append(rec["mae"]), rmse.append(rec["rmse"])
     return {
         "iwae_nats_per_value": iwae_sum / observed if observed else None,

@@ -19,14 +19,14 @@ s prior), and, for symmetric learning, real cloud masks on the generated images 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hvaeseg.baselines.augment import Augmentation
-from hvaeseg.baselines.supervised import eval_mode
+from hvaeseg.baselines.supervised import call_net, eval_mode
 from hvaeseg.hierarchy import HierarchySpec, HVAE
 from hvaeseg.method import Method, StepBatch
 from hvaeseg.nets.ema import ema_copy, ema_decay_at, ema_update
@@ -62,6 +62,8 @@ class HVAEConfig:
         pixels, so their gradient norms are in the thousands; a low threshold fires on every step.
     :param ema_decay: decay of the moving average of the encoder's U-Net used for prediction (0: predict
         with the current weights).
+    :param day_of_year: the default hierarchy conditions its layers and image on the day of the year
+        (``doy`` parents: phenology), and its guide's U-Net takes the date too.
     """
 
     lr: float = 1e-3
@@ -81,6 +83,7 @@ class HVAEConfig:
     sleep_masks: bool = True
     clip_norm: float | None = None
     ema_decay: float = 0.999
+    day_of_year: bool = True
 
     def __post_init__(self) -> None:
         for name in ("lr", "global_lr", "temperature", "init_scale"):
@@ -101,7 +104,7 @@ class HVAEConfig:
             raise ValueError(f"clip_norm: expected a positive number or None, got {self.clip_norm!r}")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
-        for name in ("augment", "sleep_masks"):
+        for name in ("augment", "sleep_masks", "day_of_year"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if isinstance(self.weights, dict):
@@ -163,8 +166,8 @@ class _HVAEMethod(Method):
             spec = HierarchySpec.default(
                 num_classes, in_channels, config.code_bits, channels=config.channels,
                 s_prior=config.s_prior, temporal=temporal, patch_size=patch_size,
+                day_of_year=config.day_of_year, init_scale=config.init_scale,
             )
-            spec = replace(spec, image=replace(spec.image, init_scale=config.init_scale))
         return cls(HVAE(spec), config, seed=seed)
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -178,11 +181,13 @@ class _HVAEMethod(Method):
         if self.ema is not None:
             self.ema.eval()
 
-    def predict_proba(self, x: Tensor, valid: Tensor) -> Tensor:
+    def predict_proba(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> Tensor:
+        if not self.hvae.spec.day_of_year:
+            doy = None
         if self.ema is None:
-            return self.hvae.segment(x, valid)
+            return self.hvae.segment(x, valid, doy)
         with eval_mode(self.ema):
-            return torch.softmax(self.ema(x, valid), dim=1)
+            return torch.softmax(call_net(self.ema, x, valid, doy), dim=1)
 
     def after_update(self, step: int) -> None:
         if self.ema is not None:
@@ -200,6 +205,10 @@ class _HVAEMethod(Method):
                 b = b._replace(x=x, valid=valid, labels=labels)
             out[name] = b
         return StepBatch(pool=batch.pool, **out)
+
+    def _doy(self, batch: Any) -> Tensor | None:
+        """The batch's days of the year when the hierarchy uses them (else None)."""
+        return batch.doy if self.hvae.spec.day_of_year else None
 
     def _clip_and_measure(self, name: str, params: list[nn.Parameter]) -> None:
         self.last_grad_norms[name] = _grad_norm(params)
@@ -242,7 +251,7 @@ class _HVAEMethod(Method):
             out["sigma"] = [float(v) for v in scale.flatten()]
         probe = batch.unlabelled if batch.unlabelled is not None else batch.labelled
         if probe is not None:
-            out["layers"] = hvae.layer_statistics(probe.x, probe.valid)
+            out["layers"] = hvae.layer_statistics(probe.x, probe.valid, doy=self._doy(probe))
         players = self._players()
         terms = self._terms(batch)
         out["terms"] = {k: float(v.detach()) for k, (v, _) in terms.items()}
@@ -258,7 +267,7 @@ class _HVAEMethod(Method):
         out["grad_norms"] = norms
         lab = batch.labelled
         if lab is not None:
-            pred = hvae.segment(lab.x, lab.valid).argmax(1)
+            pred = hvae.segment(lab.x, lab.valid, self._doy(lab)).argmax(1)
             mask = lab.labels >= 0
             out["train_accuracy"] = float((pred[mask] == lab.labels[mask]).float().mean()) if bool(mask.any()) else None
         return out

@@ -29,6 +29,7 @@ def posterior_inpaint(
     *,
     s: torch.Tensor | None = None,
     decoder_mean: bool = False,
+    doy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fill the pixels of ``x`` where ``valid`` is False by sampling the HVAE's posterior.
 
@@ -39,6 +40,7 @@ def posterior_inpaint(
     :param num_samples: posterior samples.
     :param s: optional labels ``(B, H, W)`` (``-1`` = void) to condition the guide on.
     :param decoder_mean: fill with the decoder's mean of each posterior sample instead of a sample of x.
+    :param doy: ``(B,)`` (temporal ``(B, T)``) days of the year, for hierarchies conditioned on them.
     :return: ``(mean, std, samples)``: ``mean`` and ``std`` of the shape of ``x``, ``samples``
         ``(num_samples, *x.shape)``. Observed pixels are returned bit for bit (``std`` 0 there).
     """
@@ -53,9 +55,10 @@ def posterior_inpaint(
     keep = _valid_channels(valid, x)
     samples = []
     for _ in range(num_samples):
-        guide_trace = poutine.trace(hvae.guide).get_trace(x, s, valid)
+        kw = {} if doy is None else {"doy": doy}
+        guide_trace = poutine.trace(hvae.guide).get_trace(x, s, valid, **kw)
         model = poutine.replay(hvae.model, trace=guide_trace)
-        trace = poutine.trace(model).get_trace(None, None, valid, shape=shape)
+        trace = poutine.trace(model).get_trace(None, None, valid, shape=shape, **kw)
         site = trace.nodes["x"]
         filled = _site_mean(site["fn"]) if decoder_mean else site["value"]
         samples.append(torch.where(keep, x, filled))

@@ -68,8 +68,9 @@ class Method(abc.ABC):
         """Differentiable scalar losses for one step (names are logged)."""
 
     @abc.abstractmethod
-    def predict_proba(self, x: Tensor, valid: Tensor) -> Tensor:
-        """Class probabilities ``(B, K, H, W)`` for ``x`` ``(B, C, H, W)`` or ``(B, T, C, H, W)``."""
+    def predict_proba(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> Tensor:
+        """Class probabilities ``(B, K, H, W)`` for ``x`` ``(B, C, H, W)`` or ``(B, T, C, H, W)``; ``doy`` the
+        days of the year of the dates, ``(B,)`` or ``(B, T)`` (:class:`~hvaeseg.data.loader.PatchBatch`)."""
 
     def update(self, losses: dict[str, Tensor]) -> None:
         """Back-propagate the summed losses and step every optimizer."""
@@ -134,9 +135,9 @@ class FittedMethod(abc.ABC):
         to choose the model size; returns fit statistics (JSON-able)."""
 
     @abc.abstractmethod
-    def predict_proba(self, x: Tensor, valid: Tensor) -> Tensor:
+    def predict_proba(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> Tensor:
         """Class probabilities ``(B, K, H, W)`` for ``x`` ``(B, C, H, W)`` or ``(B, T, C, H, W)``, on ``x``'s
-        device."""
+        device; ``doy`` the days of the year of the dates."""
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:

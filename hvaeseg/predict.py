@@ -19,8 +19,9 @@ from torch import Tensor
 from hvaeseg._progress import progress
 from hvaeseg.data.loader import PatchLoader
 from hvaeseg.data.sampler import PatchPlan
+from hvaeseg.train import predict_batch
 
-PredictFn = Callable[[Tensor, Tensor], Tensor]
+PredictFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 def _tile_starts(extent: int, size: int) -> list[int]:
@@ -66,7 +67,8 @@ def predict_cube(
 ) -> xr.Dataset:
     """Class probabilities and the argmax class map of a whole cube.
 
-    :param predict_proba: ``(x, valid) -> (B, K, H, W)`` probabilities (a trained method's ``predict_proba``).
+    :param predict_proba: ``(x, valid, doy) -> (B, K, H, W)`` probabilities (a trained method's
+        ``predict_proba``; ``doy`` the days of the year of the patches' dates).
     :param cube: the cube (Dataset or store path/URL).
     :returns: a Dataset with ``class_map (y, x)`` int16 and ``probability (class, y, x)`` float32 on the
         input's ``y``/``x`` coordinates, with the input's class attributes and CRS.
@@ -83,7 +85,7 @@ def predict_cube(
     loader = PatchLoader(cube, plan, batch_size=batch_size, device=device, workers=1)
     row = 0
     for batch in progress(loader.batches(0), desc="predicting", total=len(loader)):
-        probs = predict_proba(batch.x, batch.valid).double().cpu()
+        probs = predict_batch(predict_proba, batch).double().cpu()
         clear = batch.valid.double().cpu()
         if clear.dim() == 4:  # stacks: a pixel counts as clear when clear on any date
             clear = clear.amax(1)

@@ -102,6 +102,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def predict_batch(predict_proba: Callable[..., Any], batch: Any) -> torch.Tensor:
+    """``predict_proba(x, valid, doy)`` on a batch, or ``predict_proba(x, valid)`` when the batch carries no
+    day of the year (batches are anything with ``x``, ``valid`` and optionally ``doy``)."""
+    doy = getattr(batch, "doy", None)
+    return predict_proba(batch.x, batch.valid) if doy is None else predict_proba(batch.x, batch.valid, doy)
+
+
 def evaluate_segmentation(
     method: Method, batches: Iterable[PatchBatch], num_classes: int
 ) -> ConfusionMatrix:
@@ -110,7 +117,7 @@ def evaluate_segmentation(
     method.train(False)
     with torch.no_grad():
         for batch in batches:
-            pred = method.predict_proba(batch.x, batch.valid).argmax(1)
+            pred = predict_batch(method.predict_proba, batch).argmax(1)
             cm.update(pred, batch.labels)
     method.train(True)
     return cm

@@ -39,6 +39,7 @@ import torch
 
 from hvaeseg.data.stats import dn_scaling, ensure_band_stats
 from hvaeseg.experiment import RunConfig, load_run, train_run
+from hvaeseg.data.loader import day_of_year
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
 from hvaeseg.metrics import inpainting_errors
 
@@ -94,6 +95,7 @@ def reflectance(name: str) -> torch.Tensor:
 observed = reflectance("reflectance")  # with clouds, shadows, cirrus, snow
 truth = reflectance("clean_reflectance")  # the land surface alone
 valid = torch.from_numpy(cube["valid"].values)  # (T, H, W)
+doy = torch.from_numpy(day_of_year(cube["time"].values))  # (T,) day of the year of each date: the model takes it
 x = (observed - band_mean) / band_std
 clear = valid.float().mean((1, 2))
 print("clear share per date:", " ".join(f"{c:.2f}" for c in clear))
@@ -122,10 +124,10 @@ print(f"{int(partly.sum())} partly cloudy dates, {int(mask.sum())} occluded pixe
 # gains when it knows the classes under the clouds.
 
 # %%
-_, std, _ = posterior_inpaint(hvae, x, valid, NUM_SAMPLES)
-mean, latent_std, _ = posterior_inpaint(hvae, x, valid, NUM_SAMPLES, decoder_mean=True)
+_, std, _ = posterior_inpaint(hvae, x, valid, NUM_SAMPLES, doy=doy)
+mean, latent_std, _ = posterior_inpaint(hvae, x, valid, NUM_SAMPLES, decoder_mean=True, doy=doy)
 labels = torch.from_numpy(cube["labels"].values.astype(np.int64)).expand(len(x), -1, -1)
-mean_s, _, _ = posterior_inpaint(hvae, x, valid, NUM_SAMPLES, s=labels, decoder_mean=True)
+mean_s, _, _ = posterior_inpaint(hvae, x, valid, NUM_SAMPLES, s=labels, decoder_mean=True, doy=doy)
 to_refl = lambda z: z * band_std + band_mean  # noqa: E731
 hvae_fill, hvae_fill_s = to_refl(mean), to_refl(mean_s)
 hvae_std, hvae_latent_std = std * band_std, latent_std * band_std

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hvaeseg.baselines.augment import Augmentation, AugmentationDraw, invert
-from hvaeseg.baselines.supervised import AugmentingMethod, SupervisedConfig, eval_mode
+from hvaeseg.baselines.supervised import AugmentingMethod, SupervisedConfig, call_net, eval_mode
 from hvaeseg.method import StepBatch
 from hvaeseg.nets.ema import ema_copy, ema_decay_at, ema_update
 
@@ -117,13 +117,17 @@ def one_hot_targets(labels: Tensor, num_classes: int) -> Tensor:
     return onehot * known.unsqueeze(1)
 
 
-def _guess(model: nn.Module, x: Tensor, valid: Tensor, draws: Sequence[AugmentationDraw], T: float) -> Tensor:
+def _guess(
+    model: nn.Module, x: Tensor, valid: Tensor, draws: Sequence[AugmentationDraw], T: float,
+    doy: Tensor | None = None,
+) -> Tensor:
     """Sharpened mean prediction over the views ``draws`` (without translations), each mapped back."""
     views = [Augmentation.apply_draw(d, x, valid) for d in draws]
     xs = torch.cat([v[0] for v in views])
     vs = torch.cat([v[1] for v in views])
+    ds = None if doy is None else doy.repeat((len(draws),) + (1,) * (doy.dim() - 1))
     with torch.no_grad():
-        probs = torch.softmax(model(xs, vs), dim=1).chunk(len(draws))
+        probs = torch.softmax(call_net(model, xs, vs, ds), dim=1).chunk(len(draws))
         mean = sum(invert(p, d.elements) for p, d in zip(probs, draws)) / len(draws)
     return sharpen(mean, T)
 
@@ -250,12 +254,15 @@ class MixMatchMethod(AugmentingMethod):
 
         draws = [self.augmentation.draw(unlabelled.x, g) for _ in range(cfg.K)]
         exact = [dataclasses.replace(d, shifts=None) for d in draws]  # guess on exactly invertible views
-        q = _guess(self.net, unlabelled.x, unlabelled.valid, exact, cfg.T)
+        q = _guess(self.net, unlabelled.x, unlabelled.valid, exact, cfg.T, unlabelled.doy)
         views = [Augmentation.apply_draw(d, unlabelled.x, unlabelled.valid, q) for d in draws]
         xu = torch.cat([v[0] for v in views])
         vu = torch.cat([v[1] for v in views])
         tu = torch.cat([v[2] for v in views])
         tl = one_hot_targets(labels, q.shape[1])
+        # MixUp keeps its first input dominant, so a mixed patch keeps that input's date
+        dl = labelled.doy
+        du = None if unlabelled.doy is None else unlabelled.doy.repeat((cfg.K,) + (1,) * (unlabelled.doy.dim() - 1))
 
         if cfg.alpha > 0:
             Bl, N = xl.shape[0], xl.shape[0] + xu.shape[0]
@@ -267,8 +274,8 @@ class MixMatchMethod(AugmentingMethod):
             xu, tu, vu = mixup(xu, tu, vu, xw[Bl:], tw[Bl:], vw[Bl:], lam[Bl:])
 
         # two passes, so that normalisation statistics of the labelled part are its own
-        ce = soft_cross_entropy(self.net(xl, vl), tl)
-        probs_u = torch.softmax(self.net(xu, vu), dim=1)
+        ce = soft_cross_entropy(call_net(self.net, xl, vl, dl), tl)
+        probs_u = torch.softmax(call_net(self.net, xu, vu, du), dim=1)
         l2 = masked_squared_error(probs_u, tu)
         return {"labelled": ce, "unlabelled": self.unlabelled_weight(step) * l2}
 
@@ -276,6 +283,6 @@ class MixMatchMethod(AugmentingMethod):
         """Move the EMA copy towards the current weights (floating buffers too; others are copied)."""
         ema_update(self.ema, self.net, ema_decay_at(step, self.config.ema_decay))
 
-    def predict_proba(self, x: Tensor, valid: Tensor) -> Tensor:
+    def predict_proba(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> Tensor:
         with eval_mode(self.ema):
-            return torch.softmax(self.ema(x, valid), dim=1)
+            return torch.softmax(call_net(self.ema, x, valid, doy), dim=1)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from hvaeseg.method import FittedMethod
+from hvaeseg.nets.covariates import DOY_FEATURES, doy_features
 
 if TYPE_CHECKING:  # pragma: no cover
     from hvaeseg.data.loader import PatchBatch
@@ -89,6 +90,9 @@ class PixelGBMConfig:
     :param max_val_pixels: uniform random subsample of the validation pixels used for early stopping.
     :param max_train_pixels: uniform random subsample of the labelled pixels (None = all of them).
     :param threads: LightGBM threads (None = its OpenMP default, which follows ``OMP_NUM_THREADS``).
+    :param day_of_year: add each date's day of the year (:func:`~hvaeseg.nets.covariates.doy_features`:
+        sine and cosine of the annual harmonics) as features: the acquisition date is known, and the
+        practitioner's classifier uses it (phenology).
     """
 
     num_leaves: int = 31
@@ -103,6 +107,7 @@ class PixelGBMConfig:
     max_val_pixels: int = 50000
     max_train_pixels: int | None = None
     threads: int | None = None
+    day_of_year: bool = True
 
     def __post_init__(self) -> None:
         def integer(name: str, low: int, optional: bool = False) -> None:
@@ -134,8 +139,9 @@ class PixelGBMConfig:
             fraction(name, True)
             if getattr(self, name) > 1:
                 raise ValueError(f"{name}: expected a fraction in (0, 1], got {getattr(self, name)!r}")
-        if not isinstance(self.indices, bool):
-            raise ValueError(f"indices: expected true or false, got {self.indices!r}")
+        for name in ("indices", "day_of_year"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
 
     def lightgbm_params(self, num_classes: int, seed: int) -> dict[str, Any]:
         """The LightGBM training parameters (multiclass, deterministic, quiet)."""
@@ -169,14 +175,19 @@ def _band_lookup(band_names: Sequence[str]) -> dict[str, int]:
     return {str(b).upper(): i for i, b in enumerate(band_names)}
 
 
-def feature_names(band_names: Sequence[str], dates: int = 1, *, indices: bool = True) -> list[str]:
+def feature_names(
+    band_names: Sequence[str], dates: int = 1, *, indices: bool = True, day_of_year: bool = False
+) -> list[str]:
     """Names of the columns :func:`pixel_features` returns: per date ``t``, ``t{t}_{band}`` for every band,
-    then (with ``indices``) the indices whose bands the cube has and ``t{t}_brightness``."""
+    then (with ``indices``) the indices whose bands the cube has and ``t{t}_brightness``, then (with
+    ``day_of_year``) ``t{t}_doy0 ..`` the day-of-year features."""
     per_date = [str(b) for b in band_names]
     if indices:
         have = _band_lookup(band_names)
         per_date += [name for name, a, b in INDICES if a in have and b in have]
         per_date.append(BRIGHTNESS)
+    if day_of_year:
+        per_date += [f"doy{i}" for i in range(DOY_FEATURES)]
     return [f"t{t}_{name}" for t in range(dates) for name in per_date]
 
 
@@ -188,6 +199,7 @@ def pixel_features(
     band_std: Sequence[float] | None = None,
     *,
     indices: bool = True,
+    doy: Tensor | None = None,
 ) -> np.ndarray:
     """Per-pixel features ``(N, F)`` float32, rows in ``(b, y, x)`` row-major order (``N = B * H * W``).
 
@@ -198,7 +210,10 @@ def pixel_features(
     :param band_mean: per-band mean and ``band_std`` per-band standard deviation the loader normalised with;
         the features are computed from ``x * band_std + band_mean``.
     :param indices: add the normalised-difference :data:`INDICES` whose bands exist, and the brightness.
-    :returns: the columns named by :func:`feature_names` ``(band_names, T, indices=indices)``.
+    :param doy: ``(B,)`` or ``(B, T)`` days of the year of the dates: adds the day-of-year features of each
+        date (known on invalid pixels too, so never NaN).
+    :returns: the columns named by :func:`feature_names` ``(band_names, T, indices=indices,
+        day_of_year=doy is not None)``.
     """
     if x.dim() == 4:
         x, valid = x.unsqueeze(1), valid.unsqueeze(1)
@@ -232,6 +247,11 @@ def pixel_features(
     feats = np.concatenate(columns, axis=2)  # (B, T, F0, H, W)
     invalid = ~valid.detach().cpu().numpy().astype(bool)
     feats = np.where(invalid[:, :, None], np.nan, feats)
+    if doy is not None:
+        if doy.numel() != B * T:
+            raise ValueError(f"doy: expected {B * T} days of the year (one per patch and date), got {tuple(doy.shape)}")
+        d = doy_features(doy.detach().to("cpu", torch.float64).reshape(B, T)).numpy()  # (B, T, F_doy)
+        feats = np.concatenate([feats, np.broadcast_to(d[:, :, :, None, None], (B, T, d.shape[-1], H, W))], axis=2)
     F0 = feats.shape[2]
     return np.ascontiguousarray(feats.transpose(0, 3, 4, 1, 2).reshape(B * H * W, T * F0), dtype=np.float32)
 
@@ -349,12 +369,17 @@ class PixelGBMMethod(FittedMethod):
         return cls(num_classes, names, config, temporal=temporal, seed=seed, band_mean=mean, band_std=std)
 
     # -- features ----------------------------------------------------------------------------------
-    def features(self, x: Tensor, valid: Tensor) -> np.ndarray:
-        """:func:`pixel_features` with this method's bands, statistics and index setting."""
-        return pixel_features(x, valid, self.band_names, self.band_mean, self.band_std, indices=self.config.indices)
+    def features(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> np.ndarray:
+        """:func:`pixel_features` with this method's bands, statistics, index and day-of-year settings."""
+        if self.config.day_of_year and doy is None:
+            raise ValueError("pixel-gbm: this model takes the day of the year of each date; got doy=None "
+                             "(set the option day_of_year=false to fit without it)")
+        return pixel_features(x, valid, self.band_names, self.band_mean, self.band_std, indices=self.config.indices,
+                              doy=doy if self.config.day_of_year else None)
 
     def _names(self, x: Tensor) -> list[str]:
-        return feature_names(self.band_names, x.shape[1] if x.dim() == 5 else 1, indices=self.config.indices)
+        return feature_names(self.band_names, x.shape[1] if x.dim() == 5 else 1, indices=self.config.indices,
+                             day_of_year=self.config.day_of_year)
 
     def _collect(
         self, batches: Iterable[PatchBatch], limit: int | None, seed: int
@@ -372,7 +397,7 @@ class PixelGBMMethod(FittedMethod):
             if bad.any():
                 got = int(labels[keep][bad][0])
                 raise ValueError(f"labels: expected classes in [0, {self.num_classes}), got {got}")
-            sample.add(self.features(batch.x, batch.valid)[keep], labels[keep].astype(np.int64))
+            sample.add(self.features(batch.x, batch.valid, batch.doy)[keep], labels[keep].astype(np.int64))
         X, y = sample.result(len(names or ()))
         return X, y, sample.seen, names
 
@@ -437,7 +462,7 @@ class PixelGBMMethod(FittedMethod):
         return dict(self.stats)
 
     # -- prediction --------------------------------------------------------------------------------
-    def predict_proba(self, x: Tensor, valid: Tensor) -> Tensor:
+    def predict_proba(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> Tensor:
         """Class probabilities ``(B, K, H, W)`` float32 on ``x``'s device (rows sum to 1)."""
         if self.booster is None and self.constant_class is None:
             raise RuntimeError("pixel-gbm: the method is not fitted; call fit() or load_state_dict() first")
@@ -454,7 +479,7 @@ class PixelGBMMethod(FittedMethod):
             p = np.zeros((0, K), np.float32)
         else:
             kwargs = {} if self.config.threads is None else {"num_threads": self.config.threads}
-            p = np.asarray(self.booster.predict(self.features(x, valid), **kwargs), dtype=np.float32).reshape(-1, K)
+            p = np.asarray(self.booster.predict(self.features(x, valid, doy), **kwargs), dtype=np.float32).reshape(-1, K)
         out = torch.from_numpy(np.ascontiguousarray(p.reshape(B, H, W, K).transpose(0, 3, 1, 2)))
         return out.to(x.device)
 

@@ -28,6 +28,7 @@ __all__ = [
     "SupervisedConfig",
     "SupervisedMethod",
     "AugmentingMethod",
+    "call_net",
     "cross_entropy",
     "decay_param_groups",
     "eval_mode",
@@ -47,6 +48,8 @@ class SupervisedConfig:
     :param max_shift: random translations up to this many pixels (0 = none); see :class:`Augmentation`.
     :param jitter: spectral jitter strength (std of the log per-band gain; 0 = none).
     :param widths: channel widths of the U-Net levels (None = the network's default).
+    :param day_of_year: the network takes each date's day of the year as an input (the acquisition date is
+        known; phenology depends on it).
     """
 
     lr: float = 1e-3
@@ -55,6 +58,7 @@ class SupervisedConfig:
     max_shift: int = 0
     jitter: float = 0.0
     widths: tuple[int, ...] | None = None
+    day_of_year: bool = True
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -105,7 +109,7 @@ def build_unet(in_channels: int, num_classes: int, config: SupervisedConfig, tem
     from hvaeseg.nets import SegmentationUNet
 
     kwargs = {} if config.widths is None else {"widths": config.widths}
-    return SegmentationUNet(in_channels, num_classes, temporal=temporal, **kwargs)
+    return SegmentationUNet(in_channels, num_classes, temporal=temporal, day_of_year=config.day_of_year, **kwargs)
 
 
 class AugmentingMethod(Method):
@@ -178,12 +182,18 @@ class SupervisedMethod(AugmentingMethod):
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         labelled = self.labelled_batch(batch)
         x, valid, labels = self.augmentation(labelled.x, labelled.valid, labelled.labels, self.generator)
-        logits = self.net(x, valid)
+        logits = call_net(self.net, x, valid, labelled.doy)
         return {"ce": cross_entropy(logits, labels)}
 
-    def predict_proba(self, x: Tensor, valid: Tensor) -> Tensor:
+    def predict_proba(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> Tensor:
         with eval_mode(self.net):
-            return torch.softmax(self.net(x, valid), dim=1)
+            return torch.softmax(call_net(self.net, x, valid, doy), dim=1)
+
+
+def call_net(net: nn.Module, x: Tensor, valid: Tensor, doy: Tensor | None) -> Tensor:
+    """``net(x, valid, doy)``, or ``net(x, valid)`` when the day of the year is unknown (so networks that
+    take no covariate work unchanged)."""
+    return net(x, valid) if doy is None else net(x, valid, doy)
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

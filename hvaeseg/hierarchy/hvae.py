@@ -31,6 +31,7 @@ from pyro.nn import PyroModule
 from hvaeseg.distributions import EmpiricalPrior, FastBernoulli, FastCategorical, PartiallyObservedCategorical
 from hvaeseg.hierarchy.networks import LATENT_MIN_SCALE, Decoder, LadderEncoder, parent_input
 from hvaeseg.hierarchy.spec import HierarchySpec, LatentLayerSpec
+from hvaeseg.nets.covariates import doy_features
 
 __all__ = ["HVAE"]
 
@@ -116,6 +117,18 @@ class HVAE(PyroModule):
         spec.check_patch(H, W)
         return B, T, H, W
 
+    def _doy_input(self, doy: torch.Tensor | None, B: int, T: int | None) -> torch.Tensor | None:
+        """The day-of-year features ``(B[, T], F)`` the decoder nets take, or None when no layer uses ``doy``."""
+        if not self.spec.day_of_year:
+            return None
+        want = (B,) if T is None else (B, T)
+        if doy is None or tuple(doy.shape) != want:
+            raise ValueError(
+                f"this hierarchy is conditioned on the day of the year ('doy' is a parent): expected doy of shape "
+                f"{want} (one per image{' and date' if T is not None else ''}), got {_shape_str(doy)}"
+            )
+        return doy_features(doy, self._dtype)
+
     def _s_site_value(self, s: torch.Tensor | None) -> torch.Tensor | None:
         """Labels as the s site stores them: int64 (or one-hot float), ``(B, 1, ...)`` when temporal."""
         if s is None:
@@ -158,6 +171,7 @@ class HVAE(PyroModule):
         s: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
         *,
+        doy: torch.Tensor | None = None,
         shape: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """p(s) p(l) prod_t p(z_t | parents) p(x | parents), observing ``x`` (where ``valid``) and ``s`` if given.
@@ -166,6 +180,7 @@ class HVAE(PyroModule):
         :param s: ``(B, H, W)`` int64 labels (``-1`` = void, marginalised) or one-hot float ``(B, H, W, K)``.
             With the empirical prior, ``s`` must be given or replayed from a guide trace.
         :param valid: ``(B, H, W)`` bool (temporal ``(B, T, H, W)``); invalid pixels of ``x`` do not count.
+        :param doy: ``(B,)`` (temporal ``(B, T)``) days of the year; required when the hierarchy uses ``doy``.
         :param shape: ``(B, H, W)`` (temporal ``(B, T, H, W)``) when none of x, s, valid is given, or the
             number of dates T when only ``s`` is.
         :return: the value of the ``"x"`` site.
@@ -174,6 +189,9 @@ class HVAE(PyroModule):
         B, T, H, W = self._dims(x, s, valid, shape)
         dtype = self._dtype
         inputs: dict[str, torch.Tensor] = {}
+        doy_in = self._doy_input(doy, B, T)
+        if doy_in is not None:
+            inputs["doy"] = doy_in
         with pyro.plate("batch", B, dim=-2 if T is not None else -1):
             s_val = pyro.sample("s", self._s_prior(B, T, H, W).to_event(2), obs=self._s_site_value(s))
             inputs["s"] = parent_input(spec, "s", s_val, dtype)
@@ -193,7 +211,13 @@ class HVAE(PyroModule):
 
     # ------------------------------------------------------------------------------------ guide
     def guide(
-        self, x: torch.Tensor, s: torch.Tensor | None = None, valid: torch.Tensor | None = None, **_unused
+        self,
+        x: torch.Tensor,
+        s: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        *,
+        doy: torch.Tensor | None = None,
+        **_unused,
     ) -> None:
         """q(s|x) q(l|x) prod_t q(z_t | z_<t, x) (ladder), from ``(x * valid, valid)``.
 
@@ -204,11 +228,12 @@ class HVAE(PyroModule):
         spec = self.spec
         B, T, H, W = self._dims(x, s, valid, None)
         dtype = self._dtype
-        logits, feats = self.encoder.unet.forward_features(x, valid)
+        doy_in = self._doy_input(doy, B, T)
+        logits, feats = self.encoder.unet.forward_features(x, valid, doy if doy_in is not None else None)
         logits = logits.movedim(1, -1)  # (B, H, W, K)
         if T is not None:
             logits = logits.unsqueeze(1)
-        inputs: dict[str, torch.Tensor] = {}
+        inputs: dict[str, torch.Tensor] = {} if doy_in is None else {"doy": doy_in}
         with pyro.plate("batch", B, dim=-2 if T is not None else -1):
             s_obs = self._s_site_value(s)
             if s_obs is not None and s_obs.is_floating_point():
@@ -237,7 +262,8 @@ class HVAE(PyroModule):
         lead = (1, 1) if spec.temporal else (1,)
         x = torch.zeros(*lead, spec.image.bands, side, side, dtype=self._dtype, device=self._device)
         valid = torch.ones(*lead, side, side, dtype=torch.bool, device=self._device)
-        return split_parameters(self.model, self.guide, x, valid=valid)
+        kwargs = {"doy": torch.ones(lead, dtype=self._dtype, device=self._device)} if spec.day_of_year else {}
+        return split_parameters(self.model, self.guide, x, valid=valid, **kwargs)
 
     @torch.no_grad()
     def sample_prior(
@@ -247,6 +273,7 @@ class HVAE(PyroModule):
         size: int | Sequence[int] | None = None,
         *,
         dates: int = 1,
+        doy: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Draw ``(s, l, z..., x)`` from the model (no gradient).
 
@@ -255,6 +282,7 @@ class HVAE(PyroModule):
         :param s: ``(B, H, W)`` label maps to condition on (required with the empirical prior).
         :param size: image side or ``(H, W)`` when ``s`` is not given.
         :param dates: T for temporal hierarchies.
+        :param doy: ``(n,)`` (temporal ``(n, T)``) days of the year, for hierarchies that use ``doy``.
         :return: site name -> value (``"x"``: ``(n, C, H, W)``, temporal ``(n, T, C, H, W)``).
         """
         spec = self.spec
@@ -274,7 +302,7 @@ class HVAE(PyroModule):
                 raise ValueError("expected n and size (image side or (H, W)) when s is not given")
             h, w = (size, size) if isinstance(size, int) else tuple(size)
             shape = (n, dates, h, w) if spec.temporal else (n, h, w)
-        trace = poutine.trace(self.model).get_trace(None, s, None, shape=shape)
+        trace = poutine.trace(self.model).get_trace(None, s, None, shape=shape, doy=doy)
         out = {name: trace.nodes[name]["value"] for name in spec.site_names}
         if spec.temporal:
             out["s"] = out["s"].squeeze(1)
@@ -282,23 +310,32 @@ class HVAE(PyroModule):
 
     @torch.no_grad()
     def reconstruct(
-        self, x: torch.Tensor, valid: torch.Tensor | None = None, s: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        s: torch.Tensor | None = None,
+        doy: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decoder mean of x given one posterior sample ``(s, l, z) ~ q(.|x)``: the shape of ``x``."""
         from hvaeseg.traces import unwrap
 
         B, T, H, W = self._dims(x, s, valid, None)
         shape = (B, H, W) if T is None else (B, T, H, W)
-        guide_trace = poutine.trace(self.guide).get_trace(x, s, valid)
-        trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(None, None, valid, shape=shape)
+        guide_trace = poutine.trace(self.guide).get_trace(x, s, valid, doy=doy)
+        trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
+            None, None, valid, shape=shape, doy=doy
+        )
 
         return unwrap(trace.nodes["x"]["fn"]).mean
 
     @torch.no_grad()
-    def segment(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def segment(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, doy: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Class probabilities q(s|x): ``(B, K, H, W)``."""
-        self._dims(x, None, valid, None)
-        return torch.softmax(self.encoder.unet(x, valid), dim=1)
+        B, T, _, _ = self._dims(x, None, valid, None)
+        use = self._doy_input(doy, B, T) is not None
+        return torch.softmax(self.encoder.unet(x, valid, doy if use else None), dim=1)
 
     def inpaint(
         self, x: torch.Tensor, valid: torch.Tensor, num_samples: int = 8, **kwargs
@@ -310,7 +347,11 @@ class HVAE(PyroModule):
 
     @torch.no_grad()
     def layer_statistics(
-        self, x: torch.Tensor, valid: torch.Tensor | None = None, s: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        s: torch.Tensor | None = None,
+        doy: torch.Tensor | None = None,
     ) -> dict[str, dict[str, float]]:
         """Rate per latent site: KL(q || p) given the same parents, so a collapsed layer is visible.
 
@@ -321,8 +362,8 @@ class HVAE(PyroModule):
         """
         from hvaeseg.traces import unwrap
 
-        guide_trace = poutine.trace(self.guide).get_trace(x, s, valid)
-        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x, None, valid)
+        guide_trace = poutine.trace(self.guide).get_trace(x, s, valid, doy=doy)
+        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x, None, valid, doy=doy)
         B = x.shape[0]
         stats: dict[str, dict[str, float]] = {}
         for name in ("s", "l") + self.spec.order:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hvaeseg.hierarchy.spec import HierarchySpec
+from hvaeseg.hierarchy.spec import GLOBAL_PARENTS, HierarchySpec
 from hvaeseg.nets import ConditionalConvNet, SegmentationUNet, resize, zero_init
 
 __all__ = ["Decoder", "LadderEncoder", "parent_input", "resize_any"]
@@ -105,8 +105,8 @@ class Decoder(nn.Module):
             self.register_parameter("s_logits", None)
 
     def _add(self, name, parents, out_channels, width, depth):
-        spatial = [p for p in parents if p != "l"]  # maps (resized to the layer's resolution)
-        glob = [p for p in parents if p == "l"]  # vectors (added as a per-map bias)
+        spatial = [p for p in parents if p not in GLOBAL_PARENTS]  # maps (resized to the layer's resolution)
+        glob = [p for p in parents if p in GLOBAL_PARENTS]  # vectors: l, doy (added as a per-map bias)
         self.spatial_parents[name] = tuple(spatial)
         self.global_parents[name] = tuple(glob)
         self.nets[name] = ConditionalConvNet(
@@ -144,7 +144,8 @@ class LadderEncoder(nn.Module):
         self.spec = spec
         net = spec.network
         self.unet = SegmentationUNet(
-            spec.image.bands, spec.num_classes, net.encoder_widths, net.encoder_depths, temporal=spec.temporal
+            spec.image.bands, spec.num_classes, net.encoder_widths, net.encoder_depths, temporal=spec.temporal,
+            day_of_year=spec.day_of_year,
         )
         self.l_head = nn.Linear(net.encoder_widths[-1], spec.code_bits)
         level = {f: i for i, f in enumerate(net.factors)}

@@ -10,9 +10,13 @@ A hierarchy is ``z0 = (s, l)``, latent layers ``z1 .. z(m-1)`` and the image ``x
     temporal: false         # inputs are stacks (B, T, C, H, W)
     layers:
       - {name: z1, family: bernoulli, channels: 8, resolution: 4, parents: [s, l]}
-      - {name: z2, family: bernoulli, channels: 8, resolution: 2, parents: [s, l, z1]}
-    image: {bands: 10, parents: [s, l, z2]}
+      - {name: z2, family: bernoulli, channels: 8, resolution: 2, parents: [s, l, z1, doy]}
+    image: {bands: 10, parents: [s, l, z2, doy]}
     network: {encoder_widths: [32, 48, 64], encoder_depths: [1, 1, 1], decoder_width: 32, decoder_depth: 1}
+
+Besides ``s``, ``l`` and the latent layers, a parent may be the observed covariate ``doy``: the day of the
+year of the image's date (phenology), given to the model and guide as ``doy=`` (``(B,)``, temporal ``(B, T)``).
+A hierarchy that uses it conditions those layers on the date, and its guide's U-Net takes the date too.
 
 Every spec is checked on construction; each error names the layer and says how to fix it.
 """
@@ -32,6 +36,7 @@ import yaml
 __all__ = [
     "FAMILIES",
     "RESERVED_NAMES",
+    "COVARIATES",
     "S_PRIORS",
     "HierarchySpec",
     "ImageLayerSpec",
@@ -43,8 +48,12 @@ FAMILIES = ("bernoulli", "categorical", "gaussian")
 S_PRIORS = ("empirical", "categorical")
 IMAGE_SCALES = ("band", "pixel")
 #: site names of the built-in variables: the segmentation s, the global code l and the image x
-RESERVED_NAMES = ("s", "l", "x")
+RESERVED_NAMES = ("s", "l", "x", "doy")
 _TOP = ("s", "l")
+#: observed covariates a layer or the image may list among its parents (vectors per image and date)
+COVARIATES = ("doy",)
+#: parents that enter a decoder net as a vector (a per-map bias), not as a map
+GLOBAL_PARENTS = ("l",) + COVARIATES
 _OPTIONAL = ("categories", "patch_size")  # left out of to_dict() when None
 
 
@@ -115,7 +124,8 @@ class LatentLayerSpec:
         where = f"layer {self.name!r}"
         if self.name in RESERVED_NAMES:
             raise ValueError(
-                f"{where}: the name is reserved (s, l and x are the built-in sites): rename the layer, e.g. 'z1'"
+                f"{where}: the name is reserved (s, l, x are the built-in sites, doy the day of the year): rename "
+                "the layer, e.g. 'z1'"
             )
         if self.family not in FAMILIES:
             raise ValueError(f"{where}: unknown family {self.family!r}: choose one of {', '.join(FAMILIES)}")
@@ -285,8 +295,8 @@ class HierarchySpec:
             if layer.name in seen:
                 raise ValueError(f"duplicate layer name {layer.name!r}: give each latent layer its own name")
             seen.add(layer.name)
-        known = set(_TOP) | seen
-        names = ", ".join(["s", "l"] + [layer.name for layer in layers])
+        known = set(_TOP) | set(COVARIATES) | seen
+        names = ", ".join(["s", "l"] + [layer.name for layer in layers] + list(COVARIATES))
         for layer in layers:
             for p in layer.parents:
                 if p not in known:
@@ -368,12 +378,23 @@ class HierarchySpec:
         return ("s", "l") + self.order + ("x",)
 
     def input_channels(self, name: str) -> int:
-        """Channels that the parent ``name`` feeds to a decoder net (``s``: K one-hot, ``l``: D bits)."""
+        """Channels that the parent ``name`` feeds to a decoder net (``s``: K one-hot, ``l``: D bits,
+        ``doy``: its Fourier features)."""
         if name == "s":
             return self.num_classes
         if name == "l":
             return self.code_bits
+        if name == "doy":
+            from hvaeseg.nets.covariates import DOY_FEATURES
+
+            return DOY_FEATURES
         return self.layer(name).input_channels
+
+    @property
+    def day_of_year(self) -> bool:
+        """Whether a layer or the image is conditioned on the day of the year (``doy`` among its parents): then
+        the model and guide need ``doy=``."""
+        return "doy" in self.image.parents or any("doy" in layer.parents for layer in self.layers)
 
     def check_patch(self, height: int, width: int) -> None:
         """Raise ``ValueError`` when an image of ``height x width`` does not fit this hierarchy."""
@@ -399,21 +420,25 @@ class HierarchySpec:
         encoder_widths: tuple[int, ...] = (32, 48, 64),
         decoder_width: int = 32,
         patch_size: int | None = None,
+        day_of_year: bool = False,
+        init_scale: float = 0.25,
     ) -> HierarchySpec:
         """The default hierarchy: s, l -> z1 (Bernoulli, 1/4 resolution) -> z2 (Bernoulli, 1/2) -> x.
 
-        ``z1`` has parents ``(s, l)``, ``z2`` has ``(s, l, z1)`` and ``x`` has ``(s, l, z2)``; about 0.3 M
-        parameters for 10 bands and 6 classes (small enough to train on a CPU).
+        ``z1`` has parents ``(s, l)``, ``z2`` has ``(s, l, z1)`` and ``x`` has ``(s, l, z2)``, each plus
+        ``doy`` with ``day_of_year``; about 0.3 M parameters for 10 bands and 6 classes (small enough to
+        train on a CPU).
         """
         widths = tuple(encoder_widths)
+        doy = ("doy",) if day_of_year else ()
         return cls(
             num_classes=num_classes,
             code_bits=code_bits,
             layers=(
-                LatentLayerSpec("z1", "bernoulli", channels, 4, ("s", "l")),
-                LatentLayerSpec("z2", "bernoulli", channels, 2, ("s", "l", "z1")),
+                LatentLayerSpec("z1", "bernoulli", channels, 4, ("s", "l") + doy),
+                LatentLayerSpec("z2", "bernoulli", channels, 2, ("s", "l", "z1") + doy),
             ),
-            image=ImageLayerSpec(bands=bands, parents=("s", "l", "z2")),
+            image=ImageLayerSpec(bands=bands, parents=("s", "l", "z2") + doy, init_scale=init_scale),
             s_prior=s_prior,
             temporal=temporal,
             network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1),

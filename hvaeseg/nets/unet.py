@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hvaeseg.nets.blocks import ResBlock, resize
+from hvaeseg.nets.blocks import ResBlock, resize, zero_init
+from hvaeseg.nets.covariates import DOY_FEATURES, doy_features
 
 __all__ = ["SegmentationUNet", "UNetEncoder", "masked_input", "valid_weighted_pool"]
 
@@ -58,18 +59,27 @@ class UNetEncoder(nn.Module):
     def max_factor(self) -> int:
         return self.factors[-1]
 
-    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        """``x (N, in_channels, H, W)`` -> ``{2**i: (N, widths[i], H / 2**i, W / 2**i)}``."""
+    def forward(self, x: torch.Tensor, biases: list[torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+        """``x (N, in_channels, H, W)`` -> ``{2**i: (N, widths[i], H / 2**i, W / 2**i)}``.
+
+        :param biases: optional per-level ``(N, widths[i], 1, 1)`` added to each level's input (covariates).
+        """
         H, W = x.shape[-2:]
         if H % self.max_factor or W % self.max_factor:
             raise ValueError(
                 f"expected height and width divisible by {self.max_factor} (the U-Net's coarsest level), "
                 f"got {H}x{W}: crop or pad the patches, or use fewer widths"
             )
-        h = self.levels[0](self.stem(x))
+        h = self.stem(x)
+        if biases is not None:
+            h = h + biases[0]
+        h = self.levels[0](h)
         out = {1: h}
         for i in range(1, len(self.widths)):
-            h = self.levels[i](self.down[i - 1](F.avg_pool2d(h, 2)))
+            h = self.down[i - 1](F.avg_pool2d(h, 2))
+            if biases is not None:
+                h = h + biases[i]
+            h = self.levels[i](h)
             out[self.factors[i]] = h
         return out
 
@@ -108,9 +118,12 @@ class SegmentationUNet(nn.Module):
     :param depths: residual blocks per level (default one each).
     :param temporal: inputs are stacks ``(B, T, C, H, W)``; per-date bottom-up features are pooled over
         dates weighted by the valid fraction before the top-down path.
+    :param day_of_year: take each date's day of the year (:func:`~hvaeseg.nets.covariates.doy_features`) as
+        an input: a learned per-channel bias of every bottom-up level, starting at zero.
 
-    ``forward(x, valid=None) -> (B, K, H, W)`` logits, where ``valid`` is ``(B, H, W)`` bool
-    (temporal: ``(B, T, H, W)``) or ``None`` (all valid).
+    ``forward(x, valid=None, doy=None) -> (B, K, H, W)`` logits, where ``valid`` is ``(B, H, W)`` bool
+    (temporal: ``(B, T, H, W)``) or ``None`` (all valid) and ``doy`` is ``(B,)`` (temporal ``(B, T)``) days of
+    the year, required when ``day_of_year``.
     """
 
     def __init__(
@@ -120,6 +133,7 @@ class SegmentationUNet(nn.Module):
         widths: Sequence[int] = (32, 48, 64),
         depths: Sequence[int] | None = None,
         temporal: bool = False,
+        day_of_year: bool = False,
     ):
         super().__init__()
         if in_channels <= 0 or num_classes <= 0:
@@ -134,6 +148,10 @@ class SegmentationUNet(nn.Module):
         )
         self.up = nn.ModuleList(_blocks(widths[i], depths[i]) for i in range(len(widths) - 1))
         self.head = nn.Conv2d(widths[0], self.num_classes, 1)
+        self.day_of_year = bool(day_of_year)
+        self.doy = (
+            nn.ModuleList(zero_init(nn.Linear(DOY_FEATURES, w)) for w in widths) if self.day_of_year else None
+        )
 
     def _check(self, x: torch.Tensor) -> None:
         want = 5 if self.temporal else 4
@@ -141,14 +159,30 @@ class SegmentationUNet(nn.Module):
             shape = "(B, T, C, H, W)" if self.temporal else "(B, C, H, W)"
             raise ValueError(f"expected x of shape {shape} with C={self.in_channels}, got {tuple(x.shape)}")
 
-    def bottom_up(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    def _doy_biases(self, doy: torch.Tensor | None, x: torch.Tensor) -> list[torch.Tensor] | None:
+        if not self.day_of_year:
+            return None
+        lead = tuple(x.shape[:-3])
+        if doy is None or tuple(doy.shape) != lead:
+            got = None if doy is None else tuple(doy.shape)
+            raise ValueError(
+                f"this network takes the day of the year: expected doy of shape {lead} (one per image"
+                f"{' and date' if self.temporal else ''}), got {got}"
+            )
+        f = doy_features(doy.reshape(-1), x.dtype)
+        return [lin(f)[:, :, None, None] for lin in self.doy]
+
+    def bottom_up(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, doy: torch.Tensor | None = None
+    ) -> dict[int, torch.Tensor]:
         """Bottom-up features ``{factor: (B, C_f, H/f, W/f)}`` (temporal: ``(B, T, C_f, H/f, W/f)``, per date)."""
         self._check(x)
         inp = masked_input(x, valid)
+        biases = self._doy_biases(doy, x)
         if not self.temporal:
-            return self.encoder(inp)
+            return self.encoder(inp, biases)
         B, T = x.shape[:2]
-        feats = self.encoder(inp.flatten(0, 1))
+        feats = self.encoder(inp.flatten(0, 1), biases)
         return {f: v.unflatten(0, (B, T)) for f, v in feats.items()}
 
     def top_down(self, features: dict[int, torch.Tensor], valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -164,11 +198,13 @@ class SegmentationUNet(nn.Module):
         return self.head(h)
 
     def forward_features(
-        self, x: torch.Tensor, valid: torch.Tensor | None = None
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, doy: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """``(logits (B, K, H, W), bottom-up features)``: one pass for the ladder guide."""
-        feats = self.bottom_up(x, valid)
+        feats = self.bottom_up(x, valid, doy)
         return self.top_down(feats, valid), feats
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_features(x, valid)[0]
+    def forward(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, doy: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.forward_features(x, valid, doy)[0]

@@ -20,22 +20,43 @@ class Labelled(NamedTuple):
     x: Tensor
     s: Tensor
     valid: Tensor | None
+    doy: Tensor | None = None
+
+    @property
+    def kwargs(self) -> dict[str, Tensor]:
+        return covariates(self.doy)
 
 
 class Unlabelled(NamedTuple):
     x: Tensor
     valid: Tensor | None
+    doy: Tensor | None = None
+
+    @property
+    def kwargs(self) -> dict[str, Tensor]:
+        return covariates(self.doy)
+
+
+def covariates(doy: Tensor | None) -> dict[str, Tensor]:
+    """The covariate keywords of a model / guide call: ``{"doy": doy}``, or none when the day of the year is
+    unknown (so models without covariates are called exactly as before)."""
+    return {} if doy is None else {"doy": doy}
 
 
 def as_labelled(batch: Any) -> Labelled | None:
-    """``(x, s, valid)`` from a tuple or a ``PatchBatch``-like object (``.x``, ``.valid``, ``.labels``)."""
+    """``(x, s, valid[, doy])`` from a tuple or a ``PatchBatch``-like object (``.x``, ``.valid``, ``.labels``,
+    ``.doy``)."""
     if batch is None:
         return None
+    doy = None
     if hasattr(batch, "x") and hasattr(batch, "labels"):
-        x, s, valid = batch.x, batch.labels, getattr(batch, "valid", None)
+        x, s, valid, doy = batch.x, batch.labels, getattr(batch, "valid", None), getattr(batch, "doy", None)
     else:
         try:
-            x, s, valid = batch
+            x, s, valid, *rest = batch
+            if len(rest) > 1:
+                raise ValueError
+            doy = rest[0] if rest else None
         except (TypeError, ValueError):
             raise TypeError(
                 f"expected labelled=(x, s, valid) or a PatchBatch, got {type(batch).__name__}"
@@ -45,25 +66,29 @@ def as_labelled(batch: Any) -> Labelled | None:
     _check_valid(valid, x, "labelled")
     if not bool((s >= 0).any()):
         raise ValueError("expected a labelled batch with at least one labelled pixel, got only void (-1)")
-    return Labelled(x, s.long(), valid)
+    return Labelled(x, s.long(), valid, doy)
 
 
 def as_unlabelled(batch: Any) -> Unlabelled | None:
-    """``(x, valid)`` from a tuple or a ``PatchBatch``-like object (its labels are ignored)."""
+    """``(x, valid[, doy])`` from a tuple or a ``PatchBatch``-like object (its labels are ignored)."""
     if batch is None:
         return None
+    doy = None
     if hasattr(batch, "x"):
-        x, valid = batch.x, getattr(batch, "valid", None)
+        x, valid, doy = batch.x, getattr(batch, "valid", None), getattr(batch, "doy", None)
     else:
         try:
-            x, valid = batch
+            x, valid, *rest = batch
+            if len(rest) > 1:
+                raise ValueError
+            doy = rest[0] if rest else None
         except (TypeError, ValueError):
             raise TypeError(
                 f"expected unlabelled=(x, valid) or a PatchBatch, got {type(batch).__name__}"
             ) from None
     _check_x(x, "unlabelled")
     _check_valid(valid, x, "unlabelled")
-    return Unlabelled(x, valid)
+    return Unlabelled(x, valid, doy)
 
 
 def _check_x(x: Any, what: str) -> None:

@@ -7,6 +7,7 @@ both cases. The objective needs a closed-form prior density of ``s``: the empiri
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -18,6 +19,7 @@ from hvaeseg.objectives._common import (
     NO_CLOSED_FORM_S_PRIOR,
     as_labelled,
     as_unlabelled,
+    covariates,
     is_empirical,
     repeat,
     s_logits,
@@ -129,12 +131,12 @@ class SemiSupervisedELBO:
         out: dict[str, Tensor] = {}
         total = None
         if lab is not None:
-            elbo, surrogate, sup = self._elbo(model, guide, lab.x, lab.s, lab.valid)
+            elbo, surrogate, sup = self._elbo(model, guide, lab.x, lab.s, lab.valid, lab.doy)
             out["labelled_elbo"] = keep(surrogate.mean() if differentiable else elbo.mean())
             out["supervised_q"] = keep(sup.mean())
             total = surrogate.mean() + self.alpha * sup.mean()
         if unl is not None:
-            elbo, surrogate, _ = self._elbo(model, guide, unl.x, None, unl.valid)
+            elbo, surrogate, _ = self._elbo(model, guide, unl.x, None, unl.valid, unl.doy)
             out["unlabelled_elbo"] = keep(surrogate.mean() if differentiable else elbo.mean())
             total = surrogate.mean() if total is None else total + surrogate.mean()
         out["loss"] = -total
@@ -142,19 +144,17 @@ class SemiSupervisedELBO:
 
     # ------------------------------------------------------------------------------------------------
     def _elbo(
-        self, model: Any, guide: Any, x: Tensor, s: Tensor | None, valid: Tensor | None
+        self, model: Any, guide: Any, x: Tensor, s: Tensor | None, valid: Tensor | None, doy: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Per-row (image x particle) ELBO, its surrogate, and (labelled) log q(s_lab|x) per row."""
         p = self.num_particles
         xr, sr, vr = repeat(x, p), repeat(s, p), repeat(valid, p)
+        kw = covariates(repeat(doy, p))
         n = xr.shape[0]
-        if self.estimator == "straight_through":
-            with StraightThrough(self.temperature):
-                guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=vr)
-                model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=None, valid=vr)
-        else:
-            guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=vr)
-            model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=None, valid=vr)
+        relax = StraightThrough(self.temperature) if self.estimator == "straight_through" else contextlib.nullcontext()
+        with relax:
+            guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=vr, **kw)
+            model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=None, valid=vr, **kw)
         s_value(model_trace, "model")
         if is_empirical(model_trace.nodes["s"]["fn"]):
             raise ValueError("ELBO " + NO_CLOSED_FORM_S_PRIOR)

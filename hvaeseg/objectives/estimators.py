@@ -16,7 +16,15 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
-from hvaeseg.objectives._common import NO_CLOSED_FORM_S_PRIOR, check_labels, is_empirical, repeat, s_logits, s_value
+from hvaeseg.objectives._common import (
+    NO_CLOSED_FORM_S_PRIOR,
+    check_labels,
+    covariates,
+    is_empirical,
+    repeat,
+    s_logits,
+    s_value,
+)
 from hvaeseg.objectives.pool import fill_void_nearest
 from hvaeseg.traces import per_image_log_prob, replay, site_distribution, unwrap
 
@@ -32,6 +40,7 @@ def iwae_bound(
     *,
     num_samples: int = 16,
     chunk_size: int | None = None,
+    doy: Tensor | None = None,
 ) -> Tensor:
     r"""Importance-weighted lower bound on :math:`\log p(x)` per image (Burda et al., 2016):
 
@@ -48,6 +57,7 @@ def iwae_bound(
     :param num_samples: ``k`` >= 1.
     :param chunk_size: samples drawn per pass (default: all ``k`` at once, as ``k`` copies of the batch);
         lower it to bound memory.
+    :param doy: days of the year of the images (for models conditioned on them).
     :returns: ``(B,)`` float tensor (nats per image).
     :raises ValueError: when the model's ``s`` prior is the empirical prior (no density, so no bound).
     """
@@ -59,9 +69,9 @@ def iwae_bound(
     done = 0
     while done < num_samples:
         c = min(chunk, num_samples - done)
-        xr, vr = repeat(x, c), repeat(valid, c)
-        guide_trace = poutine.trace(guide).get_trace(xr, s=None, valid=vr)
-        model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=None, valid=vr)
+        xr, vr, kw = repeat(x, c), repeat(valid, c), covariates(repeat(doy, c))
+        guide_trace = poutine.trace(guide).get_trace(xr, s=None, valid=vr, **kw)
+        model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=None, valid=vr, **kw)
         s_value(model_trace, "model")
         if is_empirical(model_trace.nodes["s"]["fn"]):
             raise ValueError("the IWAE bound " + NO_CLOSED_FORM_S_PRIOR)
@@ -81,6 +91,7 @@ def consistency(
     num_samples: int = 1,
     *,
     valid: Tensor | None = None,
+    doy: Tensor | None = None,
 ) -> float:
     r"""Encoder-decoder consistency: the fraction of labelled pixels where
     :math:`\arg\max_k q(s = k | \tilde x)` equals :math:`s`, for :math:`\tilde x \sim p(x | s)`.
@@ -94,6 +105,8 @@ def consistency(
     :param num_samples: images generated per map (>= 1).
     :param valid: optional all-True mask fixing the generated images' shape, ``(B, H, W)`` or temporal
         ``(B, T, H, W)`` (passed to the model and the guide); None lets the model decide.
+    :param doy: days of the year the images are generated for (models conditioned on them), ``(B,)`` /
+        ``(B, T)``.
     :returns: agreement in [0, 1], averaged over labelled pixels and samples.
     """
     check_labels(s, None, "consistency")
@@ -105,18 +118,20 @@ def consistency(
     if total == 0:
         raise ValueError("expected label maps with at least one labelled pixel, got only void")
     s_gen = fill_void_nearest(s) if not bool(labelled.all()) else s
-    sr, vr = repeat(s_gen, num_samples), repeat(valid, num_samples)
-    model_trace = poutine.trace(model).get_trace(x=None, s=sr, valid=vr)
+    sr, vr, kw = repeat(s_gen, num_samples), repeat(valid, num_samples), covariates(repeat(doy, num_samples))
+    model_trace = poutine.trace(model).get_trace(x=None, s=sr, valid=vr, **kw)
     if "x" not in model_trace.nodes:
         raise ValueError("expected a sample site named 'x' in the model (docs/conventions.md), got none")
     x_gen = model_trace.nodes["x"]["value"]
-    logits = s_logits(site_distribution(guide, "s", x_gen, s=None, valid=vr), tuple(sr.shape))
+    logits = s_logits(site_distribution(guide, "s", x_gen, s=None, valid=vr, **kw), tuple(sr.shape))
     agree = (logits.argmax(-1) == sr) & repeat(labelled, num_samples)
     return float(agree.sum()) / (total * num_samples)
 
 
 @torch.no_grad()
-def reconstruction_error(model: Any, guide: Any, x: Tensor, valid: Tensor | None = None) -> dict[str, float]:
+def reconstruction_error(
+    model: Any, guide: Any, x: Tensor, valid: Tensor | None = None, doy: Tensor | None = None
+) -> dict[str, float]:
     """Mean absolute and root-mean-square error of the decoder mean on valid pixels.
 
     One posterior sample ``(s, l, z) ~ q(. | x)`` is drawn, the model is replayed on it with ``x`` observed,
@@ -125,8 +140,9 @@ def reconstruction_error(model: Any, guide: Any, x: Tensor, valid: Tensor | None
 
     :returns: ``{"mae": ..., "rmse": ...}`` in the units of ``x``.
     """
-    guide_trace = poutine.trace(guide).get_trace(x, s=None, valid=valid)
-    model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=x, s=None, valid=valid)
+    kw = covariates(doy)
+    guide_trace = poutine.trace(guide).get_trace(x, s=None, valid=valid, **kw)
+    model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=x, s=None, valid=valid, **kw)
     if "x" not in model_trace.nodes:
         raise ValueError("expected a sample site named 'x' in the model (docs/conventions.md), got none")
     base = unwrap(model_trace.nodes["x"]["fn"])

@@ -26,6 +26,7 @@ from hvaeseg.objectives._common import (
     as_unlabelled,
     all_valid_like,
     check_labels,
+    covariates,
     is_empirical,
     repeat,
     s_logits,
@@ -202,21 +203,24 @@ class SymmetricEquilibrium:
         w = self.weights
         out: dict[str, Tensor] = {}
         if lab is not None and w.labelled_p > 0:
-            out["labelled_p"] = self._wake(model, guide, lab.x, lab.s, lab.valid)
+            out["labelled_p"] = self._wake(model, guide, lab.x, lab.s, lab.valid, lab.doy)
         if unl is not None and w.unlabelled_p > 0:
-            out["unlabelled_p"] = self._wake(model, guide, unl.x, None, unl.valid)
+            out["unlabelled_p"] = self._wake(model, guide, unl.x, None, unl.valid, unl.doy)
         if lab is not None and w.supervised_q > 0:
-            fn = site_distribution(guide, "s", lab.x, s=lab.s, valid=lab.valid)
+            fn = site_distribution(guide, "s", lab.x, s=lab.s, valid=lab.valid, **lab.kwargs)
             out["supervised_q"] = labelled_log_prob(s_logits(fn, lab.s.shape), lab.s).mean()
         if w.sleep_q > 0:
+            # the real batch whose cloud masks and dates the generated images borrow
+            real = next((b for b in (unl, lab) if b is not None), None)
             template = next((b.valid for b in (unl, lab) if b is not None and b.valid is not None), None)
             masks = template if self.sleep_masks else None
             if template is None:
                 template = next((valid_from_x(b.x) for b in (lab, unl) if b is not None), None)
+            context = (masks, real.doy)
             if pool is not None:
-                out["sleep_q"] = self._sleep(model, guide, pool, template, None, masks)
+                out["sleep_q"] = self._sleep(model, guide, pool, template, None, context)
             elif lab is None:
-                out["sleep_q"] = self._sleep(model, guide, None, template, unl.x.shape[0], masks)
+                out["sleep_q"] = self._sleep(model, guide, None, template, unl.x.shape[0], context)
             else:
                 raise ValueError(
                     "expected a label pool batch (pool=LabelPool.sample(n)) with a labelled batch: the sleep "
@@ -233,12 +237,15 @@ class SymmetricEquilibrium:
         return out
 
     # ------------------------------------------------------------------------------------------ terms
-    def _wake(self, model: Any, guide: Any, x: Tensor, s: Tensor | None, valid: Tensor | None) -> Tensor:
+    def _wake(
+        self, model: Any, guide: Any, x: Tensor, s: Tensor | None, valid: Tensor | None, doy: Tensor | None = None
+    ) -> Tensor:
         """Mean per image of log p(x, s, l, z) at samples of the guide (s completed at void pixels)."""
         p = self.num_particles
         xr, sr, vr = repeat(x, p), repeat(s, p), repeat(valid, p)
+        kw = covariates(repeat(doy, p))
         with torch.no_grad():
-            guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=vr)
+            guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=vr, **kw)
         s_full = s_value(guide_trace, "guide")
         if s_full.is_floating_point():
             raise ValueError(f"expected the guide's 's' value as int64 class ids, got {s_full.dtype}")
@@ -250,7 +257,7 @@ class SymmetricEquilibrium:
                     "expected the guide given s to keep labelled pixels and sample void ones "
                     "(docs/conventions.md), got an 's' value that differs at labelled pixels"
                 )
-        model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=s_full, valid=vr)
+        model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=s_full, valid=vr, **kw)
         return model_trace.log_prob_sum() / xr.shape[0]
 
     def _sleep(
@@ -260,12 +267,20 @@ class SymmetricEquilibrium:
         pool: Tensor | None,
         template: Tensor | None,
         prior_batch: int | None,
-        masks: Tensor | None = None,
+        context: tuple[Tensor | None, Tensor | None] = (None, None),
     ) -> Tensor:
-        """Mean per map of log q(s''_lab, l, z | x~) with (l, z, x~) drawn from the model given s''; the
-        guide sees x~ under masks drawn from ``masks`` (real ``valid`` masks) when given."""
+        """Mean per map of log q(s''_lab, l, z | x~) with (l, z, x~) drawn from the model given s''.
+
+        ``context = (masks, doy)`` of a real batch: each generated image borrows the date (``doy``, when known)
+        and, when ``masks`` is given, the cloud mask under which the guide sees it, of a real image drawn
+        at random."""
         p = self.num_particles
+        masks, doy = context
         with torch.no_grad():
+            rows = (pool.shape[0] if pool is not None else prior_batch) * p
+            ref = masks if masks is not None else doy
+            pick = None if ref is None else torch.randint(ref.shape[0], (rows,), device=ref.device)
+            kw = covariates(None if doy is None else doy[pick])
             if pool is not None:
                 pool = pool.long()
                 mask = pool >= 0
@@ -278,11 +293,10 @@ class SymmetricEquilibrium:
                         f"expected pool maps of the batches' size {tuple(valid.shape[-2:])}, got "
                         f"{tuple(s_gen.shape[-2:])}"
                     )
-                model_trace = poutine.trace(model).get_trace(x=None, s=s_gen, valid=valid)
+                model_trace = poutine.trace(model).get_trace(x=None, s=s_gen, valid=valid, **kw)
             else:
-                rows = prior_batch * p
                 valid = all_valid_like(template, rows)
-                prior_s = site_distribution(model, "s", x=None, s=None, valid=valid)
+                prior_s = site_distribution(model, "s", x=None, s=None, valid=valid, **kw)
                 if is_empirical(prior_s):
                     raise ValueError(
                         "unsupervised symmetric learning (no labelled batch, no pool) samples s from the model's "
@@ -290,13 +304,13 @@ class SymmetricEquilibrium:
                         "s_prior='categorical' in the HierarchySpec"
                     )
                 has_void, mask = False, None
-                model_trace = poutine.trace(model).get_trace(x=None, s=None, valid=valid)
+                model_trace = poutine.trace(model).get_trace(x=None, s=None, valid=valid, **kw)
             if "x" not in model_trace.nodes:
                 raise ValueError("expected a sample site named 'x' in the model (docs/conventions.md), got none")
             x_gen = model_trace.nodes["x"]["value"]
             if masks is not None and valid is not None and masks.shape[1:] == valid.shape[1:]:
-                valid = masks[torch.randint(masks.shape[0], (valid.shape[0],), device=masks.device)]
-        guide_trace = poutine.trace(replay(guide, trace=model_trace)).get_trace(x_gen, s=None, valid=valid)
+                valid = masks[pick]
+        guide_trace = poutine.trace(replay(guide, trace=model_trace)).get_trace(x_gen, s=None, valid=valid, **kw)
         total = torch.zeros((), dtype=x_gen.dtype, device=x_gen.device)
         guide_trace.compute_log_prob(site_filter=lambda name, site: not (has_void and name == "s"))
         s_seen = False

@@ -17,7 +17,7 @@ class TinyNet(nn.Module):
         )
         self.head = nn.Conv2d(hidden, num_classes, 1)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, doy: torch.Tensor | None = None) -> torch.Tensor:
         v = valid.unsqueeze(-3).to(x.dtype)
         inp = torch.cat([x * v, v], dim=-3)
         if x.dim() == 4:
@@ -28,22 +28,15 @@ class TinyNet(nn.Module):
         return self.head(h)
 
 
-try:
-    from hvaeseg.data.loader import PatchBatch
-except ImportError:  # the loader is written separately; the methods only read .x, .valid and .labels
-    from typing import NamedTuple
-
-    class PatchBatch(NamedTuple):  # type: ignore[no-redef]
-        x: torch.Tensor
-        valid: torch.Tensor
-        labels: torch.Tensor
+from hvaeseg.data.loader import PatchBatch
 
 
 def random_batch(B=2, C=3, H=8, W=8, T=None, K=3, seed=0, void=True):
-    """A random PatchBatch (temporal when T is given)."""
+    """A random PatchBatch (temporal when T is given), with a random day of the year per image and date."""
     g = torch.Generator().manual_seed(seed)
     lead = (B,) if T is None else (B, T)
     x = torch.randn(*lead, C, H, W, generator=g)
     valid = torch.rand(*lead, H, W, generator=g) < 0.8
     labels = torch.randint(-1 if void else 0, K, (B, H, W), generator=g)
-    return PatchBatch(x, valid, labels)
+    doy = torch.randint(1, 366, lead, generator=g).float()
+    return PatchBatch(x, valid, labels, doy)

@@ -106,8 +106,8 @@ def build(method_cls, config, cutter):
 @pytest.mark.parametrize(
     "method_cls, config, steps",
     [
-        (SupervisedMethod, SupervisedConfig(widths=(16, 32), lr=3e-3), 50),
-        (MixMatchMethod, MixMatchConfig(widths=(16, 32), lr=3e-3, rampup_steps=30), 60),
+        (SupervisedMethod, SupervisedConfig(widths=(16, 32), lr=3e-3, day_of_year=False), 50),
+        (MixMatchMethod, MixMatchConfig(widths=(16, 32), lr=3e-3, rampup_steps=30, day_of_year=False), 60),
     ],
     ids=["supervised", "mixmatch"],
 )
@@ -121,7 +121,7 @@ def test_short_run_beats_chance(method_cls, config, steps):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method_cls, config",
-    [(SupervisedMethod, SupervisedConfig()), (MixMatchMethod, MixMatchConfig(rampup_steps=200))],
+    [(SupervisedMethod, SupervisedConfig(day_of_year=False)), (MixMatchMethod, MixMatchConfig(rampup_steps=200, day_of_year=False))],
     ids=["supervised", "mixmatch"],
 )
 def test_longer_run_on_stacks_with_the_default_network(method_cls, config):

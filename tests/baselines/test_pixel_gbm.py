@@ -38,9 +38,10 @@ def toy_batch(B=4, H=8, W=8, classes=(0, 1), seed=0, noise=0.01, T=None, invalid
     x = x.transpose(0, 1, 4, 2, 3)  # (B, T, C, H, W)
     valid = g.random((B, dates, H, W)) >= invalid
     x, valid = torch.tensor(x, dtype=torch.float32), torch.from_numpy(valid)
+    doy = torch.from_numpy(g.integers(1, 366, size=(B, dates))).float()
     if T is None:
-        x, valid = x[:, 0], valid[:, 0]
-    return PatchBatch(x, valid, torch.from_numpy(labels).long())
+        x, valid, doy = x[:, 0], valid[:, 0], doy[:, 0]
+    return PatchBatch(x, valid, torch.from_numpy(labels).long(), doy)
 
 
 def fitted(num_classes=2, batches=None, val=None, **options) -> PixelGBMMethod:
@@ -114,9 +115,9 @@ def test_predictions_reshape_back_to_their_pixels(T):
     """A pixel's probability row is the booster's prediction for that pixel's own feature row."""
     method = fitted(3, [toy_batch(classes=(0, 1, 2), seed=1, noise=0.1, T=T, invalid=0.2)], val=[])
     batch = toy_batch(B=2, H=5, W=7, classes=(0, 1, 2), seed=3, noise=0.1, T=T, invalid=0.2)
-    proba = method.predict_proba(batch.x, batch.valid)
+    proba = method.predict_proba(batch.x, batch.valid, batch.doy)
     assert proba.shape == (2, 3, 5, 7) and proba.dtype == torch.float32
-    feats = method.features(batch.x, batch.valid)
+    feats = method.features(batch.x, batch.valid, batch.doy)
     for b, y, x in [(0, 0, 0), (0, 4, 6), (1, 2, 3), (1, 0, 6), (1, 4, 0)]:
         row = method.booster.predict(feats[[b * 5 * 7 + y * 7 + x]])[0]
         np.testing.assert_allclose(proba[b, :, y, x].numpy(), row, rtol=1e-6)
@@ -131,7 +132,7 @@ def test_separable_toy_problem_is_learned_and_absent_classes_keep_their_channels
     method = fitted(4, [toy_batch(seed=s) for s in (1, 2)], [toy_batch(seed=3)])  # classes 2 and 3 never seen
     assert isinstance(method, FittedMethod) and method.stats["classes_present"] == [0, 1]
     test = toy_batch(B=4, seed=4)
-    proba = method.predict_proba(test.x, test.valid)
+    proba = method.predict_proba(test.x, test.valid, test.doy)
     assert proba.shape == (4, 4, 8, 8)
     torch.testing.assert_close(proba.sum(1), torch.ones(4, 8, 8))
     accuracy = (proba.argmax(1) == test.labels).float().mean().item()
@@ -154,7 +155,7 @@ def test_a_single_class_gives_a_constant_prediction():
     method = fitted(3, [toy_batch(classes=(1,), seed=1)])
     assert method.booster is None and method.constant_class == 1
     test = toy_batch(B=2, seed=2)
-    proba = method.predict_proba(test.x, test.valid)
+    proba = method.predict_proba(test.x, test.valid, test.doy)
     assert proba.shape == (2, 3, 8, 8) and bool((proba[:, 1] == 1).all()) and float(proba.sum()) == 2 * 8 * 8
 
 
@@ -168,7 +169,7 @@ def test_subsampled_pixels_and_missing_labels():
     with pytest.raises(ValueError, match="no labelled"):
         fitted(2, [nothing._replace(labels=torch.full_like(nothing.labels, -1))])
     with pytest.raises(RuntimeError, match="not fitted"):
-        PixelGBMMethod(2, BANDS).predict_proba(nothing.x, nothing.valid)
+        PixelGBMMethod(2, BANDS).predict_proba(nothing.x, nothing.valid, nothing.doy)
 
 
 def test_state_round_trip_through_torch_save(tmp_path):
@@ -178,7 +179,7 @@ def test_state_round_trip_through_torch_save(tmp_path):
     fresh = PixelGBMMethod(3, BANDS, PixelGBMConfig(**FAST))
     fresh.load_state_dict(state)
     test = toy_batch(classes=(0, 1, 2), seed=5, noise=0.1)
-    assert torch.equal(fresh.predict_proba(test.x, test.valid), method.predict_proba(test.x, test.valid))
+    assert torch.equal(fresh.predict_proba(test.x, test.valid, test.doy), method.predict_proba(test.x, test.valid, test.doy))
     assert fresh.stats == method.stats
     with pytest.raises(ValueError, match="bands"):
         PixelGBMMethod(3, BANDS[::-1]).load_state_dict(state)

@@ -74,10 +74,11 @@ def test_config_and_batch_errors():
 
 
 def test_build_uses_the_guide_unet():
-    nets = pytest.importorskip("hvaeseg.nets")
+    from hvaeseg import nets
+
     method = SupervisedMethod.build(3, 4, SupervisedConfig(widths=(8, 16)), temporal=True)
     assert isinstance(method.net, nets.SegmentationUNet)
     batch = random_batch(B=2, T=3, K=4)
     losses = method.losses(StepBatch(labelled=batch), 0)
     method.update(losses)
-    assert method.predict_proba(batch.x, batch.valid).shape == (2, 4, 8, 8)
+    assert method.predict_proba(batch.x, batch.valid, batch.doy).shape == (2, 4, 8, 8)
