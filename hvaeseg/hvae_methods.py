@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from hvaeseg.baselines.augment import Augmentation
 from hvaeseg.baselines.supervised import call_net, eval_mode
 from hvaeseg.hierarchy import HierarchySpec, HVAE
+from hvaeseg.hierarchy.spec import IMAGE_SCALES
 from hvaeseg.method import Method, StepBatch
 from hvaeseg.nets.ema import ema_copy, ema_decay_at, ema_update
 from hvaeseg.objectives import SemiSupervisedELBO, SymmetricEquilibrium, SymmetricWeights
@@ -64,6 +65,9 @@ class HVAEConfig:
         with the current weights).
     :param day_of_year: the default hierarchy conditions its layers and image on the day of the year
         (``doy`` parents: phenology), and its guide's U-Net takes the date too.
+    :param image_scale: the default hierarchy's image scale, ``"band"`` (one learned scale per band) or
+        ``"pixel"`` (predicted per pixel and band by the decoder: heteroscedastic, e.g. water tighter than
+        urban).
     """
 
     lr: float = 1e-3
@@ -84,6 +88,7 @@ class HVAEConfig:
     clip_norm: float | None = None
     ema_decay: float = 0.999
     day_of_year: bool = True
+    image_scale: str = "band"
 
     def __post_init__(self) -> None:
         for name in ("lr", "global_lr", "temperature", "init_scale"):
@@ -92,6 +97,8 @@ class HVAEConfig:
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
         if self.s_prior not in ("categorical", "empirical"):
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
+        if self.image_scale not in IMAGE_SCALES:
+            raise ValueError(f"image_scale: expected one of {IMAGE_SCALES}, got {self.image_scale!r}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {self.estimator!r}")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
@@ -166,7 +173,7 @@ class _HVAEMethod(Method):
             spec = HierarchySpec.default(
                 num_classes, in_channels, config.code_bits, channels=config.channels,
                 s_prior=config.s_prior, temporal=temporal, patch_size=patch_size,
-                day_of_year=config.day_of_year, init_scale=config.init_scale,
+                day_of_year=config.day_of_year, init_scale=config.init_scale, image_scale=config.image_scale,
             )
         return cls(HVAE(spec), config, seed=seed)
 

@@ -149,3 +149,33 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     # weights_only=True refuses arbitrary pickles: loading must still work
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert state["step"] == 5
+
+
+# ---------------------------------------------------------------------------- history: diagnostics, gradients
+@pytest.mark.parametrize("method", ["symmetric", "elbo", "supervised"])
+def test_history_records_diagnostics_and_gradient_norms(method, tmp_path):
+    from hvaeseg.experiment import RunConfig, train_run
+
+    options = {"channels": 2, "code_bits": 2} if method in ("symmetric", "elbo") else {}
+    config = RunConfig(method=method, data="synthetic:tiny", labels=2, steps=2, patch_size=32, block=64,
+                       unlabelled_patches=8, batch_size=2, val_every=1, checkpoint_every=0, options=options)
+    train_run(config, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [v["step"] for v in history["validation"]] == [1, 2]
+    assert [entry["step"] for entry in history["losses"]] == [0, 1]
+    if method == "supervised":
+        assert all("diagnostics" not in v for v in history["validation"])
+        assert all(not any(k.startswith("grad_norm") for k in entry) for entry in history["losses"])
+        return
+    for v in history["validation"]:
+        d = v["diagnostics"]
+        assert set(d) == {"sigma", "layers", "terms", "grad_norms", "train_accuracy"}
+        assert len(d["sigma"]) == 10 and all(s > 0 for s in d["sigma"])  # one per band of the tiny cube
+        assert {"s", "l", "z1", "z2"} <= set(d["layers"])
+        assert 0 <= d["train_accuracy"] <= 1
+        assert all(set(norms) == {"decoder", "encoder"} for norms in d["grad_norms"].values())
+    players = ("decoder", "encoder") if method == "symmetric" else ("all",)
+    for entry in history["losses"]:
+        for player in players:
+            assert entry[f"grad_norm_{player}"] > 0
+        assert not any(k.startswith("grad_norm") and k[len("grad_norm_"):] not in players for k in entry)

@@ -35,6 +35,7 @@ import yaml
 
 __all__ = [
     "FAMILIES",
+    "IMAGE_SCALES",
     "RESERVED_NAMES",
     "COVARIATES",
     "S_PRIORS",
@@ -422,6 +423,7 @@ class HierarchySpec:
         patch_size: int | None = None,
         day_of_year: bool = False,
         init_scale: float = 0.25,
+        image_scale: str = "band",
     ) -> HierarchySpec:
         """The default hierarchy: s, l -> z1 (Bernoulli, 1/4 resolution) -> z2 (Bernoulli, 1/2) -> x.
 
@@ -438,7 +440,7 @@ class HierarchySpec:
                 LatentLayerSpec("z1", "bernoulli", channels, 4, ("s", "l") + doy),
                 LatentLayerSpec("z2", "bernoulli", channels, 2, ("s", "l", "z1") + doy),
             ),
-            image=ImageLayerSpec(bands=bands, parents=("s", "l", "z2") + doy, init_scale=init_scale),
+            image=ImageLayerSpec(bands=bands, parents=("s", "l", "z2") + doy, scale=image_scale, init_scale=init_scale),
             s_prior=s_prior,
             temporal=temporal,
             network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1),

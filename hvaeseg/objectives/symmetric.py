@@ -202,12 +202,16 @@ class SymmetricEquilibrium:
             check_labels(pool, None, "pool")
         w = self.weights
         out: dict[str, Tensor] = {}
+        fn = None
         if lab is not None and w.labelled_p > 0:
-            out["labelled_p"] = self._wake(model, guide, lab.x, lab.s, lab.valid, lab.doy)
+            # one guide pass serves both labelled terms: its samples (no gradient) for L_p, its q(s|x) for L_q
+            out["labelled_p"], fn = self._wake(model, guide, lab.x, lab.s, lab.valid, lab.doy,
+                                               s_site=w.supervised_q > 0)
         if unl is not None and w.unlabelled_p > 0:
-            out["unlabelled_p"] = self._wake(model, guide, unl.x, None, unl.valid, unl.doy)
+            out["unlabelled_p"], _ = self._wake(model, guide, unl.x, None, unl.valid, unl.doy)
         if lab is not None and w.supervised_q > 0:
-            fn = site_distribution(guide, "s", lab.x, s=lab.s, valid=lab.valid, **lab.kwargs)
+            if fn is None:
+                fn = site_distribution(guide, "s", lab.x, s=lab.s, valid=lab.valid, **lab.kwargs)
             out["supervised_q"] = labelled_log_prob(s_logits(fn, lab.s.shape), lab.s).mean()
         if w.sleep_q > 0:
             # the real batch whose cloud masks and dates the generated images borrow
@@ -238,14 +242,29 @@ class SymmetricEquilibrium:
 
     # ------------------------------------------------------------------------------------------ terms
     def _wake(
-        self, model: Any, guide: Any, x: Tensor, s: Tensor | None, valid: Tensor | None, doy: Tensor | None = None
-    ) -> Tensor:
-        """Mean per image of log p(x, s, l, z) at samples of the guide (s completed at void pixels)."""
+        self,
+        model: Any,
+        guide: Any,
+        x: Tensor,
+        s: Tensor | None,
+        valid: Tensor | None,
+        doy: Tensor | None = None,
+        *,
+        s_site: bool = False,
+    ) -> tuple[Tensor, Any]:
+        """Mean per image of log p(x, s, l, z) at samples of the guide (s completed at void pixels), and, with
+        ``s_site``, the guide's ``"s"`` distribution of the first particle with its graph (for the
+        supervised term; the samples themselves carry no gradient either way), else None."""
         p = self.num_particles
         xr, sr, vr = repeat(x, p), repeat(s, p), repeat(valid, p)
         kw = covariates(repeat(doy, p))
-        with torch.no_grad():
+        s_fn = None
+        if s_site and p == 1:
             guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=vr, **kw)
+            s_fn = guide_trace.nodes["s"]["fn"] if "s" in guide_trace.nodes else None
+        else:
+            with torch.no_grad():
+                guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=vr, **kw)
         s_full = s_value(guide_trace, "guide")
         if s_full.is_floating_point():
             raise ValueError(f"expected the guide's 's' value as int64 class ids, got {s_full.dtype}")
@@ -258,7 +277,7 @@ class SymmetricEquilibrium:
                     "(docs/conventions.md), got an 's' value that differs at labelled pixels"
                 )
         model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=s_full, valid=vr, **kw)
-        return model_trace.log_prob_sum() / xr.shape[0]
+        return model_trace.log_prob_sum() / xr.shape[0], s_fn
 
     def _sleep(
         self,

@@ -280,3 +280,54 @@ def test_registry_and_configs():
     assert method_config("pixel-gbm", {"indices": False}) == PixelGBMConfig(indices=False)
     with pytest.raises(ValueError, match="needs labelled locations"):
         RunConfig(method="pixel-gbm", labels=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# day of year
+# --------------------------------------------------------------------------------------------------
+
+
+def date_batch(doys, H=2, W=2, seed=0, invalid=0.0) -> PatchBatch:
+    """Patches that all share one spectrum (plus noise) and whose class is the season only: 1 before day 180."""
+    g = np.random.default_rng(seed)
+    doys = np.asarray(doys, dtype=np.float64)
+    B = len(doys)
+    x = SPECTRA[0][None, :, None, None] + 0.01 * g.standard_normal((B, len(BANDS), H, W))
+    labels = np.broadcast_to((doys < 180).astype(np.int64)[:, None, None], (B, H, W)).copy()
+    valid = g.random((B, H, W)) >= invalid
+    return PatchBatch(torch.tensor(x, dtype=torch.float32), torch.from_numpy(valid), torch.from_numpy(labels),
+                      torch.tensor(doys, dtype=torch.float32))
+
+
+def test_day_of_year_feature_columns():
+    names = feature_names(BANDS, 2, day_of_year=True)
+    per_date = feature_names(BANDS) + [f"t0_doy{i}" for i in range(4)]
+    assert names == per_date + [n.replace("t0_", "t1_") for n in per_date]
+    batch = date_batch([40.0, 300.0], invalid=0.5)
+    feats = pixel_features(batch.x, batch.valid, BANDS, doy=batch.doy)
+    assert feats.shape == (2 * 2 * 2, len(per_date))
+    doy_cols = feats[:, -4:].reshape(2, 4, 4)  # (patch, pixel, feature)
+    from hvaeseg.nets.covariates import doy_features
+
+    want = doy_features(batch.doy.double()).numpy().astype(np.float32)
+    np.testing.assert_allclose(doy_cols, np.broadcast_to(want[:, None], (2, 4, 4)), rtol=1e-6)
+    invalid = ~batch.valid.numpy().reshape(-1)
+    assert invalid.any() and np.isnan(feats[invalid, :-4]).all()  # bands unknown under clouds, the date is not
+
+
+@pytest.mark.parametrize("day_of_year", [True, False])
+def test_a_class_that_depends_only_on_the_date(day_of_year):
+    train = [date_batch(np.arange(3, 366, 6), seed=1)]
+    val = [date_batch(np.arange(6, 366, 12), seed=2)]
+    method = fitted(2, train, val, day_of_year=day_of_year)
+    doy_names = [f"t0_doy{i}" for i in range(4)]
+    assert method.feature_names == feature_names(BANDS) + (doy_names if day_of_year else [])
+    test = date_batch(np.random.default_rng(3).integers(1, 366, 64), seed=4)
+    share = float(test.labels.float().mean())
+    assert 0.35 < share < 0.65  # both seasons in the test set
+    proba = method.predict_proba(test.x, test.valid, test.doy)  # ignored without the option
+    accuracy = float((proba.argmax(1) == test.labels).float().mean())
+    if day_of_year:
+        assert accuracy >= 0.95
+    else:
+        assert accuracy < 0.7  # the spectra carry no information: chance

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 
@@ -16,6 +17,7 @@ from hvaeseg.data.loader import (
     PatchBatch,
     PatchLoader,
     _normalise_torch,
+    day_of_year,
     normalise_dn,
     normaliser,
     read_patches_naive,
@@ -365,3 +367,82 @@ def test_stream_from_any_batch_matches_an_uninterrupted_stream(toy_cube):
             assert all(torch.equal(a, b) for a, b in zip(got, full[i]))
     with pytest.raises(ValueError, match="start"):
         loader.stream(-1)
+
+
+# ---------------------------------------------------------------------------------------------- day of year
+
+
+@pytest.mark.parametrize(("when", "expected"), [
+    ("2020-01-01", 1.0),
+    ("2020-01-01T12:00", 1.5),
+    ("2020-02-29", 60.0),
+    ("2020-12-31", 366.0),  # leap year
+    ("2021-12-31", 365.0),
+    ("2021-03-01T12:00", 60.5),
+    ("1999-12-31T18:00", 365.75),
+    ("2100-03-01", 60.0),  # 2100 is not a leap year
+])
+def test_day_of_year_on_hand_values(when, expected):
+    got = day_of_year(np.array([when], dtype="datetime64[ns]"))
+    assert got.dtype == np.float32 and got.shape == (1,)
+    assert got[0] == expected
+    assert day_of_year(np.datetime64(when, "s")) == expected  # any datetime64 unit, scalars too
+
+
+def test_day_of_year_rejects_other_types():
+    with pytest.raises(TypeError, match="datetime64"):
+        day_of_year(np.array([1.0, 2.0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(min_value=datetime.datetime(1970, 1, 1), max_value=datetime.datetime(2100, 12, 31, 23, 59, 59)))
+def test_day_of_year_is_days_since_new_year_plus_one(when):
+    """Float32 rounding: within about a second of a leap year's end the value rounds up to 367.0 (the float32
+    spacing at 366 is 3e-5 days, 2.6 s), hence the closed upper bound."""
+    expected = (when - datetime.datetime(when.year, 1, 1)).total_seconds() / 86400 + 1
+    got = day_of_year(np.array([np.datetime64(when, "us")]))[0]
+    assert 1.0 <= got <= 367.0
+    assert abs(float(got) - expected) <= float(np.spacing(np.float32(expected)))
+    if expected < 366.99:
+        assert got < 367.0
+
+
+def _expected_doy(times: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Day of the year of ``times[t]`` from the calendar (``date.timetuple().tm_yday``) plus the time of day."""
+    out = np.empty(t.shape, dtype=np.float64)
+    for i, ti in np.ndenumerate(t):
+        stamp = times[ti].astype("datetime64[us]").item()
+        seconds = stamp.hour * 3600 + stamp.minute * 60 + stamp.second + stamp.microsecond * 1e-6
+        out[i] = stamp.timetuple().tm_yday + seconds / 86400
+    return out
+
+
+@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_doy_is_the_day_of_year_of_each_patch_date(store, sizes, workers):
+    plan = _plan(store, sizes, n_patches=11, n_labelled=3)
+    got = _cat(list(PatchLoader(store, plan, batch_size=4, workers=workers))).doy
+    times = open_cube(store)["time"].values
+    # the toy dates: 1 March 2024 (a leap year: day 61), then every 16 days
+    np.testing.assert_array_equal(_expected_doy(times, np.arange(len(times))), 61 + 16 * np.arange(len(times)))
+    want = _expected_doy(times, plan.t)
+    if "time" in sizes:
+        assert got.shape == (len(plan), sizes["time"])
+    else:
+        assert got.shape == (len(plan),)
+        want = want[:, 0]
+    assert got.dtype == torch.float32
+    np.testing.assert_array_equal(got.numpy(), want.astype(np.float32))
+    assert len(np.unique(want)) > 1  # the plan spans several dates
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+def test_loader_doy_has_the_time_of_day_and_wraps_at_the_new_year(temporal):
+    cube = loader_cube(n_dates=5, size=32)
+    stamps = ["2023-12-20T10:30", "2023-12-31T10:30", "2024-01-01T10:30", "2024-02-29T10:30", "2024-12-31T10:30"]
+    cube = cube.assign_coords(time=np.array(stamps, dtype="datetime64[ns]"))
+    sizes = {"time": 2, "y": 16, "x": 16} if temporal else {"y": 16, "x": 16}
+    plan = _plan(cube, sizes, n_patches=12)
+    got = _cat(list(PatchLoader(cube, plan, batch_size=5, workers=0, normalise=False))).doy
+    want = np.array([354.4375, 365.4375, 1.4375, 60.4375, 366.4375])[plan.t]
+    np.testing.assert_array_equal(got.numpy(), (want if temporal else want[:, 0]).astype(np.float32))

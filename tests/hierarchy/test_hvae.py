@@ -342,3 +342,51 @@ def test_no_global_state_and_no_batch_norm():
     traces(hvae, x, s, valid)
     assert list(pyro.get_param_store().keys()) == list(before)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in hvae.modules())
+
+
+# ---------------------------------------------------------------------------------------------- day of year
+def _doy_spec(temporal=False):
+    return HierarchySpec.default(3, 2, 2, channels=2, s_prior="categorical", temporal=temporal,
+                                 encoder_widths=(4, 4, 4), decoder_width=4, day_of_year=True)
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+def test_a_doy_hierarchy_needs_the_dates(temporal):
+    spec = _doy_spec(temporal)
+    hvae = HVAE(spec)
+    x, s, valid = batch(spec, B=2, T=3)
+    lead = (2, 3) if temporal else (2,)
+    doy = torch.full(lead, 150.0)
+    guide_trace = poutine.trace(hvae.guide).get_trace(x, s, valid, doy=doy)
+    poutine.trace(poutine.replay(hvae.model, trace=guide_trace)).get_trace(x, None, valid, doy=doy)
+    for bad in (None, torch.full((2, 1) if temporal else (3,), 150.0)):
+        with pytest.raises(ValueError, match=r"day of the year \('doy' is a parent\): expected doy of shape"):
+            hvae.model(x, s, valid, doy=bad)
+        with pytest.raises(ValueError, match=r"day of the year \('doy' is a parent\)"):
+            hvae.guide(x, s, valid, doy=bad)
+
+
+def test_decoder_output_for_x_follows_the_date_through_its_doy_weights():
+    spec = _doy_spec()
+    hvae = HVAE(spec)
+    x, s, valid = batch(spec, B=2)
+    net = hvae.decoder.nets["x"]
+    doy_weight = net.globals[hvae.decoder.global_parents["x"].index("doy")].weight
+
+    with torch.no_grad():  # one draw of (s, l, z1, z2), replayed under each date
+        trace = poutine.trace(hvae.model).get_trace(None, s.clamp(min=0), valid, doy=torch.full((2,), 10.0))
+
+    def x_mean(day):
+        with torch.no_grad():
+            replayed = poutine.trace(replay(hvae.model, trace=trace)).get_trace(
+                None, s.clamp(min=0), valid, doy=torch.full((2,), day))
+        return unwrap(replayed.nodes["x"]["fn"]).mean
+
+    with torch.no_grad():
+        doy_weight.zero_()
+    torch.testing.assert_close(x_mean(30.0), x_mean(200.0), rtol=0, atol=0)  # only these weights carry the date
+    with torch.no_grad():
+        doy_weight.copy_(torch.linspace(-1, 1, doy_weight.numel()).reshape(doy_weight.shape))
+    a, b = x_mean(30.0), x_mean(200.0)
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(x_mean(30.0 + 365.25), a, rtol=1e-4, atol=1e-4)  # a function of the season

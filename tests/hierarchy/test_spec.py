@@ -244,3 +244,33 @@ def test_yaml_and_json_round_trip_exact(spec):
     assert from_yaml.to_yaml() == spec.to_yaml()
     assert json.loads(from_json.to_json()) == spec.to_dict()
     assert from_yaml.order == spec.order
+
+
+# ---------------------------------------------------------------------------------------------- day of year
+def test_doy_is_a_parent_of_layers_or_the_image():
+    plain = spec_with((LatentLayerSpec("z1", parents=("s", "l")),), image_parents=("s", "z1"))
+    assert plain.day_of_year is False
+    on_layer = spec_with((LatentLayerSpec("z1", parents=("s", "doy")),), image_parents=("s", "z1"))
+    on_image = spec_with((LatentLayerSpec("z1", parents=("s", "l")),), image_parents=("s", "z1", "doy"))
+    assert on_layer.day_of_year and on_image.day_of_year
+    assert "doy" not in on_layer.site_names and "doy" not in on_layer.order  # an observed input, not a site
+    assert on_layer.input_channels("doy") == 4
+    assert HierarchySpec.default(3, 4, day_of_year=True).day_of_year
+    assert not HierarchySpec.default(3, 4).day_of_year
+    with pytest.raises(ValueError, match="reserved"):
+        LatentLayerSpec("doy", parents=("s",))
+    with pytest.raises(ValueError, match=r"unknown parent 'month'.*doy"):
+        spec_with((LatentLayerSpec("z1", parents=("s", "month")),), image_parents=("s", "z1"))
+    with pytest.raises(ValueError, match="image: unknown parent 'date'"):
+        spec_with((LatentLayerSpec("z1", parents=("s",)),), image_parents=("z1", "date"))
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_doy_parents_survive_a_round_trip(fmt, tmp_path):
+    spec = spec_with((LatentLayerSpec("z1", parents=("s", "l", "doy")), LatentLayerSpec("z2", parents=("z1",))),
+                     image_parents=("s", "z2", "doy"))
+    path = tmp_path / f"spec.{fmt}"
+    spec.save(path)
+    back = HierarchySpec.load(path)
+    assert back == spec and back.day_of_year
+    assert back.layer("z1").parents == ("s", "l", "doy") and back.image.parents == ("s", "z2", "doy")

@@ -67,3 +67,35 @@ def test_temporal_unet_ignores_cloudy_dates():
     single.load_state_dict(net.state_dict())
     ones = torch.ones(2, 1, 8, 8, dtype=torch.bool)
     torch.testing.assert_close(net(x[:, :1], ones), single(x[:, 0], ones[:, 0]), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- day of year
+@pytest.mark.parametrize("temporal", [False, True])
+def test_day_of_year_unet_needs_doy_of_the_right_shape(temporal):
+    net = SegmentationUNet(3, 2, widths=(4, 4), temporal=temporal, day_of_year=True)
+    lead = (2, 3) if temporal else (2,)
+    x = torch.randn(*lead, 3, 8, 8)
+    assert net(x, None, torch.full(lead, 100.0)).shape == (2, 2, 8, 8)
+    for bad in (None, torch.ones(3), torch.ones(*lead, 1), torch.ones(2, 4) if temporal else torch.ones(2, 1)):
+        with pytest.raises(ValueError, match="day of the year: expected doy of shape"):
+            net(x, None, bad)
+    # a network without the option ignores a date
+    plain = SegmentationUNet(3, 2, widths=(4, 4), temporal=temporal)
+    torch.testing.assert_close(plain(x, None, torch.full(lead, 100.0)), plain(x))
+
+
+def test_day_of_year_unet_starts_independent_of_the_date_and_learns_to_use_it():
+    torch.manual_seed(0)
+    net = SegmentationUNet(3, 2, widths=(4, 4), day_of_year=True)
+    x = torch.randn(4, 3, 8, 8)
+    early, late = torch.full((4,), 30.0), torch.full((4,), 200.0)
+    # zero-initialised: at first the output is exactly that of the date-free network
+    assert torch.equal(net(x, None, early), net(x, None, late))
+    # one step on a loss whose target depends on the date
+    doy = torch.tensor([30.0, 30.0, 200.0, 200.0])
+    target = (doy > 100).long()[:, None, None].expand(4, 8, 8)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(net(x, None, doy), target).backward()
+    assert all(lin.weight.grad.abs().sum() > 0 for lin in net.doy)
+    opt.step()
+    assert not torch.allclose(net(x, None, early), net(x, None, late))

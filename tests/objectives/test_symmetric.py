@@ -304,3 +304,91 @@ def test_symmetric_learning_recovers_a_tiny_truth():
     assert kl_x < 0.003
     assert kl_s < 0.01
     assert kl_h < 0.003
+
+
+# ------------------------------------------------------------------------------- sleep: real masks and dates
+def _recording(m):
+    """The tiny model and guide behind wrappers that accept ``doy=`` and record what they are called with."""
+    calls = {"model": [], "guide": []}
+
+    def model(x=None, s=None, valid=None, **kw):
+        calls["model"].append({"valid": valid, **kw})
+        return m.model(x, s, valid)
+
+    def guide(x, s=None, valid=None, **kw):
+        calls["guide"].append({"valid": valid, **kw})
+        return m.guide(x, s, valid)
+
+    return model, guide, calls
+
+
+def _distinct_masks(n, H, W, seed):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        masks = torch.rand(n, H, W, generator=g) < 0.6
+        flat = {tuple(v.flatten().tolist()) for v in masks}
+        if len(flat) == n and not bool(masks.all(-1).all(-1).any()):
+            return masks
+
+
+SLEEP_ONLY = SymmetricWeights(labelled_p=0, unlabelled_p=0, supervised_q=0, sleep_q=1)
+
+
+@pytest.mark.parametrize("source", ["unlabelled", "labelled", "both", "no-pool"])
+@pytest.mark.parametrize("particles", [1, 2])
+def test_sleep_images_borrow_real_masks_and_dates(source, particles):
+    """With ``sleep_masks=True`` the guide sees each generated image under the mask of a real image (of the
+    unlabelled batch, else the labelled one) and the model and guide get that same real image's date; the model
+    itself generates complete images."""
+    m = TinyHVAE(K=2, H=2, W=3, D=1, C=2)
+    B, n_pool = 4, 16
+    g = torch.Generator().manual_seed(0)
+    xu = (torch.rand(B, 2, 2, 3, generator=g) < 0.5).float()
+    vu, vl = _distinct_masks(B, 2, 3, seed=1), _distinct_masks(B, 2, 3, seed=2)
+    du, dl = torch.tensor([10.0, 100.0, 200.0, 300.0]), torch.tensor([20.0, 120.0, 220.0, 320.0])
+    s = torch.randint(0, 2, (B, 2, 3), generator=g)
+    pool = torch.randint(-1, 2, (n_pool, 2, 3), generator=g)
+    pool[:, 0, 0] = 0  # at least one labelled pixel per map
+    kw = {"pool": pool}
+    if source in ("unlabelled", "both", "no-pool"):
+        kw["unlabelled"] = (xu, vu, du)
+    if source in ("labelled", "both"):
+        kw["labelled"] = (xu, s, vl, dl)
+    if source == "no-pool":
+        kw["pool"] = None
+    real_masks, real_doy = (vl, dl) if source == "labelled" else (vu, du)
+    rows = (n_pool if source != "no-pool" else B) * particles
+
+    model, guide, calls = _recording(m)
+    obj = SymmetricEquilibrium(SLEEP_ONLY, num_particles=particles, sleep_masks=True)
+    dec, enc = obj.loss(model, guide, **kw)
+    assert torch.isfinite(enc) and enc.requires_grad
+    assert len(calls["guide"]) == 1  # the sleep term's guide only
+    seen, gen = calls["guide"][0], calls["model"][-1]
+    assert seen["valid"].shape == (rows, 2, 3) and seen["valid"].dtype == torch.bool
+    assert bool(gen["valid"].all()) and gen["valid"].shape == (rows, 2, 3)  # generated images are complete
+    assert seen["doy"].shape == (rows,) and torch.equal(seen["doy"], gen["doy"])
+    for mask, day in zip(seen["valid"], seen["doy"]):
+        (j,) = (real_doy == day).nonzero().flatten().tolist()  # the date of one real image...
+        assert torch.equal(mask, real_masks[j])  # ...and the mask of that same image
+    # drawn at random, not all the same image
+    assert len(set(seen["doy"].tolist())) > 1
+
+
+def test_without_sleep_masks_the_guide_sees_every_generated_pixel_but_dates_are_still_borrowed():
+    m = TinyHVAE(K=2, H=2, W=3, D=1, C=2)
+    xu = torch.zeros(4, 2, 2, 3)
+    vu = _distinct_masks(4, 2, 3, seed=1)
+    du = torch.tensor([10.0, 100.0, 200.0, 300.0])
+    pool = torch.randint(0, 2, (16, 2, 3))
+    model, guide, calls = _recording(m)
+    SymmetricEquilibrium(SLEEP_ONLY, sleep_masks=False).loss(model, guide, unlabelled=(xu, vu, du), pool=pool)
+    (seen,) = calls["guide"]
+    assert seen["valid"].shape == (16, 2, 3) and bool(seen["valid"].all())
+    assert torch.equal(seen["doy"], calls["model"][-1]["doy"])
+    assert set(seen["doy"].tolist()) <= set(du.tolist()) and len(set(seen["doy"].tolist())) > 1
+    # a batch without dates: the model and guide are called without the keyword (models without covariates)
+    calls["model"].clear(), calls["guide"].clear()
+    SymmetricEquilibrium(SLEEP_ONLY, sleep_masks=True).loss(model, guide, unlabelled=(xu, vu), pool=pool)
+    assert all("doy" not in c for c in calls["model"] + calls["guide"])
+    assert all(any(torch.equal(v, r) for r in vu) for v in calls["guide"][0]["valid"])

@@ -1,0 +1,283 @@
+"""The HVAE training methods: HVAEConfig validation, the two players of symmetric learning (each steps its own
+parameters with the gradient of its own loss only), diagnostics, the EMA of the encoder's U-Net."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hvaeseg.hierarchy import HierarchySpec
+from hvaeseg.hvae_methods import ELBOMethod, HVAEConfig, SymmetricMethod
+from hvaeseg.method import StepBatch
+from hvaeseg.objectives import LabelPool, SymmetricWeights
+from tests.baselines.standin import random_batch
+
+C, K, P = 3, 3, 8  # bands, classes, patch side
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_spec(day_of_year: bool = True, s_prior: str = "categorical", init_scale: float = 0.25) -> HierarchySpec:
+    return HierarchySpec.default(K, C, 2, channels=2, s_prior=s_prior, encoder_widths=(4, 4, 4), decoder_width=4,
+                                 patch_size=P, day_of_year=day_of_year, init_scale=init_scale)
+
+
+def build(cls=SymmetricMethod, spec: HierarchySpec | None = None, **options):
+    options.setdefault("augment", False)
+    config = HVAEConfig(spec=(spec or tiny_spec()).to_dict(), **options)
+    return cls.build(C, K, False, config, patch_size=P)
+
+
+def step_batch(seed: int = 0) -> StepBatch:
+    lab = random_batch(B=2, C=C, H=P, W=P, K=K, seed=seed + 1)
+    unl = random_batch(B=2, C=C, H=P, W=P, K=K, seed=seed + 2)
+    unl = unl._replace(labels=torch.full_like(unl.labels, -1))
+    pool = LabelPool(lab.labels, seed=seed).sample(4)
+    return StepBatch(lab, unl, pool)
+
+
+def snapshot(params) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+# --------------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize(("field", "value"), [
+    ("lr", -1e-3), ("lr", 0), ("global_lr", -1.0), ("lr", True),
+    ("estimator", "nonsense"),
+    ("temperature", -3), ("temperature", 0),
+    ("init_scale", 0),
+    ("ema_decay", 1), ("ema_decay", -0.1),
+    ("num_particles", 0), ("num_particles", 1.5), ("num_particles", True),
+    ("clip_norm", 0), ("clip_norm", -5.0),
+    ("weight_decay", -1),
+    ("augment", "yes"), ("sleep_masks", 1), ("day_of_year", None),
+    ("s_prior", "uniform"),
+    ("alpha", -1.0), ("alpha", float("nan")),
+])
+def test_config_bad_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"^{field}: expected") as err:
+        HVAEConfig(**{field: value})
+    assert repr(value) in str(err.value)
+
+
+def test_config_boundaries_are_accepted():
+    config = HVAEConfig(ema_decay=0, clip_norm=None, weight_decay=0, num_particles=1, alpha=0,
+                        weights={"sleep_q": 0, "labelled_p": 2})
+    assert config.weights == SymmetricWeights(sleep_q=0.0, labelled_p=2.0)
+    assert HVAEConfig(estimator="score_function", clip_norm=1e-3).clip_norm == 1e-3
+
+
+def test_config_spec_must_match_the_data():
+    config = HVAEConfig(spec=tiny_spec().to_dict())
+    with pytest.raises(ValueError, match="the data has 4 classes"):
+        SymmetricMethod.build(C, 4, False, config, patch_size=P)
+
+
+# ------------------------------------------------------------------------------------------ the two players
+def test_parameter_groups_partition_the_hvae_and_each_optimizer_holds_its_group():
+    method = build(global_lr=0.05, lr=1e-3, weight_decay=0.03)
+    hvae = method.hvae
+    dec, enc = method.decoder_params, method.encoder_params
+    ids_dec, ids_enc = {id(p) for p in dec}, {id(p) for p in enc}
+    assert len(ids_dec) == len(dec) and len(ids_enc) == len(enc)
+    assert not ids_dec & ids_enc
+    assert ids_dec | ids_enc == {id(p) for p in hvae.parameters()}
+    # the split follows the networks: the guide's U-Net and heads are the encoder, the decoder nets theta
+    assert {id(p) for p in hvae.encoder.parameters()} == ids_enc
+    assert {id(p) for p in hvae.decoder.parameters()} == ids_dec
+    for name, ids in (("decoder", ids_dec), ("encoder", ids_enc)):
+        groups = method.optimizers()[name].param_groups
+        held = [id(p) for g in groups for p in g["params"]]
+        assert len(held) == len(set(held)) and set(held) == ids, name
+        decay, plain, glob = groups
+        assert decay["weight_decay"] == 0.03 and all(p.dim() > 1 for p in decay["params"])
+        assert plain["weight_decay"] == 0 and all(p.dim() <= 1 for p in plain["params"])
+        assert glob["lr"] == 0.05 and decay["lr"] == plain["lr"] == 1e-3
+    # the global parameters (image scale, class logits of the s prior) are the decoder's, at global_lr
+    dec_glob = {id(p) for p in method.optimizers()["decoder"].param_groups[2]["params"]}
+    assert dec_glob == {id(hvae.decoder.x_scale), id(hvae.decoder.s_logits)}
+    assert method.optimizers()["encoder"].param_groups[2]["params"] == []
+
+
+@pytest.mark.parametrize("frozen", ["decoder", "encoder"])
+def test_each_player_step_leaves_the_other_players_parameters_unchanged(frozen, monkeypatch):
+    """With one optimizer's step disabled, ``update`` must leave that player's parameters bit for bit as they
+    were (nothing else, e.g. the other optimizer or a shared backward, may move them), while the other player
+    moves."""
+    method = build(weight_decay=0.1)
+    moving = "encoder" if frozen == "decoder" else "decoder"
+    params = {"decoder": method.decoder_params, "encoder": method.encoder_params}
+    losses = method.losses(step_batch(), 0)
+    before = {k: snapshot(v) for k, v in params.items()}
+    monkeypatch.setattr(method.optimizers()[frozen], "step", lambda *a, **k: None)
+    method.update(losses)
+    for p, b in zip(params[frozen], before[frozen]):
+        assert torch.equal(p.detach(), b)
+    changed = [not torch.equal(p.detach(), b) for p, b in zip(params[moving], before[moving])]
+    assert sum(changed) > len(changed) // 2, f"the {moving} barely moved: {sum(changed)} of {len(changed)}"
+
+
+def test_each_player_receives_the_gradient_of_its_own_loss_alone(monkeypatch):
+    method = build()
+    losses = method.losses(step_batch(), 0)
+    params = {"decoder": method.decoder_params, "encoder": method.encoder_params}
+    loss = {"decoder": losses["decoder"], "encoder": losses["encoder"]}
+
+    def grads(value, ps):
+        g = torch.autograd.grad(value, ps, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if x is None else x for p, x in zip(ps, g)]
+
+    expected = {k: grads(loss[k], params[k]) for k in params}
+    # the test has power: the encoder loss reaches decoder parameters (the ladder guide reuses the decoder's
+    # prior nets), so summing the losses, or stepping everything with both, would show
+    leak = grads(loss["encoder"], params["decoder"])
+    assert any(bool(g.abs().sum() > 0) for g in leak)
+
+    seen: dict[str, list[torch.Tensor]] = {}
+    for name, opt in method.optimizers().items():
+        def record(*a, _name=name, **k):
+            seen[_name] = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params[_name]]
+        monkeypatch.setattr(opt, "step", record)
+    method.update(losses)
+    for name in params:
+        for got, want in zip(seen[name], expected[name]):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+        assert all(p.grad is None for p in params[name])  # zeroed after the step
+    stats = method.step_statistics()
+    assert set(stats) == {"grad_norm_decoder", "grad_norm_encoder"}
+    for name in params:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in expected[name]]))
+        assert stats[f"grad_norm_{name}"] == pytest.approx(float(norm), rel=1e-5)
+
+
+def test_clipping_is_per_player_and_the_logged_norm_is_the_unclipped_one(monkeypatch):
+    method = build(clip_norm=1.0)
+    losses = method.losses(step_batch(), 0)
+    params = {"decoder": method.decoder_params, "encoder": method.encoder_params}
+    norms = {}
+    for name, opt in method.optimizers().items():
+        def record(*a, _name=name, **k):
+            norms[_name] = float(torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() for p in params[_name] if p.grad is not None])))
+        monkeypatch.setattr(opt, "step", record)
+    method.update(losses)
+    stats = method.step_statistics()
+    for name in params:
+        assert stats[f"grad_norm_{name}"] > 1.0  # the losses are sums over pixels: far above the threshold
+        assert norms[name] == pytest.approx(1.0, rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ diagnostics
+def test_diagnostics_report_and_leave_no_trace():
+    method = build(ema_decay=0.9, init_scale=0.4, spec=tiny_spec(init_scale=0.4))
+    batch = step_batch()
+    params = list(method.hvae.parameters())
+    before = snapshot(params)
+    generator = method.generator.get_state()
+    out = method.diagnostics(batch)
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+    assert all(p.grad is None for p in params)
+    assert torch.equal(method.generator.get_state(), generator)
+
+    assert len(out["sigma"]) == C and all(s == pytest.approx(0.4, rel=1e-5) for s in out["sigma"])  # initial scale
+    assert set(out["layers"]) == {"s", "l", "z1", "z2"}
+    for name, layer in out["layers"].items():
+        assert layer["kl"] >= 0 and layer["kl_per_dim"] >= 0 and 0 <= layer["active"] <= 1, name
+    assert set(out["terms"]) == {"labelled_p", "unlabelled_p", "supervised_q", "sleep_q"}
+    assert all(v < 0 for v in out["terms"].values())  # log-probabilities of continuous x / discrete s
+    norms = out["grad_norms"]
+    assert set(norms) == set(out["terms"])
+    assert norms["supervised_q"]["decoder"] == 0.0 and norms["supervised_q"]["encoder"] > 0
+    for term in ("labelled_p", "unlabelled_p"):  # the decoder's terms: samples drawn without gradient
+        assert norms[term]["encoder"] == 0.0 and norms[term]["decoder"] > 0
+    assert norms["sleep_q"]["encoder"] > 0
+
+    # the deterministic parts against a hand computation from the guide's U-Net
+    lab = batch.labelled
+    with torch.no_grad():
+        logits = method.hvae.encoder.unet(lab.x, lab.valid, lab.doy)
+    log_q = F.log_softmax(logits, 1).gather(1, lab.labels.clamp(min=0)[:, None])[:, 0]
+    mask = lab.labels >= 0
+    expected_sup = float(torch.where(mask, log_q, torch.zeros(())).flatten(1).sum(1).mean())
+    assert out["terms"]["supervised_q"] == pytest.approx(expected_sup, rel=1e-5)
+    accuracy = float((logits.argmax(1)[mask] == lab.labels[mask]).float().mean())
+    assert out["train_accuracy"] == pytest.approx(accuracy) and 0 <= out["train_accuracy"] <= 1
+
+
+def test_diagnostics_of_the_elbo_method():
+    method = build(ELBOMethod)
+    out = method.diagnostics(step_batch())
+    assert set(out["terms"]) == {"labelled_elbo", "supervised_q", "unlabelled_elbo"}
+    assert out["grad_norms"]["supervised_q"]["decoder"] == 0.0
+    assert out["grad_norms"]["supervised_q"]["encoder"] > 0
+    assert set(out["layers"]) == {"s", "l", "z1", "z2"}
+
+
+# ------------------------------------------------------------------------------------------------------- EMA
+def _perturb(net: torch.nn.Module, seed: int = 3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize(("decay", "step", "effective"), [
+    (0.9, 10**6, 0.9),  # late in a run: the configured decay
+    (0.999, 0, 0.1),  # first step: min(decay, 1/10), so the average is not stuck at the initial weights
+    (0.5, 2, 0.25),  # min(0.5, 3/12)
+])
+def test_ema_moves_towards_the_current_weights(decay, step, effective):
+    method = build(ema_decay=decay)
+    net, ema = method.hvae.encoder.unet, method.ema
+    assert ema is not None and ema is not net
+    _perturb(net)
+    old = snapshot(ema.parameters())
+    current = snapshot(net.parameters())
+    assert any(not torch.equal(o, c) for o, c in zip(old, current))
+    method.after_update(step)
+    for e, o, c in zip(ema.parameters(), old, current):
+        torch.testing.assert_close(e.detach(), o + (1 - effective) * (c - o), rtol=1e-5, atol=1e-6)
+    assert all(not p.requires_grad for p in ema.parameters())
+
+
+def test_ema_with_decay_near_zero_follows_the_net_and_predict_proba_uses_it():
+    method = build(ema_decay=1e-9)
+    net = method.hvae.encoder.unet
+    b = random_batch(B=2, C=C, H=P, W=P, K=K, seed=5)
+    _perturb(net)
+    # before the update the prediction is the EMA's (the initial weights), not the perturbed net's
+    with torch.no_grad():
+        stale = torch.softmax(method.ema(b.x, b.valid, b.doy), 1)
+    torch.testing.assert_close(method.predict_proba(b.x, b.valid, b.doy), stale)
+    assert not torch.allclose(method.predict_proba(b.x, b.valid, b.doy), method.hvae.segment(b.x, b.valid, b.doy))
+    method.after_update(10**6)
+    for e, p in zip(method.ema.parameters(), net.parameters()):
+        torch.testing.assert_close(e, p.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(method.predict_proba(b.x, b.valid, b.doy), method.hvae.segment(b.x, b.valid, b.doy),
+                               rtol=1e-5, atol=1e-6)
+    assert set(method.modules()) == {"hvae", "ema"}
+
+
+def test_without_ema_the_prediction_is_the_current_encoder():
+    method = build(ema_decay=0)
+    assert method.ema is None and set(method.modules()) == {"hvae"}
+    b = random_batch(B=2, C=C, H=P, W=P, K=K, seed=5)
+    _perturb(method.hvae.encoder.unet)
+    method.after_update(3)
+    torch.testing.assert_close(method.predict_proba(b.x, b.valid, b.doy), method.hvae.segment(b.x, b.valid, b.doy))
+
+
+def test_a_hierarchy_without_dates_ignores_doy_in_prediction():
+    method = build(spec=tiny_spec(day_of_year=False), ema_decay=0.5)
+    b = random_batch(B=2, C=C, H=P, W=P, K=K, seed=6)
+    torch.testing.assert_close(method.predict_proba(b.x, b.valid, b.doy), method.predict_proba(b.x, b.valid))
+    # and one with dates needs them
+    with pytest.raises(ValueError, match="day of the year"):
+        build(ema_decay=0).predict_proba(b.x, b.valid)
