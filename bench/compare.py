@@ -13,7 +13,13 @@ give a mean and a spread.
 ``--cube-cache``, see ``bench/scenes.py``) or a cube store path; ``--preset P`` is short for
 ``--cubes synthetic:P``. ``--labels 0`` means *all* labelled training locations (counted per cube). Every
 row carries its ``cube`` and the summary is grouped by (cube, method, labels). The run folders are kept under
-``--out``/CUBE/.
+``--out``/CUBE/METHOD-NN-seedS/.
+
+``--steps N`` trains every run for N steps instead (equal steps: no time budget, unless ``--budget`` is given
+too, which then caps each run's training time); ``--options METHOD=JSON`` (repeatable) passes method
+hyper-parameters (``hvaeseg train --options``). A finished run also writes its row, with the per-class IoU,
+the fit time of a fitted method (``pixel-gbm``) and the run's config, to ``compare_row.json`` in its folder
+(written last: a folder without it holds an unfinished run; ``bench/budget.py`` skips runs that have it).
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ from scenes import cube as resolve_cube  # noqa: E402
 from scenes import label as cube_label  # noqa: E402
 
 KEYS = ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency", "steps_per_second", "labelled_pixels")
+#: the file a finished run's row is written to, in its run folder
+ROW_FILE = "compare_row.json"
+#: the wall-clock budget per run when neither --budget nor --steps is given
+DEFAULT_BUDGET_S = 240.0
+#: steps of a run trained for a wall-clock budget (the budget ends it first)
+UNBOUNDED_STEPS = 10**7
 
 
 def all_locations(config: RunConfig) -> int:
@@ -56,13 +68,63 @@ def _slug(cube: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
-def run_one(args: argparse.Namespace, cube: str, data: str, method: str, labels: int, seed: int) -> dict:
-    out = Path(args.out) / _slug(cube) / f"{method}-N{labels}-seed{seed}"
-    config = RunConfig(
-        method=method, data=data, labels=labels, steps=10**7, seed=seed, data_seed=0,
+def parse_options(items: list[str] | None, methods: list[str] | None = None) -> dict[str, dict]:
+    """``["METHOD=JSON", ...]`` -> ``{method: options}``, each checked against the method's config dataclass.
+
+    :param methods: the methods of the study; options for another method are an error (a typo, most likely).
+    :raises ValueError: on a malformed item, an unknown method or option, or a method given twice.
+    """
+    from hvaeseg.methods import METHODS, method_config
+
+    out: dict[str, dict] = {}
+    for item in items or []:
+        method, sep, text = item.partition("=")
+        method = method.strip()
+        if not sep or not method:
+            raise ValueError(f"--options: expected METHOD=JSON, e.g. 'supervised={{\"lr\": 0.001}}', got {item!r}")
+        if method not in METHODS:
+            raise ValueError(f"--options {item!r}: unknown method {method!r}; expected one of {sorted(METHODS)}")
+        if methods is not None and method not in methods:
+            raise ValueError(f"--options {item!r}: {method!r} is not among the methods run ({' '.join(methods)})")
+        if method in out:
+            raise ValueError(f"--options: {method!r} given twice; put all its options in one JSON object")
+        try:
+            options = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--options {item!r}: not JSON ({err})") from None
+        if not isinstance(options, dict):
+            raise ValueError(f"--options {item!r}: expected a JSON object, got {type(options).__name__}")
+        method_config(method, options)  # unknown or invalid options fail here, before any run starts
+        out[method] = options
+    return out
+
+
+def run_dir(out: str | os.PathLike, cube: str, method: str, labels: int, seed: int) -> Path:
+    """The run folder of (cube, method, N, seed) under ``out``."""
+    return Path(out) / _slug(cube) / f"{method}-N{labels}-seed{seed}"
+
+
+def run_config(args: argparse.Namespace, data: str, method: str, labels: int, seed: int) -> RunConfig:
+    """The :class:`RunConfig` of one run, from the parsed arguments (``budget``, ``steps``, ``batch_size``,
+    ``patch_size``, ``block``, ``val_every``, ``unlabelled_patches``, ``method_options``)."""
+    return RunConfig(
+        method=method, data=data, labels=labels, steps=args.steps or UNBOUNDED_STEPS, seed=seed, data_seed=0,
         batch_size=args.batch_size, patch_size=args.patch_size, block=args.block, val_every=args.val_every,
         checkpoint_every=args.val_every, time_budget_s=args.budget, unlabelled_patches=args.unlabelled_patches,
+        options=dict(getattr(args, "method_options", {}).get(method, {})),
     )
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def run_one(args: argparse.Namespace, cube: str, data: str, method: str, labels: int, seed: int) -> dict:
+    out = run_dir(args.out, cube, method, labels, seed)
+    config = run_config(args, data, method, labels, seed)
+    (out / ROW_FILE).unlink(missing_ok=True)  # the run is done again: its old row no longer stands
     t0 = time.perf_counter()
     trainer = train_run(config, out, resume=False)
     train_s = trainer.history.train_seconds
@@ -80,6 +142,12 @@ def run_one(args: argparse.Namespace, cube: str, data: str, method: str, labels:
                                       "recon_mae", "recon_rmse")},
     }
     print(json.dumps(row), file=sys.stderr)
+    fitted = getattr(trainer, "fitted", False)
+    _write_json(out / ROW_FILE, {
+        **row, "iou": result.get("iou"), "patches": result.get("patches"), "pixels": result.get("pixels"),
+        "fit_seconds": float(trainer.stats["fit_seconds"]) if fitted and "fit_seconds" in trainer.stats else None,
+        "budget_s": args.budget, "steps_target": args.steps, "config": json.loads(config.to_json()),
+    })
     return row
 
 
@@ -104,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["symmetric", "elbo", "supervised", "mixmatch"])
     p.add_argument("--labels", nargs="+", type=int, default=[10], help="N per run; 0 = all locations")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--budget", type=float, default=240.0, help="training seconds per run")
+    p.add_argument("--budget", type=float, default=None,
+                   help=f"training seconds per run (default {DEFAULT_BUDGET_S:g}; with --steps: a cap, default none)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train every run for this many steps (equal steps) instead of a wall-clock budget")
+    p.add_argument("--options", action="append", default=[], metavar="METHOD=JSON",
+                   help="hyper-parameters of METHOD as a JSON object (repeatable, one per method)")
     p.add_argument("--cubes", nargs="+", default=None, metavar="CUBE",
                    help="synthetic:PRESET, a scene of bench/data (e.g. s2-cloud-shadow-512) or a store path "
                    "(default synthetic:small)")
@@ -119,6 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default="runs/compare")
     args = p.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps: expected a positive number of steps, got {args.steps}")
+    if args.budget is not None and not args.budget > 0:
+        p.error(f"--budget: expected a positive number of seconds, got {args.budget}")
+    if args.budget is None and args.steps is None:
+        args.budget = DEFAULT_BUDGET_S
+    try:
+        args.method_options = parse_options(args.options, args.methods)
+    except ValueError as err:
+        p.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.preset is not None and args.cubes is not None:
@@ -142,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "cubes": [{"cube": c, "label": cube_label(c), "data": data[c], "all_locations": n_all[c]} for c in cubes],
         "patch_size": args.patch_size, "block": args.block, "budget_s": args.budget, "threads": torch.get_num_threads(),
+        **({"steps": args.steps} if args.steps is not None else {}),
+        **({"options": args.method_options} if args.method_options else {}),
         **({"preset": args.preset} if args.preset is not None else {}),
         "runs": rows, "summary": summarise(rows),
     }

@@ -19,7 +19,7 @@ s prior), and, for symmetric learning, real cloud masks on the generated images 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -65,6 +65,10 @@ class HVAEConfig:
         with the current weights).
     :param day_of_year: the default hierarchy conditions its layers and image on the day of the year
         (``doy`` parents: phenology), and its guide's U-Net takes the date too.
+    :param sleep_warmup: symmetric learning: the sleep term's weight rises linearly from 0 to
+        ``weights.sleep_q`` over this many steps (0: full weight from the start), so that the encoder does not
+        learn from generated images before the decoder has learned anything; the term is not computed while
+        its weight is 0.
     :param image_scale: the default hierarchy's image scale, ``"band"`` (one learned scale per band) or
         ``"pixel"`` (predicted per pixel and band by the decoder: heteroscedastic, e.g. water tighter than
         urban).
@@ -89,6 +93,7 @@ class HVAEConfig:
     ema_decay: float = 0.999
     day_of_year: bool = True
     image_scale: str = "band"
+    sleep_warmup: int = 0
 
     def __post_init__(self) -> None:
         for name in ("lr", "global_lr", "temperature", "init_scale"):
@@ -97,6 +102,8 @@ class HVAEConfig:
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
         if self.s_prior not in ("categorical", "empirical"):
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
+        if isinstance(self.sleep_warmup, bool) or not isinstance(self.sleep_warmup, int) or self.sleep_warmup < 0:
+            raise ValueError(f"sleep_warmup: expected an int >= 0 (steps), got {self.sleep_warmup!r}")
         if self.image_scale not in IMAGE_SCALES:
             raise ValueError(f"image_scale: expected one of {IMAGE_SCALES}, got {self.image_scale!r}")
         if self.estimator not in ESTIMATORS:
@@ -300,9 +307,18 @@ class SymmetricMethod(_HVAEMethod):
     def _players(self) -> dict[str, list[nn.Parameter]]:
         return {"decoder": self.decoder_params, "encoder": self.encoder_params}
 
+    def objective_at(self, step: int) -> SymmetricEquilibrium:
+        """The objective of ``step``: the sleep weight ramped over ``sleep_warmup`` steps."""
+        warmup = self.config.sleep_warmup
+        if warmup == 0 or step >= warmup:
+            return self.objective
+        w = self.objective.weights
+        return SymmetricEquilibrium(replace(w, sleep_q=w.sleep_q * step / warmup),
+                                    num_particles=self.objective.num_particles, sleep_masks=self.objective.sleep_masks)
+
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)
-        dec, enc = self.objective.loss(
+        dec, enc = self.objective_at(step).loss(
             self.hvae.model, self.hvae.guide, labelled=batch.labelled, unlabelled=batch.unlabelled, pool=batch.pool
         )
         return {"decoder": dec, "encoder": enc}

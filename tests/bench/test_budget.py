@@ -1,0 +1,131 @@
+"""The pure parts of ``bench/budget.py`` (the label-budget study): summary over seeds, margins over pixel-gbm,
+the figure from a hand-made list of rows, the arguments. Nothing is trained here; the study itself is checked
+by its smoke run (bench/README.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def budget():
+    spec = importlib.util.spec_from_file_location("bench_budget", REPO / "bench" / "budget.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+ALL = {"synthetic:small": 40, "s2-cloud-shadow-512": 25}
+
+
+def _row(cube, method, labels, seed, acc, miou, iou=None, steps=100, seconds=10.0):
+    row = {"cube": cube, "method": method, "labels": labels, "seed": seed, "accuracy": acc, "mean_iou": miou,
+           "iou": iou or {"a": miou, "b": None}, "steps": steps, "train_seconds": seconds,
+           "fit_seconds": seconds if method == "pixel-gbm" else None, "labelled_pixels": labels * 1024}
+    return row
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for cube, n_all in ALL.items():
+        for labels in (5, 10, n_all):
+            for seed in (0, 1, 2):
+                for k, method in enumerate(("pixel-gbm", "symmetric", "supervised")):  # not in figure order
+                    acc = 0.5 + 0.01 * labels ** 0.5 + 0.05 * k + 0.01 * seed
+                    rows.append(_row(cube, method, labels, seed, acc, acc - 0.2 + 0.02 * seed * k))
+    return rows
+
+
+def test_summary_is_the_mean_and_sample_sd_over_seeds(budget):
+    rows = _rows()
+    summary = budget.summarise(rows, ALL)
+    assert len(summary) == 2 * 3 * 3
+    # ordered by cube (as first seen), method (figure order), labels
+    assert [e["method"] for e in summary[:9]] == ["symmetric"] * 3 + ["supervised"] * 3 + ["pixel-gbm"] * 3
+    assert [e["labels"] for e in summary[:3]] == [5, 10, 40]
+    e = next(e for e in summary if (e["cube"], e["method"], e["labels"]) == ("s2-cloud-shadow-512", "symmetric", 10))
+    vals = [r["mean_iou"] for r in rows if (r["cube"], r["method"], r["labels"]) == (e["cube"], "symmetric", 10)]
+    assert e["seeds"] == [0, 1, 2]
+    assert e["mean_iou"] == pytest.approx(statistics.fmean(vals))
+    assert e["mean_iou_sd"] == pytest.approx(statistics.stdev(vals))  # sample sd (n - 1)
+    assert e["iou"]["a"] == pytest.approx(e["mean_iou"]) and e["iou"]["b"] is None
+    assert e["fit_seconds"] if e["method"] == "pixel-gbm" else "fit_seconds" not in e
+    assert [x["all"] for x in summary if x["cube"] == "s2-cloud-shadow-512" and x["method"] == "symmetric"] == [
+        False, False, True]
+
+
+def test_one_seed_has_no_sd(budget):
+    (e,) = budget.summarise([_row("synthetic:small", "supervised", 5, 0, 0.7, 0.5)])
+    assert e["accuracy"] == 0.7 and e["accuracy_sd"] is None and e["all"] is False
+
+
+def test_margins_over_pixel_gbm(budget):
+    rows = [_row("c", "pixel-gbm", 5, s, 0.80, 0.60 + 0.02 * s) for s in (0, 1)]
+    rows += [_row("c", "symmetric", 5, s, 0.85, 0.70) for s in (0, 1)]
+    rows += [_row("c", "symmetric", 10, 0, 0.90, 0.75)]  # no pixel-gbm at N = 10
+    summary = budget.summarise(rows)
+    out = budget.add_margins(summary)
+    by = {(e["method"], e["labels"]): e for e in out}
+    assert by["symmetric", 5]["margin_mean_iou"] == pytest.approx(0.70 - 0.61)
+    assert by["symmetric", 5]["margin_accuracy"] == pytest.approx(0.05)
+    assert by["symmetric", 10]["margin_mean_iou"] is None and by["symmetric", 10]["margin_accuracy"] is None
+    assert "margin_mean_iou" not in by["pixel-gbm", 5]
+    assert all("margin_mean_iou" not in e for e in summary)  # the input is not changed
+
+
+def test_figure_from_rows(budget, tmp_path):
+    title = budget.figure_title("wall_clock", 240.0, None, 3)
+    assert "equal wall clock" in title and "240 s" in title and "3 seeds" in title
+    assert "equal steps: 2000" in budget.figure_title("steps", None, 2000, 3)
+    fig = budget.figure(_rows(), all_locations=ALL, title=title, methods=["supervised", "symmetric", "pixel-gbm"])
+    axes = fig.get_axes()
+    assert len(axes) == 4  # 2 cubes x (accuracy, mean IoU)
+    assert all(ax.get_xscale() == "log" for ax in axes)
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["5", "10", "all (40)"]
+    assert [t.get_text() for t in axes[3].get_xticklabels()] == ["5", "10", "all (25)"]
+    assert "mean IoU" in axes[1].get_ylabel() and "accuracy" in axes[0].get_ylabel()
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["symmetric", "supervised", "pixel-gbm"]
+    styles = {c.get_label(): c.lines[0].get_linestyle() for c in axes[0].containers}  # errorbar containers
+    assert styles == {"symmetric": "-", "supervised": "-", "pixel-gbm": "--"}
+    assert fig._suptitle.get_text() == title
+    fig.savefig(tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_plot_only_redraws_from_the_json(budget, tmp_path):
+    rows = _rows()
+    report = {"title": "t", "methods": ["symmetric", "supervised", "pixel-gbm"], "runs": rows,
+              "cubes": [{"cube": c, "label": budget.cube_label(c), "all_locations": n} for c, n in ALL.items()],
+              "summary": budget.add_margins(budget.summarise(rows, ALL))}
+    (tmp_path / "b.json").write_text(json.dumps(report))
+    assert budget.main(["--plot-only", "--json", str(tmp_path / "b.json"), "--png", str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "b.png").stat().st_size > 10_000
+
+
+def test_arguments(budget):
+    _, args = budget.parse_args([])
+    assert args.budget == 240.0 and args.steps is None and args.jobs == 2
+    assert args.labels == [5, 10, 20, 50, 0] and args.seeds == [0, 1, 2]
+    assert args.methods == ["symmetric", "elbo", "supervised", "mixmatch", "pixel-gbm"]
+    assert args.cubes == ["synthetic:small", "s2-cloud-shadow-512"]
+    assert (args.json.name, args.png.name) == ("budget.json", "budget.png")
+    _, args = budget.parse_args(["--steps", "2000"])
+    assert args.budget is None and args.steps == 2000
+    assert (args.json.name, args.png.name) == ("budget_steps.json", "budget_steps.png")
+    _, args = budget.parse_args(["--steps", "2000", "--budget", "600"])  # a cap
+    assert (args.budget, args.steps) == (600.0, 2000)
+    with pytest.raises(SystemExit):
+        budget.parse_args(["--labels", "5", "5"])
