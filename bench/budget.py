@@ -299,8 +299,9 @@ def _progress(i: int, n: int, run: Run, row: dict | None, seconds: float, note: 
             f"{spent:.1f} s  wall {seconds:.0f} s{note}")
 
 
-def run_pool(args: argparse.Namespace, runs: list[Run], row_file: str, on_row) -> list[Run]:
+def run_pool(args: argparse.Namespace, runs: list[Run], row_file: str, on_row, command=command) -> list[Run]:
     """Run ``runs`` as subprocesses, ``args.jobs`` at a time; ``on_row(run, row)`` after each success.
+    ``command(args, run)`` gives each run's command line (default: this study's compare.py call).
     Returns the runs that failed. On an interrupt the running subprocesses are ended and it re-raises."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HVAESEG_NO_PROGRESS": "1"}
     pending, running, failed, finished = list(runs), [], [], 0

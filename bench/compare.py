@@ -20,6 +20,8 @@ too, which then caps each run's training time); ``--options METHOD=JSON`` (repea
 hyper-parameters (``hvaeseg train --options``). A finished run also writes its row, with the per-class IoU,
 the fit time of a fitted method (``pixel-gbm``) and the run's config, to ``compare_row.json`` in its folder
 (written last: a folder without it holds an unfinished run; ``bench/budget.py`` skips runs that have it).
+``--eval-val`` also evaluates the val split once the test split is done (the test figures, steps and times are
+unchanged) and adds ``val_accuracy`` and ``val_mean_iou`` to the row (``bench/ablation.py`` uses it).
 """
 
 from __future__ import annotations
@@ -141,6 +143,9 @@ def run_one(args: argparse.Namespace, cube: str, data: str, method: str, labels:
         **{k: result.get(k) for k in ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency",
                                       "recon_mae", "recon_rmse")},
     }
+    if getattr(args, "eval_val", False):  # after the test split: the test figures stay as they are
+        val = evaluate_run(out, "val", iwae_samples=1)  # its IWAE is not reported: one sample is enough
+        row.update(val_accuracy=val.get("accuracy"), val_mean_iou=val.get("mean_iou"))
     print(json.dumps(row), file=sys.stderr)
     fitted = getattr(trainer, "fitted", False)
     _write_json(out / ROW_FILE, {
@@ -189,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unlabelled-patches", type=int, default=2048)
     p.add_argument("--val-every", type=int, default=50)
     p.add_argument("--iwae-samples", type=int, default=8)
+    p.add_argument("--eval-val", action="store_true",
+                   help="also evaluate the val split (after the test split) and add val_accuracy / val_mean_iou "
+                   "to each row (bench/ablation.py)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default="runs/compare")
     args = p.parse_args(argv)
