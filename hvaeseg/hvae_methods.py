@@ -65,6 +65,9 @@ class HVAEConfig:
         with the current weights).
     :param day_of_year: the default hierarchy conditions its layers and image on the day of the year
         (``doy`` parents: phenology), and its guide's U-Net takes the date too.
+    :param shared_channels: temporal default hierarchy: channels of ``u``, the per-pixel Gaussian latent
+        shared by the dates of a stack (parent of ``x``), so filling an occluded pixel uses the same pixel's
+        clear dates (0: no shared layer).
     :param sleep_warmup: symmetric learning: the sleep term's weight rises linearly from 0 to
         ``weights.sleep_q`` over this many steps (0: full weight from the start), so that the encoder does not
         learn from generated images before the decoder has learned anything; the term is not computed while
@@ -94,6 +97,7 @@ class HVAEConfig:
     day_of_year: bool = True
     image_scale: str = "band"
     sleep_warmup: int = 0
+    shared_channels: int = 4
 
     def __post_init__(self) -> None:
         for name in ("lr", "global_lr", "temperature", "init_scale"):
@@ -104,6 +108,8 @@ class HVAEConfig:
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
         if isinstance(self.sleep_warmup, bool) or not isinstance(self.sleep_warmup, int) or self.sleep_warmup < 0:
             raise ValueError(f"sleep_warmup: expected an int >= 0 (steps), got {self.sleep_warmup!r}")
+        if isinstance(self.shared_channels, bool) or not isinstance(self.shared_channels, int) or self.shared_channels < 0:
+            raise ValueError(f"shared_channels: expected an int >= 0, got {self.shared_channels!r}")
         if self.image_scale not in IMAGE_SCALES:
             raise ValueError(f"image_scale: expected one of {IMAGE_SCALES}, got {self.image_scale!r}")
         if self.estimator not in ESTIMATORS:
@@ -181,6 +187,7 @@ class _HVAEMethod(Method):
                 num_classes, in_channels, config.code_bits, channels=config.channels,
                 s_prior=config.s_prior, temporal=temporal, patch_size=patch_size,
                 day_of_year=config.day_of_year, init_scale=config.init_scale, image_scale=config.image_scale,
+                shared_channels=config.shared_channels,
             )
         return cls(HVAE(spec), config, seed=seed)
 

@@ -151,10 +151,12 @@ class HVAE(PyroModule):
         loc, raw = out.chunk(2, dim=-3)
         return Normal(loc, LATENT_MIN_SCALE + F.softplus(raw), validate_args=False)
 
-    def _prior_out(self, name: str, inputs: dict, H: int, W: int, B: int, T: int | None) -> torch.Tensor:
+    def _prior_out(
+        self, name: str, inputs: dict, H: int, W: int, B: int, T: int | None, shared: bool = False
+    ) -> torch.Tensor:
         r = self._layers[name].resolution if name != "x" else 1
         out = self.decoder.net_output(name, inputs, (H // r, W // r))
-        if T is not None and out.shape[1] != T:  # parents shared by all dates (e.g. only s)
+        if T is not None and out.shape[1] != T and not shared:  # parents shared by all dates (e.g. only s)
             out = out.expand(B, T, *out.shape[2:])
         return out
 
@@ -195,11 +197,15 @@ class HVAE(PyroModule):
         with pyro.plate("batch", B, dim=-2 if T is not None else -1):
             s_val = pyro.sample("s", self._s_prior(B, T, H, W).to_event(2), obs=self._s_site_value(s))
             inputs["s"] = parent_input(spec, "s", s_val, dtype)
+            for name in spec.shared_order:  # (B, 1, C, h, w): one value per pixel for every date
+                out = self._prior_out(name, inputs, H, W, B, T, shared=True)
+                z = pyro.sample(name, self._layer_dist(self._layers[name], out).to_event(3))
+                inputs[name] = parent_input(spec, name, z, dtype)
             with self._time_plate(T):
                 l_shape = (B, T, spec.code_bits) if T is not None else (B, spec.code_bits)
                 half = torch.zeros((), dtype=dtype, device=self._device).expand(l_shape)
                 inputs["l"] = pyro.sample("l", FastBernoulli(half).to_event(1))
-                for name in spec.order:
+                for name in spec.per_date_order:
                     out = self._prior_out(name, inputs, H, W, B, T)
                     z = pyro.sample(name, self._layer_dist(self._layers[name], out).to_event(3))
                     inputs[name] = parent_input(spec, name, z, dtype)
@@ -240,9 +246,15 @@ class HVAE(PyroModule):
                 raise ValueError("expected s as int64 labels (-1 = void) in the guide, got a float tensor")
             q_s = FastCategorical(logits) if s_obs is None else PartiallyObservedCategorical(logits, s_obs)
             inputs["s"] = parent_input(spec, "s", pyro.sample("s", q_s.to_event(2)), dtype)
+            for name in spec.shared_order:  # q(z | x_1..T): per-date features pooled over the clear dates
+                r = self._layers[name].resolution
+                head = self.encoder.head(name, feats, valid, shared=True)
+                out = self.decoder.net_output(name, inputs, (H // r, W // r)) + head
+                z = pyro.sample(name, self._layer_dist(self._layers[name], out).to_event(3))
+                inputs[name] = parent_input(spec, name, z, dtype)
             with self._time_plate(T):
                 inputs["l"] = pyro.sample("l", FastBernoulli(self.encoder.l_logits(feats, valid)).to_event(1))
-                for name in spec.order:
+                for name in spec.per_date_order:
                     r = self._layers[name].resolution
                     out = self.decoder.net_output(name, inputs, (H // r, W // r)) + self.encoder.head(name, feats)
                     z = pyro.sample(name, self._layer_dist(self._layers[name], out).to_event(3))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvaeseg.hierarchy.spec import GLOBAL_PARENTS, HierarchySpec
-from hvaeseg.nets import ConditionalConvNet, SegmentationUNet, resize, zero_init
+from hvaeseg.nets import ConditionalConvNet, SegmentationUNet, resize, valid_weighted_pool, zero_init
 
 __all__ = ["Decoder", "LadderEncoder", "parent_input", "resize_any"]
 
@@ -170,9 +170,20 @@ class LadderEncoder(nn.Module):
             pooled = (w * f).sum((-2, -1)) / w.sum((-2, -1)).clamp(min=1e-6)
         return self.l_head(pooled)
 
-    def head(self, name: str, features: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Encoder part of q(z_t | z_<t, x) for layer ``name``: ``(B[, T], P, h, w)``."""
+    def head(
+        self,
+        name: str,
+        features: dict[int, torch.Tensor],
+        valid: torch.Tensor | None = None,
+        shared: bool = False,
+    ) -> torch.Tensor:
+        """Encoder part of q(z_t | z_<t, x) for layer ``name``: ``(B[, T], P, h, w)``; for a layer shared by
+        the dates (``shared``) the per-date features are first pooled over the dates weighted by their valid
+        fraction (:func:`~hvaeseg.nets.valid_weighted_pool`: cloudy dates contribute nothing), giving
+        ``(B, 1, P, h, w)``."""
         f = features[self.spec.layer(name).resolution]
+        if shared and f.dim() == 5:
+            return self.heads[name](valid_weighted_pool(f, valid)).unsqueeze(1)
         if f.dim() == 5:
             return self.heads[name](f.flatten(0, 1)).unflatten(0, f.shape[:2])
         return self.heads[name](f)

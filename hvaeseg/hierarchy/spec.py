@@ -105,8 +105,13 @@ class LatentLayerSpec:
     :param channels: number of maps.
     :param resolution: down-scaling factor with respect to the image; must be one of the encoder's
         levels (``1, 2, 4, ...`` up to ``2**(len(encoder_widths) - 1)``).
-    :param parents: names among ``s``, ``l`` and the other layers (any acyclic graph).
+    :param parents: names among ``s``, ``l``, ``doy`` and the other layers (any acyclic graph).
     :param categories: categorical layers only: classes per map (at least 2).
+    :param shared: in temporal hierarchies, one value per pixel shared by every date of a stack (outside the
+        time plate, like ``s``): what makes this field or this tree differ from its class, whatever the date.
+        Its parents must be shared too (``s`` or other shared layers); per-date layers and the image may list it
+        as a parent, so the posterior of an occluded pixel on one date uses the same pixel's clear dates. In
+        single-date hierarchies it is an ordinary layer.
     """
 
     name: str
@@ -115,6 +120,7 @@ class LatentLayerSpec:
     resolution: int = 1
     parents: tuple[str, ...] = _TOP
     categories: int | None = None
+    shared: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -141,6 +147,8 @@ class LatentLayerSpec:
             raise ValueError(
                 f"{where}: lists itself as a parent, which is a cycle: remove {self.name!r} from its parents"
             )
+        if not isinstance(self.shared, bool):
+            raise ValueError(f"{where}: shared must be true or false, got {self.shared!r}")
         if self.family == "categorical":
             k = self.categories
             if k is None or isinstance(k, bool) or not isinstance(k, int) or k < 2:
@@ -307,6 +315,14 @@ class HierarchySpec:
         for p in self.image.parents:
             if p not in known:
                 raise ValueError(f"image: unknown parent {p!r}: parents must be among {names}")
+        shared = {"s"} | {layer.name for layer in layers if layer.shared}
+        for layer in layers:
+            per_date = [p for p in layer.parents if p not in shared]
+            if layer.shared and per_date:
+                raise ValueError(
+                    f"layer {layer.name!r} is shared by the dates of a stack, so its parents must be too (s or "
+                    f"other shared layers), got {', '.join(map(repr, per_date))}: remove them or set shared: false"
+                )
 
         factors = self.network.factors
         for layer in layers:
@@ -366,6 +382,20 @@ class HierarchySpec:
         """Latent layer names in sampling (topological) order."""
         return self._order
 
+    @property
+    def shared_order(self) -> tuple[str, ...]:
+        """Temporal hierarchies: the layers shared by the dates (sampled with ``s``, before the per-date
+        ones), in sampling order; empty for single-date hierarchies."""
+        if not self.temporal:
+            return ()
+        return tuple(n for n in self._order if self._by_name[n].shared)
+
+    @property
+    def per_date_order(self) -> tuple[str, ...]:
+        """The layers sampled per date (all of them in single-date hierarchies), in sampling order."""
+        shared = set(self.shared_order)
+        return tuple(n for n in self._order if n not in shared)
+
     def layer(self, name: str) -> LatentLayerSpec:
         """The layer called ``name``."""
         layer = self._by_name.get(name)
@@ -424,23 +454,30 @@ class HierarchySpec:
         day_of_year: bool = False,
         init_scale: float = 0.25,
         image_scale: str = "band",
+        shared_channels: int = 0,
     ) -> HierarchySpec:
         """The default hierarchy: s, l -> z1 (Bernoulli, 1/4 resolution) -> z2 (Bernoulli, 1/2) -> x.
 
         ``z1`` has parents ``(s, l)``, ``z2`` has ``(s, l, z1)`` and ``x`` has ``(s, l, z2)``, each plus
         ``doy`` with ``day_of_year``; about 0.3 M parameters for 10 bands and 6 classes (small enough to
-        train on a CPU).
+        train on a CPU). A temporal hierarchy with ``shared_channels > 0`` adds ``u``: a Gaussian map of that
+        many channels at full resolution, shared by the dates (parent ``s``), as a parent of ``x``: each
+        pixel's own departure from its class, the same on every date.
         """
         widths = tuple(encoder_widths)
         doy = ("doy",) if day_of_year else ()
+        shared = ()
+        if temporal and shared_channels > 0:
+            shared = (LatentLayerSpec("u", "gaussian", shared_channels, 1, ("s",), shared=True),)
         return cls(
             num_classes=num_classes,
             code_bits=code_bits,
-            layers=(
+            layers=shared + (
                 LatentLayerSpec("z1", "bernoulli", channels, 4, ("s", "l") + doy),
                 LatentLayerSpec("z2", "bernoulli", channels, 2, ("s", "l", "z1") + doy),
             ),
-            image=ImageLayerSpec(bands=bands, parents=("s", "l", "z2") + doy, scale=image_scale, init_scale=init_scale),
+            image=ImageLayerSpec(bands=bands, parents=("s", "l", "z2") + doy + tuple(la.name for la in shared),
+                                 scale=image_scale, init_scale=init_scale),
             s_prior=s_prior,
             temporal=temporal,
             network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1),

@@ -390,3 +390,73 @@ def test_decoder_output_for_x_follows_the_date_through_its_doy_weights():
     a, b = x_mean(30.0), x_mean(200.0)
     assert not torch.allclose(a, b)
     torch.testing.assert_close(x_mean(30.0 + 365.25), a, rtol=1e-4, atol=1e-4)  # a function of the season
+
+
+# ------------------------------------------------------------------------------- layers shared by the dates
+def _shared_batch(spec, B=2, T=3, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, spec.image.bands, size, size, generator=g)
+    valid = torch.rand(B, T, size, size, generator=g) < 0.7
+    doy = torch.rand(B, T, generator=g) * 365
+    return x, valid, doy
+
+
+def test_a_shared_layer_has_one_value_per_pixel_for_every_date():
+    spec = load_example("temporal_shared")
+    assert spec.shared_order == ("u",) and "u" not in spec.per_date_order
+    hvae = HVAE(spec)
+    x, valid, doy = _shared_batch(spec)
+    guide_trace = poutine.trace(hvae.guide).get_trace(x, None, valid, doy=doy)
+    model_trace = poutine.trace(poutine.replay(hvae.model, trace=guide_trace)).get_trace(x, None, valid, doy=doy)
+    for trace in (guide_trace, model_trace):
+        assert trace.nodes["u"]["value"].shape == (2, 1, 4, 16, 16)
+        assert trace.nodes["u"]["fn"].batch_shape == (2, 1)
+        assert trace.nodes["z1"]["fn"].batch_shape == (2, 3)
+        # u is outside the time plate, the per-date layers inside it
+        assert [f.name for f in trace.nodes["u"]["cond_indep_stack"]] == ["batch"]
+        assert sorted(f.name for f in trace.nodes["z1"]["cond_indep_stack"]) == ["batch", "time"]
+
+
+def test_q_of_a_shared_layer_ignores_cloudy_dates_and_uses_clear_ones():
+    """q(u | x_1..T) pools the dates weighted by their clear share: what a fully cloudy date shows cannot
+    change it, what a clear date shows does."""
+    spec = load_example("temporal_shared")
+    hvae = HVAE(spec)
+    with torch.no_grad():  # make the encoder head of u depend on its features
+        torch.nn.init.normal_(hvae.encoder.heads["u"].weight, std=0.1)
+    x, valid, doy = _shared_batch(spec)
+    valid[:, 1] = False
+
+    def q_u(x):
+        torch.manual_seed(0)  # the same draw of s, on which the decoder's part of q(u) depends
+        trace = poutine.trace(hvae.guide).get_trace(x, None, valid, doy=doy)
+        return trace.nodes["u"]["fn"].base_dist.loc
+
+    hidden, seen = x.clone(), x.clone()
+    hidden[:, 1] += 100.0  # date 1 is fully cloudy
+    seen[:, 0] += 1.0  # date 0 is partly clear
+    torch.testing.assert_close(q_u(x), q_u(hidden))
+    assert not torch.allclose(q_u(x), q_u(seen))
+
+
+def test_a_shared_layer_takes_only_shared_parents():
+    from hvaeseg.hierarchy import ImageLayerSpec, LatentLayerSpec
+
+    with pytest.raises(ValueError, match="layer 'u' is shared by the dates of a stack, so its parents must be too"):
+        HierarchySpec(num_classes=3, code_bits=2, temporal=True,
+                      layers=(LatentLayerSpec("u", "gaussian", 2, 1, ("s", "l"), shared=True),),
+                      image=ImageLayerSpec(2, ("s", "u")))
+    with pytest.raises(ValueError, match="shared must be true or false"):
+        LatentLayerSpec("u", shared="yes")
+    spec = load_example("temporal_shared")
+    assert HierarchySpec.from_dict(spec.to_dict()) == spec  # the flag survives the round trip
+
+
+def test_a_single_date_hierarchy_treats_a_shared_layer_as_an_ordinary_one():
+    spec = load_example("temporal_shared")
+    flat = HierarchySpec.from_dict({**spec.to_dict(), "temporal": False})
+    assert flat.shared_order == () and flat.per_date_order == flat.order
+    hvae = HVAE(flat)
+    x = torch.randn(2, flat.image.bands, 16, 16)
+    trace = poutine.trace(hvae.guide).get_trace(x, None, None, doy=torch.ones(2))
+    assert trace.nodes["u"]["value"].shape == (2, 4, 16, 16)
