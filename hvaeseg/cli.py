@@ -16,12 +16,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semi-supervised segmentation of Sentinel-2 image time series with hierarchical VAEs.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from hvaeseg.commands import data, ingest, report, train
+    from hvaeseg.commands import data, ingest, inpaint, report, train
 
     data_commands = data.register(sub)
     ingest.add_ingest_parser(data_commands)
     train.register(sub)
     report.register(sub)
+    inpaint.register(sub)
     return parser
 
 

@@ -3,7 +3,8 @@
 - ``hvaeseg data synth OUT.zarr [--preset tiny|small|large] [--seed N] [--size N | HxW] [--dates N]
   [--bands B02,B03,...] [--clouds CLEAR,PARTLY,OVERCAST] [--overwrite]``
 - ``hvaeseg data info CUBE [--json] [--no-validate]``
-- ``hvaeseg data quicklook CUBE [--date D] -o PNG``
+- ``hvaeseg data quicklook CUBE [--date D] -o PNG [--compare FILLED.zarr]``: with ``--compare``, one date
+  before and after ``hvaeseg inpaint``: input RGB, filled RGB, filled mask and posterior std side by side
 
 :func:`register` returns the ``data`` sub-parsers so that other command modules can add to the group.
 """
@@ -15,7 +16,7 @@ import inspect
 import json
 import time
 
-__all__ = ["register", "parse_size", "parse_bands", "parse_clouds"]
+__all__ = ["register", "parse_size", "parse_bands", "parse_clouds", "compare_quicklook"]
 
 PRESETS = ("tiny", "small", "large")
 
@@ -124,10 +125,106 @@ def _quicklook(args: argparse.Namespace) -> int:
     date = args.date
     if date is not None and date.lstrip("-").isdigit() and len(date.lstrip("-")) < 4:
         date = int(date)
-    fig = quicklook(ds, date)
+    if args.compare is not None:
+        fig = compare_quicklook(ds, open_cube(args.compare, validate=not args.no_validate), date)
+    else:
+        fig = quicklook(ds, date)
     fig.savefig(args.output, dpi=args.dpi)
     print(f"wrote {args.output}")
     return 0
+
+
+def _rgb_bands(ds) -> list[str]:
+    from hvaeseg.data.bands import RGB
+
+    names = [str(b) for b in ds["band"].values]
+    chosen = [b for b in RGB if b in names]
+    return chosen if len(chosen) == 3 else (names * 3)[:3]
+
+
+def compare_quicklook(ds, filled, date: int | str | None = None, *, max_pixels: int = 1024):
+    """One date before and after inpainting: input RGB, filled RGB, filled mask, posterior std (four panels).
+
+    Both RGB panels share one 2-98 % stretch (from the filled image, which has no clouds), so they compare
+    directly; the std panel shows the mean over the three RGB bands (reflectance units).
+
+    :param ds: the input cube; ``filled``: the output of ``hvaeseg inpaint`` for it (same dates and grid).
+    :param date: index or ISO date of ``ds`` (see :func:`hvaeseg.data.summary.date_index`); default the partly
+        filled date whose filled share is closest to one half (else the date with the most filled pixels).
+    :raises ValueError: ``filled`` is not an inpainted cube of ``ds``'s shape.
+    :returns: a :class:`matplotlib.figure.Figure` (Agg canvas).
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from hvaeseg.data.schema import decoded_reflectance
+    from hvaeseg.data.summary import _iso, _time_unit, date_index
+
+    missing = [v for v in ("reflectance", "filled") if v not in filled.data_vars]
+    if missing:
+        raise ValueError(f"--compare: the store lacks {', '.join(missing)}; give the output of `hvaeseg inpaint`")
+    shape = {d: ds.sizes.get(d) for d in ("time", "y", "x")}
+    other = {d: filled.sizes.get(d) for d in ("time", "y", "x")}
+    if shape != other:
+        raise ValueError(f"--compare: the filled cube has sizes {other}, the cube {shape}: not its inpainting")
+    if date is None:
+        share = np.asarray(filled["filled"].mean(("y", "x")).values)
+        partly = (share > 0) & (share < 1)
+        i = int(np.argmin(np.where(partly, np.abs(share - 0.5), np.inf))) if partly.any() else int(np.argmax(share))
+    else:
+        i = date_index(ds, date)
+    h, w = ds.sizes["y"], ds.sizes["x"]
+    step = max(1, int(np.ceil(max(h, w) / max_pixels)))
+    sub = {"time": i, "y": slice(None, None, step), "x": slice(None, None, step)}
+    bands = _rgb_bands(ds)
+
+    def rgb(cube) -> np.ndarray:
+        one = cube["reflectance"].isel(sub).sel(band=bands)
+        refl = decoded_reflectance(one.to_dataset(name="reflectance"))
+        return np.asarray(refl.transpose("y", "x", "band").values, dtype=np.float32)
+
+    before, after = rgb(ds), rgb(filled)
+    mask = np.asarray(filled["filled"].isel(sub).values, dtype=bool)
+    lo, hi = [], []
+    for c in range(3):
+        ref = after[..., c][np.isfinite(after[..., c])]
+        a, b = np.percentile(ref, [2, 98]) if ref.size else (0.0, 1.0)
+        lo.append(a), hi.append(max(b - a, 1e-6))
+    lo_a, span = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
+
+    def show(img: np.ndarray) -> np.ndarray:
+        out = np.clip((img - lo_a) / span, 0, 1)
+        return np.dstack([np.nan_to_num(out, nan=0.0), np.isfinite(out).all(axis=-1).astype(np.float32)])
+
+    when = _iso(ds["time"].values[i], _time_unit(ds["time"].values))
+    fig = Figure(figsize=(20, 5.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0].imshow(show(before), interpolation="nearest")
+    axes[0].set_title(f"input {'/'.join(bands)}\n{when}")
+    method = filled.attrs.get("inpaint_method", "inpainting")
+    axes[1].imshow(show(after), interpolation="nearest")
+    axes[1].set_title(f"filled ({method})\nsame stretch")
+    axes[2].imshow(mask.astype(np.uint8), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes[2].set_title(f"filled (white): {mask.mean():.1%} of the pixels")
+    std = None
+    if "std" in filled.data_vars:
+        std = np.asarray(filled["std"].isel(sub).sel(band=bands).mean("band").values, dtype=np.float32)
+    if std is not None and np.nanmax(std, initial=0.0) > 0:
+        im = axes[3].imshow(std, cmap="magma", vmin=0, interpolation="nearest")
+        fig.colorbar(im, ax=axes[3], shrink=0.8, label="reflectance")
+        axes[3].set_title("posterior std (mean of the RGB bands)")
+    else:
+        axes[3].text(0.5, 0.5, "no posterior spread" + (f" ({method})" if std is not None else ""), ha="center",
+                     va="center", transform=axes[3].transAxes)
+        axes[3].set_title("std")
+    if step > 1:
+        fig.suptitle(f"subsampled 1:{step}", fontsize=9)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -187,5 +284,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p.add_argument("-o", "--output", required=True, metavar="PNG", help="output image")
     p.add_argument("--dpi", type=int, default=100, help="resolution of the PNG (default: 100)")
     p.add_argument("--no-validate", action="store_true", help="skip the schema check")
+    p.add_argument("--compare", metavar="FILLED.zarr", default=None,
+                   help="the output of `hvaeseg inpaint` for CUBE: draw the date before and after (input RGB, "
+                   "filled RGB, filled mask, std); default date: the one with the most filled pixels")
     p.set_defaults(func=_quicklook)
     return sub

@@ -1,0 +1,133 @@
+"""``hvaeseg inpaint [RUN] --data CUBE --out FILLED.zarr [--samples K] [--method posterior|interpolation]``.
+
+Fills every invalid pixel of a cube (:func:`hvaeseg.inpaint_cube.inpaint_cube`) with the posterior of a trained
+HVAE run (``symmetric`` or ``elbo``), or by linear interpolation in time (``--method interpolation``, no run
+needed), and writes the filled cube atomically. Every check (run, method, cube, output path) is made before
+any work, and nothing is written on any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+__all__ = ["register", "HVAE_METHODS"]
+
+#: run methods with a generative model to sample
+HVAE_METHODS = ("symmetric", "elbo")
+
+#: tile side for interpolation without a run
+DEFAULT_INTERPOLATION_PATCH = 64
+
+
+def _same_store(a: str, b: str) -> bool:
+    """Whether two local store paths name the same place (URLs: compared as written)."""
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(os.path.abspath(a)) == os.path.realpath(os.path.abspath(b))
+
+
+def _inpaint(args: argparse.Namespace) -> int:
+    from hvaeseg.data.store import _Location
+    from hvaeseg.experiment import SYNTHETIC_PREFIX, RunConfig
+
+    if args.samples < 1:
+        raise ValueError(f"--samples: expected K >= 1, got {args.samples}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected N >= 1, got {args.batch_size}")
+    if args.patch_size is not None and args.patch_size < 1:
+        raise ValueError(f"--patch-size: expected a positive size, got {args.patch_size}")
+    config = None
+    if args.run is not None:
+        config = RunConfig.load(args.run)  # FileNotFoundError: not a run folder
+        if args.method == "posterior" and config.method not in HVAE_METHODS:
+            raise ValueError(
+                f"{args.run} was trained with {config.method}, which has no generative model: inpaint with an "
+                "HVAE run (symmetric or elbo) or --method interpolation"
+            )
+    elif args.method == "posterior":
+        raise ValueError("RUN is required with --method posterior (a trained symmetric or elbo run); "
+                         "without a run use --method interpolation")
+    data = args.data if args.data is not None else (config.data if config is not None else None)
+    if data is None:
+        raise ValueError("--data CUBE is required without RUN (a store path, URL or synthetic:PRESET)")
+    if not data.startswith(SYNTHETIC_PREFIX) and _same_store(data, args.out):
+        raise ValueError(f"--out {args.out} is the input cube: write the filled cube to another path")
+    _Location(args.out).check_free(args.overwrite)  # before any work; checked again when committing
+    device = args.device or (config.device if config is not None else "cpu")
+
+    start = time.perf_counter()
+    from hvaeseg.experiment import open_data
+    from hvaeseg.inpaint_cube import inpaint_cube, write_filled
+
+    hvae, dates = None, 1
+    data_seed = config.data_seed if config is not None else 0
+    if args.method == "posterior":
+        from hvaeseg.experiment import load_run
+
+        config, run_data, method = load_run(args.run)
+        hvae = method.hvae.to(device)
+        dates = config.dates
+        cube = run_data.cube if data == config.data else open_data(data, data_seed)
+        patch = args.patch_size or config.patch_size
+    else:
+        cube = open_data(data, data_seed)
+        patch = args.patch_size or (config.patch_size if config is not None else DEFAULT_INTERPOLATION_PATCH)
+        if args.patch_size is None and config is None:
+            from hvaeseg.inpaint_cube import _open
+
+            ds = _open(cube)
+            patch = min(patch, ds.sizes["y"], ds.sizes["x"])
+    filled = inpaint_cube(cube, method=args.method, hvae=hvae, patch_size=patch, dates=dates,
+                          num_samples=args.samples, batch_size=args.batch_size, device=device, seed=args.seed,
+                          run=args.run)
+    filled.attrs["inpaint_data"] = str(data)
+    write_filled(filled, args.out, overwrite=args.overwrite)
+    seconds = time.perf_counter() - start
+    print(_summary(filled, args, seconds))
+    return 0
+
+
+def _summary(ds, args: argparse.Namespace, seconds: float) -> str:
+    import numpy as np
+
+    from hvaeseg.data.summary import _iso, _time_unit
+
+    mask = np.asarray(ds["filled"].values)
+    per_date = mask.reshape(mask.shape[0], -1)
+    n_pix = per_date.shape[1]
+    times = ds["time"].values
+    unit = _time_unit(times)
+    how = f"posterior, {args.samples} samples" if args.method == "posterior" else "linear interpolation in time"
+    lines = [f"filled {int(mask.sum())} of {mask.size} pixel-dates ({mask.mean():.1%}) by {how} in {seconds:.1f} s; "
+             f"wrote {args.out}", f"{'date':<20} {'filled':>10} {'share':>7}"]
+    for t in range(per_date.shape[0]):
+        k = int(per_date[t].sum())
+        lines.append(f"{_iso(times[t], unit):<20} {k:>10} {k / n_pix:>7.1%}")
+    return "\n".join(lines)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inpaint",
+        help="fill every invalid (cloudy) pixel of a cube",
+        description="Fill every invalid pixel of a cube by sampling the posterior of a trained HVAE run "
+        "(symmetric or elbo), or by linear interpolation in time (--method interpolation, no RUN needed). "
+        "Writes the cube with filled reflectance (same encoding), `std` (posterior spread) and `filled` (mask).",
+    )
+    p.add_argument("run", metavar="RUN", nargs="?", default=None,
+                   help="run folder of an HVAE (optional with --method interpolation)")
+    p.add_argument("--data", default=None, metavar="CUBE",
+                   help="store path, URL or synthetic:PRESET to fill (default: the run's cube)")
+    p.add_argument("--out", required=True, metavar="FILLED.zarr", help="where to write the filled cube")
+    p.add_argument("--samples", type=int, default=8, metavar="K", help="posterior samples per tile (default 8)")
+    p.add_argument("--method", choices=("posterior", "interpolation"), default="posterior",
+                   help="posterior (HVAE run) or interpolation (linear in time); default posterior")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="tiles per model call (default 8)")
+    p.add_argument("--patch-size", type=int, default=None, metavar="P",
+                   help=f"tile side (default: the run's patch size; {DEFAULT_INTERPOLATION_PATCH} without a run)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the posterior sampling (default 0)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
+    p.set_defaults(func=_inpaint)
