@@ -5,7 +5,10 @@ Segmentation (DESIGN.md section 7): pixel accuracy and IoU from a streaming conf
 predictions over everything seen has an undefined IoU (NaN) and is left out of the mean; a class that is
 present but never predicted correctly has IoU 0 and is kept.
 
-Inpainting (DESIGN.md section 8): errors of a reconstruction on the masked (occluded) pixels only.
+Inpainting (DESIGN.md section 8): errors of a reconstruction on the masked (occluded) pixels only
+(:func:`inpainting_errors`, :func:`per_band_rmse`), and the calibration of posterior samples there: the share of
+true values inside the central sample intervals (:func:`interval_coverage`) and the error of the mean against
+the predicted spread (:func:`error_vs_spread`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ConfusionMatrix", "inpainting_errors"]
+__all__ = ["ConfusionMatrix", "error_vs_spread", "inpainting_errors", "interval_coverage", "per_band_rmse"]
 
 
 class ConfusionMatrix:
@@ -221,3 +224,142 @@ def inpainting_errors(pred: Tensor, truth: Tensor, mask: Tensor, data_range: flo
         "ssim": float(ssim),
         "spectral_angle_deg": float(angle),
     }
+
+
+def _masked_values(mask: Tensor, *tensors: Tensor) -> list[Tensor]:
+    """The values of ``(..., C, H, W)`` tensors at the masked pixels (every band): 1-D, in the same order."""
+    ref = tensors[0]
+    if ref.dim() not in (4, 5):
+        raise ValueError(f"expected (B, C, H, W) or (B, T, C, H, W) tensors, got shape {tuple(ref.shape)}")
+    for t in tensors[1:]:
+        if t.shape != ref.shape:
+            raise ValueError(f"expected tensors of the same shape, got {tuple(ref.shape)} and {tuple(t.shape)}")
+    pixel_shape = ref.shape[:-3] + ref.shape[-2:]
+    if mask.shape != pixel_shape:
+        raise ValueError(
+            f"expected mask of shape {tuple(pixel_shape)} (the values without the band dim), got {tuple(mask.shape)}"
+        )
+    band_mask = mask.to(device=ref.device, dtype=torch.bool).unsqueeze(-3).expand_as(ref)
+    if not bool(band_mask.any()):
+        raise ValueError("the mask selects no pixel: nothing to evaluate")
+    return [t[band_mask] for t in tensors]
+
+
+def per_band_rmse(pred: Tensor, truth: Tensor, mask: Tensor) -> list[float]:
+    """Root mean squared error of each band over the masked pixels.
+
+    :param pred: ``(B, C, H, W)`` or ``(B, T, C, H, W)`` (C = bands), in the units of ``truth``.
+    :param truth: same shape.
+    :param mask: bool ``(B, H, W)`` or ``(B, T, H, W)``: True where a pixel is evaluated, all bands.
+    :returns: ``C`` floats, band by band.
+
+    Raises ``ValueError`` when the mask selects no pixel.
+    """
+    if pred.shape != truth.shape:
+        raise ValueError(f"expected pred and truth of the same shape, got {tuple(pred.shape)} and {tuple(truth.shape)}")
+    _masked_values(mask, pred)  # checks shapes and that something is selected
+    mask = mask.to(device=pred.device, dtype=torch.bool)
+    err = (pred.double() - truth.double()).movedim(-3, 0)  # (C, ..., H, W)
+    return [float(e[mask].pow(2).mean().sqrt()) for e in err]
+
+
+def _quantile_weibull(sorted_samples: Tensor, p: float) -> Tensor:
+    """Sample quantile ``p`` of each column of ``sorted_samples (K, N)`` (sorted along dim 0) at the plotting
+    position ``p (K + 1)`` (Hyndman and Fan type 6, numpy's ``method="weibull"``), interpolated linearly between
+    order statistics and clamped to the smallest and largest sample."""
+    K = sorted_samples.shape[0]
+    h = min(max(p * (K + 1), 1.0), float(K))  # 1-based position
+    j = int(math.floor(h))
+    frac = h - j
+    lo = sorted_samples[j - 1]
+    if frac == 0 or j >= K:
+        return lo
+    return lo + frac * (sorted_samples[j] - lo)
+
+
+def interval_coverage(
+    samples: Tensor, truth: Tensor, mask: Tensor, levels: Sequence[float] = (0.8, 0.9)
+) -> dict[float, float]:
+    """The share of true values inside the central sample interval of each level, over the masked pixels.
+
+    For a value with samples ``x_1 .. x_K`` the central interval of level ``a`` runs from the sample quantile
+    ``(1 - a) / 2`` to the quantile ``(1 + a) / 2`` (ends included). Quantiles are taken at the plotting
+    position ``p (K + 1)`` between order statistics (numpy's ``method="weibull"``): if the truth and the samples
+    are exchangeable (the samples come from the truth's own distribution), the expected coverage of the
+    interval between order statistics ``i < j`` is ``(j - i) / (K + 1)``, so the expected coverage is the level
+    whenever the positions fall inside ``[1, K]``, i.e. for ``K >= 2 / (1 - a) - 1`` (19 samples for 90%, 39
+    for 95%); with fewer samples the interval is clamped to the sample range and covers at most
+    ``(K - 1) / (K + 1)``.
+
+    :param samples: ``(K, *truth.shape)`` samples (e.g. of posterior inpainting), in the units of ``truth``.
+    :param truth: ``(B, C, H, W)`` or ``(B, T, C, H, W)`` (C = bands).
+    :param mask: bool ``(B, H, W)`` or ``(B, T, H, W)``: True where a pixel is evaluated, all bands.
+    :param levels: nominal levels in ``(0, 1)``.
+    :returns: ``{level: observed share}``.
+
+    Raises ``ValueError`` for bad shapes or levels, and when the mask selects no pixel.
+    """
+    if samples.dim() != truth.dim() + 1 or samples.shape[1:] != truth.shape or samples.shape[0] < 1:
+        raise ValueError(
+            f"expected samples of shape (K, *truth.shape) = (K, {', '.join(map(str, truth.shape))}), "
+            f"got {tuple(samples.shape)}"
+        )
+    levels = [float(a) for a in levels]
+    if not levels or any(not 0 < a < 1 for a in levels):
+        raise ValueError(f"expected levels in (0, 1), got {levels}")
+    (t,) = _masked_values(mask, truth)
+    band_mask = mask.to(device=truth.device, dtype=torch.bool).unsqueeze(-3).expand_as(truth)
+    s = samples[:, band_mask].double().sort(dim=0).values  # (K, N)
+    t = t.double()
+    out = {}
+    for a in levels:
+        lo, hi = _quantile_weibull(s, (1 - a) / 2), _quantile_weibull(s, (1 + a) / 2)
+        out[a] = float(((t >= lo) & (t <= hi)).double().mean())
+    return out
+
+
+def _quantiles_linear(sorted_values: Tensor, ps: Tensor) -> Tensor:
+    """Quantiles of a sorted 1-D tensor at probabilities ``ps``, linear between order statistics (numpy's
+    default, ``torch.quantile``'s too; computed here because ``torch.quantile`` refuses very large inputs)."""
+    n = sorted_values.numel()
+    pos = ps.to(sorted_values.dtype) * (n - 1)
+    j = pos.floor().long().clamp(0, n - 1)
+    k = (j + 1).clamp(max=n - 1)
+    frac = pos - j.to(pos.dtype)
+    return sorted_values[j] + frac * (sorted_values[k] - sorted_values[j])
+
+
+def error_vs_spread(mean: Tensor, std: Tensor, truth: Tensor, mask: Tensor, bins: int = 10) -> dict[str, list]:
+    """The error of a predicted mean against its predicted spread: the RMSE of ``mean`` in bins of ``std``.
+
+    The masked values (every band of every masked pixel) are binned by their predicted ``std`` into ``bins``
+    bins of (about) equal counts: the bin edges are the quantiles ``0, 1/bins, .., 1`` of ``std`` over these
+    values (linear interpolation, numpy's default) and a value falls in bin ``b`` when
+    ``edge_b <= std < edge_(b+1)`` (the last bin includes its upper edge). Bins left empty (repeated edges, e.g.
+    many equal spreads) are dropped. For calibrated Gaussian predictions the RMSE of a bin is about its spread.
+
+    :param mean: ``(B, C, H, W)`` or ``(B, T, C, H, W)`` predicted mean, in the units of ``truth``.
+    :param std: the predicted standard deviation, same shape and units.
+    :param truth: same shape.
+    :param mask: bool ``(B, H, W)`` or ``(B, T, H, W)``: True where a pixel is evaluated, all bands.
+    :param bins: number of bins (>= 1).
+    :returns: ``{"std": mean std of each bin, "rmse": RMSE of the mean in each bin, "count": values per bin,
+        "edges": the bins + 1 edges}`` (lists, non-empty bins only, except ``edges``).
+
+    Raises ``ValueError`` for bad shapes or ``bins``, and when the mask selects no pixel.
+    """
+    if not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"expected bins to be a positive int, got {bins!r}")
+    m, s, t = (v.double() for v in _masked_values(mask, mean, std, truth))
+    edges = _quantiles_linear(s.sort().values, torch.linspace(0, 1, bins + 1, dtype=torch.float64))
+    which = torch.bucketize(s, edges[1:-1], right=True)  # edge_b <= s < edge_(b+1); the max lands in the last
+    sq = (m - t) ** 2
+    out: dict[str, list] = {"std": [], "rmse": [], "count": [], "edges": [float(e) for e in edges]}
+    for b in range(bins):
+        sel = which == b
+        n = int(sel.sum())
+        if n:
+            out["std"].append(float(s[sel].mean()))
+            out["rmse"].append(float(sq[sel].mean().sqrt()))
+            out["count"].append(n)
+    return out

@@ -4,10 +4,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hvaeseg.metrics import ConfusionMatrix, inpainting_errors
+from hvaeseg.metrics import ConfusionMatrix, error_vs_spread, inpainting_errors, interval_coverage, per_band_rmse
 
 
 def brute_force(preds, targets, masks, K):
@@ -161,3 +161,128 @@ def test_inpainting_errors_reject_bad_input():
         inpainting_errors(x, x, torch.ones(1, 2, 4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="same shape"):
         inpainting_errors(x, x[:, :1], torch.ones(1, 4, 4, dtype=torch.bool))
+
+
+# -- per-band RMSE, interval coverage, error against spread -----------------------------------------------
+
+
+def test_per_band_rmse_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for shape, mshape in (((2, 3, 5, 6), (2, 5, 6)), ((2, 2, 4, 3, 3), (2, 2, 3, 3))):
+        pred, truth = rng.random(shape), rng.random(shape)
+        mask = rng.random(mshape) < 0.4
+        mask.flat[0] = True
+        got = per_band_rmse(torch.from_numpy(pred).float(), torch.from_numpy(truth).float(), torch.from_numpy(mask))
+        C = shape[-3]
+        want = []
+        for c in range(C):
+            se = []
+            for idx in np.ndindex(*mshape):
+                if mask[idx]:
+                    full = idx[:-2] + (c,) + idx[-2:]
+                    se.append((pred[full] - truth[full]) ** 2)
+            want.append(math.sqrt(sum(se) / len(se)))
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    # the overall RMSE is the root of the mean of the squared per-band RMSEs (same count per band)
+    p, t = torch.rand(1, 4, 6, 6), torch.rand(1, 4, 6, 6)
+    m = torch.rand(1, 6, 6) < 0.5
+    m[0, 0, 0] = True
+    overall = math.sqrt(np.mean(np.square(per_band_rmse(p, t, m))))
+    assert overall == pytest.approx(inpainting_errors(p, t, m)["rmse"], rel=1e-5)
+    with pytest.raises(ValueError, match="no pixel"):
+        per_band_rmse(p, t, torch.zeros(1, 6, 6, dtype=torch.bool))
+
+
+def test_interval_coverage_matches_brute_force():
+    rng = np.random.default_rng(1)
+    K, shape = 7, (2, 3, 4, 5)
+    samples = rng.normal(size=(K, *shape))
+    truth = rng.normal(size=shape)
+    mask = rng.random((2, 4, 5)) < 0.6
+    levels = (0.5, 0.8, 0.9)
+    got = interval_coverage(torch.from_numpy(samples), torch.from_numpy(truth), torch.from_numpy(mask), levels)
+    for a in levels:
+        inside = n = 0
+        for b, c, i, j in np.ndindex(*shape):
+            if mask[b, i, j]:
+                v = samples[:, b, c, i, j]
+                lo, hi = np.quantile(v, [(1 - a) / 2, (1 + a) / 2], method="weibull")
+                inside += lo <= truth[b, c, i, j] <= hi
+                n += 1
+        assert got[a] == pytest.approx(inside / n)
+    # temporal stacks; a truth equal to a sample at the interval's end counts as inside
+    s = torch.arange(5.0).view(5, 1, 1, 1, 1, 1).expand(5, 1, 2, 1, 1, 1).clone()  # samples 0..4
+    t = torch.tensor([2.0, 4.0]).view(1, 2, 1, 1, 1)  # the middle, the largest sample
+    m = torch.ones(1, 2, 1, 1, dtype=torch.bool)
+    # K = 5: level 4/6 spans order statistics 1..5 exactly (positions 1/6 * 6 = 1 and 5/6 * 6 = 5)
+    assert interval_coverage(s, t, m, (2 / 3, 0.2)) == {2 / 3: 1.0, 0.2: 0.5}
+
+
+def test_interval_coverage_rejects_bad_input():
+    t = torch.rand(1, 2, 3, 3)
+    m = torch.ones(1, 3, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="samples of shape"):
+        interval_coverage(torch.rand(4, 1, 2, 3, 2), t, m)
+    with pytest.raises(ValueError, match="levels"):
+        interval_coverage(torch.rand(4, 1, 2, 3, 3), t, m, (0.8, 1.0))
+    with pytest.raises(ValueError, match="no pixel"):
+        interval_coverage(torch.rand(4, 1, 2, 3, 3), t, ~m)
+
+
+@settings(max_examples=20, deadline=None)
+@given(level=st.floats(0.5, 0.9), K=st.integers(40, 120), seed=st.integers(0, 2**31 - 1))
+def test_interval_coverage_of_samples_from_the_truths_distribution_is_the_level(level, K, seed):
+    """Truth and samples drawn from the same (per-value) distribution: the coverage tends to the level."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (4, 2, 25, 25)  # 5000 values, each with its own location and scale
+    loc = 3 * torch.randn(shape, generator=g, dtype=torch.float64)
+    scale = torch.rand(shape, generator=g, dtype=torch.float64) * 2 + 0.01
+    truth = loc + scale * torch.randn(shape, generator=g, dtype=torch.float64)
+    samples = loc + scale * torch.randn((K, *shape), generator=g, dtype=torch.float64)
+    mask = torch.ones(4, 25, 25, dtype=torch.bool)
+    got = interval_coverage(samples, truth, mask, (level,))[level]
+    assert abs(got - level) < 0.04  # sd of the share about 0.007
+    # samples half as wide as they should be cover less
+    narrow = loc + 0.5 * (samples - loc)
+    assert interval_coverage(narrow, truth, mask, (level,))[level] < level - 0.1
+
+
+def test_error_vs_spread_matches_brute_force():
+    rng = np.random.default_rng(2)
+    shape = (2, 3, 6, 7)
+    mean, truth = rng.normal(size=shape), rng.normal(size=shape)
+    std = rng.random(shape)
+    std[0, :, :2] = 0.0  # ties: repeated edges leave bins empty
+    mask = rng.random((2, 6, 7)) < 0.7
+    bins = 6
+    got = error_vs_spread(*(torch.from_numpy(v) for v in (mean, std, truth)), torch.from_numpy(mask), bins=bins)
+    vals = [(std[b, c, i, j], mean[b, c, i, j] - truth[b, c, i, j])
+            for b, c, i, j in np.ndindex(*shape) if mask[b, i, j]]
+    s = np.array([v[0] for v in vals])
+    edges = np.quantile(s, np.linspace(0, 1, bins + 1))
+    want = {"std": [], "rmse": [], "count": []}
+    for b in range(bins):
+        last = b == bins - 1
+        members = [e for sd, e in vals if edges[b] <= sd and (sd < edges[b + 1] or (last and sd <= edges[b + 1]))]
+        if members:
+            want["std"].append(np.mean([sd for sd, e in vals
+                                        if edges[b] <= sd and (sd < edges[b + 1] or (last and sd <= edges[b + 1]))]))
+            want["rmse"].append(math.sqrt(np.mean(np.square(members))))
+            want["count"].append(len(members))
+    assert sum(got["count"]) == len(vals) and got["count"] == want["count"]
+    assert len(got["count"]) < bins  # the ties emptied a bin
+    np.testing.assert_allclose(got["edges"], edges)
+    np.testing.assert_allclose(got["std"], want["std"])
+    np.testing.assert_allclose(got["rmse"], want["rmse"])
+    with pytest.raises(ValueError, match="bins"):
+        error_vs_spread(*(torch.from_numpy(v) for v in (mean, std, truth)), torch.from_numpy(mask), bins=0)
+
+
+def test_error_vs_spread_of_calibrated_gaussian_predictions():
+    g = torch.Generator().manual_seed(3)
+    std = torch.rand(1, 2, 100, 100, generator=g) * 0.4 + 0.1
+    mean = torch.zeros_like(std)
+    truth = std * torch.randn(std.shape, generator=g)
+    out = error_vs_spread(mean, std, truth, torch.ones(1, 100, 100, dtype=torch.bool), bins=5)
+    assert len(out["rmse"]) == 5
+    np.testing.assert_allclose(out["rmse"], out["std"], rtol=0.1)
