@@ -113,6 +113,6 @@ def label(name_or_spec: str) -> str:
     spec = str(name_or_spec)
     if spec.startswith(_SYNTHETIC):
         return spec
-    if spec.endswith(".zarr") and not (DATA / spec).is_dir():
-        return f"store: {Path(spec).name}"
-    return f"real: {spec}"
+    if "/" not in spec and (DATA / spec / "scene.json").is_file():
+        return f"real: {spec}"
+    return f"store: {Path(spec).name}"

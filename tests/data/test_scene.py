@@ -99,6 +99,7 @@ def test_scenes_ingests_once_and_passes_synthetic_through(scene_store, monkeypat
     assert scenes.cube("synthetic:small") == "synthetic:small"
     assert scenes.label("synthetic:small") == "synthetic:small"
     assert scenes.label(NAME) == "real: s2-cloud-shadow-512"
+    assert scenes.label("/tmp/elsewhere/wc.zarr") == "store: wc.zarr"  # an absolute path is a store, not a scene
     assert NAME in scenes.scenes()
     with pytest.raises(ValueError, match="unknown cube 'nope'.*s2-cloud-shadow-512"):
         scenes.cube("nope")
