@@ -57,6 +57,7 @@ if str(BENCH) not in sys.path:  # budget.py, compare.py and scenes.py, beside th
 import budget  # noqa: E402  (light: no torch until main)
 from scenes import cube as resolve_cube  # noqa: E402
 from scenes import label as cube_label  # noqa: E402
+from run_settings import add_run_settings, report_failures  # noqa: E402
 
 #: the HVAE methods, in the table's order
 METHODS = ("symmetric", "elbo")
@@ -433,13 +434,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     p.add_argument("--rerun-imported", action="store_true", help="run imported (variant, seed)s too")
     p.add_argument("--list", action="store_true", help="print the variants and exit")
     p.add_argument("--render-only", action="store_true", help="re-write --markdown from --json; no training")
-    p.add_argument("--cube-cache", default="runs/cubes", help="where real scenes are ingested (once)")
-    p.add_argument("--patch-size", type=int, default=32)
-    p.add_argument("--block", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--val-every", type=int, default=50)
-    p.add_argument("--unlabelled-patches", type=int, default=2048)
-    p.add_argument("--iwae-samples", type=int, default=8)
+    add_run_settings(p)
     args = p.parse_args(argv)
     if not args.budget > 0:
         p.error(f"--budget: expected a positive number of seconds, got {args.budget}")
@@ -603,12 +598,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     write(failed)
-    print(f"wrote {args.json} and {args.markdown}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} run(s) failed (see compare.log in their folders); run the same command again to "
-              "retry them", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(failed, f"wrote {args.json} and {args.markdown}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ if str(BENCH) not in sys.path:  # bench/scenes.py and bench/compare.py, beside t
     sys.path.insert(0, str(BENCH))
 from scenes import cube as resolve_cube  # noqa: E402  (light: no torch)
 from scenes import label as cube_label  # noqa: E402
+from run_settings import add_run_settings, report_failures  # noqa: E402
 
 #: the methods' order, colours and markers in the figure (others are appended in the order given)
 METHODS = ("symmetric", "elbo", "supervised", "mixmatch", "pixel-gbm")
@@ -370,13 +371,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     p.add_argument("--json", default=None, help="result JSON (default bench/results/budget.json, "
                    "budget_steps.json with --steps)")
     p.add_argument("--png", default=None, help="figure (default bench/results/budget.png, budget_steps.png with --steps)")
-    p.add_argument("--cube-cache", default="runs/cubes", help="where real scenes are ingested (once)")
-    p.add_argument("--patch-size", type=int, default=32)
-    p.add_argument("--block", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--val-every", type=int, default=50)
-    p.add_argument("--unlabelled-patches", type=int, default=2048)
-    p.add_argument("--iwae-samples", type=int, default=8)
+    add_run_settings(p)
     p.add_argument("--options", action="append", default=[], metavar="METHOD=JSON",
                    help="hyper-parameters of METHOD as a JSON object (repeatable, one per method)")
     p.add_argument("--plot-only", action="store_true", help="re-draw --png from the existing --json; no training")
@@ -503,12 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     write(failed)
     if rows:
         plot_report(report, args.png)
-    print(f"wrote {args.json}" + (f" and {args.png}" if rows else ""), file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} run(s) failed (see compare.log in their folders); run the same command again to "
-              "retry them", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(failed, f"wrote {args.json}" + (f" and {args.png}" if rows else ""))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # bench/scenes.py, bes
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scenes import cube as resolve_cube  # noqa: E402
 from scenes import label as cube_label  # noqa: E402
+from run_settings import add_run_settings, report_failures  # noqa: E402
 
 KEYS = ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency", "steps_per_second", "labelled_pixels")
 #: the file a finished run's row is written to, in its run folder
@@ -187,13 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="synthetic:PRESET, a scene of bench/data (e.g. s2-cloud-shadow-512) or a store path "
                    "(default synthetic:small)")
     p.add_argument("--preset", default=None, help="short for --cubes synthetic:PRESET")
-    p.add_argument("--cube-cache", default="runs/cubes", help="where real scenes are ingested (once)")
-    p.add_argument("--patch-size", type=int, default=32)
-    p.add_argument("--block", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--unlabelled-patches", type=int, default=2048)
-    p.add_argument("--val-every", type=int, default=50)
-    p.add_argument("--iwae-samples", type=int, default=8)
+    add_run_settings(p)
     p.add_argument("--eval-val", action="store_true",
                    help="also evaluate the val split (after the test split) and add val_accuracy / val_mean_iou "
                    "to each row (bench/ablation.py)")

@@ -39,11 +39,14 @@ __all__ = [
     "PartiallyObservedCategorical",
     "StraightThroughBernoulli",
     "StraightThroughCategorical",
+    "check_label_pool",
+    "sample_label_maps",
 ]
 
-_EMPIRICAL_NO_SAMPLER = (
-    "the empirical s prior has no sampler: give s or draw from a label pool "
-    "(model(x, s=labels) or replay a guide trace), or use the 'categorical' s prior in the HierarchySpec"
+_EMPIRICAL_NO_POOL = (
+    "the empirical s prior has no sampler without a label pool: attach one (hvae.attach_label_pool(pool) with a "
+    "LabelPool or (N, H, W) label maps), give s (model(x, s=labels) or replay a guide trace), or use the "
+    "'categorical' s prior in the HierarchySpec"
 )
 
 
@@ -190,21 +193,117 @@ class PartiallyObservedCategorical(FastCategorical):
         return StraightThroughCategorical(self.logits, temperature, labels=self.labels)
 
 
-class EmpiricalPrior(TorchDistribution):
-    """The empirical label distribution pi(s) as a Pyro site: no density (log_prob 0), no sampler.
+def check_label_pool(maps: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Check label maps to draw the empirical s prior's samples from, and return them as ``(N, H, W)``.
 
-    Symmetric learning never needs its density, and its samples come from a label pool, so the model
-    only ever *observes* or *replays* ``s`` at this site.
+    :param maps: ``(N, H, W)`` (or one ``(H, W)``) integer class ids in ``[0, num_classes)``, ``-1`` = void.
+    :param num_classes: K.
+    :returns: the same maps, ``(N, H, W)`` (not copied).
+    :raises TypeError: for float or bool maps.
+    :raises ValueError: for another number of dims, class ids outside ``[-1, K)``, or no labelled pixel.
+    """
+    if not isinstance(maps, torch.Tensor):
+        raise TypeError(f"expected the label pool as a tensor of label maps (N, H, W), got {type(maps).__name__}")
+    if maps.is_floating_point() or maps.dtype == torch.bool or maps.is_complex():
+        raise TypeError(f"expected integer label maps (class ids, -1 = void) in the label pool, got {maps.dtype}")
+    if maps.dim() == 2:
+        maps = maps.unsqueeze(0)
+    if maps.dim() != 3 or maps.numel() == 0:
+        raise ValueError(f"expected label pool maps of shape (N, H, W), got {tuple(maps.shape)}")
+    lo, hi = int(maps.min()), int(maps.max())
+    if lo < -1 or hi >= num_classes:
+        raise ValueError(
+            f"expected class ids in [0, {num_classes}) or -1 (void) in the label pool, got values in [{lo}, {hi}]: "
+            "attach the label maps of this hierarchy's classes"
+        )
+    if hi < 0:
+        raise ValueError("expected a label pool with at least one labelled pixel, got only void (-1) pixels")
+    return maps
+
+
+def sample_label_maps(pool: torch.Tensor, shape, num_classes: int) -> torch.Tensor:
+    """Label maps of ``shape = (..., H, W)`` drawn from a pool of label maps (the empirical prior's sampler).
+
+    Each of the ``prod(shape[:-2])`` maps is an ``H x W`` crop of a pool map: the map is drawn uniformly, then
+    the crop's offset uniformly among those that fit (pool maps of exactly ``H x W`` are taken whole). Void pixels
+    (``-1``) of a crop are replaced, each independently, by a class drawn from the pool's class frequencies (the
+    share of each class among all labelled pixels of the pool), so every sampled pixel has a class and the
+    labelled pixels are exactly pool values. (Symmetric learning fills the void of its pool maps with the class
+    of the nearest labelled pixel instead, :func:`hvaeseg.objectives.fill_void_nearest`; attach maps filled that
+    way to get its maps.) Uses torch's global generator, so ``pyro.set_rng_seed`` makes it reproducible.
+
+    :param pool: ``(N, Hp, Wp)`` integer label maps, ``-1`` = void, with at least one labelled pixel
+        (see :func:`check_label_pool`).
+    :param shape: ``(..., H, W)`` with ``H <= Hp`` and ``W <= Wp``.
+    :param num_classes: K.
+    :returns: int64 ``shape`` class ids in ``[0, K)``, on the pool's device.
+    :raises ValueError: when the pool's maps are smaller than ``H x W``.
+    """
+    shape = torch.Size(shape)
+    if len(shape) < 2:
+        raise ValueError(f"expected a sample shape (..., H, W), got {tuple(shape)}")
+    H, W = shape[-2:]
+    N, Hp, Wp = pool.shape
+    if Hp < H or Wp < W:
+        raise ValueError(
+            f"expected label pool maps of at least {H}x{W} pixels to draw {H}x{W} label maps from, got maps of "
+            f"{Hp}x{Wp}: attach larger label maps, or sample smaller images"
+        )
+    n = 1
+    for v in shape[:-2]:
+        n *= int(v)
+    device = pool.device
+    with torch.no_grad():
+        idx = torch.randint(N, (n, 1, 1), device=device)
+        rows = torch.randint(Hp - H + 1, (n, 1, 1), device=device) + torch.arange(H, device=device).view(1, H, 1)
+        cols = torch.randint(Wp - W + 1, (n, 1, 1), device=device) + torch.arange(W, device=device).view(1, 1, W)
+        crops = pool[idx, rows, cols].long()  # (n, H, W)
+        void = crops < 0
+        if bool(void.any()):
+            labelled = pool[pool >= 0].long()
+            if labelled.numel() == 0:
+                raise ValueError("expected a label pool with at least one labelled pixel, got only void (-1) pixels")
+            freq = torch.bincount(labelled, minlength=num_classes)[:num_classes].to(torch.get_default_dtype())
+            draws = torch.multinomial(freq, int(void.sum()), replacement=True)
+            crops[void] = draws
+        return crops.reshape(shape)
+
+
+class EmpiricalPrior(TorchDistribution):
+    """The empirical label distribution pi(s) as a Pyro site: no density (log_prob 0); samples from a label pool.
+
+    Symmetric learning never needs its density, so ``log_prob`` is 0 for every value (void or not; one-hot
+    values too), whether or not a pool is attached. Drawing a sample needs label maps to draw from: with
+    ``pool`` given, :meth:`sample` returns crops of the pool's maps with void pixels replaced by draws from the
+    pool's class frequencies (:func:`sample_label_maps`); without one it raises a :class:`ValueError` that says
+    how to attach one. The model only needs a sample when ``s`` is neither given nor replayed (prior samples,
+    :class:`pyro.infer.Predictive`, ``poutine.do``).
 
     :param num_classes: K.
-    :param shape: the batch shape (e.g. ``(B, H, W)``).
+    :param shape: the batch shape, ending in the pixel dims (e.g. ``(B, H, W)``, temporal ``(B, 1, H, W)``).
+    :param pool: optional ``(N, Hp, Wp)`` integer label maps (``-1`` = void) with ``Hp >= H``, ``Wp >= W``,
+        checked by :func:`check_label_pool` (once, by whoever attaches it: here only its layout is checked).
+    :param device: where samples are put (default: the pool's device).
     """
 
     arg_constraints = {}
     has_rsample = False
 
-    def __init__(self, num_classes: int, shape, validate_args=None):
+    def __init__(
+        self,
+        num_classes: int,
+        shape,
+        pool: torch.Tensor | None = None,
+        validate_args=None,
+        *,
+        device: torch.device | str | None = None,
+    ):
         self.num_classes = int(num_classes)
+        if pool is not None and (not isinstance(pool, torch.Tensor) or pool.dim() != 3 or pool.is_floating_point()):
+            got = tuple(pool.shape) if isinstance(pool, torch.Tensor) else type(pool).__name__
+            raise ValueError(f"expected pool as (N, H, W) integer label maps, got {got}")
+        self.pool = pool
+        self.device = None if device is None else torch.device(device)
         super().__init__(torch.Size(shape), validate_args=False)
 
     @constraints.dependent_property(is_discrete=True, event_dim=0)
@@ -214,14 +313,26 @@ class EmpiricalPrior(TorchDistribution):
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(EmpiricalPrior, _instance)
         new.num_classes = self.num_classes
+        new.pool = self.pool
+        new.device = self.device
         TorchDistribution.__init__(new, torch.Size(batch_shape), validate_args=False)
         return new
 
-    def sample(self, sample_shape=torch.Size()):
-        raise ValueError(_EMPIRICAL_NO_SAMPLER)
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """int64 ``sample_shape + batch_shape`` label maps drawn from the pool (see :func:`sample_label_maps`)."""
+        if self.pool is None:
+            raise ValueError(_EMPIRICAL_NO_POOL)
+        shape = _shape(sample_shape, self.batch_shape)
+        if len(shape) < 2:
+            raise ValueError(f"expected the empirical prior's batch shape to end in (H, W), got {tuple(shape)}")
+        out = sample_label_maps(self.pool, shape, self.num_classes)
+        return out if self.device is None else out.to(self.device)
 
     def rsample(self, sample_shape=torch.Size()):
-        raise ValueError(_EMPIRICAL_NO_SAMPLER)
+        raise ValueError(
+            "the empirical s prior has no reparameterised sampler (its samples are label maps from a pool): "
+            "use sample(), or give s"
+        )
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         shape = value.shape[:-1] if value.is_floating_point() else value.shape
@@ -230,7 +341,8 @@ class EmpiricalPrior(TorchDistribution):
         return torch.zeros(shape, dtype=dtype, device=value.device)
 
     def straight_through(self, temperature: float = 1.0) -> EmpiricalPrior:
-        """No sampler to relax: returns itself (its log_prob accepts one-hot values)."""
+        """Nothing to relax (no density; samples are hard label maps): returns itself (its log_prob accepts
+        one-hot values)."""
         return self
 
 

@@ -324,6 +324,7 @@ class _Streams:
             maps = PatchLoader(data.cube, lab.take(np.sort(first)), batch_size=len(first), workers=0,
                                normalise=False)
             self.pool = LabelPool(next(iter(maps)).labels, dihedral=True, seed=config.data_seed)
+            method.use_label_pool(self.pool)
 
     def close(self) -> None:
         for loader in self.loaders.values():

@@ -29,7 +29,7 @@ from hvaeseg.baselines.augment import Augmentation
 from hvaeseg.baselines.supervised import call_net, eval_mode
 from hvaeseg.hierarchy import HierarchySpec, HVAE
 from hvaeseg.hierarchy.spec import IMAGE_SCALES
-from hvaeseg.method import Method, StepBatch
+from hvaeseg.method import SeededMethod, StepBatch
 from hvaeseg.nets.ema import ema_copy, ema_decay_at, ema_update
 from hvaeseg.objectives import SemiSupervisedELBO, SymmetricEquilibrium, SymmetricWeights
 from hvaeseg.objectives.elbo import ESTIMATORS
@@ -154,7 +154,7 @@ def _grad_norm(params: list[nn.Parameter]) -> float:
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
 
 
-class _HVAEMethod(Method):
+class _HVAEMethod(SeededMethod):
     """What the two HVAE methods share: the model, augmentation, EMA, optimizers per player, diagnostics."""
 
     clip_norm = None
@@ -162,8 +162,8 @@ class _HVAEMethod(Method):
     def __init__(self, hvae: HVAE, config: HVAEConfig, seed: int = 0) -> None:
         self.hvae = hvae
         self.config = config
+        super().__init__(seed)
         self.augmentation = Augmentation(dihedral=True) if config.augment else None
-        self.generator = torch.Generator().manual_seed(seed)
         self.ema = ema_copy(hvae.encoder.unet) if config.ema_decay > 0 else None
         self.clip_norm = config.clip_norm
         self.last_grad_norms: dict[str, float] = {}
@@ -227,6 +227,11 @@ class _HVAEMethod(Method):
             out[name] = b
         return StepBatch(pool=batch.pool, **out)
 
+    def use_label_pool(self, pool: Any) -> None:
+        """Attach the run's label pool to the model, so that its empirical s prior can be sampled
+        (:meth:`~hvaeseg.hierarchy.HVAE.attach_label_pool`: ``sample_prior``, ``Predictive``)."""
+        self.hvae.attach_label_pool(pool)
+
     def _doy(self, batch: Any) -> Tensor | None:
         """The batch's days of the year when the hierarchy uses them (else None)."""
         return batch.doy if self.hvae.spec.day_of_year else None
@@ -238,14 +243,6 @@ class _HVAEMethod(Method):
 
     def step_statistics(self) -> dict[str, float]:
         return {f"grad_norm_{k}": v for k, v in self.last_grad_norms.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
 
     # ------------------------------------------------------------------------------------ diagnostics
     def _players(self) -> dict[str, list[nn.Parameter]]:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover
     from hvaeseg.data.loader import PatchBatch
+    from hvaeseg.objectives.pool import LabelPool
 
 
 @dataclass
@@ -84,6 +85,10 @@ class Method(abc.ABC):
         for opt in optimizers:
             opt.step()
 
+    def use_label_pool(self, pool: LabelPool) -> None:
+        """Hook given the run's label pool (the labelled maps, with their dihedral transforms) once the streams are
+        built, for methods whose model can draw from it; nothing by default."""
+
     def after_update(self, step: int) -> None:
         """Hook run after every update (e.g. an EMA of the weights); nothing by default."""
 
@@ -112,6 +117,25 @@ class Method(abc.ABC):
             m.load_state_dict(state["modules"][k])
         for k, o in self.optimizers().items():
             o.load_state_dict(state["optimizers"][k])
+
+
+class SeededMethod(Method):
+    """A method whose random draws (augmentation, shuffles, sleep samples) come from one seeded
+    :class:`torch.Generator`, checkpointed with it, so a resumed run draws what an uninterrupted one would.
+
+    :param seed: seeds :attr:`generator`.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
 
 
 class FittedMethod(abc.ABC):

@@ -28,6 +28,7 @@ from hvaeseg.baselines.pixel_gbm import PixelGBMConfig, PixelGBMMethod
 from hvaeseg.baselines.supervised import SupervisedConfig, SupervisedMethod
 from hvaeseg.hvae_methods import ELBOMethod, HVAEConfig, SymmetricMethod
 from hvaeseg.method import FittedMethod, Method
+from hvaeseg.options import check_option_types
 
 #: method name -> (class, config dataclass)
 METHODS: dict[str, tuple[type[Method] | type[FittedMethod], type]] = {
@@ -56,6 +57,7 @@ def method_config(name: str, options: dict[str, Any] | None = None) -> Any:
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"method {name!r} has no options {unknown}; its options are {sorted(known)}")
+    check_option_types(config_class, options, f"method {name!r}")
     for key, value in options.items():  # JSON gives lists where the dataclasses want tuples
         if isinstance(value, list):
             options[key] = tuple(value)

@@ -104,10 +104,19 @@ def test_empirical_prior():
     assert torch.equal(d.log_prob(s), torch.zeros(2, 3, 4))
     assert torch.equal(d.log_prob(F.one_hot(s.clamp(min=0), 5).float()), torch.zeros(2, 3, 4))
     assert d.to_event(2).log_prob(s).shape == (2,)
-    with pytest.raises(ValueError, match="the empirical s prior has no sampler: give s or draw from a label pool"):
+    with pytest.raises(ValueError, match="the empirical s prior has no sampler without a label pool: attach one"):
         d.sample()
     assert d.expand((6, 2, 3, 4)).batch_shape == (6, 2, 3, 4)
     assert d.straight_through(0.5) is d
+    # with a pool: samples are pool maps (here whole, no void), kept by expand; log_prob unchanged
+    pool = torch.randint(0, 5, (3, 3, 4))
+    d = EmpiricalPrior(5, (2, 3, 4), pool)
+    s = d.expand((6, 2, 3, 4)).sample()
+    assert s.shape == (6, 2, 3, 4) and s.dtype == torch.int64
+    assert all(bool((pool == m).flatten(1).all(1).any()) for m in s.reshape(-1, 3, 4))
+    assert torch.equal(d.log_prob(s[0]), torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="no reparameterised sampler"):
+        d.rsample()
 
 
 def _grad(fn, logits):

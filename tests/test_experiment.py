@@ -105,8 +105,14 @@ def test_pool_has_one_map_per_labelled_location(tmp_path):
     data = prepare_data(config)
     lab = data.train_plan.select(labelled=True)
     assert len(lab) > 3  # several dates per location...
-    streams = _Streams(data, config, build_method(config, data))
+    method = build_method(config, data)
+    assert method.hvae.label_pool is None
+    streams = _Streams(data, config, method)
     assert len(streams.pool.maps) == 3  # ...but one map each in the pool
+    # and the model's empirical s prior draws from it (all 8 dihedral transforms of each map)
+    assert method.hvae.label_pool.shape == (3 * 8, 32, 32)
+    sample = method.hvae.sample_prior(n=2, size=16, doy=torch.tensor([100.0, 200.0]))
+    assert sample["s"].shape == (2, 16, 16)
 
 
 def test_loader_processes_train_to_the_same_parameters(tmp_path):

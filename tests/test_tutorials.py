@@ -10,7 +10,8 @@ TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 #: tutorial -> files it must write under HVAESEG_TUTORIAL_OUT/<tutorial name>/
 EXPECTED = {
     "01_custom_hierarchy": [
-        "hierarchy.yaml", "prior_untrained.png", "prior_trained.png", "losses.png", "layer_rates.png"
+        "hierarchy.yaml", "hierarchy_default.png", "hierarchy_custom.png", "prior_untrained.png",
+        "prior_trained.png", "losses.png", "layer_rates.png", "prior_predictive.png",
     ],
     "02_elbo_vs_symmetric": ["losses.png", "metrics.png", "maps.png"],
     "03_posterior_inpainting": ["inpainting.png", "scores.png", "calibration.png"],

@@ -18,13 +18,14 @@
 # family, a number of channels, a resolution and its parents. In this tutorial we
 #
 # 1. declare a hierarchy with a **categorical** layer and a **Gaussian** layer,
-# 2. save it as YAML and read it back,
+# 2. save it as YAML and read it back, and draw it (next to the default hierarchy),
 # 3. see the errors a typo or a cycle gives,
 # 4. build the `HVAE` and look at its Pyro sites and their shapes,
 # 5. draw samples from the prior,
 # 6. train it for a few steps of **symmetric equilibrium learning** (two players, two optimizers) on
-#    patches of the built-in synthetic Sentinel-2 cube, and
-# 7. read the per-layer statistics (rate per layer: is any layer collapsed?).
+#    patches of the built-in synthetic Sentinel-2 cube,
+# 7. read the per-layer statistics (rate per layer: is any layer collapsed?), and
+# 8. run a **prior predictive check** with Pyro's own `Predictive`.
 #
 # Set `HVAESEG_TUTORIAL_FAST=1` to run everything in a few seconds (what the tests do); figures go to
 # `HVAESEG_TUTORIAL_OUT` (default `tutorials/_out`).
@@ -41,6 +42,7 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer import Predictive
 
 from hvaeseg.data.loader import PatchLoader
 from hvaeseg.data.sampler import PatchSampler
@@ -100,6 +102,20 @@ print(text)
 assert HierarchySpec.from_yaml(text) == spec
 spec.save(OUT / "hierarchy.yaml")
 assert HierarchySpec.load(OUT / "hierarchy.yaml") == spec
+
+# %% [markdown]
+# ## Seeing a hierarchy
+#
+# `spec.draw()` draws one box per variable (name, family, channels, resolution) and one arrow per parent
+# link, top to bottom by depth (matplotlib only). First the built-in default hierarchy, here in its temporal
+# form: `u` is shared by the dates of a stack (thick border) and `doy`, the observed day of the year, feeds
+# every layer (dashed). Then ours. From the command line: `hvaeseg spec draw hierarchy.yaml -o hierarchy.png`,
+# or `hvaeseg spec draw default --classes 7 --bands 10 --temporal --day-of-year --shared-channels 4`.
+
+# %%
+default = HierarchySpec.default(7, 10, temporal=True, day_of_year=True, shared_channels=4)
+default.draw().figure.savefig(OUT / "hierarchy_default.png", dpi=100)
+spec.draw().figure.savefig(OUT / "hierarchy_custom.png", dpi=100)
 
 # %% [markdown]
 # ## The errors you will meet
@@ -318,5 +334,49 @@ ax.set_yscale("log")
 ax.set_title("rate per layer")
 fig.tight_layout()
 fig.savefig(OUT / "layer_rates.png", dpi=100)
+plt.close(fig)
+
+# %% [markdown]
+# ## A prior predictive check with `Predictive`
+#
+# The model and guide are plain Pyro programs, so Pyro's own tools apply (see "Pyro inference" in
+# `docs/conventions.md`). `Predictive(hvae.model, num_samples=n)` runs the model `n` times with nothing
+# observed: every site, `s` included, comes from the prior, each with a leading `num_samples` dim. Does the
+# model, before seeing any image, generate images whose bands have the spread of real ones (the inputs are
+# normalised, so about mean 0 and standard deviation 1 per band)?
+#
+# Generated standard deviations well below the data's mean the model is too sure of itself (after the few
+# steps of the fast mode it is); means far off mean its bands are biased.
+#
+# Our `s` prior is learned and factorised, so it can be sampled. With the default, *empirical* prior,
+# attach the label pool first, `hvae.attach_label_pool(pool)`, and `s` is drawn from its maps (crops of them,
+# void pixels drawn from the class frequencies). With a guide, `Predictive(hvae.model, guide=hvae.guide,
+# num_samples=n)(x, None, valid)` gives posterior samples instead.
+
+# %%
+n_draws = 4 if FAST else 32
+with torch.no_grad():
+    prior_predictive = Predictive(hvae.model, num_samples=n_draws)(None, None, None, shape=(BATCH, PATCH, PATCH))
+print({site: tuple(v.shape) for site, v in prior_predictive.items()})
+x_prior = prior_predictive["x"].flatten(0, 1)  # (n_draws * BATCH, C, H, W)
+real = [next(unl_iter) for _ in range(2 if FAST else 8)]
+x_real = torch.cat([b.x for b in real]).movedim(1, 0)[:, torch.cat([b.valid for b in real])]  # (C, valid pixels)
+band_stats = {
+    "data": (x_real.mean(1), x_real.std(1)),
+    "prior predictive": (x_prior.movedim(1, 0).flatten(1).mean(1), x_prior.movedim(1, 0).flatten(1).std(1)),
+}
+bands = list(cube.band.values)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharex=True)
+for k, (what, (mean, std)) in enumerate(band_stats.items()):
+    pos = np.arange(len(bands)) + (k - 0.5) * 0.38
+    axes[0].bar(pos, mean.numpy(), 0.38, label=what)
+    axes[1].bar(pos, std.numpy(), 0.38, label=what)
+for ax, title in zip(axes, ("mean per band", "standard deviation per band")):
+    ax.set_xticks(np.arange(len(bands)), bands, rotation=45)
+    ax.set_title(title)
+axes[0].legend()
+fig.suptitle(f"prior predictive check after {STEPS} steps (normalised reflectance)")
+fig.tight_layout()
+fig.savefig(OUT / "prior_predictive.png", dpi=100)
 plt.close(fig)
 print("figures in", OUT)

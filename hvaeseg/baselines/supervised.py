@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hvaeseg.baselines.augment import Augmentation
-from hvaeseg.method import Method, StepBatch
+from hvaeseg.method import SeededMethod, StepBatch
 
 if TYPE_CHECKING:  # pragma: no cover
     from hvaeseg.data.loader import PatchBatch
@@ -112,7 +112,7 @@ def build_unet(in_channels: int, num_classes: int, config: SupervisedConfig, tem
     return SegmentationUNet(in_channels, num_classes, temporal=temporal, day_of_year=config.day_of_year, **kwargs)
 
 
-class AugmentingMethod(Method):
+class AugmentingMethod(SeededMethod):
     """What the discriminative baselines share: one network, AdamW with weight decay on weights only, and
     a seeded generator for augmentation draws whose state is checkpointed (so a resumed run draws what an
     uninterrupted one would).
@@ -133,7 +133,7 @@ class AugmentingMethod(Method):
         self.config = config
         self.net = net
         self.augmentation = config.augmentation
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(seed)
         self.optimizer = make_optimizer(net, config)
 
     @classmethod
@@ -159,15 +159,6 @@ class AugmentingMethod(Method):
         if batch.labelled is None:
             raise ValueError(f"the {self.name} method needs a labelled batch, got StepBatch.labelled = None")
         return batch.labelled
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
-
 
 class SupervisedMethod(AugmentingMethod):
     """Cross-entropy on augmented labelled patches (``--method supervised``); see the module docstring

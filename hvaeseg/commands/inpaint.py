@@ -29,7 +29,7 @@ def _same_store(a: str, b: str) -> bool:
 
 
 def _inpaint(args: argparse.Namespace) -> int:
-    from hvaeseg.data.store import _Location
+    from hvaeseg.data.store import check_output_free
     from hvaeseg.experiment import SYNTHETIC_PREFIX, RunConfig
 
     if args.samples < 1:
@@ -54,7 +54,7 @@ def _inpaint(args: argparse.Namespace) -> int:
         raise ValueError("--data CUBE is required without RUN (a store path, URL or synthetic:PRESET)")
     if not data.startswith(SYNTHETIC_PREFIX) and _same_store(data, args.out):
         raise ValueError(f"--out {args.out} is the input cube: write the filled cube to another path")
-    _Location(args.out).check_free(args.overwrite)  # before any work; checked again when committing
+    check_output_free(args.out, args.overwrite)  # before any work; checked again when committing
     device = args.device or (config.device if config is not None else "cpu")
 
     start = time.perf_counter()

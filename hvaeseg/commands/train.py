@@ -82,8 +82,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from hvaeseg.experiment import load_run, open_data
+    from hvaeseg.data.store import check_output_free
     from hvaeseg.predict import predict_cube, write_prediction
 
+    check_output_free(args.out, args.overwrite)  # before the prediction runs
     config, data, method = load_run(args.run)
     cube = open_data(args.data, config.data_seed) if args.data else data.cube
     pred = predict_cube(method.predict_proba, cube, data.num_classes, patch_size=config.patch_size,

@@ -278,6 +278,15 @@ def write_cube(
     )
 
 
+def check_output_free(path: str | os.PathLike, overwrite: bool, *, storage_options: Mapping | None = None) -> None:
+    """Refuse, before any work is done, an output ``path`` that exists when ``overwrite`` is false (the writers
+    check again when they commit).
+
+    :raises FileExistsError: naming ``path`` and ``--overwrite``.
+    """
+    _Location(path, storage_options).check_free(overwrite)
+
+
 def write_dataset(
     ds: xr.Dataset,
     path: str | os.PathLike,

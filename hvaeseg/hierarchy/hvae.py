@@ -14,12 +14,19 @@ parameters of z_t (theta, shared) + encoder head on the bottom-up features at z_
 Shapes in temporal models: the batch plate is at ``dim=-2`` and per-date sites are under
 ``pyro.plate("time", T, dim=-1)``; ``s`` is outside the time plate, so its site value is ``(B, 1, H, W)``
 (labels ``(B, H, W)`` given by the caller are unsqueezed) and the guide's q(s|x) logits ``(B, 1, H, W, K)``.
+
+The model and guide are plain Pyro callables, so Pyro's own tools apply (docs/conventions.md, "Pyro
+inference"): ``SVI`` with ``Trace_ELBO`` / ``TraceGraph_ELBO``, ``Predictive``, ``poutine.condition`` /
+``poutine.do``. With the empirical s prior those that draw ``s`` from the prior (``Predictive`` always does:
+Pyro runs the model alone once to find its plates) need label maps to draw from:
+``hvae.attach_label_pool(pool)``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import Protocol
 
 import pyro
 import pyro.poutine as poutine
@@ -28,7 +35,13 @@ import torch.nn.functional as F
 from pyro.distributions import Normal
 from pyro.nn import PyroModule
 
-from hvaeseg.distributions import EmpiricalPrior, FastBernoulli, FastCategorical, PartiallyObservedCategorical
+from hvaeseg.distributions import (
+    EmpiricalPrior,
+    FastBernoulli,
+    FastCategorical,
+    PartiallyObservedCategorical,
+    check_label_pool,
+)
 from hvaeseg.hierarchy.networks import LATENT_MIN_SCALE, Decoder, LadderEncoder, parent_input
 from hvaeseg.hierarchy.spec import HierarchySpec, LatentLayerSpec
 from hvaeseg.nets.covariates import doy_features
@@ -40,6 +53,26 @@ def _shape_str(t: torch.Tensor | None) -> str:
     return "None" if t is None else str(tuple(t.shape))
 
 
+#: prefix of the HVAE's parameters in Pyro's parameter store (as ``pyro.module("hvae", ...)`` would name them)
+PARAM_PREFIX = "hvae"
+
+
+def _collecting_parameters() -> bool:
+    """Whether a ``poutine.trace(param_only=True)`` is on the effect-handler stack: how ``pyro.infer.SVI`` finds
+    the parameters to step. hvaeseg's own training takes the parameters from the modules instead."""
+    from pyro.poutine.runtime import _PYRO_STACK
+
+    return any(getattr(handler, "param_only", False) for handler in _PYRO_STACK)
+
+
+class LabelMapSource(Protocol):
+    """Anything that lists its label maps, e.g. :class:`hvaeseg.objectives.LabelPool` (every map with every
+    dihedral transform)."""
+
+    def all_maps(self) -> torch.Tensor:  # (N, H, W) integer class ids, -1 = void
+        ...
+
+
 class HVAE(PyroModule):
     """Hierarchical VAE whose top latent is the segmentation ``s``.
 
@@ -48,6 +81,9 @@ class HVAE(PyroModule):
     Networks: ``self.decoder`` (:class:`~hvaeseg.hierarchy.networks.Decoder`, theta) and
     ``self.encoder`` (:class:`~hvaeseg.hierarchy.networks.LadderEncoder`, phi; ``self.encoder.unet`` is a
     :class:`~hvaeseg.nets.SegmentationUNet`). :meth:`parameter_groups` derives the two groups from traces.
+
+    With the empirical s prior, :meth:`attach_label_pool` gives the prior label maps to draw ``s`` from, so that
+    the model can also be run with ``s`` unobserved (prior samples, :class:`pyro.infer.Predictive`).
     """
 
     def __init__(self, spec: HierarchySpec):
@@ -60,6 +96,57 @@ class HVAE(PyroModule):
         self._layers: dict[str, LatentLayerSpec] = {layer.name: layer for layer in spec.layers}
         # dtype / device anchor that follows .to(); not a parameter, so reading it uses no parameter
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+        # label maps the empirical s prior draws from: not a buffer (not saved with the weights, not moved by .to())
+        self._label_pool: torch.Tensor | None = None
+
+    def _expose_parameters(self, *modules: str) -> None:
+        """Under ``pyro.infer.SVI`` only: record the parameters of ``modules`` (``"decoder"``, ``"encoder"``) as
+        ``pyro.param`` sites named ``hvae$$$<module>.<name>``, so that SVI's optimiser steps them.
+
+        The store entries are (re)pointed at this model's own parameter tensors first, so another HVAE run through
+        SVI in the same process never hands its tensors to this one. Elsewhere (hvaeseg's objectives, the traces
+        that split decoder and encoder parameters) nothing is recorded and nothing is put in the store.
+        """
+        if not _collecting_parameters():
+            return
+        store = pyro.get_param_store()
+        for module in modules:
+            for name, param in getattr(self, module).named_parameters(prefix=module):
+                if param.requires_grad:
+                    full = f"{PARAM_PREFIX}$$${name}"
+                    store[full] = param
+                    pyro.param(full)
+
+    # ----------------------------------------------------------------------------------- label pool
+    def attach_label_pool(self, pool: torch.Tensor | LabelMapSource | None) -> HVAE:
+        """Give the empirical s prior label maps to draw from (``None`` detaches them); returns ``self``.
+
+        Samples of ``s`` are then ``H x W`` crops of these maps, void pixels replaced by draws from the pool's
+        class frequencies (:func:`hvaeseg.distributions.sample_label_maps`). The prior's ``log_prob`` stays 0,
+        so training is unchanged. The maps are kept by reference (not copied, not saved in ``state_dict``);
+        samples are put on the model's device. The categorical s prior ignores them.
+
+        :param pool: ``(N, H, W)`` (or ``(H, W)``) integer class ids in ``[0, K)``, ``-1`` = void, or a
+            :class:`~hvaeseg.objectives.LabelPool` (all its maps with their dihedral transforms), or ``None``.
+        :raises TypeError: for float maps or an object without ``all_maps()``.
+        :raises ValueError: for class ids outside ``[-1, K)``, maps that are not ``(N, H, W)``, or only void.
+        """
+        if pool is None:
+            self._label_pool = None
+            return self
+        if not isinstance(pool, torch.Tensor):
+            if not callable(getattr(pool, "all_maps", None)):
+                raise TypeError(
+                    f"expected a label pool as (N, H, W) label maps or a LabelPool, got {type(pool).__name__}"
+                )
+            pool = pool.all_maps()
+        self._label_pool = check_label_pool(pool, self.spec.num_classes)
+        return self
+
+    @property
+    def label_pool(self) -> torch.Tensor | None:
+        """The attached label maps ``(N, H, W)`` (see :meth:`attach_label_pool`), or None."""
+        return self._label_pool
 
     # --------------------------------------------------------------------------------------- helpers
     @property
@@ -163,7 +250,7 @@ class HVAE(PyroModule):
     def _s_prior(self, B: int, T: int | None, H: int, W: int):
         batch = (B, 1, H, W) if T is not None else (B, H, W)
         if self.spec.s_prior == "empirical":
-            return EmpiricalPrior(self.spec.num_classes, batch)
+            return EmpiricalPrior(self.spec.num_classes, batch, self._label_pool, device=self._device)
         return FastCategorical(self.decoder.s_logits.expand(*batch, self.spec.num_classes))
 
     # ------------------------------------------------------------------------------------ model
@@ -180,7 +267,8 @@ class HVAE(PyroModule):
 
         :param x: ``(B, C, H, W)`` float (temporal ``(B, T, C, H, W)``), or ``None`` to generate.
         :param s: ``(B, H, W)`` int64 labels (``-1`` = void, marginalised) or one-hot float ``(B, H, W, K)``.
-            With the empirical prior, ``s`` must be given or replayed from a guide trace.
+            With the empirical prior, ``s`` must be given or replayed from a guide trace, or a label pool
+            attached (:meth:`attach_label_pool`) to draw it from.
         :param valid: ``(B, H, W)`` bool (temporal ``(B, T, H, W)``); invalid pixels of ``x`` do not count.
         :param doy: ``(B,)`` (temporal ``(B, T)``) days of the year; required when the hierarchy uses ``doy``.
         :param shape: ``(B, H, W)`` (temporal ``(B, T, H, W)``) when none of x, s, valid is given, or the
@@ -189,6 +277,7 @@ class HVAE(PyroModule):
         """
         spec = self.spec
         B, T, H, W = self._dims(x, s, valid, shape)
+        self._expose_parameters("decoder")
         dtype = self._dtype
         inputs: dict[str, torch.Tensor] = {}
         doy_in = self._doy_input(doy, B, T)
@@ -233,6 +322,7 @@ class HVAE(PyroModule):
         """
         spec = self.spec
         B, T, H, W = self._dims(x, s, valid, None)
+        self._expose_parameters("encoder", "decoder")  # the ladder guide uses the decoder's prior nets too
         dtype = self._dtype
         doy_in = self._doy_input(doy, B, T)
         logits, feats = self.encoder.unet.forward_features(x, valid, doy if doy_in is not None else None)
@@ -291,7 +381,8 @@ class HVAE(PyroModule):
 
         :param n: number of samples (default: the batch of ``s``; a batch of one ``s`` is repeated ``n``
             times).
-        :param s: ``(B, H, W)`` label maps to condition on (required with the empirical prior).
+        :param s: ``(B, H, W)`` label maps to condition on (with the empirical prior: required unless a label
+            pool is attached, see :meth:`attach_label_pool`).
         :param size: image side or ``(H, W)`` when ``s`` is not given.
         :param dates: T for temporal hierarchies.
         :param doy: ``(n,)`` (temporal ``(n, T)``) days of the year, for hierarchies that use ``doy``.
@@ -305,10 +396,11 @@ class HVAE(PyroModule):
                 s = s.expand(n, *s.shape[1:])
             shape = (s.shape[0], dates) if spec.temporal else None
         else:
-            if spec.s_prior == "empirical":
+            if spec.s_prior == "empirical" and self._label_pool is None:
                 raise ValueError(
-                    "the empirical s prior has no sampler: give s (label maps, e.g. from a label pool) "
-                    "to sample_prior, or use s_prior='categorical' in the HierarchySpec"
+                    "the empirical s prior has no sampler without a label pool: give s (label maps, e.g. from a "
+                    "label pool) to sample_prior, attach a pool (hvae.attach_label_pool(pool)), or use "
+                    "s_prior='categorical' in the HierarchySpec"
                 )
             if n is None or size is None:
                 raise ValueError("expected n and size (image side or (H, W)) when s is not given")

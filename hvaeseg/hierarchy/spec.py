@@ -29,9 +29,12 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
 
 __all__ = [
     "FAMILIES",
@@ -436,6 +439,19 @@ class HierarchySpec:
                     f"{who}: resolution {f} does not divide the patch size {height}x{width}: "
                     f"use patches whose sides are multiples of {f}"
                 )
+
+    def draw(self, ax: Axes | None = None, *, fontsize: float = 8.0) -> Axes:
+        """A picture of this hierarchy (matplotlib only): one box per variable (name, family, channels,
+        resolution), one arrow per parent link, top to bottom by depth; layers shared by the dates and the
+        observed ``doy`` are drawn apart. See :func:`hvaeseg.hierarchy.draw.draw_spec`.
+
+        :param ax: a :class:`matplotlib.axes.Axes` to draw on (default: a new figure sized to the graph).
+        :param fontsize: of the box labels.
+        :returns: the :class:`matplotlib.axes.Axes` drawn on (``ax.figure.savefig("spec.png")``).
+        """
+        from hvaeseg.hierarchy.draw import draw_spec
+
+        return draw_spec(self, ax, fontsize=fontsize)
 
     # ------------------------------------------------------------------------------ construction
     @classmethod

@@ -4,27 +4,11 @@ by its smoke run (bench/README.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def budget():
-    spec = importlib.util.spec_from_file_location("bench_budget", REPO / "bench" / "budget.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 ALL = {"synthetic:small": 40, "s2-cloud-shadow-512": 25}
