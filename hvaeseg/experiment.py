@@ -25,7 +25,8 @@ import contextlib
 import itertools
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,14 @@ class RunConfig:
         object.__setattr__(self, "fractions", fr)
         if not 0 <= self.min_valid <= 1:
             raise ValueError(f"min_valid: expected a fraction in [0, 1], got {self.min_valid}")
+        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device: expected 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}")
+
+    def check_device(self) -> None:
+        """Refuse a CUDA device that torch cannot see (checked when a run is trained or loaded to run here, not
+        when its config is read: a GPU-trained run can be evaluated on a CPU machine with ``device='cpu'``)."""
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for, but torch sees no CUDA device: use --device cpu")
+            raise ValueError(f"device {self.device!r} asked for, but torch sees no CUDA device: use --device cpu")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -403,6 +410,7 @@ def train_run(
             raise FileExistsError(
                 f"{out} holds a run with another configuration; choose a new --out or delete that folder"
             )
+    config.check_device()
     data = prepare_data(config)
     (loader or LoaderOptions()).check(data, config)  # before anything is written
     method = build_method(config, data)
@@ -482,25 +490,50 @@ def fit_run(
 
 
 def load_run(
-    run_dir: str | os.PathLike, *, checkpoint: str = BEST
+    run_dir: str | os.PathLike, *, checkpoint: str = BEST, device: str | None = None
 ) -> tuple[RunConfig, RunData, Method | FittedMethod]:
-    """The config, data and trained method of a run folder (the ``best.pt`` state by default)."""
+    """The config, data and trained method of a run folder (the ``best.pt`` state by default).
+
+    :param device: where to run it (default: the device it was trained on). Where it runs does not define a
+        run: a run trained on ``cuda`` loads on a CPU machine with ``device="cpu"``; the returned config says
+        where it runs now.
+    :raises FileNotFoundError: not a run folder, or no checkpoint in it.
+    :raises ValueError: the checkpoint is damaged or belongs to another method or configuration; the device
+        is not available.
+    """
     run_dir = Path(run_dir)
     config = RunConfig.load(run_dir)
+    if device is not None:
+        config = replace(config, device=device)
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{run_dir} was trained on {config.device!r} and torch sees no CUDA device here: pass "
+                         "--device cpu (load_run(..., device='cpu'))")
     data = prepare_data(config, plans_from=run_dir)
     method = build_method(config, data)
     path = run_dir / checkpoint
-    if not path.exists():
-        path = run_dir / "checkpoint.pt"
-    method.load_state_dict(load_checkpoint(path)["method"])
+    if not path.exists() and checkpoint == BEST and (run_dir / CHECKPOINT).exists():
+        print(f"note: {run_dir} has no {BEST} (no validation yet); using its latest state, {CHECKPOINT}",
+              file=sys.stderr)
+        path = run_dir / CHECKPOINT
+    state = load_checkpoint(path)
+    try:
+        method.load_state_dict(state["method"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path} does not hold a state of this run's {config.method!r} method ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else err!r}): it was written by another method, configuration "
+            "or version; retrain, or point to the run folder it came from"
+        ) from err
     method.train(False)
     return config, data, method
 
 
-def evaluate_run(run_dir: str | os.PathLike, split: str = "test", *, iwae_samples: int = 8) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | os.PathLike, split: str = "test", *, iwae_samples: int = 8, device: str | None = None
+) -> dict[str, Any]:
     """Segmentation metrics on ``split`` (and IWAE / consistency / reconstruction for HVAE methods), written to
-    ``RUN/metrics.json`` under the split's name."""
-    config, data, method = load_run(run_dir)
+    ``RUN/metrics.json`` under the split's name; ``device`` as in :func:`load_run`."""
+    config, data, method = load_run(run_dir, device=device)
     plan = data.eval_plan.select(split=split)
     if len(plan) == 0:
         raise ValueError(f"the {split!r} split of this run has no patches; use a smaller --block or another split")

@@ -99,7 +99,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: train first, or point to a run folder that has one")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or pickled code (never unpickled here)
+        raise ValueError(
+            f"{path} is not a readable hvaeseg checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
+            "it is damaged or was written by something else; retrain, or resume from another copy"
+        ) from None
+    if not isinstance(state, dict) or "method" not in state:
+        raise ValueError(f"{path} is not an hvaeseg checkpoint (no 'method' state in it): point to a run folder's "
+                         f"{CHECKPOINT} or {BEST}")
+    return state
 
 
 def predict_batch(predict_proba: Callable[..., Any], batch: Any) -> torch.Tensor:

@@ -4,7 +4,12 @@ checked before any work."""
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
+
+import pytest
+import torch
 
 from hvaeseg.cli import main
 
@@ -48,3 +53,66 @@ def test_interrupt_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(hvaeseg.experiment, "evaluate_run", interrupted)
     assert main(["evaluate", str(tmp_path)]) == 130
     assert capsys.readouterr().err == "hvaeseg evaluate: interrupted\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 2-step supervised run on the tiny synthetic cube."""
+    out = tmp_path_factory.mktemp("runs") / "sup"
+    args = ["train", "--method", "supervised", "--data", "synthetic:tiny", "--labels", "2", "--steps", "2",
+            "--patch-size", "32", "--block", "64", "--unlabelled-patches", "32", "--batch-size", "4",
+            "--val-every", "2", "--checkpoint-every", "2", "--out", str(out)]
+    assert main(args) == 0
+    return out
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_gpu_trained_run_evaluates_on_cpu_with_device_cpu(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path / "gpu-run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "--device cpu" in err and err.count("\n") == 1
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 0
+    assert json.loads((run / "config.json").read_text())["device"] == "cuda"  # where it ran is not saved
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "not-torch"])
+def test_damaged_or_foreign_checkpoints_are_clear_errors(tiny_run, tmp_path, capsys, damage):
+    run = _copy_run(tiny_run, tmp_path / "run")
+    best = run / "best.pt"
+    if damage == "truncated":
+        best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    elif damage == "foreign":
+        torch.save({"net": {"w": torch.zeros(2)}}, best)
+    else:
+        best.write_text("hello")
+    before = _digest(run)
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "best.pt" in err
+    assert ("not an hvaeseg checkpoint" if damage == "foreign" else "not a readable hvaeseg checkpoint") in err
+    assert _digest(run) == before
+
+
+def test_a_checkpoint_of_another_method_is_named(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path / "run")
+    state = torch.load(run / "best.pt", weights_only=True)
+    state["method"]["modules"] = {"hvae": {}}
+    torch.save(state, run / "best.pt")
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "does not hold a state of this run's 'supervised' method" in err
+
+
+def test_missing_best_falls_back_to_the_latest_state_and_says_so(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path / "run")
+    (run / "best.pt").unlink()
+    assert main(["evaluate", str(run)]) == 0
+    assert "no best.pt" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from hvaeseg.experiment import evaluate_run
 
-    result = evaluate_run(args.run, args.split, iwae_samples=args.iwae_samples)
+    result = evaluate_run(args.run, args.split, iwae_samples=args.iwae_samples, device=args.device)
     print(json.dumps(result, indent=1) if args.json else format_metrics(result))
     return 0
 
@@ -86,7 +86,7 @@ def _predict(args: argparse.Namespace) -> int:
     from hvaeseg.predict import predict_cube, write_prediction
 
     check_output_free(args.out, args.overwrite)  # before the prediction runs
-    config, data, method = load_run(args.run)
+    config, data, method = load_run(args.run, device=args.device)
     cube = open_data(args.data, config.data_seed) if args.data else data.cube
     pred = predict_cube(method.predict_proba, cube, data.num_classes, patch_size=config.patch_size,
                         dates=config.dates, batch_size=config.batch_size, device=config.device)
@@ -130,12 +130,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("run", metavar="RUN")
     e.add_argument("--split", default="test", choices=("val", "test"))
     e.add_argument("--iwae-samples", type=int, default=8)
+    e.add_argument("--device", default=None, help="cpu or cuda (default: the device the run was trained on)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_evaluate)
 
     q = sub.add_parser("predict", help="predict a class map for a whole cube")
     q.add_argument("run", metavar="RUN")
     q.add_argument("--data", default=None, metavar="CUBE", help="cube to predict (default: the run's cube)")
+    q.add_argument("--device", default=None, help="cpu or cuda (default: the device the run was trained on)")
     q.add_argument("--out", required=True, metavar="PRED.zarr")
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=_predict)
