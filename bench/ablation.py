@@ -46,18 +46,19 @@ import fnmatch
 import json
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 if str(BENCH) not in sys.path:  # budget.py, compare.py and scenes.py, beside this script
     sys.path.insert(0, str(BENCH))
 import budget  # noqa: E402  (light: no torch until main)
+from run_settings import add_run_settings, report_failures  # noqa: E402
 from scenes import cube as resolve_cube  # noqa: E402
 from scenes import label as cube_label  # noqa: E402
-from run_settings import add_run_settings, report_failures  # noqa: E402
 
 #: the HVAE methods, in the table's order
 METHODS = ("symmetric", "elbo")
@@ -352,7 +353,7 @@ def render_markdown(report: dict) -> str:
         "# HVAE ablation",
         "",
         f"Protocol of `bench/compare.py`: N = {n} labelled locations, "
-        f"{'%g s' % budget_s if budget_s is not None else '?'} training per run on "
+        f"{f'{budget_s:g} s' if budget_s is not None else '?'} training per run on "
         f"{report.get('threads', 1)} thread, the checkpoint with the best validation mean IoU evaluated once on "
         "the test split (and on the val split). Mean ± sample sd over seeds (one seed: the value). "
         "IWAE: nats per observed value (test). Δ: test mean IoU minus that of `final` of the same method. "
@@ -480,10 +481,10 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # this process only plans and collects
     os.environ.setdefault("HVAESEG_NO_PROGRESS", "1")
-    import compare  # torch and hvaeseg
-
     from hvaeseg.experiment import RunConfig
     from hvaeseg.methods import method_config
+
+    import compare  # torch and hvaeseg
 
     for name, method, options, _ in VARIANTS:  # a wrong option fails here, before any run starts
         try:

@@ -52,9 +52,9 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 if str(BENCH) not in sys.path:  # bench/scenes.py and bench/compare.py, beside this script
     sys.path.insert(0, str(BENCH))
+from run_settings import add_run_settings, report_failures  # noqa: E402
 from scenes import cube as resolve_cube  # noqa: E402  (light: no torch)
 from scenes import label as cube_label  # noqa: E402
-from run_settings import add_run_settings, report_failures  # noqa: E402
 
 #: the methods' order, colours and markers in the figure (others are appended in the order given)
 METHODS = ("symmetric", "elbo", "supervised", "mixmatch", "pixel-gbm")
@@ -337,9 +337,9 @@ def run_pool(args: argparse.Namespace, runs: list[Run], row_file: str, on_row, c
                 print(_progress(finished, len(runs), run, row, seconds, note), file=sys.stderr, flush=True)
                 on_row(run, row)
     except BaseException:
-        for run, proc, log, _ in running:  # only the subprocesses started here
+        for _run, proc, _log, _ in running:  # only the subprocesses started here
             proc.terminate()
-        for run, proc, log, _ in running:
+        for _run, proc, log, _ in running:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -370,7 +370,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     p.add_argument("--out", default="runs/budget", help="the run folders (OUT/CUBE/METHOD-NN-seedS)")
     p.add_argument("--json", default=None, help="result JSON (default bench/results/budget.json, "
                    "budget_steps.json with --steps)")
-    p.add_argument("--png", default=None, help="figure (default bench/results/budget.png, budget_steps.png with --steps)")
+    p.add_argument("--png", default=None,
+                   help="figure (default bench/results/budget.png, budget_steps.png with --steps)")
     add_run_settings(p)
     p.add_argument("--options", action="append", default=[], metavar="METHOD=JSON",
                    help="hyper-parameters of METHOD as a JSON object (repeatable, one per method)")
@@ -407,10 +408,10 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # this process only plans and collects
     os.environ.setdefault("HVAESEG_NO_PROGRESS", "1")
-    import compare  # torch and hvaeseg: not needed to draw
-
-    from hvaeseg.methods import METHODS as KNOWN
     from hvaeseg.experiment import RunConfig
+    from hvaeseg.methods import METHODS as KNOWN
+
+    import compare  # torch and hvaeseg: not needed to draw
 
     unknown = [m for m in args.methods if m not in KNOWN]
     if unknown:
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # the cubes, ingested here once (not by two runs at once), and their band statistics stored likewise
     data = {c: resolve_cube(c, cache_dir=args.cube_cache) for c in args.cubes}
-    for c, d in data.items():
+    for d in data.values():
         if not d.startswith("synthetic:"):
             from hvaeseg.data.stats import ensure_band_stats
 

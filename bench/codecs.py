@@ -151,7 +151,8 @@ def bench_codecs(
     raw = ds.nbytes
     nt, h, w = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
     rng = np.random.default_rng(seed)
-    picks = [(int(rng.integers(nt)), int(rng.integers(h - 128 + 1)), int(rng.integers(w - 128 + 1))) for _ in range(n_patches)]
+    picks = [(int(rng.integers(nt)), int(rng.integers(h - 128 + 1)), int(rng.integers(w - 128 + 1)))
+             for _ in range(n_patches)]
     rounds: dict[str, list[dict]] = {label: [] for label, _ in todo}
     for _ in range(repeats):
         for label, codec in todo:

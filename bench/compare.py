@@ -41,9 +41,9 @@ from hvaeseg.experiment import RunConfig, evaluate_run, train_run
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/scenes.py, beside this script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_settings import add_run_settings  # noqa: E402
 from scenes import cube as resolve_cube  # noqa: E402
 from scenes import label as cube_label  # noqa: E402
-from run_settings import add_run_settings, report_failures  # noqa: E402
 
 KEYS = ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency", "steps_per_second", "labelled_pixels")
 #: the file a finished run's row is written to, in its run folder

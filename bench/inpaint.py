@@ -242,8 +242,8 @@ def check_cube_spec(spec: str) -> None:
 def load_cube(spec: str, cache_dir: str | os.PathLike = "runs/cubes") -> Cube:
     """The cube of ``spec`` (``synthetic:PRESET`` generated with data seed 0, as the runs are; a bench scene; a
     store path), with the band statistics the runs train with (stored into the store if missing)."""
-    from hvaeseg.experiment import open_data
     from hvaeseg.data.store import open_cube
+    from hvaeseg.experiment import open_data
 
     check_cube_spec(spec)
     data = resolve_cube(spec, cache_dir=cache_dir)
@@ -451,7 +451,7 @@ def hvae_fills(
                 items.append(_Item(i, y, x, ds, ds.index(task.target)))
     # the fill starts as what the models see: the masked input, in reflectance
     fills = []
-    for i, task in enumerate(tasks):
+    for task in tasks:
         seen = cube.denormalise(cube.x[task.target] * task.valid_in)
         fills.append(Fill(seen, torch.zeros_like(seen) if calibration_samples else None,
                           {float(a): 0.0 for a in levels} if calibration_samples else {}, 0))
@@ -584,7 +584,7 @@ def table(summary: Sequence[dict]) -> str:
     lines = [head, "-" * len(head)]
     for e in summary:
         def pm(k, fmt):
-            return f"{e[k]:{fmt}} ± {e.get(k + '_sd', 0):{fmt.lstrip('+')}}" if e.get(k) is not None else "-"
+            return f"{e[k]:{fmt}} ± {e.get(k + '_sd', 0):{fmt.lstrip('+')}}" if e.get(k) is not None else "-"  # noqa: B023 - called only in this iteration
         cov = e.get("coverage") or {}
         c80 = f"{cov['0.8']:.3f}" if "0.8" in cov else "-"
         c90 = f"{cov['0.9']:.3f}" if "0.9" in cov else "-"

@@ -235,7 +235,8 @@ def main(argv=None) -> dict:
     p.add_argument("--per-window", type=int, default=PER_WINDOW, help="random patches per super-tile")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--cuda-workers", type=int, default=None, help="loader threads for the CUDA check (default: cores - 2)")
+    p.add_argument("--cuda-workers", type=int, default=None,
+                   help="loader threads for the CUDA check (default: cores - 2)")
     args = p.parse_args(argv)
     _quiet_zarr()
 
@@ -263,8 +264,8 @@ def main(argv=None) -> dict:
     bench_xbatcher(path, 8, dask=False)
     bench_isel(path, plan, 8)
 
-    rounds = {k: [] for k in ("d_direct", "d_zarr", "a", "a_cpu_normalised", "a_processes", "a_processes_cpu_normalised",
-                              "b_lazy", "b_dask", "c")}
+    rounds = {k: [] for k in ("d_direct", "d_zarr", "a", "a_cpu_normalised", "a_processes",
+                              "a_processes_cpu_normalised", "b_lazy", "b_dask", "c")}
     for _ in range(args.rounds):
         direct, via_zarr = bench_decode(path, args.workers)
         rounds["d_direct"].append(direct / patch_bytes)

@@ -48,10 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"hvaeseg {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # training saves its state first (hvaeseg.train.TrainingInterrupted)
         if args.debug:
             traceback.print_exc()
-        print(f"hvaeseg {args.command}: interrupted", file=sys.stderr)
+        print(f"hvaeseg {args.command}: interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:
         # the reader went away (e.g. `| head`): nothing more to say; keep Python from complaining at exit

@@ -568,7 +568,8 @@ def _generative_metrics(hvae: Any, loader: PatchLoader, k: int) -> dict[str, Any
                 maps, shape = batch.labels[keep], torch.ones_like(batch.valid[keep])  # shape: dates of stacks
                 n = int((maps >= 0).sum())
                 doy = None if batch.doy is None else batch.doy[keep]
-                agree += consistency(hvae.model, hvae.guide, maps, valid=shape, doy=doy) * n  # weighted by labelled pixels
+                # weighted by labelled pixels
+                agree += consistency(hvae.model, hvae.guide, maps, valid=shape, doy=doy) * n
                 labelled += n
             if bool(batch.valid.any()):
                 rec = reconstruction_error(hvae.model, hvae.guide, batch.x, batch.valid, batch.doy)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from hvaeseg.baselines.augment import Augmentation
 from hvaeseg.baselines.supervised import call_net, eval_mode
-from hvaeseg.hierarchy import HierarchySpec, HVAE
+from hvaeseg.hierarchy import HVAE, HierarchySpec
 from hvaeseg.hierarchy.spec import IMAGE_SCALES
 from hvaeseg.method import SeededMethod, StepBatch
 from hvaeseg.nets.ema import ema_copy, ema_decay_at, ema_update
@@ -108,7 +108,8 @@ class HVAEConfig:
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
         if isinstance(self.sleep_warmup, bool) or not isinstance(self.sleep_warmup, int) or self.sleep_warmup < 0:
             raise ValueError(f"sleep_warmup: expected an int >= 0 (steps), got {self.sleep_warmup!r}")
-        if isinstance(self.shared_channels, bool) or not isinstance(self.shared_channels, int) or self.shared_channels < 0:
+        if (isinstance(self.shared_channels, bool) or not isinstance(self.shared_channels, int)
+                or self.shared_channels < 0):
             raise ValueError(f"shared_channels: expected an int >= 0, got {self.shared_channels!r}")
         if self.image_scale not in IMAGE_SCALES:
             raise ValueError(f"image_scale: expected one of {IMAGE_SCALES}, got {self.image_scale!r}")

@@ -409,7 +409,7 @@ def inpaint_cube(
         inpaint_seed=int(seed),
         inpaint_patch_size=P,
         inpaint_batch_size=batch_size,
-        inpaint_created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        inpaint_created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
     if acc.nonfinite:
         out.attrs["inpaint_nonfinite_pixels"] = int(acc.nonfinite)

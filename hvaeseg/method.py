@@ -13,8 +13,8 @@ evaluation and prediction treat both kinds alike.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -85,11 +85,11 @@ class Method(abc.ABC):
         for opt in optimizers:
             opt.step()
 
-    def use_label_pool(self, pool: LabelPool) -> None:
+    def use_label_pool(self, pool: LabelPool) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Hook given the run's label pool (the labelled maps, with their dihedral transforms) once the streams are
         built, for methods whose model can draw from it; nothing by default."""
 
-    def after_update(self, step: int) -> None:
+    def after_update(self, step: int) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Hook run after every update (e.g. an EMA of the weights); nothing by default."""
 
     def step_statistics(self) -> dict[str, float]:
@@ -171,5 +171,5 @@ class FittedMethod(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the state :meth:`state_dict` returned."""
 
-    def train(self, mode: bool = True) -> None:
+    def train(self, mode: bool = True) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Nothing to switch by default."""

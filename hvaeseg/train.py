@@ -11,9 +11,12 @@ step ``k`` takes exactly the steps an uninterrupted run takes, and ends with ide
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -35,6 +38,42 @@ BEST = "best.pt"
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or Inf; training stopped and the last good checkpoint was kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training: the step under way was finished, a checkpoint of it saved, and training
+    stopped; continuing from that checkpoint gives what an uninterrupted run gives.
+
+    :param step: the steps done (the checkpoint's step).
+    :param checkpoint: where the state was saved.
+    """
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped after step {step}; saved {checkpoint}: run the same command again to resume")
+        self.step, self.checkpoint = step, checkpoint
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
+    """Within the block, a first SIGINT only sets a flag (the returned callable reads it), so a step is never
+    cut in half; a second one interrupts at once. Outside the main thread (where Python delivers signals)
+    nothing changes and the flag stays false."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hits = [0]
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        hits[0] += 1
+        if hits[0] > 1:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: hits[0] > 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass(frozen=True)
@@ -220,31 +259,36 @@ class Trainer:
         self.method.train(True)
         start_time = time.perf_counter() - self.history.train_seconds
         bar = progress(range(self.step, cfg.steps), desc=f"training {self.method.name}", total=cfg.steps - self.step)
-        for step in bar:
-            torch.manual_seed(step_seed(cfg.seed, step))
-            batch = StepBatch(**{name: next(it) for name, it in iters.items()})
-            losses = self.method.losses(batch, step)
-            bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
-            if bad:
-                last = self.run_dir / CHECKPOINT
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step}: {bad}. Training stopped; the last good checkpoint is "
-                    f"{last if last.exists() else '(none written yet)'}. Lower the learning rate or check the data."
-                )
-            self.method.update(losses)
-            self.method.after_update(step)
-            self.step = step + 1
-            self.history.train_seconds = time.perf_counter() - start_time
-            if step % log_every == 0 or self.step == cfg.steps:
-                self.history.losses.append({"step": step, **{k: float(v.detach()) for k, v in losses.items()},
-                                            **self.method.step_statistics()})
-            out_of_time = cfg.time_budget_s is not None and self.history.train_seconds >= cfg.time_budget_s
-            if cfg.val_every and self.step % cfg.val_every == 0:
-                self._record_validation(batch)
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                self.save()
-            if out_of_time:
-                break
+        with _deferred_interrupt() as interrupted:
+            for step in bar:
+                torch.manual_seed(step_seed(cfg.seed, step))
+                batch = StepBatch(**{name: next(it) for name, it in iters.items()})
+                losses = self.method.losses(batch, step)
+                bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
+                if bad:
+                    last = self.run_dir / CHECKPOINT
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step}: {bad}. Training stopped; the last good checkpoint is "
+                        f"{last if last.exists() else '(none written yet)'}. Lower the learning rate or check the data."
+                    )
+                self.method.update(losses)
+                self.method.after_update(step)
+                self.step = step + 1
+                self.history.train_seconds = time.perf_counter() - start_time
+                if step % log_every == 0 or self.step == cfg.steps:
+                    self.history.losses.append({"step": step, **{k: float(v.detach()) for k, v in losses.items()},
+                                                **self.method.step_statistics()})
+                out_of_time = cfg.time_budget_s is not None and self.history.train_seconds >= cfg.time_budget_s
+                if cfg.val_every and self.step % cfg.val_every == 0:
+                    self._record_validation(batch)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save()
+                if interrupted():
+                    path = self.save()
+                    self.write_history()
+                    raise TrainingInterrupted(self.step, path)
+                if out_of_time:
+                    break
         if not self.history.validation or self.history.validation[-1].get("step") != self.step:
             self._record_validation(batch if self.step > start_step else None)
         self.save()

@@ -41,8 +41,8 @@ import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hvaeseg.data.schema import class_colors, class_names
 from hvaeseg.data.sampler import SpatialSplit
+from hvaeseg.data.schema import class_colors, class_names
 from hvaeseg.experiment import RunConfig, evaluate_run, load_run, train_run
 from hvaeseg.predict import predict_cube
 

@@ -37,9 +37,9 @@ import numpy as np
 import pyro
 import torch
 
+from hvaeseg.data.loader import day_of_year
 from hvaeseg.data.stats import dn_scaling, ensure_band_stats
 from hvaeseg.experiment import RunConfig, load_run, train_run
-from hvaeseg.data.loader import day_of_year
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
 from hvaeseg.metrics import inpainting_errors
 

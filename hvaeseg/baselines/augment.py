@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -35,7 +34,7 @@ __all__ = [
     "spectral_jitter",
 ]
 
-Elements = Union[DihedralElement, Sequence[DihedralElement]]
+Elements = DihedralElement | Sequence[DihedralElement]
 
 
 def random_elements(

@@ -479,7 +479,9 @@ class PixelGBMMethod(FittedMethod):
             p = np.zeros((0, K), np.float32)
         else:
             kwargs = {} if self.config.threads is None else {"num_threads": self.config.threads}
-            p = np.asarray(self.booster.predict(self.features(x, valid, doy), **kwargs), dtype=np.float32).reshape(-1, K)
+            p = np.asarray(
+                self.booster.predict(self.features(x, valid, doy), **kwargs), dtype=np.float32
+            ).reshape(-1, K)
         out = torch.from_numpy(np.ascontiguousarray(p.reshape(B, H, W, K).transpose(0, 3, 1, 2)))
         return out.to(x.device)
 

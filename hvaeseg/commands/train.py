@@ -45,7 +45,9 @@ def _options(text: str | None) -> dict[str, Any]:
     try:
         options = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--options: expected a JSON object such as '{{\"lr\": 0.001}}', got {text!r} ({err})")
+        raise ValueError(
+            f"--options: expected a JSON object such as '{{\"lr\": 0.001}}', got {text!r} ({err})"
+        ) from err
     if not isinstance(options, dict):
         raise ValueError(f"--options: expected a JSON object, got {type(options).__name__}")
     return options
@@ -81,8 +83,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from hvaeseg.experiment import load_run, open_data
     from hvaeseg.data.store import check_output_free
+    from hvaeseg.experiment import load_run, open_data
     from hvaeseg.predict import predict_cube, write_prediction
 
     check_output_free(args.out, args.overwrite)  # before the prediction runs

@@ -240,7 +240,9 @@ class CubeSource:
             if "reflectance" not in names:
                 raise ValueError(f"{path}: the store has no `reflectance` array")
             arrays = {}
-            for name, dims in (("reflectance", ("time", "band", "y", "x")), ("valid", ("time", "y", "x")), ("labels", ("y", "x"))):
+            for name, dims in (
+                ("reflectance", ("time", "band", "y", "x")), ("valid", ("time", "y", "x")), ("labels", ("y", "x"))
+            ):
                 if name in names:
                     arrays[name] = g[name]
                     have = tuple(arrays[name].metadata.dimension_names or ())
@@ -405,7 +407,9 @@ class HostBuffers:
     :param allocate: makes a new array ``(shape, dtype) -> ndarray`` (default ``numpy.empty``).
     """
 
-    def __init__(self, keep: int | None, allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None) -> None:
+    def __init__(
+        self, keep: int | None, allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None
+    ) -> None:
         self.keep = None if keep is None else int(keep)
         self._allocate = allocate or (lambda shape, dtype: np.empty(shape, dtype=dtype))
         self._lock = threading.Lock()

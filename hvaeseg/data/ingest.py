@@ -311,9 +311,13 @@ def resample_to_grid(
     if tuple(da.dims[-2:]) != ("y", "x"):
         raise ValueError(f"expected dims (..., y, x), got {da.dims}")
     sy, sx = np.asarray(da["y"].values, np.float64), np.asarray(da["x"].values, np.float64)
-    out = _resample_array(np.asarray(da.values), sy, sx, np.asarray(y, np.float64), np.asarray(x, np.float64), method, nodata)
+    out = _resample_array(
+        np.asarray(da.values), sy, sx, np.asarray(y, np.float64), np.asarray(x, np.float64), method, nodata
+    )
     coords = {k: v for k, v in da.coords.items() if "y" not in v.dims and "x" not in v.dims}
-    return xr.DataArray(out, dims=da.dims, coords={**coords, "y": np.asarray(y), "x": np.asarray(x)}, attrs=da.attrs, name=da.name)
+    return xr.DataArray(
+        out, dims=da.dims, coords={**coords, "y": np.asarray(y), "x": np.asarray(x)}, attrs=da.attrs, name=da.name
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,7 +392,8 @@ def _check_class_names(class_names: Sequence[str] | None, classes: Sequence[int]
         problems.append(f"names repeat: {', '.join(dup)}")
     if classes is not None and len(names) != len(list(classes)):
         problems.append(
-            f"{len(names)} names for {len(list(classes))} class codes {list(classes)}; give one name per code, in the same order"
+            f"{len(names)} names for {len(list(classes))} class codes {list(classes)}; "
+            "give one name per code, in the same order"
         )
     if problems:
         raise IngestError(f"class_names (--class-names) {names}: " + "; ".join(problems))
@@ -479,10 +484,13 @@ def _check_layers(layers: Sequence[_Layer], bands: Sequence[str], require_scl: b
     if missing:
         found = sorted({n for n in names if n != "SCL"})
         problems.append(
-            f"missing bands {', '.join(missing)}: not found in {', '.join(sources)} (found {', '.join(found) or 'none'})"
+            f"missing bands {', '.join(missing)}: not found in {', '.join(sources)} "
+            f"(found {', '.join(found) or 'none'})"
         )
     if require_scl and "SCL" not in names:
-        problems.append(f"missing the SCL layer (scene classification) needed for `valid`: not found in {', '.join(sources)}")
+        problems.append(
+            f"missing the SCL layer (scene classification) needed for `valid`: not found in {', '.join(sources)}"
+        )
     dup = sorted({n for n in names if names.count(n) > 1})
     for n in dup:
         problems.append(f"band {n} is given more than once: {', '.join(l.source for l in layers if l.name == n)}")
@@ -546,7 +554,9 @@ def _assemble(
         present = {layer.name for layer in layers if layer.name != "SCL"}
         bands = [b for b in L2A_BANDS if b in present] + sorted(present - set(L2A_BANDS))
         if not bands:
-            raise IngestError("no Sentinel-2 band variables (B02, B03, ...) found in " + ", ".join(sorted({l.source for l in layers})))
+            raise IngestError(
+                "no Sentinel-2 band variables (B02, B03, ...) found in " + ", ".join(sorted({l.source for l in layers}))
+            )
     bands = list(check_band_names(bands))
     problems = _check_layers(layers, bands, require_scl)
     band_layers = {layer.name: layer for layer in layers}
@@ -556,7 +566,8 @@ def _assemble(
         ly, lx, _, lcrs, lsrc = labels
         if not (_same_coords(ly, ref.y) and _same_coords(lx, ref.x)):
             problems.append(
-                f"the label grid does not match: {lsrc} is {len(ly)}x{len(lx)} covering {_fmt_bounds(_bounds(ly, lx))}, "
+                f"the label grid does not match: {lsrc} is {len(ly)}x{len(lx)} "
+                f"covering {_fmt_bounds(_bounds(ly, lx))}, "
                 f"the {ref.resolution:g} m grid of {ref.source} is {len(ref.y)}x{len(ref.x)} covering "
                 f"{_fmt_bounds(ref.bounds)}; labels must be on the same pixel centres"
             )
@@ -597,7 +608,10 @@ def _assemble(
     if "SCL" in band_layers:
         s = band_layers["SCL"]
         scl = _resample_array(s.values(), s.y, s.x, Y, X, "nearest", None)[order].astype(np.uint8)
-        data_vars["scl"] = (("time", "y", "x"), scl, {"long_name": "scene classification (SCL)", "resampling": f"nearest from {s.resolution:g} m (containing pixel)"})
+        data_vars["scl"] = (("time", "y", "x"), scl, {
+            "long_name": "scene classification (SCL)",
+            "resampling": f"nearest from {s.resolution:g} m (containing pixel)",
+        })
         valid = valid_from_scl(scl, refl)
     else:
         valid = (refl != 0).all(axis=1)
@@ -691,8 +705,8 @@ def ingest_netcdf(
         pass
     return _assemble(
         layers, labels=lab, code_table=_table(code_table, label_var), classes=classes, bands=bands,
-        boa_add_offset=boa_add_offset, require_scl=require_scl, attrs={**site, "label_variable": label_var} if lab else site,
-        class_names=class_names,
+        boa_add_offset=boa_add_offset, require_scl=require_scl,
+        attrs={**site, "label_variable": label_var} if lab else site, class_names=class_names,
     )
 
 
@@ -820,7 +834,9 @@ def _geotiff_layer(
         if y is None:
             y, x, crs = fy, fx, fcrs
         elif not (_same_coords(fy, y) and _same_coords(fx, x)) or fcrs != crs:
-            raise IngestError(f"{name}: {f} is not on the grid of {files[0]} (every file of one band must share a grid)")
+            raise IngestError(
+                f"{name}: {f} is not on the grid of {files[0]} (every file of one band must share a grid)"
+            )
         planes.append(np.asarray(da.values))
     src = str(files[0]) if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more)"
     data = np.concatenate(planes, axis=0)

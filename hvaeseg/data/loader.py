@@ -232,7 +232,9 @@ class PatchLoader:
             raise ValueError(f"the plan was made for a cube of {plan.cube_shape}, this cube is {want}")
         plan.check()
         if self.repeat and len(plan) < self.batch_size:
-            raise ValueError(f"repeat=True needs at least batch_size={self.batch_size} patches, the plan has {len(plan)}")
+            raise ValueError(
+                f"repeat=True needs at least batch_size={self.batch_size} patches, the plan has {len(plan)}"
+            )
         scale, offset = dn_scaling(self.src.refl_attrs, self.src.dtype)
         if not np.issubdtype(self.src.dtype, np.integer):
             raise TypeError(f"the loader reads uint16 DN reflectance, this cube stores {self.src.dtype}")
@@ -504,7 +506,8 @@ def read_patches_naive(
     for i in index:
         sel = {"time": plan.t[i], "y": slice(plan.y[i], plan.y[i] + H), "x": slice(plan.x[i], plan.x[i] + W)}
         xs.append(np.asarray(refl.isel(sel).values))
-        vs.append(np.asarray(ds["valid"].transpose("time", "y", "x").isel(sel).values) if "valid" in ds else np.ones((plan.n_dates, H, W), bool))
+        vs.append(np.asarray(ds["valid"].transpose("time", "y", "x").isel(sel).values) if "valid" in ds
+                  else np.ones((plan.n_dates, H, W), bool))
         if plan.labelled[i] and "labels" in ds:
             ls.append(np.asarray(ds["labels"].transpose("y", "x").isel(y=sel["y"], x=sel["x"]).values).astype(np.int16))
         else:

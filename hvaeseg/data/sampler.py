@@ -81,7 +81,9 @@ _STREAM_SPLIT, _STREAM_RANDOM, _STREAM_GRID, _STREAM_LABELLED, _STREAM_LABELLED_
 
 def _check_sizes(sizes: Mapping[str, int], what: str, allowed: Sequence[str] = _SPATIAL) -> dict[str, int]:
     if not isinstance(sizes, Mapping):
-        raise TypeError(f"{what}: expected a mapping of dimension name to size, e.g. {{'y': 64, 'x': 64}}, got {sizes!r}")
+        raise TypeError(
+            f"{what}: expected a mapping of dimension name to size, e.g. {{'y': 64, 'x': 64}}, got {sizes!r}"
+        )
     unknown = [k for k in sizes if k not in allowed]
     if unknown:
         raise ValueError(f"{what}: expected dimensions among {list(allowed)}, got unknown {unknown}")
@@ -245,7 +247,9 @@ class PatchPlan:
 
     def check(self) -> None:
         """Raise ``ValueError`` if a patch leaves the cube or uses a date index out of range."""
-        H, W, Y, X, T = self.sizes["y"], self.sizes["x"], self.cube_shape["y"], self.cube_shape["x"], self.cube_shape["time"]
+        H, W, Y, X, T = (
+            self.sizes["y"], self.sizes["x"], self.cube_shape["y"], self.cube_shape["x"], self.cube_shape["time"]
+        )
         bad = (self.y < 0) | (self.x < 0) | (self.y + H > Y) | (self.x + W > X)
         if bad.any():
             i = int(np.argmax(bad))

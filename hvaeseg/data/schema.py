@@ -325,7 +325,9 @@ def _check_time(ds: xr.Dataset) -> list[str]:
     values = t.values
     problems = []
     if np.isnat(values).any():
-        problems.append(f"`time` holds {int(np.isnat(values).sum())} NaT values. Fix: drop those dates (ds.isel(time=...))")
+        problems.append(
+            f"`time` holds {int(np.isnat(values).sum())} NaT values. Fix: drop those dates (ds.isel(time=...))"
+        )
         values = values[~np.isnat(values)]
     step = np.diff(values.astype("datetime64[ns]").astype(np.int64))
     if (step <= 0).any():
@@ -388,7 +390,9 @@ def _check_axis(ds: xr.Dataset, dim: str, decreasing: bool) -> list[str]:
             "Fix: resample every variable onto one regular grid"
         ]
     if decreasing and (d > 0).all():
-        problems.append("`y` increases; the convention is y decreasing (north up). Fix: ds = ds.isel(y=slice(None, None, -1))")
+        problems.append(
+            "`y` increases; the convention is y decreasing (north up). Fix: ds = ds.isel(y=slice(None, None, -1))"
+        )
     elif not decreasing and (d < 0).all():
         problems.append("`x` decreases; the convention is x increasing. Fix: ds = ds.isel(x=slice(None, None, -1))")
     if not np.allclose(d, d[0], rtol=1e-6, atol=1e-6 * abs(d[0])):
@@ -609,7 +613,8 @@ def valid_from_scl(scl, reflectance=None):
     if isinstance(scl, xr.DataArray):
         valid = scl.isin(clear)
         if reflectance is not None:
-            refl = reflectance if isinstance(reflectance, xr.DataArray) else xr.DataArray(reflectance, dims=("time", "band", "y", "x"))
+            refl = (reflectance if isinstance(reflectance, xr.DataArray)
+                    else xr.DataArray(reflectance, dims=("time", "band", "y", "x")))
             present = (refl != 0) if _is_int(refl.dtype) else refl.notnull()
             valid = valid & present.all("band")
         return valid.rename("valid").assign_attrs(long_name="observed and clear")

@@ -43,7 +43,9 @@ def _open(cube: Any, storage_options: Mapping[str, Any] | None) -> xr.Dataset:
     raise TypeError(f"expected a cube (xarray.Dataset) or a store path/URL, got {type(cube).__name__}")
 
 
-def compute_band_stats(cube: Any, *, storage_options: Mapping[str, Any] | None = None) -> tuple[list[float], list[float]]:
+def compute_band_stats(
+    cube: Any, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[list[float], list[float]]:
     """``(band_mean, band_std)`` over the valid pixels, in reflectance units (see the module doc).
 
     Integer DN are summed exactly (integer sums of DN and DN squared), so the result is the same
@@ -98,7 +100,9 @@ def compute_band_stats(cube: Any, *, storage_options: Mapping[str, Any] | None =
     return mean, std
 
 
-def read_band_stats(cube: Any, *, storage_options: Mapping[str, Any] | None = None) -> tuple[list[float], list[float]] | None:
+def read_band_stats(
+    cube: Any, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[list[float], list[float]] | None:
     """The stored ``(band_mean, band_std)``, or ``None`` when the cube has none (or a wrong number)."""
     attrs, n_bands = _attrs_and_bands(cube, storage_options)
     mean, std = attrs.get("band_mean"), attrs.get("band_std")

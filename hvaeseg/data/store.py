@@ -21,15 +21,24 @@ the ``*_cpu_*`` columns, per CPU second, are the steadier ones; zarr 3.1.6, numc
 is a random 128 x 128 window of all bands of one date read straight from the zarr array::
 
     [
-        {"codec": "zstd", "ratio": 1.357, "write_MBps": 58.7, "read_MBps": 262.1, "patches_per_s": 284.5, "write_cpu_MBps": 117.5, "read_cpu_MBps": 520.6, "patches_per_cpu_s": 330.3},
-        {"codec": "blosc-lz4", "ratio": 1.427, "write_MBps": 130.5, "read_MBps": 392.7, "patches_per_s": 631.2, "write_cpu_MBps": 264.7, "read_cpu_MBps": 876.2, "patches_per_cpu_s": 649.2},
-        {"codec": "blosc-zstd", "ratio": 1.717, "write_MBps": 29.1, "read_MBps": 370.6, "patches_per_s": 284.5, "write_cpu_MBps": 56.5, "read_cpu_MBps": 567.8, "patches_per_cpu_s": 401.2},
-        {"codec": "none", "ratio": 1.002, "write_MBps": 197.7, "read_MBps": 824.2, "patches_per_s": 551.7, "write_cpu_MBps": 327.7, "read_cpu_MBps": 1246.0, "patches_per_cpu_s": 1367.9},
-        {"codec": "zstd-l1", "ratio": 1.321, "write_MBps": 121.9, "read_MBps": 261.6, "patches_per_s": 266.4, "write_cpu_MBps": 250.0, "read_cpu_MBps": 578.5, "patches_per_cpu_s": 371.0},
-        {"codec": "blosc-lz4-l9", "ratio": 1.452, "write_MBps": 130.7, "read_MBps": 633.9, "patches_per_s": 612.5, "write_cpu_MBps": 228.5, "read_cpu_MBps": 760.5, "patches_per_cpu_s": 592.1},
-        {"codec": "blosc-zstd-l1", "ratio": 1.573, "write_MBps": 90.6, "read_MBps": 271.7, "patches_per_s": 264.3, "write_cpu_MBps": 173.4, "read_cpu_MBps": 397.8, "patches_per_cpu_s": 265.4},
-        {"codec": "blosc-zstd-l3", "ratio": 1.653, "write_MBps": 76.4, "read_MBps": 253.8, "patches_per_s": 253.3, "write_cpu_MBps": 119.2, "read_cpu_MBps": 556.1, "patches_per_cpu_s": 349.7},
-        {"codec": "blosc-zstd-l3-bitshuffle", "ratio": 1.589, "write_MBps": 79.0, "read_MBps": 314.3, "patches_per_s": 314.9, "write_cpu_MBps": 159.7, "read_cpu_MBps": 579.7, "patches_per_cpu_s": 362.5}
+        {"codec": "zstd", "ratio": 1.357, "write_MBps": 58.7, "read_MBps": 262.1,
+         "patches_per_s": 284.5, "write_cpu_MBps": 117.5, "read_cpu_MBps": 520.6, "patches_per_cpu_s": 330.3},
+        {"codec": "blosc-lz4", "ratio": 1.427, "write_MBps": 130.5, "read_MBps": 392.7,
+         "patches_per_s": 631.2, "write_cpu_MBps": 264.7, "read_cpu_MBps": 876.2, "patches_per_cpu_s": 649.2},
+        {"codec": "blosc-zstd", "ratio": 1.717, "write_MBps": 29.1, "read_MBps": 370.6,
+         "patches_per_s": 284.5, "write_cpu_MBps": 56.5, "read_cpu_MBps": 567.8, "patches_per_cpu_s": 401.2},
+        {"codec": "none", "ratio": 1.002, "write_MBps": 197.7, "read_MBps": 824.2,
+         "patches_per_s": 551.7, "write_cpu_MBps": 327.7, "read_cpu_MBps": 1246.0, "patches_per_cpu_s": 1367.9},
+        {"codec": "zstd-l1", "ratio": 1.321, "write_MBps": 121.9, "read_MBps": 261.6,
+         "patches_per_s": 266.4, "write_cpu_MBps": 250.0, "read_cpu_MBps": 578.5, "patches_per_cpu_s": 371.0},
+        {"codec": "blosc-lz4-l9", "ratio": 1.452, "write_MBps": 130.7, "read_MBps": 633.9,
+         "patches_per_s": 612.5, "write_cpu_MBps": 228.5, "read_cpu_MBps": 760.5, "patches_per_cpu_s": 592.1},
+        {"codec": "blosc-zstd-l1", "ratio": 1.573, "write_MBps": 90.6, "read_MBps": 271.7,
+         "patches_per_s": 264.3, "write_cpu_MBps": 173.4, "read_cpu_MBps": 397.8, "patches_per_cpu_s": 265.4},
+        {"codec": "blosc-zstd-l3", "ratio": 1.653, "write_MBps": 76.4, "read_MBps": 253.8,
+         "patches_per_s": 253.3, "write_cpu_MBps": 119.2, "read_cpu_MBps": 556.1, "patches_per_cpu_s": 349.7},
+        {"codec": "blosc-zstd-l3-bitshuffle", "ratio": 1.589, "write_MBps": 79.0, "read_MBps": 314.3,
+         "patches_per_s": 314.9, "write_cpu_MBps": 159.7, "read_cpu_MBps": 579.7, "patches_per_cpu_s": 362.5}
     ]
 
 Default: ``blosc-lz4`` (Blosc LZ4, level 5, byte shuffle). Of the three candidates it is the fastest to
@@ -518,7 +527,8 @@ class CubeWriter:
             if have.dims != want.dims:
                 problems.append(f"`{name}` has dims {have.dims}, expected {want.dims}")
                 continue
-            wrong = [f"{d}={have.sizes[d]} (expected {want.sizes[d]})" for d in want.dims if d != "time" and have.sizes[d] != want.sizes[d]]
+            wrong = [f"{d}={have.sizes[d]} (expected {want.sizes[d]})" for d in want.dims
+                     if d != "time" and have.sizes[d] != want.sizes[d]]
             if wrong:
                 problems.append(f"`{name}` has sizes {', '.join(wrong)}")
             if have.dtype != want.dtype:
@@ -526,10 +536,14 @@ class CubeWriter:
         if not problems and "time" in ds_slice.coords:
             expect = self.template["time"].values[t0 : t0 + n]
             if not np.array_equal(ds_slice["time"].values.astype("datetime64[ns]"), expect):
-                problems.append(f"block time {ds_slice['time'].values} differs from template time[{t0}:{t0 + n}] {expect}")
+                problems.append(
+                    f"block time {ds_slice['time'].values} differs from template time[{t0}:{t0 + n}] {expect}"
+                )
         if not problems and "band" in ds_slice.coords and "band" in self.template.coords:
             if not np.array_equal(ds_slice["band"].values, self.template["band"].values):
-                problems.append(f"block bands {list(ds_slice['band'].values)} differ from {list(self.template['band'].values)}")
+                problems.append(
+                    f"block bands {list(ds_slice['band'].values)} differ from {list(self.template['band'].values)}"
+                )
         if problems:
             raise ValueError("cannot write block: " + "; ".join(problems))
 

@@ -299,7 +299,8 @@ def quicklook(ds: xr.Dataset, date: int | str | None = None, *, max_pixels: int 
         cmap = ListedColormap(colors).with_extremes(bad=(1.0, 1.0, 1.0, 0.0))
         shown = np.ma.masked_where((lab < 0) | (lab >= k), lab)
         ax.imshow(shown, cmap=cmap, vmin=-0.5, vmax=k - 0.5, interpolation="nearest")
-        handles = [Patch(facecolor=c, edgecolor="none", label=f"{j} {n}") for j, (n, c) in enumerate(zip(names, colors))]
+        handles = [Patch(facecolor=c, edgecolor="none", label=f"{j} {n}")
+                   for j, (n, c) in enumerate(zip(names, colors))]
         if (lab < 0).any():
             handles.append(Patch(facecolor="#ffffff", edgecolor="#999999", label="-1 void"))
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)

@@ -189,7 +189,8 @@ def draw_spec(spec: HierarchySpec, ax: Axes | None = None, *, fontsize: float = 
             pos[p], pos[c], patchA=boxes[p].get_bbox_patch(), patchB=boxes[c].get_bbox_patch(),
             arrowstyle="-|>", mutation_scale=11, shrinkA=2, shrinkB=2, connectionstyle=f"arc3,rad={rad}",
             color=_COVARIATE_EDGE if covariate else _EDGE, linestyle="--" if covariate else "-",
-            linewidth=0.9, zorder=4, clip_on=False, gid=f"edge:{p}->{c}",  # drawn after the boxes: stops at their outlines
+            # drawn after the boxes: stops at their outlines
+            linewidth=0.9, zorder=4, clip_on=False, gid=f"edge:{p}->{c}",
         ))
     xs = [x for x, _ in pos.values()]
     ax.set_xlim(min(xs) - 0.75, max(xs) + 0.75)

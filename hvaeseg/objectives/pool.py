@@ -63,9 +63,12 @@ def fill_void_nearest(maps: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------- dihedral group
 #: the transforms of square maps, in pool order: the 4 rotations of the map, then the 4 rotations of its
 #: transpose (``rot90^k o transpose`` is the element ``(k + 1, flip)``)
-_SQUARE = tuple(DihedralElement(k, False) for k in range(4)) + tuple(DihedralElement((k + 1) % 4, True) for k in range(4))
+_SQUARE = (tuple(DihedralElement(k, False) for k in range(4))
+           + tuple(DihedralElement((k + 1) % 4, True) for k in range(4)))
 #: the shape-keeping ones for non-square maps: identity, vertical flip, horizontal flip, rotation by 180 degrees
-_RECTANGULAR = (DihedralElement(0, False), DihedralElement(2, True), DihedralElement(0, True), DihedralElement(2, False))
+_RECTANGULAR = (
+    DihedralElement(0, False), DihedralElement(2, True), DihedralElement(0, True), DihedralElement(2, False)
+)
 
 
 def _elements(maps: Tensor) -> tuple[DihedralElement, ...]:

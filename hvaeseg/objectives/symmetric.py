@@ -22,9 +22,9 @@ from pyro.poutine.util import is_validation_enabled, site_is_subsample
 from torch import Tensor
 
 from hvaeseg.objectives._common import (
+    all_valid_like,
     as_labelled,
     as_unlabelled,
-    all_valid_like,
     check_labels,
     covariates,
     is_empirical,

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from hvaeseg.data.loader import PatchBatch
+
 
 class TinyNet(nn.Module):
     """``forward(x, valid) -> logits (B, K, H, W)`` from ``x * valid`` and ``valid``; temporal stacks are
@@ -26,9 +28,6 @@ class TinyNet(nn.Module):
         h = self.body(inp.flatten(0, 1)).unflatten(0, (B, T))
         h = (h * v).sum(1) / v.sum(1).clamp_min(1)
         return self.head(h)
-
-
-from hvaeseg.data.loader import PatchBatch
 
 
 def random_batch(B=2, C=3, H=8, W=8, T=None, K=3, seed=0, void=True):

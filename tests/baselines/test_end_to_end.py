@@ -121,7 +121,10 @@ def test_short_run_beats_chance(method_cls, config, steps):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method_cls, config",
-    [(SupervisedMethod, SupervisedConfig(day_of_year=False)), (MixMatchMethod, MixMatchConfig(rampup_steps=200, day_of_year=False))],
+    [
+        (SupervisedMethod, SupervisedConfig(day_of_year=False)),
+        (MixMatchMethod, MixMatchConfig(rampup_steps=200, day_of_year=False)),
+    ],
     ids=["supervised", "mixmatch"],
 )
 def test_longer_run_on_stacks_with_the_default_network(method_cls, config):

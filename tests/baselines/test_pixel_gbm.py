@@ -179,7 +179,9 @@ def test_state_round_trip_through_torch_save(tmp_path):
     fresh = PixelGBMMethod(3, BANDS, PixelGBMConfig(**FAST))
     fresh.load_state_dict(state)
     test = toy_batch(classes=(0, 1, 2), seed=5, noise=0.1)
-    assert torch.equal(fresh.predict_proba(test.x, test.valid, test.doy), method.predict_proba(test.x, test.valid, test.doy))
+    assert torch.equal(
+        fresh.predict_proba(test.x, test.valid, test.doy), method.predict_proba(test.x, test.valid, test.doy)
+    )
     assert fresh.stats == method.stats
     with pytest.raises(ValueError, match="bands"):
         PixelGBMMethod(3, BANDS[::-1]).load_state_dict(state)

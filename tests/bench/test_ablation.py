@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 
-
 def _variant(ablation, method, name):
     return ablation.by_key()[f"{method}:{name}"]
 
@@ -79,7 +78,7 @@ def test_every_leave_one_out_differs_from_final_in_its_field_only(ablation):
 def test_every_variant_is_a_valid_config(ablation):
     from hvaeseg.methods import method_config
 
-    for name, method, options, _ in ablation.VARIANTS:
+    for _name, method, options, _ in ablation.VARIANTS:
         method_config(method, json.loads(json.dumps(options)))  # as compare.py gets them: through JSON
 
 

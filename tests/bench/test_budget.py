@@ -9,8 +9,6 @@ import statistics
 
 import pytest
 
-
-
 ALL = {"synthetic:small": 40, "s2-cloud-shadow-512": 25}
 
 

@@ -5,7 +5,6 @@ figure. Nothing is trained here; the benchmark itself is checked by its smoke ru
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyro
 import pyro.distributions as dist

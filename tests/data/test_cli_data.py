@@ -186,7 +186,9 @@ def test_synth_end_to_end(tmp_path, capsys):
     # exists: refused without --overwrite, replaced with it
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(args[:3] + ["--seed", "4", "--size", "48x64", "--dates", "3", "--bands", "B02,B03,B04,B08", "--overwrite"]) == 0
+    assert main(
+        args[:3] + ["--seed", "4", "--size", "48x64", "--dates", "3", "--bands", "B02,B03,B04,B08", "--overwrite"]
+    ) == 0
     after = open_cube(out)["reflectance"].values
     assert after.shape == before.shape and not np.array_equal(after, before)
     assert sorted(os.listdir(tmp_path)) == ["syn.zarr"]

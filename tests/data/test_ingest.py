@@ -124,7 +124,9 @@ def test_codes_absent_from_the_table_become_void():
 @needs_sample
 def test_explicit_classes_and_boa_offset():
     f = _files(SAMPLE)
-    ds = ingest_netcdf(f["10m"], f["20m"], labels=f["labels"], code_table=f["table"], classes=[9120, 1200], boa_add_offset=-1000)
+    ds = ingest_netcdf(
+        f["10m"], f["20m"], labels=f["labels"], code_table=f["table"], classes=[9120, 1200], boa_add_offset=-1000
+    )
     assert class_names(ds) == ["Permanent_grass_crops", "Maize"]
     assert ds["reflectance"].attrs["add_offset"] == pytest.approx(-0.1)
     assert ds.attrs["boa_offset_source"] == "option"
@@ -150,7 +152,8 @@ def test_command_line_ingest(tmp_path, capsys):
     f = _files(SAMPLE)
     out = tmp_path / "cli.zarr"
     args = parser.parse_args(
-        ["ingest", str(f["10m"]), str(f["20m"]), "--labels", str(f["labels"]), "--code-table", str(f["table"]), str(out)]
+        ["ingest", str(f["10m"]), str(f["20m"]), "--labels", str(f["labels"]), "--code-table", str(f["table"]),
+         str(out)]
     )
     assert args.func(args) == 0
     assert str(out) in capsys.readouterr().out
@@ -286,7 +289,9 @@ def _set_crs(ds: xr.Dataset) -> xr.Dataset:
     for v in ds.data_vars.values():
         v.attrs.update(epsg="32632", crs="+init=epsg:32632")
     for k in ("crs_wkt", "spatial_ref"):
-        ds["spatial_ref"].attrs[k] = ds["spatial_ref"].attrs[k].replace("32631", "32632").replace("zone 31N", "zone 32N")
+        ds["spatial_ref"].attrs[k] = (
+            ds["spatial_ref"].attrs[k].replace("32631", "32632").replace("zone 31N", "zone 32N")
+        )
     return ds
 
 

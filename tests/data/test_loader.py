@@ -57,7 +57,9 @@ SIZES = [{"y": 12, "x": 20}, {"time": 3, "y": 16, "x": 16}]
 @pytest.mark.parametrize("sizes", SIZES)
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_is_bit_identical_to_naive_reads(store, sizes, workers):
-    plan = _plan(store, sizes, split=SpatialSplit({"y": 24, "x": 24}, fractions={"train": 0.5, "val": 0.5}), n_labelled=2)
+    plan = _plan(
+        store, sizes, split=SpatialSplit({"y": 24, "x": 24}, fractions={"train": 0.5, "val": 0.5}), n_labelled=2
+    )
     loader = PatchLoader(store, plan, batch_size=5, workers=workers)
     batches = list(loader)
     assert [len(b.x) for b in batches] == [5] * (len(plan) // 5) + ([len(plan) % 5] if len(plan) % 5 else [])
@@ -83,7 +85,9 @@ def test_stores_with_several_dates_and_bands_per_chunk_read_the_same(store, tmp_
     other = write_cube(open_cube(store).load(), tmp_path / "t3.zarr", chunks={"time": 3, "band": 2, "y": 16, "x": 16})
     ensure_band_stats(other)
     plan = _plan(store, {"time": 3, "y": 16, "x": 16}, n_patches=17, n_labelled=5)
-    _assert_identical(_cat(list(PatchLoader(other, plan, batch_size=6))), _cat(list(PatchLoader(store, plan, batch_size=6))))
+    _assert_identical(
+        _cat(list(PatchLoader(other, plan, batch_size=6))), _cat(list(PatchLoader(store, plan, batch_size=6)))
+    )
     _assert_identical(_cat(list(PatchLoader(other, plan, batch_size=6))), read_patches_naive(other, plan))
 
 
@@ -124,7 +128,9 @@ def test_numpy_and_torch_normalisation_give_the_same_bits():
     """The CPU path (numpy) and the accelerator path (torch ops, here run on the CPU) agree bit for bit."""
     g = torch.Generator().manual_seed(0)
     dn = torch.randint(0, 65536, (6, 10, 32, 32), generator=g, dtype=torch.int32).to(torch.uint16)
-    a, b = normaliser(1e-4, -0.1, torch.rand(10, generator=g).tolist(), (0.01 + torch.rand(10, generator=g)).tolist(), 10)
+    a, b = normaliser(
+        1e-4, -0.1, torch.rand(10, generator=g).tolist(), (0.01 + torch.rand(10, generator=g)).tolist(), 10
+    )
     assert torch.equal(normalise_dn(dn, a, b), _normalise_torch(dn, a, b))
 
 
@@ -256,7 +262,9 @@ def test_repeat_order_is_a_function_of_seed_and_epoch(store):
     assert all(torch.equal(u, v) for u, v in zip(xa[4:8], _firsts(c, 4)))
     # another seed or epoch: another order; groups stay together
     assert not np.array_equal(a.epoch_order(0), a.epoch_order(1))
-    assert not np.array_equal(a.epoch_order(0), PatchLoader(store, plan, batch_size=5, repeat=True, seed=4).epoch_order(0))
+    assert not np.array_equal(
+        a.epoch_order(0), PatchLoader(store, plan, batch_size=5, repeat=True, seed=4).epoch_order(0)
+    )
     g = plan.group[a.epoch_order(0)]
     assert (np.diff(g) != 0).sum() == len(np.unique(g)) - 1
     assert sorted(a.epoch_order(2).tolist()) == list(range(len(plan)))
@@ -341,7 +349,9 @@ def test_stream_benchmark_runs(tmp_path, capsys):
     from pathlib import Path
 
     pytest.importorskip("xbatcher")
-    spec = importlib.util.spec_from_file_location("bench_stream", Path(__file__).resolve().parents[2] / "bench" / "stream.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_stream", Path(__file__).resolve().parents[2] / "bench" / "stream.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = bench.main([

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from hvaeseg.data.sampler import SPLITS, PatchPlan, PatchSampler, SpatialSplit
 
 
-def grid_cube(T: int = 4, Y: int = 64, X: int = 64, valid: np.ndarray | None = None, labels: np.ndarray | None = None) -> xr.Dataset:
+def grid_cube(
+    T: int = 4, Y: int = 64, X: int = 64, valid: np.ndarray | None = None, labels: np.ndarray | None = None
+) -> xr.Dataset:
     """What the sampler reads: time/y/x sizes, `valid` and `labels`."""
     if valid is None:
         valid = np.ones((T, Y, X), dtype=bool)
@@ -55,7 +57,8 @@ def test_same_settings_same_plan_and_seed_changes_it():
 @pytest.mark.parametrize("sizes", [{"y": 16, "x": 8}, {"time": 3, "y": 16, "x": 16}])
 def test_plan_round_trips_through_json_exactly(tmp_path, mode, sizes):
     cube = grid_cube(T=6, Y=64, X=64)
-    s = PatchSampler(sizes, mode=mode, n_patches={"train": 7, "val": 2}, split=SpatialSplit({"y": 32, "x": 32}), n_labelled=1, min_valid=0.25, seed=1)
+    s = PatchSampler(sizes, mode=mode, n_patches={"train": 7, "val": 2}, split=SpatialSplit({"y": 32, "x": 32}),
+                     n_labelled=1, min_valid=0.25, seed=1)
     plan = s.plan(cube)
     text = plan.to_json()
     back = PatchPlan.from_json(text)
@@ -191,7 +194,9 @@ def test_grid_drops_or_shifts_the_remainder():
 def test_blocks_smaller_than_the_patch_hold_none():
     # 70 = 2 blocks of 32 + a 6-pixel strip that can hold no 16-pixel patch
     split = SpatialSplit({"y": 32, "x": 32}, fractions={"train": 1.0})
-    plan = PatchSampler({"y": 16, "x": 16}, mode="grid", split=split, grid_remainder="shift").plan(grid_cube(Y=70, X=70))
+    plan = PatchSampler({"y": 16, "x": 16}, mode="grid", split=split, grid_remainder="shift").plan(
+        grid_cube(Y=70, X=70)
+    )
     assert plan.y.max() + 16 <= 64 and plan.x.max() + 16 <= 64
     rnd = PatchSampler({"y": 16, "x": 16}, n_patches=200, split=split).plan(grid_cube(Y=70, X=70))
     assert _inside_one_split_block(rnd, split)

@@ -207,7 +207,10 @@ def test_grids_do_not_match_by_coordinates(toy_cube):
     shifted = toy_cube["labels"].assign_coords(y=toy_cube.y + 3.0, x=toy_cube.x + 3.0)
     ds = xr.merge([toy_cube.drop_vars("labels"), shifted.to_dataset()], join="outer", compat="override")
     problems = problems_of(ds)
-    assert any(p.startswith("`y` spacing is irregular (steps from 3 to 7)") and "grids that do not match" in p for p in problems)
+    assert any(
+        p.startswith("`y` spacing is irregular (steps from 3 to 7)") and "grids that do not match" in p
+        for p in problems
+    )
     assert any(p.startswith("`x` spacing is irregular (steps from 3 to 7)") for p in problems)
     # and the NaN the join put into integer variables
     assert any("`labels` has dtype float" in p and "NaN values" in p for p in problems)

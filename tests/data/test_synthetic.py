@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hvaeseg.data.bands import BAND_NAMES, L2A_BANDS
-from hvaeseg.data.schema import class_names, validate_cube, valid_from_scl
+from hvaeseg.data.schema import class_names, valid_from_scl, validate_cube
 from hvaeseg.data.synthetic import (
     CLASS_NAMES,
     PRESETS,

@@ -77,7 +77,9 @@ def test_batches_kept_by_the_consumer_survive_and_stopping_early_is_safe(store):
         _assert_identical(_cat(list(loader)), ref)
         # the endless stream resumes at any batch, as with threads
         stream = PatchLoader(store, plan, batch_size=2, repeat=True, seed=4, normalise=False)
-        loader_r = PatchLoader(store, plan, batch_size=2, repeat=True, seed=4, normalise=False, processes=True, workers=1)
+        loader_r = PatchLoader(
+            store, plan, batch_size=2, repeat=True, seed=4, normalise=False, processes=True, workers=1
+        )
         with loader_r:
             a, b = loader_r.stream(7), stream.stream(7)
             for _ in range(5):

@@ -124,7 +124,8 @@ ERRORS = [
     ("bands", lambda: ImageLayerSpec(0), "image: bands must be a positive integer, got 0"),
     ("image scale", lambda: ImageLayerSpec(3, scale="global"), "image: unknown scale 'global'"),
     ("min scale", lambda: ImageLayerSpec(3, min_scale=0.0), "image: min_scale must be a positive number"),
-    ("init scale", lambda: ImageLayerSpec(3, min_scale=0.5, init_scale=0.25), "image: init_scale must be a number above"),
+    ("init scale", lambda: ImageLayerSpec(3, min_scale=0.5, init_scale=0.25),
+     "image: init_scale must be a number above"),
     ("num classes", lambda: HierarchySpec(0, 3, (), ImageLayerSpec(3)), "num_classes must be a positive integer"),
     ("code bits", lambda: HierarchySpec(3, 0, (), ImageLayerSpec(3)), "code_bits must be a positive integer"),
     (

@@ -123,5 +123,7 @@ def test_cli_default_needs_classes_and_bands_and_files_refuse_them(tmp_path, cap
     assert "needs --classes K and --bands B" in capsys.readouterr().err
     assert main(["spec", "draw", str(SPECS_DIR / "default.yaml"), "--bands", "3"]) == 2
     assert "--bands: only for the built-in 'default' hierarchy" in capsys.readouterr().err
-    assert main(["spec", "draw", "default", "--classes", "3", "--bands", "2", "-o", str(tmp_path / "no" / "a.png")]) == 2
+    assert main(
+        ["spec", "draw", "default", "--classes", "3", "--bands", "2", "-o", str(tmp_path / "no" / "a.png")]
+    ) == 2
     assert "create it first" in capsys.readouterr().err

@@ -126,7 +126,7 @@ class TinyHVAE(nn.Module):
 
     # ---------------------------------------------------------------------------------------- guide
     def guide(self, x: Tensor, s: Tensor | None = None, valid: Tensor | None = None) -> None:
-        B, K, H, W = x.shape[0], self.K, self.H, self.W
+        B, K = x.shape[0], self.K
         xv = x if valid is None else x * valid.unsqueeze(1)
         with pyro.plate("batch", B, dim=-1):
             logits = self.s_posterior_logits(x, valid)
