@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hvaeseg._progress import progress
+from hvaeseg._temporary import stale_pid
 from hvaeseg.method import Method, StepBatch
 from hvaeseg.metrics import ConfusionMatrix
 
@@ -127,7 +128,11 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary sibling, then rename: a crash never leaves a half-written file."""
+    """``torch.save`` to a temporary sibling, then rename: a crash never leaves a half-written file; the
+    temporaries a killed process left beside ``path`` are removed first."""
+    for old in path.parent.glob(f".{path.name}.tmp-*"):
+        if stale_pid(old.name):
+            old.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)

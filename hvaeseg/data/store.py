@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -65,6 +66,7 @@ import numpy as np
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
+from hvaeseg._temporary import is_temporary_name, stale_pid
 from hvaeseg.data.schema import SCHEMA_VERSION, validate_cube
 
 __all__ = [
@@ -151,7 +153,26 @@ class _Location:
         return os.path.lexists(root) if self.local else self.fs.exists(root)
 
     def sibling(self, tag: str) -> str:
-        return f"{self.root}.{tag}-{uuid.uuid4().hex[:12]}"
+        """A temporary sibling ``ROOT.TAG-PID-HEX``: the PID tells a later write whether its writer still runs."""
+        return f"{self.root}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def remove_stale_siblings(self) -> list[str]:
+        """Remove (local stores only) temporary siblings ``ROOT.tmp-*`` / ``ROOT.old-*`` whose writer no longer
+        runs: what a killed write left. Returns what was removed."""
+        if not self.local or not self.root:
+            return []
+        parent, name = os.path.split(self.root)
+        try:
+            entries = os.listdir(parent or ".")
+        except OSError:
+            return []
+        removed = []
+        for entry in entries:
+            if entry.startswith(name + ".") and is_temporary_name(entry) and stale_pid(entry):
+                path = os.path.join(parent, entry)
+                self.remove(path)
+                removed.append(path)
+        return removed
 
     def remove(self, root: str) -> None:
         if self.local:
@@ -179,6 +200,8 @@ class _Location:
         return zarr.storage.FsspecStore.from_url(self.url(root), storage_options=self.storage_options or None)
 
     def check_free(self, overwrite: bool) -> None:
+        """Refuse an existing location unless ``overwrite``; first remove what killed writes to it left."""
+        self.remove_stale_siblings()
         if not overwrite and self.exists():
             raise FileExistsError(f"{self.given} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
 
@@ -341,6 +364,12 @@ def open_cube(path: str | os.PathLike, *, storage_options: Mapping | None = None
     :raises FileNotFoundError: nothing (complete) at ``path``.
     """
     loc = _Location(path, storage_options)
+    if is_temporary_name(loc.root):
+        raise ValueError(
+            f"{loc.given} is the temporary store of a write that did not finish (or is still running), not a "
+            f"cube: delete it, or write the cube again (the next write to "
+            f"{re.sub(r'[.](tmp|old)-[0-9a-f-]+$', '', loc.given)} removes it)"
+        )
     if not loc.exists(f"{loc.root}/zarr.json"):
         hint = ""
         if loc.exists():
