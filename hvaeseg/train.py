@@ -263,7 +263,8 @@ class Trainer:
         start_step, batch = self.step, None
         self.method.train(True)
         start_time = time.perf_counter() - self.history.train_seconds
-        bar = progress(range(self.step, cfg.steps), desc=f"training {self.method.name}", total=cfg.steps - self.step)
+        bar = progress(range(self.step, cfg.steps), desc=f"training {self.method.name}", total=cfg.steps - self.step,
+                       status=self._status)
         with _deferred_interrupt() as interrupted:
             for step in bar:
                 torch.manual_seed(step_seed(cfg.seed, step))
@@ -299,6 +300,19 @@ class Trainer:
         self.save()
         self.write_history()
         return self.history
+
+    def _status(self) -> str:
+        """The last logged losses and the last validation, for progress lines in logs."""
+        parts = []
+        if self.history.losses:
+            last = self.history.losses[-1]
+            losses = {k: v for k, v in last.items() if k != "step" and not k.startswith("grad_norm")}
+            parts.append("loss " + " ".join(f"{k} {v:.4g}" for k, v in losses.items()))
+        if self.history.validation:
+            v = self.history.validation[-1]
+            if "mean_iou" in v:
+                parts.append(f"val mIoU {v['mean_iou']:.3f} at step {v['step']}")
+        return ", ".join(parts)
 
     def write_history(self) -> Path:
         path = self.run_dir / "history.json"
