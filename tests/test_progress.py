@@ -40,6 +40,7 @@ def test_short_work_and_silenced_progress_print_nothing(monkeypatch):
 
 
 def test_progress_line_formats():
-    assert progress_line("predicting", 50, 200, 100.0) == "predicting: 50/200 (25%), 0.50 it/s, elapsed 1m40s, ETA 5m00s"
+    line = progress_line("predicting", 50, 200, 100.0)
+    assert line == "predicting: 50/200 (25%), 0.50 it/s, elapsed 1m40s, ETA 5m00s"
     assert progress_line("reading", 7, None, 2.0) == "reading: 7, 3.50 it/s, elapsed 2s"
     assert progress_line("t", 1, 10, 0.0) == "t: 1/10 (10%), - it/s, elapsed 0s"
