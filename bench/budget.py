@@ -4,6 +4,7 @@ cube, with a spread over training seeds; writes JSON and draws the figure.
     python bench/budget.py                                  # equal wall clock: 240 s per run
     python bench/budget.py --steps 2000                     # equal steps: 2000 steps per run, no time budget
     python bench/budget.py --plot-only                      # re-draw bench/results/budget.png from budget.json
+    python bench/budget.py --collect-only                   # JSON and figure from the finished runs; no training
 
 Every run is one subprocess ``python bench/compare.py --cubes C --methods M --labels N --seeds S ... --threads 1``
 (``OMP_NUM_THREADS=1``), so the protocol is compare.py's: on each cube the same spatial split, labelled subset
@@ -376,6 +377,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     p.add_argument("--options", action="append", default=[], metavar="METHOD=JSON",
                    help="hyper-parameters of METHOD as a JSON object (repeatable, one per method)")
     p.add_argument("--plot-only", action="store_true", help="re-draw --png from the existing --json; no training")
+    p.add_argument("--collect-only", action="store_true",
+                   help="write --json and --png from the finished run folders of this plan; no training (e.g. "
+                   "after stopping a study, or to merge studies run in parts into the same --out)")
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps: expected a positive number of steps, got {args.steps}")
@@ -489,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
         write()
 
     write()
+    if args.collect_only:
+        if rows:
+            plot_report(report, args.png)
+        print(f"collected {len(rows)} of {len(runs)} runs into {args.json}" + (f" and {args.png}" if rows else ""),
+              file=sys.stderr)
+        return 0
     try:
         failed = run_pool(args, todo, compare.ROW_FILE, on_row)
     except KeyboardInterrupt:

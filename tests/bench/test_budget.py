@@ -97,6 +97,21 @@ def test_plot_only_redraws_from_the_json(budget, tmp_path):
     assert (tmp_path / "b.png").stat().st_size > 10_000
 
 
+def test_collect_only_writes_the_plan_and_trains_nothing(budget, tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("--collect-only must not train")
+
+    monkeypatch.setattr(budget, "run_pool", no_training)
+    out, js, png = tmp_path / "runs", tmp_path / "b.json", tmp_path / "b.png"
+    argv = ["--collect-only", "--cubes", "synthetic:tiny", "--methods", "supervised", "pixel-gbm", "--labels", "2",
+            "--seeds", "0", "1", "--out", str(out), "--json", str(js), "--png", str(png), "--patch-size", "32",
+            "--block", "64"]
+    assert budget.main(argv) == 0
+    report = json.loads(js.read_text())
+    assert report["missing"] == 4 and report["runs"] == [] and not report["complete"]
+    assert not png.exists() and not out.exists()  # nothing to draw, no run folder made
+
+
 def test_arguments(budget):
     _, args = budget.parse_args([])
     assert args.budget == 240.0 and args.steps is None and args.jobs == 2
