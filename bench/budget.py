@@ -145,8 +145,16 @@ def add_margins(summary: list[dict], reference: str = REFERENCE) -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 
 
-def figure_title(mode: str, budget_s: float | None = None, steps: int | None = None, seeds: int | None = None) -> str:
-    """The figure's title: the budget mode and the number of seeds."""
+def figure_title(mode: str, budget_s: float | None = None, steps: int | None = None,
+                 seeds: int | tuple[int, int] | None = None) -> str:
+    """The figure's title: the budget mode and the number of seeds (``(fewest, most)`` per point when the points
+    differ, e.g. a study stopped part way)."""
+    if isinstance(seeds, tuple):
+        lo, hi = seeds
+        if lo != hi:
+            spread_text = f", mean ± sd over {lo}-{hi} seeds per point (see the JSON)"
+            return figure_title(mode, budget_s, steps, None).replace(";", spread_text + ";", 1)
+        seeds = lo
     if mode == "steps":
         what = f"equal steps: {steps} per run" + (f" (time cap {budget_s:g} s)" if budget_s else "")
     else:
@@ -481,11 +489,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def write(failed: list[Run] = ()) -> None:
         done = [rows[id(r)] for r in runs if id(r) in rows]  # in plan order
+        summary = add_margins(summarise(done, n_all))
         report.update(
             complete=len(done) == len(runs), missing=len(runs) - len(done),
-            failed=[str(r.folder) for r in failed], runs=done,
-            summary=add_margins(summarise(done, n_all)),
+            failed=[str(r.folder) for r in failed], runs=done, summary=summary,
         )
+        counts = [len(e["seeds"]) for e in summary]
+        if counts:  # the seeds behind the points, not the seeds asked for
+            report["title"] = figure_title(mode, args.budget, args.steps, (min(counts), max(counts)))
         _write_json(args.json, report)
 
     def on_row(run: Run, row: dict) -> None:

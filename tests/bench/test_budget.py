@@ -71,6 +71,8 @@ def test_figure_from_rows(budget, tmp_path):
     title = budget.figure_title("wall_clock", 240.0, None, 3)
     assert "equal wall clock" in title and "240 s" in title and "3 seeds" in title
     assert "equal steps: 2000" in budget.figure_title("steps", None, 2000, 3)
+    assert "over 1-3 seeds per point" in budget.figure_title("wall_clock", 240.0, None, (1, 3))
+    assert budget.figure_title("wall_clock", 240.0, None, (3, 3)) == title
     fig = budget.figure(_rows(), all_locations=ALL, title=title, methods=["supervised", "symmetric", "pixel-gbm"])
     axes = fig.get_axes()
     assert len(axes) == 4  # 2 cubes x (accuracy, mean IoU)
