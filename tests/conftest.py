@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("HVAESEG_NO_PROGRESS", "1")
@@ -22,3 +23,12 @@ def _seed_everything():
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (small tensors: thread start-up costs more than it gains)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

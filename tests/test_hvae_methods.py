@@ -16,12 +16,7 @@ from tests.baselines.standin import random_batch
 C, K, P = 3, 3, 8  # bands, classes, patch side
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_spec(day_of_year: bool = True, s_prior: str = "categorical", init_scale: float = 0.25) -> HierarchySpec:

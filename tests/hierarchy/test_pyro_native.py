@@ -21,12 +21,7 @@ IDS = ["empirical", "categorical", "empirical-temporal", "categorical-temporal"]
 NO_POOL = "the empirical s prior has no sampler without a label pool: attach one"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_spec(s_prior: str, temporal: bool) -> HierarchySpec:
