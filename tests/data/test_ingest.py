@@ -1,4 +1,4 @@
-"""Ingestion of real L2A products: the shared WorldCereal sample, resampling, GeoTIFF, and bad inputs."""
+"""Ingestion of real L2A products: the WorldCereal sample (bench/data), resampling, GeoTIFF, and bad inputs."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from hvaeseg.data.ingest import (
 )
 from hvaeseg.data.schema import CLEAR_SCL, class_names, validate_cube
 
-SAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "worldcereal-be-00002806639B424A"
-SAMPLE = SAMPLE.resolve()
-needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"shared WorldCereal sample not found at {SAMPLE}")
+# the WorldCereal test site (MIT licence), shipped with the repository so that a fresh clone runs these tests
+SAMPLE = Path(__file__).resolve().parents[2] / "bench" / "data" / "worldcereal-be-00002806639B424A"
+needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"WorldCereal sample not found at {SAMPLE}")
 
 
 def _files(d: Path) -> dict[str, Path]:
@@ -271,7 +271,7 @@ def _corrupt(tmp_path: Path, which: str, change) -> dict[str, Path]:
     """Copy the sample to ``tmp_path`` and rewrite one file through ``change(ds) -> ds``."""
     d = tmp_path / "site"
     shutil.copytree(SAMPLE, d)
-    os.chmod(d, 0o755)  # the shared sample is read-only
+    os.chmod(d, 0o755)  # a copied sample may be read-only
     for p in d.iterdir():
         os.chmod(p, 0o644)
     f = _files(d)
