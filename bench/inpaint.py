@@ -75,6 +75,7 @@ from hvaeseg.data.stats import compute_band_stats, dn_scaling, ensure_band_stats
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
 from hvaeseg.inpaint_cube import window_dates
 from hvaeseg.metrics import error_vs_spread, inpainting_errors, interval_coverage, per_band_rmse
+from hvaeseg.predict import tile_starts
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/scenes.py, beside this script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -345,16 +346,6 @@ def task_truth(cube: Cube, task: Task) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # methods
 # --------------------------------------------------------------------------------------------------
-
-
-def tile_starts(extent: int, size: int) -> list[int]:
-    """Tile starts that cover ``extent`` with tiles of ``size``; the last one shifted back to end at the border."""
-    if size > extent:
-        raise ValueError(f"patch size {size} is larger than the cube ({extent} pixels): use a smaller patch size")
-    starts = list(range(0, extent - size + 1, size))
-    if starts[-1] + size < extent:
-        starts.append(extent - size)
-    return starts
 
 
 @dataclass

@@ -18,6 +18,7 @@ s prior), and, for symmetric learning, real cloud masks on the generated images 
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -246,12 +247,13 @@ class _HVAEMethod(SeededMethod):
         return {f"grad_norm_{k}": v for k, v in self.last_grad_norms.items()}
 
     # ------------------------------------------------------------------------------------ diagnostics
+    @abc.abstractmethod
     def _players(self) -> dict[str, list[nn.Parameter]]:
-        raise NotImplementedError
+        """The parameters of each player (optimised together), by name."""
 
+    @abc.abstractmethod
     def _terms(self, batch: StepBatch) -> dict[str, tuple[Tensor, float]]:
         """Each objective term (a mean per image, to be maximised) with its weight in the loss."""
-        raise NotImplementedError
 
     def diagnostics(self, batch: StepBatch) -> dict[str, Any]:
         """What a user needs to see a collapsed layer or an overfitting encoder (recorded at validation):

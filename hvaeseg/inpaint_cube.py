@@ -60,7 +60,7 @@ from hvaeseg.data.sampler import PatchPlan
 from hvaeseg.data.schema import CubeSchema
 from hvaeseg.data.stats import compute_band_stats, dn_scaling, read_band_stats
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
-from hvaeseg.predict import _tile_starts
+from hvaeseg.predict import tile_starts
 
 __all__ = ["METHODS", "inpaint_cube", "write_filled", "window_dates", "dn_range"]
 
@@ -313,7 +313,7 @@ def inpaint_cube(
         spec.check_patch(patch_size, patch_size)
         if dates > T:
             raise ValueError(f"the model fills stacks of {dates} dates and the cube has only {T}")
-    ys, xs = _tile_starts(Y, patch_size), _tile_starts(X, patch_size)  # raises for a too large patch
+    ys, xs = tile_starts(Y, patch_size), tile_starts(X, patch_size)  # raises for a too large patch
     valid = np.asarray(ds["valid"].transpose("time", "y", "x").values, dtype=bool)
     P = patch_size
 

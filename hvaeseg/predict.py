@@ -24,7 +24,8 @@ from hvaeseg.train import predict_batch
 PredictFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
-def _tile_starts(extent: int, size: int) -> list[int]:
+def tile_starts(extent: int, size: int) -> list[int]:
+    """Tile starts that cover ``extent`` with tiles of ``size``; the last one shifted back to end at the border."""
     if size > extent:
         raise ValueError(f"patch size {size} is larger than the cube ({extent} pixels): use a smaller patch size")
     starts = list(range(0, extent - size + 1, size))
@@ -37,8 +38,8 @@ def _cover_plan(ds: xr.Dataset, patch_size: int, dates: int) -> PatchPlan:
     """Tiles that cover the cube: for single dates one row per (tile, date), for stacks the clearest dates."""
     T, Y, X = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
     rows_y, rows_x, rows_t = [], [], []
-    for y in _tile_starts(Y, patch_size):
-        for x in _tile_starts(X, patch_size):
+    for y in tile_starts(Y, patch_size):
+        for x in tile_starts(X, patch_size):
             if dates == 1:
                 for t in range(T):
                     rows_y.append(y), rows_x.append(x), rows_t.append([t])
