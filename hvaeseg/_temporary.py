@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["is_temporary_name", "pid_alive", "stale_pid"]
+__all__ = ["is_temporary_name", "pid_alive", "stale_pid", "target_of"]
 
 #: ``NAME.tmp-PID-HEX`` / ``NAME.old-PID-HEX`` (stores) and ``.NAME.tmp-PID`` (checkpoints)
 _TEMPORARY = re.compile(r"\.(tmp|old)-(?P<pid>\d+)(-[0-9a-f]{8})?$")
@@ -42,3 +42,9 @@ def stale_pid(name: str) -> bool:
     if m is not None:
         return not pid_alive(int(m.group("pid")))
     return bool(_LEGACY.search(base))
+
+
+def target_of(name: str) -> str:
+    """The path a temporary sibling was being written for (``X.zarr.tmp-PID-HEX`` -> ``X.zarr``)."""
+    name = os.fspath(name).rstrip("/")
+    return _LEGACY.sub("", _TEMPORARY.sub("", name))

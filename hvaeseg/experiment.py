@@ -505,9 +505,7 @@ def load_run(
     config = RunConfig.load(run_dir)
     if device is not None:
         config = replace(config, device=device)
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"{run_dir} was trained on {config.device!r} and torch sees no CUDA device here: pass "
-                         "--device cpu (load_run(..., device='cpu'))")
+    config.check_device()
     data = prepare_data(config, plans_from=run_dir)
     method = build_method(config, data)
     path = run_dir / checkpoint

@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import uuid
 import warnings
@@ -66,7 +65,7 @@ import numpy as np
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
-from hvaeseg._temporary import is_temporary_name, stale_pid
+from hvaeseg._temporary import is_temporary_name, stale_pid, target_of
 from hvaeseg.data.schema import SCHEMA_VERSION, validate_cube
 
 __all__ = [
@@ -368,7 +367,7 @@ def open_cube(path: str | os.PathLike, *, storage_options: Mapping | None = None
         raise ValueError(
             f"{loc.given} is the temporary store of a write that did not finish (or is still running), not a "
             f"cube: delete it, or write the cube again (the next write to "
-            f"{re.sub(r'[.](tmp|old)-[0-9a-f-]+$', '', loc.given)} removes it)"
+            f"{target_of(loc.given)} removes it)"
         )
     if not loc.exists(f"{loc.root}/zarr.json"):
         hint = ""

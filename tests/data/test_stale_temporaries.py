@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from hvaeseg._temporary import is_temporary_name, pid_alive, stale_pid
+from hvaeseg._temporary import is_temporary_name, pid_alive, stale_pid, target_of
 from hvaeseg.cli import main
 from hvaeseg.data.store import open_cube, write_cube
 from hvaeseg.train import atomic_save
@@ -29,6 +29,7 @@ def test_names():
     assert is_temporary_name("cube.zarr.tmp-123-0a1b2c3d") and is_temporary_name("/x/cube.zarr.old-9-deadbeef/")
     assert is_temporary_name(".checkpoint.pt.tmp-4242") and is_temporary_name("cube.zarr.tmp-0123456789ab")
     assert not is_temporary_name("cube.zarr") and not is_temporary_name("my.tmp-notes.zarr")
+    assert target_of("/x/cube.zarr.tmp-123-0a1b2c3d/") == "/x/cube.zarr" == target_of("/x/cube.zarr.old-0123456789ab")
     assert stale_pid(f"c.zarr.tmp-{_dead_pid()}-0a1b2c3d") and not stale_pid(f"c.zarr.tmp-{os.getpid()}-0a1b2c3d")
 
 
