@@ -60,6 +60,9 @@ class HVAEConfig:
     :param weight_decay: decoupled weight decay on weight tensors (conv and linear kernels) of both players.
     :param augment: random dihedral transforms of the labelled and unlabelled batches.
     :param sleep_masks: symmetric learning: generated images reach the encoder under real cloud masks.
+    :param sleep_relabel: symmetric learning: probability that a sleep map's classes are sent through a
+        random map of the classes before generation, so that classes no labelled location holds appear in
+        the sleep term (:class:`~hvaeseg.objectives.SymmetricEquilibrium`; 0: off).
     :param clip_norm: clip each player's gradient norm (None: no clipping). The losses are sums over
         pixels, so their gradient norms are in the thousands; a low threshold fires on every step.
     :param ema_decay: decay of the moving average of the encoder's U-Net used for prediction (0: predict
@@ -93,6 +96,7 @@ class HVAEConfig:
     weight_decay: float = 0.02
     augment: bool = True
     sleep_masks: bool = True
+    sleep_relabel: float = 0.0
     clip_norm: float | None = None
     ema_decay: float = 0.999
     day_of_year: bool = True
@@ -124,6 +128,10 @@ class HVAEConfig:
             raise ValueError(f"weight_decay: expected a number >= 0, got {self.weight_decay!r}")
         if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float)) and self.clip_norm > 0):
             raise ValueError(f"clip_norm: expected a positive number or None, got {self.clip_norm!r}")
+        if isinstance(self.sleep_relabel, bool) or not (
+            isinstance(self.sleep_relabel, (int, float)) and 0 <= self.sleep_relabel <= 1
+        ):
+            raise ValueError(f"sleep_relabel: expected a probability in [0, 1], got {self.sleep_relabel!r}")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
         for name in ("augment", "sleep_masks", "day_of_year"):
@@ -303,7 +311,8 @@ class SymmetricMethod(_HVAEMethod):
     def __init__(self, hvae: HVAE, config: HVAEConfig, seed: int = 0) -> None:
         super().__init__(hvae, config, seed)
         self.objective = SymmetricEquilibrium(config.weights, num_particles=config.num_particles,
-                                              sleep_masks=config.sleep_masks)
+                                              sleep_masks=config.sleep_masks, sleep_relabel=config.sleep_relabel,
+                                              num_classes=hvae.spec.num_classes)
         self.decoder_params, self.encoder_params = hvae.parameter_groups()
         self._optimizers = {"decoder": self._optimizer(self.decoder_params),
                             "encoder": self._optimizer(self.encoder_params)}
@@ -320,8 +329,10 @@ class SymmetricMethod(_HVAEMethod):
         if warmup == 0 or step >= warmup:
             return self.objective
         w = self.objective.weights
-        return SymmetricEquilibrium(replace(w, sleep_q=w.sleep_q * step / warmup),
-                                    num_particles=self.objective.num_particles, sleep_masks=self.objective.sleep_masks)
+        o = self.objective
+        return SymmetricEquilibrium(replace(w, sleep_q=w.sleep_q * step / warmup), num_particles=o.num_particles,
+                                    sleep_masks=o.sleep_masks, sleep_relabel=o.sleep_relabel,
+                                    num_classes=o.num_classes)
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)

@@ -37,7 +37,25 @@ from hvaeseg.objectives._common import (
 from hvaeseg.objectives.pool import fill_void_nearest
 from hvaeseg.traces import labelled_log_prob, replay, site_distribution
 
-__all__ = ["SymmetricEquilibrium", "SymmetricWeights"]
+__all__ = ["SymmetricEquilibrium", "SymmetricWeights", "relabel_maps"]
+
+
+def relabel_maps(maps: Tensor, rho: float, num_classes: int | None) -> Tensor:
+    """Each ``(B, H, W)`` label map, with probability ``rho``, with its class ids sent through a random map
+    of the ``num_classes`` classes to themselves (uniform, with replacement); void (``-1``) stays void.
+
+    Draws from the global torch generator (nothing when ``rho == 0``).
+    """
+    if rho <= 0:
+        return maps
+    B = maps.shape[0]
+    chosen = torch.rand(B, device=maps.device) < rho
+    perm = torch.randint(num_classes, (B, num_classes), device=maps.device)
+    identity = torch.arange(num_classes, device=maps.device).expand(B, num_classes)
+    perm = torch.where(chosen[:, None], perm, identity)
+    flat = maps.flatten(1)
+    out = torch.gather(perm, 1, flat.clamp(min=0))
+    return torch.where(flat >= 0, out, flat).view_as(maps)
 
 
 @dataclass(frozen=True)
@@ -135,9 +153,18 @@ class SymmetricEquilibrium:
     real inputs are partly occluded. The generated image itself is complete; only the guide's view is
     masked. With ``False`` the guide sees every generated pixel.
 
+    Relabelled sleep maps (``sleep_relabel = rho > 0``): a label pool holds only the classes somebody
+    labelled, so the sleep term never shows the encoder a class that no labelled location holds, and the
+    encoder can never predict it. With probability ``rho`` each pool map is relabelled before generation:
+    every class id ``c`` of the map becomes ``perm[c]`` for an independent uniform random map ``perm`` of
+    the ``K`` classes to the ``K`` classes (drawn with replacement, so regions may merge), which keeps the
+    pool's spatial layouts and lets every class appear. The number of classes is the guide's ``"s"`` site
+    size. ``rho = 0`` (default) draws nothing and changes nothing.
+
     :param weights: :class:`SymmetricWeights` (default: all 1).
     :param num_particles: samples per image for every expectation (>= 1).
     :param sleep_masks: show generated images to the guide under real cloud masks.
+    :param sleep_relabel: probability that a sleep map is relabelled (see above), in ``[0, 1]``.
 
     References:
 
@@ -145,7 +172,13 @@ class SymmetricEquilibrium:
     """
 
     def __init__(
-        self, weights: SymmetricWeights | None = None, *, num_particles: int = 1, sleep_masks: bool = False
+        self,
+        weights: SymmetricWeights | None = None,
+        *,
+        num_particles: int = 1,
+        sleep_masks: bool = False,
+        sleep_relabel: float = 0.0,
+        num_classes: int | None = None,
     ) -> None:
         if weights is None:
             weights = SymmetricWeights()
@@ -153,9 +186,18 @@ class SymmetricEquilibrium:
             raise TypeError(f"expected weights as SymmetricWeights, got {type(weights).__name__}")
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"expected num_particles as an int >= 1, got {num_particles!r}")
+        if isinstance(sleep_relabel, bool) or not isinstance(sleep_relabel, (int, float)) or not (
+            0.0 <= sleep_relabel <= 1.0
+        ):
+            raise ValueError(f"expected sleep_relabel as a probability in [0, 1], got {sleep_relabel!r}")
+        if sleep_relabel > 0 and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                  or num_classes < 1):
+            raise ValueError(f"sleep_relabel needs num_classes (the number of classes K >= 1), got {num_classes!r}")
         self.weights = weights
         self.num_particles = num_particles
         self.sleep_masks = bool(sleep_masks)
+        self.sleep_relabel = float(sleep_relabel)
+        self.num_classes = num_classes
 
     # ------------------------------------------------------------------------------------------- public
     def loss(
@@ -301,7 +343,7 @@ class SymmetricEquilibrium:
             pick = None if ref is None else torch.randint(ref.shape[0], (rows,), device=ref.device)
             kw = covariates(None if doy is None else doy[pick])
             if pool is not None:
-                pool = pool.long()
+                pool = relabel_maps(pool.long(), self.sleep_relabel, self.num_classes)
                 mask = pool >= 0
                 has_void = not bool(mask.all())
                 s_gen = repeat(fill_void_nearest(pool) if has_void else pool, p)
