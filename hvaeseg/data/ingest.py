@@ -7,8 +7,12 @@ Two layouts are read:
   dims ``(timestamp, y, x)``, uint16 DN with ``scale_factor``; a label file with integer class codes
   (``CT`` crop type, ``LC`` land cover) on the 10 m grid; a CSV code table (``wc2eurocrops_map.csv``)
   that names the codes. See :func:`ingest_netcdf`.
-* **GeoTIFF** band files read with ``rioxarray`` (``pip install hvaeseg[real]``): one file per band with
-  one layer per date, or one single-layer file per band and date. See :func:`ingest_geotiff`. A GeoTIFF
+* **GeoTIFF** files read with ``rioxarray`` (``pip install hvaeseg[real]``): one file per band with
+  one layer per date, or one single-layer file per band and date (``band_files``, CLI ``NAME=PATH``); or
+  multi-band *stacks*, one file per date holding every band as a layer (``stack``, CLI a bare ``PATH``),
+  whose layer order comes from ``stack_bands`` (CLI ``--stack-bands``) or else from the file's band
+  descriptions (``B02``, ``B2`` or a STAC common name such as ``blue``, ``nir08``, ``swir16``; ``SCL``);
+  a stack whose order cannot be established is an error. See :func:`ingest_geotiff`. A GeoTIFF
   without georeference (no geotransform: rasterio reads the identity transform and warns
   ``NotGeoreferencedWarning``) is an error naming the files, unless ``local_grid=True`` (CLI
   ``--local-grid``) puts them on a local pixel grid: 10 m pixels, x from 0 at the left edge, y from 0 at
@@ -30,27 +34,46 @@ Resampling onto the 10 m grid (the grid of the finest band file), by variable:
 * Bands already on the target grid are copied unchanged.
 
 ``valid`` = SCL code in :data:`hvaeseg.data.schema.CLEAR_SCL` and no band is no data (DN 0).
-The BOA offset comes from the explicit ``boa_add_offset`` (DN, as in the product metadata, e.g. -1000),
-else from the metadata (``BOA_ADD_OFFSET`` attribute, a CF ``add_offset`` on the band variables, or a
-``PROCESSING_BASELINE`` >= 04.00 meaning -1000), else 0 (harmonised or pre-04.00 products, like the
-WorldCereal sample); the cube's ``add_offset = boa_add_offset * scale_factor`` and the attribute
-``boa_offset_source`` says where it came from. DN are stored unchanged.
+The BOA offset comes from the explicit ``boa_add_offset`` (DN, as in the product metadata, e.g. -1000;
+CLI ``--boa-offset``), else from the metadata (``BOA_ADD_OFFSET`` attribute or tag, a CF ``add_offset`` on
+the band variables, the GDAL scale/offset of a GeoTIFF band, or a ``PROCESSING_BASELINE`` >= 04.00 meaning
+-1000). Without any of these a NetCDF product is taken as harmonised (offset 0, like the WorldCereal sample),
+while GeoTIFFs, which rarely carry product metadata, are an error naming ``--boa-offset``: the offset is never
+silently 0 where nothing says so. The cube's ``add_offset = boa_add_offset * scale_factor`` and the
+attribute ``boa_offset_source`` says where it came from. DN are stored unchanged.
 
-Labels: the class codes present in the label map that the code table names (code 0 excluded) become
-ids ``0 .. K-1`` in increasing code order (or in the order of an explicit ``classes`` list, to give
-several cubes the same ids); code 0 and codes absent from the table are void (-1). The labels carry
-``flag_values``/``flag_meanings``/``flag_colors`` and ``source_codes`` (the original code of each id).
-Class names come from the code table (``code_<c>`` without one), or from an explicit ``class_names`` list,
-one single-word name per class id (checked before any pixel is read: same count, non-empty, unique).
+Labels: ``void_codes`` (CLI ``--void-codes``) are the label codes that mean "no label"; by default code 0
+and the label file's declared no-data value (``_FillValue`` / GeoTIFF nodata); an empty list
+(``--void-codes none``) makes every code a possible class, 0 included. The class codes present in the
+label map that the code table names (void codes excluded) become ids ``0 .. K-1`` in increasing code order
+(or in the order of an explicit ``classes`` list, to give several cubes the same ids; a void code there is
+an error, and so are classes of which no pixel occurs); void codes and codes absent from the table or from
+``classes`` are void (-1). Label values must be integers (a float map with fractions is an error; NaN is
+void) in one layer. The labels carry ``flag_values``/``flag_meanings``/``flag_colors``, ``source_codes``
+(the original code of each id), ``void_codes``, ``void_description`` (which codes became void, with pixel
+counts) and ``class_names_source``; the command line prints them (:func:`ingest_notes`).
+Class names come from the code table (CSV with a header such as ``code,name``, or JSON
+``{"code": "name"}``; see :func:`read_code_table`), else ``code_<c>`` (announced), or from an explicit
+``class_names`` list, one single-word name per class id (checked before any pixel is read: same count,
+non-empty, unique).
+
+Output (:func:`ingest`): checked before anything is read. It may not be one of the inputs (or hold one),
+and an existing path is only ever replaced (``overwrite=True``, CLI ``--overwrite``) when it is a cube
+store (a Zarr group with ``hvaeseg_schema_version``): never a plain file, such as a label NetCDF taken as
+the output when the output argument was forgotten, nor a folder that is not a cube.
 
 Every check runs before anything is written; a bad input raises :class:`IngestError` naming the files
 and what differs: CRS or footprints that differ between files, timestamps that differ between the
-files of different resolutions, missing bands, a label grid that does not match the 10 m grid.
+files of different resolutions, missing bands, a label grid that does not match the 10 m grid. Messages
+are one line (several problems are numbered), as the command line prints them.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import json
+import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -62,7 +85,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from hvaeseg.data.bands import L2A_BANDS, band_coords, check_band_names
+from hvaeseg.data.bands import BAND_NAMES, L2A_BANDS, band_coords, check_band_names
 from hvaeseg.data.schema import SCHEMA_VERSION, class_attrs, valid_from_scl, validate_cube
 
 __all__ = [
@@ -73,6 +96,8 @@ __all__ = [
     "discover_netcdf",
     "read_code_table",
     "resample_to_grid",
+    "ingest_notes",
+    "check_output",
 ]
 
 #: default scale of L2A DN when a product does not say
@@ -132,6 +157,13 @@ def _bounds(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float, float]:
     ry = abs(float(y[1] - y[0])) if len(y) > 1 else 0.0
     rx = abs(float(x[1] - x[0])) if len(x) > 1 else 0.0
     return (float(x.min()) - rx / 2, float(y.min()) - ry / 2, float(x.max()) + rx / 2, float(y.max()) + ry / 2)
+
+
+def _problems_message(problems: Sequence[str]) -> str:
+    """One line for every problem found: ``cannot ingest these products: (1) ...; (2) ...``."""
+    if len(problems) == 1:
+        return f"cannot ingest these products: {problems[0]}"
+    return "cannot ingest these products: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, start=1))
 
 
 def _fmt_bounds(b: tuple[float, ...]) -> str:
@@ -327,40 +359,93 @@ def resample_to_grid(
 _CODE_COLUMNS = {"CT": ("croptype", "ct", "code"), "LC": ("landcover", "lc", "code")}
 
 
+_TABLE_HINT = (
+    "expected a CSV with a header row naming a code column and a name column, e.g. `code,name` then `1,cloud_shadow` "
+    "(WorldCereal tables: `name,croptype,...`), or JSON {\"1\": \"cloud_shadow\", ...}"
+)
+
+
 def read_code_table(
     path: PathType, *, code_column: str | None = None, name_column: str = "name", label_var: str = "CT"
 ) -> dict[int, str]:
-    """``{code: name}`` from a CSV code table such as ``wc2eurocrops_map.csv`` (columns ``name,croptype,...``).
+    """``{code: name}`` from a code table (CLI ``--code-table``): a CSV such as ``wc2eurocrops_map.csv``
+    (columns ``name,croptype,...``) or a plain ``code,name`` table, or a JSON file ``{"1": "cloud_shadow", ...}``
+    (or a list of ``{"code": 1, "name": "cloud_shadow"}``).
 
-    :param code_column: the column of integer codes; default: the column matching ``label_var``
+    :param code_column: the CSV column of integer codes; default: the column matching ``label_var``
         (``CT`` -> ``croptype``, ``LC`` -> ``landcover``), else ``code``.
-    :raises IngestError: missing columns, non-integer codes, or one code with two names.
+    :raises IngestError: unreadable file, missing columns, non-integer codes, empty names, or one code with
+        two names; the message names the file (and line) and the expected layout.
     """
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    where = f"code table (--code-table) {path}"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise IngestError(f"{where}: not a text file; {_TABLE_HINT}") from None
+    if Path(path).suffix.lower() == ".json":
+        return _json_code_table(text, where)
+    rows = list(csv.DictReader(io.StringIO(text)))
     if not rows:
-        raise IngestError(f"{path}: the code table is empty")
-    cols = {c.lower(): c for c in rows[0]}
+        raise IngestError(f"{where}: the code table is empty (no header and data rows); {_TABLE_HINT}")
+    cols = {c.lower(): c for c in rows[0] if c is not None}
     if code_column is None:
         for cand in _CODE_COLUMNS.get(label_var.upper(), ()) + (label_var.lower(), "code"):
             if cand in cols:
                 code_column = cols[cand]
                 break
         else:
-            raise IngestError(f"{path}: no code column for {label_var!r} among {list(rows[0])}; pass code_column=")
+            raise IngestError(
+                f"{where}: no code column for {label_var!r} among {list(rows[0])}; {_TABLE_HINT} (Python: code_column=)"
+            )
+    if name_column not in rows[0] and name_column.lower() in cols:
+        name_column = cols[name_column.lower()]
     if code_column not in rows[0] or name_column not in rows[0]:
-        raise IngestError(f"{path}: expected columns {code_column!r} and {name_column!r}, found {list(rows[0])}")
+        raise IngestError(
+            f"{where}: expected columns {code_column!r} and {name_column!r}, found {list(rows[0])}; {_TABLE_HINT}"
+        )
     table: dict[int, str] = {}
     for i, r in enumerate(rows, start=2):
         try:
             code = int(str(r[code_column]).strip())
         except ValueError:
-            raise IngestError(f"{path}:{i}: code {r[code_column]!r} is not an integer") from None
-        name = str(r[name_column]).strip()
-        if code in table and table[code] != name:
-            raise IngestError(f"{path}:{i}: code {code} is named twice ({table[code]!r} and {name!r})")
-        table[code] = name
+            raise IngestError(f"{where}:{i}: code {r[code_column]!r} is not an integer; {_TABLE_HINT}") from None
+        _add_code_name(table, code, r[name_column], f"{where}:{i}")
     return table
+
+
+def _json_code_table(text: str, where: str) -> dict[int, str]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise IngestError(f"{where}: not valid JSON ({err.msg}, line {err.lineno}); {_TABLE_HINT}") from None
+    if isinstance(data, Mapping):
+        items = list(data.items())
+    elif isinstance(data, list) and all(isinstance(r, Mapping) and {"code", "name"} <= set(r) for r in data):
+        items = [(r["code"], r["name"]) for r in data]
+    else:
+        raise IngestError(f"{where}: expected a JSON object of code: name, got {type(data).__name__}; {_TABLE_HINT}")
+    if not items:
+        raise IngestError(f"{where}: the code table is empty; {_TABLE_HINT}")
+    table: dict[int, str] = {}
+    for key, name in items:
+        try:
+            code = int(str(key).strip())
+        except ValueError:
+            raise IngestError(f"{where}: code {key!r} is not an integer; {_TABLE_HINT}") from None
+        if not isinstance(name, str):
+            raise IngestError(f"{where}: the name of code {code} is {name!r}, not a string; {_TABLE_HINT}")
+        _add_code_name(table, code, name, where)
+    return table
+
+
+def _add_code_name(table: dict[int, str], code: int, name: Any, where: str) -> None:
+    name = "" if name is None else str(name).strip()
+    if not name:
+        raise IngestError(f"{where}: code {code} has an empty name; name every code or drop its row")
+    if code in table and table[code] != name:
+        raise IngestError(f"{where}: code {code} is named twice ({table[code]!r} and {name!r})")
+    table[code] = name
 
 
 def _word(name: str) -> str:
@@ -400,25 +485,98 @@ def _check_class_names(class_names: Sequence[str] | None, classes: Sequence[int]
     return names
 
 
+@dataclass
+class _LabelMap:
+    """A label map read from a file: pixel centres, integer codes ``(y, x)`` and its declared no-data value."""
+
+    y: np.ndarray
+    x: np.ndarray
+    codes: np.ndarray
+    crs: str | None
+    source: str
+    nodata: float | None = None
+
+
+def _int_codes(values: Sequence[Any] | None, what: str) -> list[int] | None:
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)):
+        raise IngestError(f"{what}: expected a list of integer codes, got the string {values!r}")
+    out = []
+    for v in values:
+        try:
+            integral = not isinstance(v, (bool, np.bool_)) and float(v).is_integer()
+        except (TypeError, ValueError):
+            integral = False
+        if not integral:
+            raise IngestError(f"{what}: expected integer codes, got {v!r}")
+        out.append(int(float(v)))
+    return out
+
+
+def _void_codes(void_codes: Sequence[int] | None, nodata: float | None) -> tuple[list[int], str]:
+    """The void codes and a phrase saying where they come from."""
+    if void_codes is not None:
+        codes = sorted(set(_int_codes(void_codes, "void_codes (--void-codes)")))
+        if not codes:
+            return codes, "no void codes: --void-codes none"
+        return codes, f"void codes from --void-codes: {', '.join(map(str, codes))}"
+    codes, why = [0], "void codes by default: 0"
+    if nodata is not None and np.isfinite(nodata) and float(nodata).is_integer() and int(nodata) != 0:
+        codes.append(int(nodata))
+        why += f" and the label file's no-data value {int(nodata)}"
+    return codes, why + "; --void-codes sets them"
+
+
+def _fmt_codes(counts: Mapping[int, int]) -> str:
+    return ", ".join(f"{c}: {n:,} px" for c, n in counts.items())
+
+
 def _map_labels(
-    codes: np.ndarray,
+    lab: _LabelMap,
     table: Mapping[int, str] | None,
     classes: Sequence[int] | None,
-    source: str,
     class_names: Sequence[str] | None = None,
+    void_codes: Sequence[int] | None = None,
+    table_source: str | None = None,
 ) -> tuple[np.ndarray, dict]:
-    codes = np.asarray(codes).astype(np.int64)
-    present = [int(c) for c in np.unique(codes) if c != 0]
+    """Class ids ``(y, x)`` int16 (-1 = void) and the label attributes (see the module doc)."""
+    source, raw = lab.source, np.asarray(lab.codes)
+    if raw.dtype.kind not in "iuf":
+        raise IngestError(f"{source}: the labels have dtype {raw.dtype}; expected integer class codes")
+    known = np.ones(raw.shape, bool)
+    if raw.dtype.kind == "f":
+        known = np.isfinite(raw)
+        frac = known & (raw != np.round(raw))
+        if frac.any():
+            raise IngestError(
+                f"{source}: the labels are not integer class codes ({raw.dtype}, e.g. {raw[frac][0]:g} at "
+                f"{int(frac.sum()):,} pixels); expected one integer code per class: reclassify the map to integer "
+                "codes before ingesting (NaN is read as void)"
+            )
+    codes = np.where(known, raw, 0).astype(np.int64)
+    void, void_why = _void_codes(void_codes, lab.nodata)
+    values, counts = np.unique(codes[known], return_counts=True)
+    count = dict(zip(values.tolist(), counts.tolist()))
+    present = [c for c in count if c not in void]
     if classes is None:
         keep = [c for c in present if table is None or c in table]
     else:
-        keep = [int(c) for c in classes]
+        keep = _int_codes(classes, "classes (--classes)")
         if len(set(keep)) != len(keep):
-            raise IngestError(f"classes repeat a code: {keep}")
-        if 0 in keep:
-            raise IngestError("code 0 means 'no data' and cannot be a class")
+            raise IngestError(f"classes (--classes) repeat a code: {keep}")
+        bad = [c for c in keep if c in void]
+        if bad:
+            raise IngestError(
+                f"classes (--classes) {keep} include the void code {', '.join(map(str, bad))}: void codes mean "
+                f"'no label' ({void_why}); to make code {bad[0]} a class, pass --void-codes with the codes that "
+                "mean no label instead (--void-codes none: no void code; Python void_codes=[])"
+            )
     if not keep:
-        raise IngestError(f"{source}: no pixel has a class code named by the code table (codes present: {present})")
+        what = "named by the code table" if table is not None else "that is not a void code"
+        raise IngestError(
+            f"{source}: no pixel has a class code {what} (codes present: {present}; void codes {void}, {void_why})"
+        )
     names: list[str] = []
     if class_names is not None:
         if len(class_names) != len(keep):
@@ -428,17 +586,47 @@ def _map_labels(
                 "classes= (--classes)"
             )
         names = list(class_names)
+        names_source = "class_names (--class-names)"
     else:
+        unnamed = [c for c in keep if table is None or c not in table]
         for c in keep:
             n = _word(table[c]) if table is not None and c in table else f"code_{c}"
             names.append(n if n not in names else f"{n}_{c}")
+        names_source = f"code table {table_source}" if table is not None else "no code table"
+        if unnamed:
+            names_source += (
+                f"; codes {', '.join(map(str, unnamed))} named code_<c>: name them with --class-names or "
+                "--code-table (a code,name CSV or JSON)"
+            )
     lut_codes = np.array(keep, dtype=np.int64)
     order = np.argsort(lut_codes)
     pos = np.searchsorted(lut_codes[order], codes)
     pos = np.clip(pos, 0, len(keep) - 1)
-    hit = lut_codes[order][pos] == codes
+    hit = (lut_codes[order][pos] == codes) & known
     ids = np.where(hit, order[pos], -1).astype(np.int16)
-    attrs = {**class_attrs(names), "source_codes": keep, "long_name": "class id (-1 = void)"}
+    if not hit.any():
+        raise IngestError(
+            f"{source}: none of the class codes {keep} (classes, --classes) occurs in the label map (codes present: "
+            f"{sorted(count)}); give the codes the file holds"
+        )
+    parts = []
+    as_void = {c: count[c] for c in void if count.get(c)}
+    if as_void:
+        parts.append(f"code {_fmt_codes(as_void)} ({void_why})")
+    else:
+        parts.append(f"no pixel holds a void code ({void_why})")
+    other = {c: n for c, n in count.items() if c not in void and c not in keep}
+    if other:
+        why = "not in classes (--classes)" if classes is not None else "not named by the code table"
+        parts.append(f"code {_fmt_codes(other)}, {why}")
+    if not known.all():
+        parts.append(f"NaN ({int((~known).sum()):,} px)")
+    attrs = {
+        **class_attrs(names), "source_codes": keep, "void_codes": list(void),
+        "long_name": "class id (-1 = void)",
+        "void_description": f"{int((ids < 0).sum()):,} void pixels (-1): " + "; ".join(parts),
+        "class_names_source": names_source,
+    }
     return ids, attrs
 
 
@@ -447,26 +635,46 @@ def _map_labels(
 # --------------------------------------------------------------------------------------------------
 
 
-def _boa_offset(layers: Sequence[_Layer], explicit: float | None, scale: float) -> tuple[float, str]:
-    """BOA offset in DN and where it came from."""
+def _number(value: Any) -> float | None:
+    """A metadata value (number, numeric string, one-element array) as a float; None when it is not one (or NaN)."""
+    if value is None:
+        return None
+    try:
+        number = float(np.asarray(value, dtype=np.float64).ravel()[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return None if np.isnan(number) else number
+
+
+def _boa_offset(
+    layers: Sequence[_Layer], explicit: float | None, scale: float, required: bool = False
+) -> tuple[float, str]:
+    """BOA offset in DN and where it came from; ``required``: no metadata is an error (GeoTIFF), not 0."""
     if explicit is not None:
         return float(explicit), "option"
-    for layer in layers:
-        a = {str(k).lower(): v for k, v in layer.attrs.items()}
-        if "boa_add_offset" in a:
-            return float(np.asarray(a["boa_add_offset"]).ravel()[0]), f"metadata BOA_ADD_OFFSET ({layer.source})"
-    for layer in layers:
-        a = {str(k).lower(): v for k, v in layer.attrs.items()}
-        if "add_offset" in a:
-            return float(a["add_offset"]) / scale, f"metadata add_offset ({layer.source})"
+    for key, what in (("boa_add_offset", "BOA_ADD_OFFSET"), ("add_offset", "add_offset")):
+        for layer in layers:
+            a = {str(k).lower(): v for k, v in layer.attrs.items()}
+            value = _number(a.get(key))
+            if value is not None:
+                dn = value if key == "boa_add_offset" else value / scale
+                return dn, f"metadata {what} ({layer.source})"
     for layer in layers:
         a = {str(k).lower(): v for k, v in layer.attrs.items()}
         if "processing_baseline" in a:
-            try:
-                baseline = float(str(a["processing_baseline"]).strip())
-            except ValueError:
+            baseline = _number(str(a["processing_baseline"]).strip())
+            if baseline is None:
                 continue
             return (BASELINE_04_BOA_OFFSET if baseline >= 4.0 else 0.0), f"metadata PROCESSING_BASELINE={baseline:g}"
+    if required:
+        files = sorted({layer.source for layer in layers})
+        named = files[0] + (f" (+{len(files) - 1} more)" if len(files) > 1 else "")
+        raise IngestError(
+            f"the reflectance offset is unknown: {named} carry no offset metadata (no GDAL scale/offset, "
+            "BOA_ADD_OFFSET or PROCESSING_BASELINE tag) and none was given; pass --boa-offset DN (Python: "
+            "boa_add_offset=): 0 when reflectance = DN x 1e-4 (harmonised products, processing baseline before "
+            "04.00), -1000 for L2A processing baseline 04.00 or later"
+        )
     return 0.0, "default: no BOA_ADD_OFFSET, add_offset or PROCESSING_BASELINE in the metadata (harmonised product)"
 
 
@@ -485,7 +693,7 @@ def _check_layers(layers: Sequence[_Layer], bands: Sequence[str], require_scl: b
         found = sorted({n for n in names if n != "SCL"})
         problems.append(
             f"missing bands {', '.join(missing)}: not found in {', '.join(sources)} "
-            f"(found {', '.join(found) or 'none'})"
+            f"(found {', '.join(found) or 'none'}); pass --bands with the bands the cube is to hold (Python bands=)"
         )
     if require_scl and "SCL" not in names:
         problems.append(
@@ -541,7 +749,7 @@ def _check_layers(layers: Sequence[_Layer], bands: Sequence[str], require_scl: b
 def _assemble(
     layers: Sequence[_Layer],
     *,
-    labels: tuple[np.ndarray, np.ndarray, np.ndarray, str | None, str] | None,
+    labels: _LabelMap | None,
     code_table: Mapping[int, str] | None,
     classes: Sequence[int] | None,
     bands: Sequence[str] | None,
@@ -549,6 +757,9 @@ def _assemble(
     require_scl: bool,
     attrs: Mapping[str, Any],
     class_names: Sequence[str] | None = None,
+    void_codes: Sequence[int] | None = None,
+    table_source: str | None = None,
+    offset_required: bool = False,
 ) -> xr.Dataset:
     if bands is None:
         present = {layer.name for layer in layers if layer.name != "SCL"}
@@ -563,7 +774,7 @@ def _assemble(
     if not problems:
         ref = min({layer.source: layer for layer in layers}.values(), key=lambda f: f.resolution)
     if labels is not None and not problems:
-        ly, lx, _, lcrs, lsrc = labels
+        ly, lx, lcrs, lsrc = labels.y, labels.x, labels.crs, labels.source
         if not (_same_coords(ly, ref.y) and _same_coords(lx, ref.x)):
             problems.append(
                 f"the label grid does not match: {lsrc} is {len(ly)}x{len(lx)} "
@@ -574,13 +785,13 @@ def _assemble(
         if lcrs is not None and ref.crs is not None and lcrs != ref.crs:
             problems.append(f"the label file {lsrc} has CRS {lcrs} but the bands {ref.crs}")
     if problems:
-        raise IngestError("cannot ingest these products:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise IngestError(_problems_message(problems))
 
     scales = {float(np.asarray(band_layers[b].attrs.get("scale_factor", L2A_SCALE_FACTOR))) for b in bands}
     if len(scales) > 1:
         raise IngestError(f"the bands have different scale_factor {sorted(scales)}; expected one DN scale")
     scale = scales.pop()
-    offset_dn, offset_source = _boa_offset([band_layers[b] for b in bands], boa_add_offset, scale)
+    offset_dn, offset_source = _boa_offset([band_layers[b] for b in bands], boa_add_offset, scale, offset_required)
 
     times = ref.times
     order = np.argsort(times, kind="stable")
@@ -617,7 +828,7 @@ def _assemble(
         valid = (refl != 0).all(axis=1)
     data_vars["valid"] = (("time", "y", "x"), valid, {"long_name": "observed and clear"})
     if labels is not None:
-        ids, lattrs = _map_labels(labels[2], code_table, classes, labels[4], class_names)
+        ids, lattrs = _map_labels(labels, code_table, classes, class_names, void_codes, table_source)
         data_vars["labels"] = (("y", "x"), ids, lattrs)
     crs = ref.crs
     ds = xr.Dataset(
@@ -629,7 +840,7 @@ def _assemble(
             "boa_add_offset": float(offset_dn),
             "boa_offset_source": offset_source,
             "sources": [Path(s).name for s in sorted({layer.source for layer in layers})]
-            + ([Path(labels[4]).name] if labels is not None else []),
+            + ([Path(labels.source).name] if labels is not None else []),
             **dict(attrs),
         },
     )
@@ -642,7 +853,7 @@ def _assemble(
 # --------------------------------------------------------------------------------------------------
 
 
-def _read_label_netcdf(path: PathType, label_var: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None, str]:
+def _read_label_netcdf(path: PathType, label_var: str) -> _LabelMap:
     ds = _open_netcdf(path)
     if label_var not in ds.data_vars:
         raise IngestError(f"{path}: no label variable {label_var!r}; found {list(ds.data_vars)}")
@@ -650,9 +861,14 @@ def _read_label_netcdf(path: PathType, label_var: str) -> tuple[np.ndarray, np.n
     if set(da.dims) != {"y", "x"}:
         raise IngestError(f"{path}: label variable {label_var!r} has dims {da.dims}; expected (y, x)")
     da = da.transpose("y", "x")
-    return (
+    nodata = None
+    for key in ("_FillValue", "missing_value", "NoData", "nodata"):
+        if key in da.attrs:
+            nodata = _number(da.attrs[key])
+            break
+    return _LabelMap(
         np.asarray(ds["y"].values, np.float64), np.asarray(ds["x"].values, np.float64), np.asarray(da.values),
-        _netcdf_crs(ds, da), str(path),
+        _netcdf_crs(ds, da), str(path), nodata,
     )
 
 
@@ -660,6 +876,12 @@ def _table(code_table: PathType | Mapping[int, str] | None, label_var: str) -> M
     if code_table is None or isinstance(code_table, Mapping):
         return code_table
     return read_code_table(code_table, label_var=label_var)
+
+
+def _table_source(code_table: PathType | Mapping[int, str] | None) -> str | None:
+    if code_table is None:
+        return None
+    return "(mapping)" if isinstance(code_table, Mapping) else Path(code_table).name
 
 
 def ingest_netcdf(
@@ -672,6 +894,7 @@ def ingest_netcdf(
     bands: Sequence[str] | None = L2A_BANDS,
     boa_add_offset: float | None = None,
     require_scl: bool = True,
+    void_codes: Sequence[int] | None = None,
 ) -> xr.Dataset:
     """Build a cube from NetCDF band files (one per resolution) and an optional label file.
 
@@ -679,14 +902,18 @@ def ingest_netcdf(
         site (any order; the finest grid is the target).
     :param labels: label file with an integer code variable on the 10 m grid (``OUTPUT_*.nc``).
     :param label_var: the label variable (``CT`` crop type, ``LC`` land cover).
-    :param code_table: CSV (``wc2eurocrops_map.csv``) or ``{code: name}``; codes it lacks become void.
-    :param classes: explicit class codes in id order (same ids across cubes); default: codes present.
+    :param code_table: CSV (``wc2eurocrops_map.csv``, or ``code,name``), JSON, or ``{code: name}``; codes it
+        lacks become void (see :func:`read_code_table`).
+    :param classes: explicit class codes in id order (same ids across cubes); default: codes present. A void
+        code among them, or classes of which no pixel occurs, is an error.
     :param class_names: one name per class id (single words, unique), overriding the code table's names;
         with ``classes`` the same count, else one per code kept (in increasing code order).
     :param bands: bands that must be present, in cube order (default the 10 L2A bands); ``None`` takes
         whatever bands the files hold.
     :param boa_add_offset: BOA offset in DN (e.g. -1000); default from metadata, else 0.
     :param require_scl: raise when no SCL layer is found (else ``valid`` is only "no band is DN 0").
+    :param void_codes: label codes meaning "no label" (void, -1); default code 0 and the label variable's
+        ``_FillValue``; ``[]``: none, so code 0 may be a class.
     :returns: the cube (in memory), already validated.
     :raises IngestError: for inputs that do not fit together (see the module doc).
     """
@@ -695,6 +922,8 @@ def ingest_netcdf(
     class_names = _check_class_names(class_names, classes)
     if class_names is not None and labels is None:
         raise IngestError("class_names given but no label file (labels=)")
+    if void_codes is not None and labels is None:
+        raise IngestError("void_codes (--void-codes) given but no label file (labels=)")
     layers = [layer for p in paths for layer in _netcdf_layers(p)]
     lab = _read_label_netcdf(labels, label_var) if labels is not None else None
     site = {}
@@ -707,6 +936,7 @@ def ingest_netcdf(
         layers, labels=lab, code_table=_table(code_table, label_var), classes=classes, bands=bands,
         boa_add_offset=boa_add_offset, require_scl=require_scl,
         attrs={**site, "label_variable": label_var} if lab else site, class_names=class_names,
+        void_codes=void_codes, table_source=_table_source(code_table),
     )
 
 
@@ -745,33 +975,135 @@ def _file_list(files: PathType | Sequence[PathType]) -> list[PathType]:
     return [files] if isinstance(files, (str, PathLike)) else list(files)
 
 
+#: offset metadata kept from GeoTIFF tags (dataset and band), lower-case
+_OFFSET_TAGS = ("boa_add_offset", "add_offset", "scale_factor", "processing_baseline")
+
+
 @dataclass
 class _GeoTiff:
-    """One GeoTIFF opened lazily (no pixel read yet) and whether it carries a georeference."""
+    """One GeoTIFF opened lazily (no pixel read yet), whether it carries a georeference, and per layer its
+    description and offset metadata (GDAL scale/offset when set, offset tags)."""
 
     path: str
     da: xr.DataArray
     georeferenced: bool
     crs: str | None
+    descriptions: tuple[str | None, ...] = ()
+    layer_attrs: list[dict] = field(default_factory=list)
+    nodata: float | None = None
+
+    @property
+    def count(self) -> int:
+        return int(self.da.sizes.get("band", 1))
 
 
 def _open_geotiff(path: PathType) -> _GeoTiff:
     rio = _rioxarray()
+    import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
+    if "://" not in str(path) and not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such GeoTIFF file")
     with warnings.catch_warnings():
         # a file without geotransform is reported below, with the fix, instead of this warning
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
             da = rio.open_rasterio(path, masked=False)
+            with rasterio.open(path) as src:
+                descriptions, scales, offsets = tuple(src.descriptions), src.scales, src.offsets
+                tags = [{**src.tags(), **src.tags(i)} for i in range(1, src.count + 1)]
+                nodata = src.nodata
         except FileNotFoundError:
             raise
         except Exception as err:  # noqa: BLE001
             raise IngestError(f"{path}: cannot be read as GeoTIFF ({type(err).__name__}: {err})") from err
         # no geotransform (nor GCPs / RPCs): rasterio reports the identity transform (unit pixels, y = row index)
         georeferenced = not da.rio.transform().is_identity
+    layer_attrs = []
+    for i, t in enumerate(tags):
+        attrs = {k.lower(): v for k, v in t.items() if k.lower() in _OFFSET_TAGS}
+        attrs = {k: v if k == "processing_baseline" else _number(v) for k, v in attrs.items()}
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        # GDAL reports scale 1 and offset 0 when the file sets none: only other values are metadata
+        if scales[i] != 1.0 or offsets[i] != 0.0:
+            attrs.update(scale_factor=float(scales[i]), add_offset=float(offsets[i]))
+        layer_attrs.append(attrs)
     crs = _normalise_crs(da.rio.crs.to_string() if da.rio.crs is not None else None)
-    return _GeoTiff(str(path), da, georeferenced, crs)
+    return _GeoTiff(str(path), da, georeferenced, crs, descriptions, layer_attrs, nodata)
+
+
+#: STAC ``eo:common_name`` of the Sentinel-2 bands (unambiguous ones), for GeoTIFF band descriptions
+_COMMON_NAMES = {
+    "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05", "rededge2": "B06",
+    "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09", "cirrus": "B10", "swir16": "B11",
+    "swir22": "B12",
+}
+
+
+def _band_from_description(text: str | None) -> str | None:
+    """The band a GeoTIFF band description names (``B02``, ``B2``, ``blue``, ``SCL``), else None."""
+    if not text or not str(text).strip():
+        return None
+    key = str(text).strip().upper().replace(" ", "")
+    if key in BAND_NAMES:
+        return key
+    m = re.fullmatch(r"B0?([1-9])", key)
+    if m:
+        return f"B0{m.group(1)}"
+    if key in _SCL_NAMES:
+        return "SCL"
+    return _COMMON_NAMES.get(str(text).strip().lower())
+
+
+def _stack_names(stacks: Sequence[_GeoTiff], stack_bands: Sequence[str] | None) -> list[str]:
+    """The band (or SCL) of each layer of the stack files: from ``stack_bands``, else the band descriptions."""
+    fix = (
+        "pass --stack-bands with one name per layer in layer order (e.g. --stack-bands B02,B03,B04,B08,B11,B12; "
+        "Python stack_bands=[...])"
+    )
+    if stack_bands is not None:
+        if isinstance(stack_bands, str):
+            raise IngestError(f"stack_bands (--stack-bands): expected a list of band names, got {stack_bands!r}")
+        names = [str(n).strip().upper() for n in stack_bands]
+        names = ["SCL" if n in _SCL_NAMES else n for n in names]
+        try:
+            if any(n != "SCL" for n in names):
+                check_band_names([n for n in names if n != "SCL"])
+        except ValueError as err:
+            raise IngestError(f"stack_bands (--stack-bands) {list(stack_bands)}: {err}") from None
+        if names.count("SCL") > 1:
+            raise IngestError(f"stack_bands (--stack-bands) {list(stack_bands)}: SCL is named more than once")
+        for g in stacks:
+            if g.count != len(names):
+                raise IngestError(
+                    f"{g.path} has {g.count} layers but stack_bands (--stack-bands) names {len(names)} "
+                    f"({','.join(names)}); a stack holds one date: name every layer, in layer order"
+                )
+        return names
+    found: list[str] | None = None
+    for g in stacks:
+        descs = list(g.descriptions) + [None] * (g.count - len(g.descriptions))
+        names = [_band_from_description(d) for d in descs]
+        if all(d is None or not str(d).strip() for d in descs):
+            raise IngestError(
+                f"{g.path} has {g.count} layers and no band descriptions, so the band order is unknown; {fix}"
+            )
+        bad = [f"layer {i + 1} {d!r}" for i, (d, n) in enumerate(zip(descs, names)) if n is None]
+        if bad:
+            raise IngestError(
+                f"{g.path}: the band descriptions do not all name a Sentinel-2 band ({', '.join(bad)}; expected "
+                f"e.g. B02, B2, blue or SCL), so the band order is unknown; {fix}"
+            )
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise IngestError(f"{g.path}: the band descriptions name {', '.join(dup)} more than once; {fix}")
+        if found is not None and names != found:
+            raise IngestError(
+                f"the stack files hold the bands in different orders: {stacks[0].path} {','.join(found)}, {g.path} "
+                f"{','.join(names)}; write them in one order, or ingest them separately"
+            )
+        found = names
+    return found or []
 
 
 def _local_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -817,8 +1149,14 @@ def _georeference_problems(opened: Sequence[_GeoTiff], local_grid: bool) -> list
 
 
 def _geotiff_layer(
-    name: str, files: Sequence[PathType], times: Sequence[Any], opened: Mapping[str, _GeoTiff], local: bool
+    name: str,
+    files: Sequence[PathType],
+    times: Sequence[Any],
+    opened: Mapping[str, _GeoTiff],
+    local: bool,
+    index: int | None = None,
 ) -> _Layer:
+    """One band (or SCL) from ``files``: every layer of each (``index`` None) or its layer ``index`` (a stack)."""
     times = np.asarray(times, dtype="datetime64[ns]")
     planes, y = [], None
     crs = x = None
@@ -837,7 +1175,7 @@ def _geotiff_layer(
             raise IngestError(
                 f"{name}: {f} is not on the grid of {files[0]} (every file of one band must share a grid)"
             )
-        planes.append(np.asarray(da.values))
+        planes.append(np.asarray((da if index is None else da.isel(band=slice(index, index + 1))).values))
     src = str(files[0]) if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more)"
     data = np.concatenate(planes, axis=0)
     _check_regular(y, "y", src)
@@ -846,40 +1184,65 @@ def _geotiff_layer(
         raise IngestError(
             f"the timestamps differ: {name} has {data.shape[0]} layers in {src} but {len(times)} dates were given"
         )
-    return _Layer(name=name, source=src, data=data, times=times, y=y, x=x, crs=crs, attrs={})
+    attrs = dict(opened[str(files[0])].layer_attrs[index or 0]) if opened[str(files[0])].layer_attrs else {}
+    return _Layer(name=name, source=src, data=data, times=times, y=y, x=x, crs=crs, attrs=attrs)
+
+
+def _label_geotiff(g: _GeoTiff, local: bool) -> _LabelMap:
+    if g.count != 1:
+        raise IngestError(
+            f"{g.path}: the label file has {g.count} layers; expected one layer of class codes (keep one with "
+            f"`gdal_translate -b N {g.path} labels.tif`)"
+        )
+    ly, lx = _local_grid(g.da.sizes["y"], g.da.sizes["x"]) if local else (
+        np.asarray(g.da["y"].values, np.float64), np.asarray(g.da["x"].values, np.float64))
+    return _LabelMap(ly, lx, np.asarray(g.da.values)[0], None if local else g.crs, g.path, g.nodata)
 
 
 def ingest_geotiff(
-    band_files: Mapping[str, PathType | Sequence[PathType]],
+    band_files: Mapping[str, PathType | Sequence[PathType]] | None = None,
     *,
     times: Sequence[Any] | Mapping[str, Sequence[Any]],
     scl: PathType | Sequence[PathType] | None = None,
+    stack: PathType | Sequence[PathType] | None = None,
+    stack_bands: Sequence[str] | None = None,
     labels: PathType | None = None,
     code_table: PathType | Mapping[int, str] | None = None,
     label_var: str = "CT",
     classes: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
+    void_codes: Sequence[int] | None = None,
     bands: Sequence[str] | None = L2A_BANDS,
-    scale_factor: float = L2A_SCALE_FACTOR,
+    scale_factor: float | None = None,
     boa_add_offset: float | None = None,
     require_scl: bool = True,
     local_grid: bool = False,
 ) -> xr.Dataset:
-    """Build a cube from GeoTIFF band files (read with rioxarray).
+    """Build a cube from GeoTIFF band files or multi-band stacks (read with rioxarray).
 
     :param band_files: ``{"B02": path_or_paths, ...}``: per band either one file with one layer per
         date, or one single-layer file per date (in date order).
-    :param times: the acquisition dates, one per layer; or ``{band or "SCL": dates}`` when files differ.
+    :param times: the acquisition dates, one per layer (one per stack file); or ``{band or "SCL": dates}``
+        when files differ.
     :param scl: the SCL file(s), laid out like the bands.
-    :param labels: a single-layer GeoTIFF of integer class codes on the finest band grid.
-    :param scale_factor: DN scale (GeoTIFFs rarely say; L2A is 1e-4).
+    :param stack: multi-band GeoTIFF(s), one per date (in date order), each holding several bands (and
+        possibly SCL) as layers; may be combined with ``band_files`` for other bands.
+    :param stack_bands: the band (or ``SCL``) of each stack layer, in layer order; default: the files' band
+        descriptions (``B02``, ``B2``, a STAC common name such as ``blue``, or ``SCL``). A stack whose order
+        neither gives is an error.
+    :param labels: a single-layer GeoTIFF of integer class codes on the finest band grid; its nodata value
+        is a void code by default (see ``void_codes`` in :func:`ingest_netcdf`).
+    :param scale_factor: DN scale; default the GDAL scale of the files when they set one, else 1e-4 (L2A).
+    :param boa_add_offset: BOA offset in DN (e.g. -1000); default from the files' metadata (GDAL offset,
+        ``BOA_ADD_OFFSET`` or ``PROCESSING_BASELINE`` tag). GeoTIFFs without any are an error naming the
+        option (CLI ``--boa-offset``), never a silent 0.
     :param local_grid: files without georeference (no geotransform) are placed on a local pixel grid
         (10 m pixels, x from 0 at the left edge, y from 0 at the bottom edge, decreasing from the top row;
         no CRS) instead of being an error; every file must then lack a georeference and have the same size.
         The cube's attributes say ``grid = "local"``.
     Other parameters as in :func:`ingest_netcdf`.
     :raises IngestError: also, before any pixel is read, for files without georeference (unless
-        ``local_grid``), naming them and the fix.
+        ``local_grid``), naming them and the fix, and for stacks whose band order is unknown.
     """
     def times_for(name: str):
         if isinstance(times, Mapping):
@@ -888,28 +1251,40 @@ def ingest_geotiff(
             return times[name]
         return times
 
+    if not band_files and stack is None:
+        raise IngestError("no band files given: pass band_files= (CLI NAME=PATH inputs) or stack= (a multi-band file)")
+    if stack_bands is not None and stack is None:
+        raise IngestError("stack_bands (--stack-bands) names the layers of a stack, but no stack file is given")
     class_names = _check_class_names(class_names, classes)
     if class_names is not None and labels is None:
         raise IngestError("class_names given but no label file (labels=)")
-    files = [(str(b), _file_list(f)) for b, f in band_files.items()]
+    if void_codes is not None and labels is None:
+        raise IngestError("void_codes (--void-codes) given but no label file (labels=)")
+    files: list[tuple[str, list[PathType], int | None]] = [
+        (str(b), _file_list(f), None) for b, f in (band_files or {}).items()
+    ]
     if scl is not None:
-        files.append(("SCL", _file_list(scl)))
-    every = [f for _, fs in files for f in fs] + ([labels] if labels is not None else [])
+        files.append(("SCL", _file_list(scl), None))
+    stacks = _file_list(stack) if stack is not None else []
+    every = [f for _, fs, _ in files for f in fs] + stacks + ([labels] if labels is not None else [])
     opened = {str(f): _open_geotiff(f) for f in dict.fromkeys(str(f) for f in every)}  # lazy: no pixel read
     problems = _georeference_problems(list(opened.values()), local_grid)
     if problems:
-        raise IngestError("cannot ingest these products:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise IngestError(_problems_message(problems))
     local = bool(local_grid and opened and not any(g.georeferenced for g in opened.values()))
+    if stacks:
+        names = _stack_names([opened[str(f)] for f in stacks], stack_bands)
+        files += [(name, stacks, i) for i, name in enumerate(names)]
+    lab = _label_geotiff(opened[str(labels)], local) if labels is not None else None
 
-    layers = [_geotiff_layer(name, fs, times_for(name), opened, local) for name, fs in files]
-    for layer in layers[: len(band_files)]:
-        layer.attrs["scale_factor"] = scale_factor
-    lab = None
-    if labels is not None:
-        g = opened[str(labels)]
-        ly, lx = _local_grid(g.da.sizes["y"], g.da.sizes["x"]) if local else (
-            np.asarray(g.da["y"].values, np.float64), np.asarray(g.da["x"].values, np.float64))
-        lab = (ly, lx, np.asarray(g.da.values)[0], None if local else g.crs, str(labels))
+    layers = [_geotiff_layer(name, fs, times_for(name), opened, local, index) for name, fs, index in files]
+    for layer in layers:
+        if layer.name == "SCL":
+            continue
+        if scale_factor is not None:
+            layer.attrs["scale_factor"] = float(scale_factor)
+        else:
+            layer.attrs.setdefault("scale_factor", L2A_SCALE_FACTOR)
     attrs = {}
     if local and layers:
         r, h, w = LOCAL_GRID_RESOLUTION, len(layers[0].y), len(layers[0].x)
@@ -924,7 +1299,86 @@ def ingest_geotiff(
     return _assemble(
         layers, labels=lab, code_table=_table(code_table, label_var), classes=classes, bands=bands,
         boa_add_offset=boa_add_offset, require_scl=require_scl, attrs=attrs, class_names=class_names,
+        void_codes=void_codes, table_source=_table_source(code_table), offset_required=True,
     )
+
+
+#: the options of :func:`ingest_netcdf` / :func:`ingest_geotiff` that name input files, as the CLI spells them
+_INPUT_OPTIONS = {"labels": "--labels", "code_table": "--code-table", "scl": "SCL=", "stack": "a stack input"}
+
+
+def _input_paths(paths: Sequence[PathType], options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(what, path)`` for every input file or folder of one ingest."""
+    out = [("", os.fspath(p)) for p in paths]
+    for name, value in (options.get("band_files") or {}).items():
+        out += [(f"{name}=", os.fspath(p)) for p in _file_list(value)]
+    for key, what in _INPUT_OPTIONS.items():
+        value = options.get(key)
+        if value is None or (key == "code_table" and isinstance(value, Mapping)):
+            continue
+        out += [(what, os.fspath(p)) for p in _file_list(value)]
+    return out
+
+
+def check_output(
+    out: PathType,
+    inputs: Sequence[tuple[str, str]] = (),
+    overwrite: bool = False,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Refuse, before anything is read, an output that is an input or would replace what is not a cube store.
+
+    An existing ``out`` is only ever replaced (``overwrite``) when it is a cube store (a Zarr group with
+    ``hvaeseg_schema_version``): a plain file (e.g. the label NetCDF, taken as the output when the output
+    argument was forgotten) or a folder that is not a cube is refused whatever ``overwrite`` says, and so is
+    an ``out`` that is (or holds) one of ``inputs``; then :func:`hvaeseg.data.store.check_output_free` applies.
+
+    :param inputs: ``(what, path)`` pairs, ``what`` naming the option in messages (``"--labels"``).
+    :raises IngestError: ``out`` is, or holds, an input.
+    :raises FileExistsError: ``out`` exists and is not a cube store, or is one and ``overwrite`` is false.
+    """
+    from hvaeseg.data.store import _Location, check_output_free
+
+    loc = _Location(out, storage_options)
+    fix = "give a new store path as the last argument (the output), e.g. site.zarr"
+    if loc.local:
+        target = os.path.realpath(loc.root)
+        for what, path in inputs:
+            real = os.path.realpath(path)
+            if real == target or real.startswith(target.rstrip(os.sep) + os.sep):
+                held = "is also" if real == target else f"holds {path},"
+                raise IngestError(
+                    f"the output {out} {held} an input of this command{f' ({what})' if what else ''}: writing the "
+                    f"cube would replace it; {fix}"
+                )
+    if loc.exists():
+        problem = _not_a_cube_store(loc, out, storage_options)
+        if problem:
+            raise FileExistsError(
+                f"the output {out} {problem} and is never replaced (--overwrite only replaces a cube store "
+                f"written by hvaeseg); if the output argument was forgotten, the last input was taken for it: {fix}"
+            )
+    check_output_free(out, overwrite, storage_options=storage_options)
+
+
+def _not_a_cube_store(loc: Any, out: PathType, storage_options: Mapping[str, Any] | None) -> str | None:
+    """Why the existing ``out`` is not a cube store, or None when it is one."""
+    from hvaeseg.data.store import open_cube
+
+    if loc.local and not os.path.isdir(loc.root):
+        return "is an existing file, not a cube store,"
+    if loc.local and not os.listdir(loc.root):
+        return None  # an empty folder: nothing to lose
+    try:
+        attrs = open_cube(out, storage_options=storage_options, validate=False).attrs
+    except (FileNotFoundError, ValueError):
+        return "is an existing folder that is not a cube store (no Zarr group),"
+    except Exception:  # noqa: BLE001 - whatever cannot be opened is not a cube to replace
+        return "exists and cannot be opened as a cube store,"
+    if "hvaeseg_schema_version" not in attrs:
+        return "is a Zarr store but not a cube (no hvaeseg_schema_version attribute),"
+    return None
 
 
 def ingest(
@@ -942,8 +1396,9 @@ def ingest(
 
     :param inputs: NetCDF band files, or one folder laid out like a WorldCereal site (band files,
         ``OUTPUT_*.nc`` labels and a ``*.csv`` code table are found in it). For GeoTIFF pass ``None``
-        (or ``format="geotiff"``) and ``band_files=`` / ``times=`` in ``options``.
-    :param out: the store path or URL.
+        (or ``format="geotiff"``) and ``band_files=`` and/or ``stack=``, and ``times=`` in ``options``.
+    :param out: the store path or URL; checked first by :func:`check_output` (not an input; an existing
+        path is replaced, with ``overwrite``, only when it is a cube store).
     :param chunks, codec, storage_options: as in :func:`hvaeseg.data.store.write_cube`.
     :param options: passed to :func:`ingest_netcdf` or :func:`ingest_geotiff`.
     :returns: the store path written.
@@ -953,9 +1408,10 @@ def ingest(
     if format not in ("auto", "netcdf", "geotiff"):
         raise ValueError(f"expected format 'auto', 'netcdf' or 'geotiff', got {format!r}")
     paths = [] if inputs is None else [inputs] if isinstance(inputs, (str, PathLike)) else list(inputs)
-    if format == "geotiff" or (format == "auto" and "band_files" in options):
+    check_output(out, _input_paths(paths, options), overwrite, storage_options=storage_options)
+    if format == "geotiff" or (format == "auto" and ("band_files" in options or "stack" in options)):
         if paths:
-            raise ValueError("GeoTIFF ingestion takes band_files= (and times=), not input paths")
+            raise ValueError("GeoTIFF ingestion takes band_files= and/or stack= (and times=), not input paths")
         ds = ingest_geotiff(**options)
     else:
         if len(paths) == 1 and Path(paths[0]).is_dir():
@@ -966,3 +1422,26 @@ def ingest(
                 options.setdefault("code_table", found["code_table"])
         ds = ingest_netcdf(*paths, **options)
     return write_cube(ds, out, chunks=chunks, codec=codec, overwrite=overwrite, storage_options=storage_options)
+
+
+def ingest_notes(ds: xr.Dataset) -> list[str]:
+    """What an ingest decided that a user should know, one line each (the command line prints them): the
+    reflectance scale and offset and where the offset came from, the classes and where their names came from,
+    and which label codes became void."""
+    lines = []
+    refl = ds["reflectance"].attrs
+    lines.append(
+        f"reflectance: scale_factor {float(refl.get('scale_factor', 1.0)):g}, add_offset "
+        f"{float(refl.get('add_offset', 0.0)):g} (BOA offset {float(ds.attrs.get('boa_add_offset', 0.0)):g} DN; "
+        f"from {ds.attrs.get('boa_offset_source', 'unknown')})"
+    )
+    if "labels" in ds:
+        la = ds["labels"].attrs
+        names = str(la.get("flag_meanings", "")).split()
+        codes = list(np.asarray(la.get("source_codes", [])).ravel().tolist())
+        pairs = ", ".join(f"{c} -> {i} {n}" for i, (c, n) in enumerate(zip(codes, names)))
+        source = la.get("class_names_source", "?")
+        lines.append(f"labels: {len(names)} classes, code -> id name: {pairs} (names from {source})")
+        if "void_description" in la:
+            lines.append(f"labels: {la['void_description']}")
+    return lines

@@ -239,7 +239,8 @@ def test_geotiff_bands_give_the_same_cube_as_netcdf(tmp_path, sample_cube):
     lab.rio.write_crs("EPSG:32631").rio.to_raster(tmp_path / "labels.tif")
     scl = files.pop("SCL")
     ds = ingest_geotiff(
-        files, times=b10["timestamp"].values, scl=scl, labels=tmp_path / "labels.tif", code_table=f["table"]
+        files, times=b10["timestamp"].values, scl=scl, labels=tmp_path / "labels.tif", code_table=f["table"],
+        boa_add_offset=0,
     )
     ref = sample_cube.isel(time=slice(0, n_dates))
     for var in ("reflectance", "scl", "valid", "labels"):
@@ -247,7 +248,7 @@ def test_geotiff_bands_give_the_same_cube_as_netcdf(tmp_path, sample_cube):
     np.testing.assert_allclose(ds["x"].values, ref["x"].values)
     # one date too few for a band: the timestamps differ
     with pytest.raises(IngestError, match="timestamps differ"):
-        ingest_geotiff(files, times=b10["timestamp"].values[:2], scl=scl)
+        ingest_geotiff(files, times=b10["timestamp"].values[:2], scl=scl, boa_add_offset=0)
     # the same through the command line
     from hvaeseg.commands.ingest import add_ingest_parser
 
@@ -257,7 +258,7 @@ def test_geotiff_bands_give_the_same_cube_as_netcdf(tmp_path, sample_cube):
     pairs = [f"{k}={v}" for k, v in files.items()] + [f"SCL={scl}"]
     out = tmp_path / "tif.zarr"
     args = parser.parse_args(["ingest", "--geotiff", *pairs, "--times", times, "--labels", str(tmp_path / "labels.tif"),
-                              "--code-table", str(f["table"]), str(out)])
+                              "--code-table", str(f["table"]), "--boa-offset", "0", str(out)])
     assert args.func(args) == 0
     from hvaeseg.data.store import open_cube
 
@@ -387,7 +388,7 @@ def _tiny_geotiffs(d: Path, *, georeferenced: bool, seed: int = 0, size: int = 1
 def _tiny_options(files: dict, **kw) -> dict:
     p = files["paths"]
     return {"band_files": {b: p[b] for b in ("B02", "B03", "B04")}, "times": ["2020-01-01"],
-            "bands": ["B02", "B03", "B04"], "require_scl": False, "labels": p["labels"], **kw}
+            "bands": ["B02", "B03", "B04"], "require_scl": False, "labels": p["labels"], "boa_add_offset": 0, **kw}
 
 
 @pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
@@ -434,7 +435,8 @@ def test_class_names_on_the_command_line(tmp_path):
     parser = argparse.ArgumentParser()
     add_ingest_parser(parser.add_subparsers())
     base = ["ingest", "--geotiff", *(f"{b}={p[b]}" for b in ("B02", "B03", "B04")), "--bands", "B02,B03,B04",
-            "--no-scl", "--times", "2020-01-01", "--labels", str(p["labels"]), "--classes", "1,2,3"]
+            "--no-scl", "--times", "2020-01-01", "--boa-offset", "0", "--labels", str(p["labels"]),
+            "--classes", "1,2,3"]
     args = parser.parse_args([*base, "--class-names", "cloud_shadow,clear,cloud", str(tmp_path / "a.zarr")])
     assert args.func(args) == 0
     assert class_names(open_cube(tmp_path / "a.zarr")) == ["cloud_shadow", "clear", "cloud"]
@@ -501,7 +503,7 @@ def test_local_grid_on_the_command_line(tmp_path):
     parser = argparse.ArgumentParser()
     add_ingest_parser(parser.add_subparsers())
     base = ["ingest", "--geotiff", *(f"{b}={p[b]}" for b in ("B02", "B03", "B04")), "--bands", "B02,B03,B04",
-            "--no-scl", "--times", "2020-01-01", "--labels", str(p["labels"])]
+            "--no-scl", "--times", "2020-01-01", "--boa-offset", "0", "--labels", str(p["labels"])]
     args = parser.parse_args([*base, str(tmp_path / "no.zarr")])
     with pytest.raises(IngestError, match=f"(?s){p['B02']} has no georeference.*--local-grid"):
         args.func(args)
@@ -521,3 +523,200 @@ def test_local_grid_does_not_mix_with_georeferenced_files(tmp_path):
     options["band_files"]["B04"] = geo["paths"]["B04"]
     with pytest.raises(IngestError, match=f"(?s)needs every file to lack a georeference.*{geo['paths']['B04']}"):
         ingest_geotiff(**options)
+
+
+# ---------------------------------------------------------------------------------------------- the output
+
+
+def _write_tif(path: Path, array: np.ndarray, descriptions=(), tags=None, scales=None, offsets=None, **profile):
+    """A georeferenced GeoTIFF (EPSG:32631, 10 m pixels, the grid of :func:`_tiny_geotiffs`) of ``array``."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    a = array if array.ndim == 3 else array[None]
+    with rasterio.open(path, "w", driver="GTiff", width=a.shape[2], height=a.shape[1], count=a.shape[0],
+                       dtype=a.dtype, transform=from_origin(500_000.0, 5_000_160.0, 10.0, 10.0), crs="EPSG:32631",
+                       **profile) as f:
+        f.write(a)
+        for i, text in enumerate(descriptions, start=1):
+            f.set_band_description(i, text)
+        if tags:
+            f.update_tags(**tags)
+        if scales is not None:
+            f.scales, f.offsets = scales, offsets
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_overwrite_replaces_a_cube_store_and_nothing_else(tmp_path):
+    from hvaeseg.data.ingest import check_output
+    from hvaeseg.data.store import open_cube
+
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=True)
+    out = ingest(None, tmp_path / "a.zarr", **_tiny_options(files))
+    with pytest.raises(FileExistsError, match="already exists; pass overwrite=True"):
+        ingest(None, out, **_tiny_options(files))
+    ingest(None, out, overwrite=True, **_tiny_options(files, classes=[2, 1]))  # a cube store: replaced
+    assert open_cube(out)["labels"].attrs["source_codes"] == [2, 1]
+    labels = files["paths"]["labels"]
+    plain = tmp_path / "notes.nc"
+    plain.write_bytes(b"not a cube")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="is an existing file, not a cube store"):
+            ingest(None, plain, overwrite=overwrite, **_tiny_options(files))
+        with pytest.raises(IngestError, match=r"is also an input of this command \(--labels\)"):
+            ingest(None, labels, overwrite=overwrite, **_tiny_options(files))
+    assert plain.read_bytes() == b"not a cube"
+    # an output folder that holds an input, also through a symbolic link
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "in")
+    with pytest.raises(IngestError, match="holds .*B02.tif, an input"):
+        ingest(None, link, overwrite=True, **_tiny_options(files))
+    check_output(tmp_path / "new.zarr", [("--labels", str(labels))])  # a new path: fine
+    (tmp_path / "empty.zarr").mkdir()  # an empty folder: nothing to lose, replaced with overwrite
+    assert open_cube(ingest(None, tmp_path / "empty.zarr", overwrite=True, **_tiny_options(files)))
+
+
+# ---------------------------------------------------------------------------------------------- label codes
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_void_codes_say_which_codes_mean_no_label(tmp_path):
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=True)
+    codes = files["arrays"]["labels"]
+    ds = ingest_geotiff(**_tiny_options(files))  # default: code 0 is void, and says so
+    assert ds["labels"].attrs["void_codes"] == [0] and ds["labels"].attrs["source_codes"] == [1, 2, 3]
+    assert "code 0: 3 px (void codes by default: 0" in ds["labels"].attrs["void_description"]
+    ds = ingest_geotiff(**_tiny_options(files, void_codes=[]))  # no void code: 0 is a class
+    assert ds["labels"].attrs["source_codes"] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(ds["labels"].values, codes)
+    ds = ingest_geotiff(**_tiny_options(files, void_codes=[3], classes=[0, 1, 2], class_names=["none", "a", "b"]))
+    np.testing.assert_array_equal(ds["labels"].values, np.where(codes == 3, -1, codes))
+    # the label file's no-data value is void by default too
+    lab = codes.copy()
+    lab[5, :4] = 255
+    files["paths"]["labels"] = _write_tif(tmp_path / "nodata.tif", lab, nodata=255)
+    ds = ingest_geotiff(**_tiny_options(files))
+    assert ds["labels"].attrs["void_codes"] == [0, 255] and ds["labels"].attrs["source_codes"] == [1, 2, 3]
+    assert (ds["labels"].values[5, :4] == -1).all()
+    assert "no-data value 255" in ds["labels"].attrs["void_description"]
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_code_tables_name_geotiff_classes(tmp_path):
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=True)
+    csv_table = tmp_path / "classes.csv"
+    csv_table.write_text("code,name\n1,cloud shadow\n2,clear\n3,cloud\n")
+    json_table = tmp_path / "classes.json"
+    json_table.write_text('{"1": "cloud_shadow", "2": "clear", "3": "cloud"}')
+    for table in (csv_table, json_table, {1: "cloud_shadow", 2: "clear", 3: "cloud"}):
+        ds = ingest_geotiff(**_tiny_options(files, code_table=table))
+        assert class_names(ds) == ["cloud_shadow", "clear", "cloud"]
+    assert ds["labels"].attrs["class_names_source"] == "code table (mapping)"
+    assert read_code_table(json_table) == {1: "cloud_shadow", 2: "clear", 3: "cloud"}
+    ds = ingest_geotiff(**_tiny_options(files))  # no table: code_<c>, and the attribute says how to name them
+    assert class_names(ds) == ["code_1", "code_2", "code_3"]
+    assert "--class-names or --code-table" in ds["labels"].attrs["class_names_source"]
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_float_labels_with_whole_codes_and_nan(tmp_path):
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=True)
+    lab = files["arrays"]["labels"].astype(np.float32)
+    lab[1, 1] = np.nan
+    files["paths"]["labels"] = _write_tif(tmp_path / "float.tif", lab)
+    ds = ingest_geotiff(**_tiny_options(files))
+    assert ds["labels"].values[1, 1] == -1 and ds["labels"].attrs["source_codes"] == [1, 2, 3]
+    assert "NaN (1 px)" in ds["labels"].attrs["void_description"]
+
+
+# ---------------------------------------------------------------------------------------------- GeoTIFF offset
+
+
+@pytest.mark.parametrize(
+    "metadata, offset_dn, source",
+    [
+        ({"scales": (1e-4,), "offsets": (-0.1,)}, -1000, "metadata add_offset"),
+        ({"tags": {"BOA_ADD_OFFSET": "-1000"}}, -1000, "metadata BOA_ADD_OFFSET"),
+        ({"tags": {"PROCESSING_BASELINE": "05.10"}}, -1000, "metadata PROCESSING_BASELINE=5.1"),
+        ({"tags": {"PROCESSING_BASELINE": "03.01"}}, 0, "metadata PROCESSING_BASELINE=3.01"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_geotiff_offset_comes_from_the_metadata(tmp_path, metadata, offset_dn, source):
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=True)
+    for b in ("B02", "B03", "B04"):
+        _write_tif(files["paths"][b], files["arrays"][b], **metadata)
+    ds = ingest_geotiff(**_tiny_options(files, boa_add_offset=None))
+    assert ds.attrs["boa_add_offset"] == pytest.approx(offset_dn)
+    assert ds["reflectance"].attrs["add_offset"] == pytest.approx(offset_dn * 1e-4)
+    assert ds["reflectance"].attrs["scale_factor"] == pytest.approx(1e-4)
+    assert ds.attrs["boa_offset_source"].startswith(source)
+    ds = ingest_geotiff(**_tiny_options(files, boa_add_offset=-500))  # the option wins
+    assert ds.attrs["boa_add_offset"] == -500 and ds.attrs["boa_offset_source"] == "option"
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_geotiff_without_offset_metadata_needs_the_option(tmp_path):
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=True)
+    with pytest.raises(IngestError, match=r"reflectance offset is unknown: .*B02.tif \(\+2 more\).*--boa-offset DN"):
+        ingest(None, tmp_path / "o.zarr", **_tiny_options(files, boa_add_offset=None))
+    assert not (tmp_path / "o.zarr").exists()
+
+
+# ---------------------------------------------------------------------------------------------- stacks
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_multi_band_stacks_give_the_cube_of_the_band_files(tmp_path):
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=True)
+    ref = ingest_geotiff(**_tiny_options(files))
+    a = files["arrays"]
+    stack = np.stack([a["B04"], a["B02"], a["B03"]])  # not in cube order: the names say which is which
+    options = {k: v for k, v in _tiny_options(files).items() if k != "band_files"}
+    for descriptions in (("B04", "B02", "B03"), ("red", "blue", "green"), ("B4", "b2", "B3")):
+        path = _write_tif(tmp_path / "stack.tif", stack, descriptions=descriptions)
+        ds = ingest_geotiff(stack=path, **options)
+        np.testing.assert_array_equal(ds["reflectance"].values, ref["reflectance"].values)
+    # the option overrides the descriptions; two stack files are two dates
+    bare = _write_tif(tmp_path / "bare.tif", stack)
+    ds = ingest_geotiff(stack=[bare, bare], stack_bands=["B04", "B02", "B03"],
+                        **{**options, "times": ["2020-01-01", "2020-01-11"]})
+    assert ds.sizes["time"] == 2
+    np.testing.assert_array_equal(ds["reflectance"].values[1], ref["reflectance"].values[0])
+    # SCL may be a layer of the stack; other bands may come as band files
+    scl = np.full(stack.shape[1:], 4, np.uint16)
+    scl[0, 0] = 9  # cloud
+    with_scl = _write_tif(tmp_path / "scl.tif", np.stack([a["B02"], a["B03"], scl]), descriptions=("B02", "B03", "SCL"))
+    ds = ingest_geotiff({"B04": files["paths"]["B04"]}, stack=with_scl, **{**options, "require_scl": True})
+    np.testing.assert_array_equal(ds["reflectance"].values, ref["reflectance"].values)
+    assert not ds["valid"].values[0, 0, 0] and ds["valid"].values.sum() == 16 * 16 - 1
+
+
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+def test_stacks_on_the_command_line_and_what_it_prints(tmp_path, capsys):
+    from hvaeseg.cli import main
+    from hvaeseg.data.store import open_cube
+
+    files = _tiny_geotiffs(tmp_path / "in", georeferenced=True)
+    a = files["arrays"]
+    stack = _write_tif(tmp_path / "stack.tif", np.stack([a["B02"], a["B03"], a["B04"]]))
+    table = tmp_path / "classes.csv"
+    table.write_text("code,name\n1,shadow\n2,clear\n3,cloud\n")
+    out = tmp_path / "s.zarr"
+    argv = ["data", "ingest", "--geotiff", str(stack), "--stack-bands", "B02,B03,B04", "--bands", "B02,B03,B04",
+            "--no-scl", "--times", "2020-01-01", "--boa-offset", "0", "--labels", str(files["paths"]["labels"]),
+            "--code-table", str(table), str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed
+    assert "1 -> 0 shadow, 2 -> 1 clear, 3 -> 2 cloud (names from code table classes.csv)" in printed
+    assert "code 0: 3 px (void codes by default: 0; --void-codes sets them)" in printed
+    assert "BOA offset 0 DN; from option" in printed
+    np.testing.assert_array_equal(open_cube(out)["reflectance"].values[0, 1], a["B03"])
+    # --void-codes none: code 0 may be a class, but the table does not name it, and the command says so
+    assert main([*argv[:-1], "--void-codes", "none", "--overwrite", str(out)]) == 0
+    assert "no void codes: --void-codes none); code 0: 3 px, not named by the code table" in capsys.readouterr().out
+    table.write_text("code,name\n0,unknown\n1,shadow\n2,clear\n3,cloud\n")
+    assert main([*argv[:-1], "--void-codes", "none", "--overwrite", str(out)]) == 0
+    assert class_names(open_cube(out)) == ["unknown", "shadow", "clear", "cloud"]
