@@ -168,7 +168,7 @@ class LadderEncoder(nn.Module):
             flat = valid.reshape(-1, 1, *valid.shape[-2:]).to(f.dtype)
             w = resize(flat, f.shape[-2:]).reshape(*f.shape[:-3], 1, *f.shape[-2:])
             pooled = (w * f).sum((-2, -1)) / w.sum((-2, -1)).clamp(min=1e-6)
-        return self.l_head(pooled)
+        return self.l_head(pooled).float()  # float32 under bf16 autocast too
 
     def head(
         self,
@@ -183,7 +183,9 @@ class LadderEncoder(nn.Module):
         ``(B, 1, P, h, w)``."""
         f = features[self.spec.layer(name).resolution]
         if shared and f.dim() == 5:
-            return self.heads[name](valid_weighted_pool(f, valid)).unsqueeze(1)
-        if f.dim() == 5:
-            return self.heads[name](f.flatten(0, 1)).unflatten(0, f.shape[:2])
-        return self.heads[name](f)
+            out = self.heads[name](valid_weighted_pool(f, valid)).unsqueeze(1)
+        elif f.dim() == 5:
+            out = self.heads[name](f.flatten(0, 1)).unflatten(0, f.shape[:2])
+        else:
+            out = self.heads[name](f)
+        return out.float()  # float32 under bf16 autocast too (hvaeseg.nets.precision)

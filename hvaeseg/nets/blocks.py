@@ -133,8 +133,9 @@ class ConditionalConvNet(nn.Module):
             if size is None:
                 raise ValueError("expected size=(h, w) for a net with only global parents")
             h = (h + self.bias[:, None, None]).expand(*h.shape[:-2], int(size[0]), int(size[1]))
+        # float32 out under bf16 autocast too (hvaeseg.nets.precision): distribution parameters stay float32
         if h.dim() == 5:
             B, T = h.shape[:2]
             out = self.head(self.blocks(h.flatten(0, 1)))
-            return out.unflatten(0, (B, T))
-        return self.head(self.blocks(h))
+            return out.unflatten(0, (B, T)).float()
+        return self.head(self.blocks(h)).float()

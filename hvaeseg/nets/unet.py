@@ -195,7 +195,7 @@ class SegmentationUNet(nn.Module):
             skip = features[factors[i]]
             h = self.lateral[i](F.interpolate(h, size=skip.shape[-2:], mode="nearest")) + skip
             h = self.up[i](h)
-        return self.head(h)
+        return self.head(h).float()  # float32 logits under bf16 autocast too (hvaeseg.nets.precision)
 
     def forward_features(
         self, x: torch.Tensor, valid: torch.Tensor | None = None, doy: torch.Tensor | None = None
