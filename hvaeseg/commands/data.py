@@ -271,7 +271,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     )
     p.add_argument("cube", metavar="CUBE", help="Zarr store (path or fsspec URL)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--no-validate", action="store_true", help="skip the schema check")
+    p.add_argument("--no-validate", action="store_true",
+                   help="skip the schema check and the check for missing chunks (damaged ones are still errors)")
     p.set_defaults(func=_info)
 
     p = sub.add_parser(

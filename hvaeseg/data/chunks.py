@@ -4,8 +4,12 @@ processes).
 
 * Chunk readers give whole chunks by chunk coordinates (``get(key)``, ``release(chunk)``): a numpy array
   (:class:`InMemoryChunks`), a lazily indexed xarray variable (:class:`LazyChunks`), or a Zarr array
-  (:class:`ZarrChunks`, which reads local v3 chunk files and decodes them with numcodecs directly).
-* :class:`CubeSource`: ``reflectance`` / ``valid`` / ``labels`` of a cube behind chunk readers.
+  (:class:`ZarrChunks`, which reads local v3 chunk files and decodes them with numcodecs directly; a chunk
+  that does not decode, or that is missing from a store written complete, is a
+  :class:`~hvaeseg.data.integrity.ChunkError` naming it).
+* :class:`CubeSource`: ``reflectance`` / ``valid`` / ``labels`` of a cube behind chunk readers. Reflectance
+  always comes out as uint16 DN: float reflectance is encoded chunk by chunk (:class:`DNChunks`,
+  :func:`dn_encoding`) at the 1e-4 step of Sentinel-2 L2A products, NaN becoming DN 0 (no data).
 * :func:`gather` cuts regions out of chunks, chunk-major (each chunk decoded once per call);
   :func:`fill_patches` fills a batch's raw arrays (DN, valid, labels) for given patch positions.
 * :class:`HostBuffers`: reusable host arrays, handed out again once nothing refers to them.
@@ -20,21 +24,29 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 
+from hvaeseg.data.integrity import CHUNKS_ATTR, COMPLETE, corrupt_chunk_error, missing_chunk_error, naming_errors
+
 __all__ = [
     "CubeSource",
+    "DNChunks",
+    "DNEncoding",
+    "FLOAT_DN_SCALE",
+    "FLOAT_DN_OFFSET",
     "HostBuffers",
     "InMemoryChunks",
     "LazyChunks",
     "ZarrChunks",
+    "dn_encoding",
     "fill_patches",
     "gather",
     "normalise_into",
     "open_dataset",
+    "reflectance_to_dn",
 ]
 
 
@@ -102,8 +114,12 @@ class ZarrChunks:
     #: chunk buffers kept per thread for reuse
     POOL = 16
 
-    def __init__(self, arr: Any) -> None:
+    def __init__(self, arr: Any, *, complete: bool = False) -> None:
+        """:param complete: the store holds every chunk (:data:`~hvaeseg.data.integrity.CHUNKS_ATTR`), so a
+        missing chunk file is an error, not fill value (checked for free on the direct path)."""
         self.arr = arr
+        self.name = str(arr.path).strip("/") or str(arr.name)
+        self.complete = bool(complete)
         self.shape = tuple(arr.shape)
         self.chunks = tuple(arr.chunks)
         self._direct = self._direct_path(arr)
@@ -172,14 +188,24 @@ class ZarrChunks:
             return np.asarray(self.arr[region])
         root, enc, decoder, dtype, fill = self._direct
         tls = self._local()
-        raw = self._read_file(os.path.join(root, enc.encode_chunk_key(key)), tls)
+        name = enc.encode_chunk_key(key)
+        path = os.path.join(root, name)
+        raw = self._read_file(path, tls)
         out = tls.free.pop() if tls.free else np.empty(self._count, dtype=dtype)
-        if raw is None:  # never-written chunk: all fill value
-            out[:] = fill
-        elif decoder is None:
-            out.view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
-        else:
-            decoder.decode(raw, out=out)
+        try:
+            if raw is None:
+                if self.complete:
+                    raise missing_chunk_error(self.name, name, path, fill.item())
+                out[:] = fill  # never written (a store that skips all-fill chunks): all fill value
+            elif decoder is None:
+                out.view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
+            else:
+                decoder.decode(raw, out=out)
+        except Exception as err:
+            tls.free.append(out)
+            if raw is None:
+                raise
+            raise corrupt_chunk_error(self.name, name, path, err) from err
         out = out.reshape(self.chunks)
         if all((k + 1) * c <= n for k, c, n in zip(key, self.chunks, self.shape)):
             return out
@@ -196,12 +222,90 @@ class ZarrChunks:
 
 
 # --------------------------------------------------------------------------------------------------
+# float reflectance as DN
+# --------------------------------------------------------------------------------------------------
+
+#: the DN encoding of float reflectance on reading: Sentinel-2 L2A's (baseline >= 04.00), so float
+#: reflectance made from L2A DN (either baseline: offsets are whole steps) comes back as exactly those DN
+FLOAT_DN_SCALE, FLOAT_DN_OFFSET = 1e-4, -0.1
+
+
+class DNEncoding(NamedTuple):
+    """How float values of a reflectance variable become uint16 DN: ``DN = round((v - offset) / scale)``
+    clipped to ``lowest..65535``, NaN -> 0 (no data); ``attrs`` give the DN their meaning
+    (``scale_factor``/``add_offset``) for the loader's normalisation."""
+
+    scale: float
+    offset: float
+    lowest: int
+    attrs: dict
+
+
+def dn_encoding(dtype: Any, attrs: Mapping[str, Any], encoding: Mapping[str, Any] | None = None) -> DNEncoding | None:
+    """The :class:`DNEncoding` of a float reflectance variable (None for integer DN, read as they are):
+
+    * float reflectance (the schema's float32: physical units, NaN = no data): the L2A encoding
+      (:data:`FLOAT_DN_SCALE`, :data:`FLOAT_DN_OFFSET`); values are rounded to its 1e-4 step, the precision of
+      L2A products, and kept >= DN 1 so that only NaN reads as no data;
+    * float DN (a float variable with ``scale_factor``): rounded, with its own scaling;
+    * DN decoded by xarray (``xarray.open_zarr``'s default ``mask_and_scale``: ``scale_factor``/``add_offset``
+      and an integer dtype in ``encoding``): encoded back exactly.
+    """
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        return None
+    attrs = dict(attrs)
+    encoding = encoding or {}
+    stored = encoding.get("dtype")
+    if "scale_factor" in attrs:
+        return DNEncoding(1.0, 0.0, 0, attrs)
+    if stored is not None and np.issubdtype(np.dtype(stored), np.integer) and (
+        "scale_factor" in encoding or "add_offset" in encoding
+    ):
+        scale, offset = float(encoding.get("scale_factor", 1.0)), float(encoding.get("add_offset", 0.0))
+        return DNEncoding(scale, offset, 0, {**attrs, "scale_factor": scale, "add_offset": offset})
+    return DNEncoding(FLOAT_DN_SCALE, FLOAT_DN_OFFSET, 1,
+                      {**attrs, "scale_factor": FLOAT_DN_SCALE, "add_offset": FLOAT_DN_OFFSET})
+
+
+def reflectance_to_dn(values: np.ndarray, enc: DNEncoding) -> np.ndarray:
+    """``values`` (any float array) as uint16 DN by ``enc`` (see :class:`DNEncoding`), in float64."""
+    v = (np.asarray(values, dtype=np.float64) - enc.offset) / enc.scale
+    nodata = np.isnan(v)
+    np.rint(v, out=v)
+    np.clip(v, enc.lowest, 65535, out=v)
+    v[nodata] = 0
+    return v.astype(np.uint16)
+
+
+class DNChunks:
+    """A reader of float reflectance chunks giving them as uint16 DN (:func:`reflectance_to_dn`)."""
+
+    def __init__(self, inner: Any, enc: DNEncoding) -> None:
+        self.inner, self.enc = inner, enc
+        self.shape, self.chunks = inner.shape, inner.chunks
+
+    def get(self, key: tuple[int, ...]) -> np.ndarray:
+        chunk = self.inner.get(key)
+        try:
+            return reflectance_to_dn(chunk, self.enc)
+        finally:
+            self.inner.release(chunk)
+
+    def release(self, chunk: np.ndarray) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------------------
 # the source: the cube's arrays behind chunk readers
 # --------------------------------------------------------------------------------------------------
 
 
 class CubeSource:
-    """reflectance / valid / labels of a cube as chunk readers, with scaling and band statistics."""
+    """reflectance / valid / labels of a cube as chunk readers, with scaling and band statistics.
+
+    ``refl`` gives uint16 DN whatever the stored dtype (``stored_dtype``); ``dtype`` is then uint16 and
+    ``refl_attrs`` hold the ``scale_factor``/``add_offset`` that give those DN their meaning.
+    """
 
     def __init__(self, cube: Any, storage_options: Mapping[str, Any] | None) -> None:
         if isinstance(cube, xr.Dataset):
@@ -216,26 +320,35 @@ class CubeSource:
             raise ValueError("the cube has no `reflectance` variable")
         refl = ds["reflectance"].transpose("time", "band", "y", "x")
         self.refl_attrs = dict(refl.attrs)
-        self.dtype = refl.dtype
+        self.dtype = self.stored_dtype = refl.dtype
 
         def reader(da: xr.DataArray):
             data = da.variable._data  # noqa: SLF001 - is it already a numpy array?
             return InMemoryChunks(data) if isinstance(data, np.ndarray) else LazyChunks(da.variable)
 
-        self.refl = reader(refl)
+        enc = dn_encoding(refl.dtype, refl.attrs, refl.encoding)
+        if enc is None:
+            self.refl = reader(refl)
+        elif isinstance(refl.variable._data, np.ndarray):  # noqa: SLF001 - in memory: encode once, not per batch
+            self.refl = InMemoryChunks(reflectance_to_dn(refl.variable._data, enc))  # noqa: SLF001
+        else:
+            self.refl = DNChunks(reader(refl), enc)
+        if enc is not None:
+            self.refl_attrs, self.dtype = dict(enc.attrs), np.dtype(np.uint16)
         self.valid = reader(ds["valid"].transpose("time", "y", "x")) if "valid" in ds else None
         self.labels = reader(ds["labels"].transpose("y", "x")) if "labels" in ds else None
 
     def _from_store(self, path: str, storage_options) -> None:
         import zarr
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), naming_errors():
             warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             try:
                 g = zarr.open_group(path, mode="r", storage_options=storage_options)
             except FileNotFoundError:
                 raise FileNotFoundError(f"no cube at {path}") from None
+            complete = g.attrs.get(CHUNKS_ATTR) == COMPLETE
             names = set(g.array_keys())
             if "reflectance" not in names:
                 raise ValueError(f"{path}: the store has no `reflectance` array")
@@ -250,10 +363,14 @@ class CubeSource:
                         self._from_dataset(open_dataset(path, storage_options))
                         return
         self.refl_attrs = dict(arrays["reflectance"].attrs)
-        self.dtype = np.dtype(arrays["reflectance"].dtype)
-        self.refl = ZarrChunks(arrays["reflectance"])
-        self.valid = ZarrChunks(arrays["valid"]) if "valid" in arrays else None
-        self.labels = ZarrChunks(arrays["labels"]) if "labels" in arrays else None
+        self.dtype = self.stored_dtype = np.dtype(arrays["reflectance"].dtype)
+        self.refl = ZarrChunks(arrays["reflectance"], complete=complete)
+        enc = dn_encoding(self.dtype, self.refl_attrs)
+        if enc is not None:
+            self.refl = DNChunks(self.refl, enc)
+            self.refl_attrs, self.dtype = dict(enc.attrs), np.dtype(np.uint16)
+        self.valid = ZarrChunks(arrays["valid"], complete=complete) if "valid" in arrays else None
+        self.labels = ZarrChunks(arrays["labels"], complete=complete) if "labels" in arrays else None
 
     @property
     def shape(self) -> dict[str, int]:

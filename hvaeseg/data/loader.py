@@ -7,6 +7,9 @@
   ``(DN * scale_factor + add_offset - band_mean) / band_std``, computed **on the device** from the raw
   uint16 DN (half the bytes of float32 cross the bus). ``band_mean``/``band_std`` come from the cube's
   attributes (:func:`hvaeseg.data.stats.ensure_band_stats` computes and stores them once if missing).
+  Float32 reflectance (physical units, NaN = no data) is read as the DN of Sentinel-2 L2A
+  (``(reflectance + 0.1) / 1e-4`` rounded, NaN -> DN 0; :func:`hvaeseg.data.chunks.dn_encoding`): its 1e-4
+  step is the precision of L2A products, and the same uint16 path carries it to the device.
 * ``valid``: ``(B, H, W)`` / ``(B, T, H, W)`` bool.
 * ``labels``: ``(B, H, W)`` int64, -1 = void; all -1 for patches the plan does not flag ``labelled``.
 * ``doy``: ``(B,)`` / ``(B, T)`` float32 day of the year (1 = 1 January, fractional for times of day) of
@@ -52,7 +55,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from hvaeseg.data.chunks import CubeSource, HostBuffers, fill_patches, normalise_into, open_dataset
+from hvaeseg.data.chunks import (
+    CubeSource,
+    HostBuffers,
+    dn_encoding,
+    fill_patches,
+    normalise_into,
+    open_dataset,
+    reflectance_to_dn,
+)
 from hvaeseg.data.sampler import PatchPlan
 from hvaeseg.data.stats import dn_scaling, ensure_band_stats, read_band_stats
 from hvaeseg.data.workers import ProcessWorkers, SharedSlots, SlotLayout
@@ -155,8 +166,9 @@ class PatchLoader:
         that use them need the usual ``if __name__ == "__main__":`` guard (processes are spawned).
     :param pin_memory: host buffers in pinned memory; default: when ``device`` is CUDA.
     :param normalise: standardise with the cube's band statistics (computed and stored once if missing);
-        ``False``: ``x`` is the raw DN as a ``torch.uint16`` tensor (what crosses the bus), for
-        benchmarks and debugging; :func:`normalise_dn` turns it into the normalised float32.
+        ``False``: ``x`` is the raw DN as a ``torch.uint16`` tensor (what crosses the bus; for float
+        reflectance the L2A DN it is read as), for benchmarks and debugging; :func:`normalise_dn` turns it
+        into the normalised float32.
     :param repeat: endless: epochs ``epoch, epoch + 1, ...``, each reshuffled, incomplete batches dropped.
     :param shuffle: reorder per epoch by ``(seed, epoch)`` (default: ``repeat``).
     :param seed: seed of the shuffling.
@@ -235,9 +247,9 @@ class PatchLoader:
             raise ValueError(
                 f"repeat=True needs at least batch_size={self.batch_size} patches, the plan has {len(plan)}"
             )
-        scale, offset = dn_scaling(self.src.refl_attrs, self.src.dtype)
-        if not np.issubdtype(self.src.dtype, np.integer):
-            raise TypeError(f"the loader reads uint16 DN reflectance, this cube stores {self.src.dtype}")
+        scale, offset = dn_scaling(self.src.refl_attrs, self.src.dtype)  # the DN's: float reflectance is encoded
+        #: ``(scale_factor, add_offset)`` of the DN the loader moves (``x`` with ``normalise=False``)
+        self.dn_scaling = (scale, offset)
         mean = std = None
         if self.normalise:
             stats = read_band_stats(cube, storage_options=storage_options)
@@ -502,10 +514,12 @@ def read_patches_naive(
     index = np.arange(len(plan)) if index is None else np.asarray(index, dtype=np.int64)
     H, W = plan.sizes["y"], plan.sizes["x"]
     refl = ds["reflectance"].transpose("time", "band", "y", "x")
+    enc = dn_encoding(refl.dtype, refl.attrs, refl.encoding)
     xs, vs, ls = [], [], []
     for i in index:
         sel = {"time": plan.t[i], "y": slice(plan.y[i], plan.y[i] + H), "x": slice(plan.x[i], plan.x[i] + W)}
-        xs.append(np.asarray(refl.isel(sel).values))
+        values = np.asarray(refl.isel(sel).values)
+        xs.append(values if enc is None else reflectance_to_dn(values, enc))
         vs.append(np.asarray(ds["valid"].transpose("time", "y", "x").isel(sel).values) if "valid" in ds
                   else np.ones((plan.n_dates, H, W), bool))
         if plan.labelled[i] and "labels" in ds:
@@ -516,7 +530,7 @@ def read_patches_naive(
     dn = torch.from_numpy(np.stack(xs) if xs else np.zeros((0, plan.n_dates, C, H, W), np.uint16))
     valid = torch.from_numpy(np.stack(vs) if vs else np.zeros((0, plan.n_dates, H, W), bool))
     labels = torch.from_numpy(np.stack(ls) if ls else np.zeros((0, H, W), np.int16)).to(torch.int64)
-    scale, offset = dn_scaling(refl.attrs, refl.dtype)
+    scale, offset = dn_scaling(refl.attrs, refl.dtype) if enc is None else dn_scaling(enc.attrs, np.uint16)
     if normalise:
         stats = read_band_stats(ds)
         if stats is None:

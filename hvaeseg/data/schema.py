@@ -6,8 +6,10 @@ A cube is an :class:`xarray.Dataset` (see ``docs/conventions.md``):
 variable               dims                    dtype                       notes
 =====================  ======================  ==========================  =====================================
 ``reflectance``        (time, band, y, x)      uint16 DN or float32        ``scale_factor``/``add_offset`` on DN;
-                                                                           DN 0 = no data
-``valid``              (time, y, x)            bool                        observed and clear
+                                                                           DN 0 = no data; float32 is
+                                                                           reflectance, NaN = no data
+``valid``              (time, y, x)            bool                        observed and clear; False wherever
+                                                                           a band has no data
 ``scl``                (time, y, x)            uint8                       optional, SCL codes 0..11
 ``labels``             (y, x)                  int16                       -1 = void; CF ``flag_values``,
                                                                            ``flag_meanings``, ``flag_colors``
@@ -16,7 +18,21 @@ variable               dims                    dtype                       notes
 
 :class:`CubeSchema` holds these specs as data; :func:`validate_cube` walks them, collects *every* problem
 and raises one :class:`CubeValidationError` whose message lists each problem with its fix. Value checks
-that would read a whole big cube (reflectance range, SCL codes) look at a fixed sample of it.
+that would read a whole big cube (reflectance range, no data under ``valid``, SCL codes) look at a fixed
+sample of it.
+
+Reflectance comes in two forms, both read by the loader:
+
+* **uint16 DN** (what Sentinel-2 L2A products store): reflectance = ``DN * scale_factor + add_offset``
+  (``scale_factor=1e-4``; ``add_offset=-0.1`` from processing baseline 04.00, else 0.0), DN 0 = no data.
+* **float32 reflectance** in physical units, NaN = no data, no ``scale_factor``. The loader reads it at the
+  1e-4 step of L2A products (the precision of the source data), as the DN of ``add_offset=-0.1``.
+
+Other float dtypes are refused with the conversion (to float32, or to DN with ``add_offset``, so that
+negative reflectance does not wrap around in uint16). A pixel with no data (DN 0 or NaN) in any band
+must not be ``valid``: the loader would train on it. A cube opened with plain ``xarray.open_zarr(path)``
+(CF decoding: float64 reflectance, ``scale_factor``/``add_offset`` moved to ``encoding``) validates as the
+stored cube: such variables are checked as the DN they decode from (:func:`validate_cube`).
 """
 
 from __future__ import annotations
@@ -28,6 +44,8 @@ from typing import ClassVar
 
 import numpy as np
 import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
 from hvaeseg.data.bands import BAND_NAMES, _unknown_message
 
@@ -154,8 +172,9 @@ class CubeValidationError(ValueError):
     def __init__(self, problems: Sequence[str]):
         self.problems: list[str] = list(problems)
         n = len(self.problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"cube is not valid ({n} problem{'s' if n != 1 else ''}):\n{lines}")
+        # one line (the command line reports errors on one line), problems numbered
+        listed = " ".join(f"[{i}] {p}" for i, p in enumerate(self.problems, 1)) if n > 1 else "".join(self.problems)
+        super().__init__(f"cube is not valid ({n} problem{'s' if n != 1 else ''}): {listed}")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -178,8 +197,17 @@ def _sample(da: xr.DataArray) -> np.ndarray:
     centre): a cheap look at a cube of any size. Each window is cut in one indexing step, so a lazy or
     zero-stride (broadcast) array never materialises more than the sample.
     """
-    if da.size <= CubeSchema.sample_limit:
+    windows = _windows(da)
+    if windows == [{}]:
         return np.asarray(da.values)
+    return np.concatenate([np.asarray(da.isel(win).values).ravel() for win in windows])
+
+
+def _windows(da: xr.DataArray) -> list[dict[str, object]]:
+    """The ``isel`` indexers of :func:`_sample` (``[{}]``: all of ``da``); by dimension name, so variables
+    with the same time/y/x sizes are sampled at the same pixels."""
+    if da.size <= CubeSchema.sample_limit:
+        return [{}]
     index: dict[str, object] = {}
     if "time" in da.dims and da.sizes["time"] > 4:
         index["time"] = np.unique(np.linspace(0, da.sizes["time"] - 1, 4).round().astype(int))
@@ -191,8 +219,8 @@ def _sample(da: xr.DataArray) -> np.ndarray:
                 n = da.sizes[dim]
                 start = min(int(n * frac), max(n - 256, 0))
                 win[dim] = slice(start, start + 256)
-        windows.append(np.asarray(da.isel(win).values).ravel())
-    return np.concatenate(windows)
+        windows.append(win)
+    return windows
 
 
 def _is_int(dtype: np.dtype) -> bool:
@@ -203,9 +231,11 @@ def _fix_dtype(name: str, spec: VariableSpec, dtype: np.dtype) -> str:
     want = spec.dtypes[0]
     if name in ("reflectance", "clean_reflectance"):
         if np.issubdtype(dtype, np.floating):
+            # DN with the offset: negative reflectance (water, shadow) must not wrap around in uint16
             return (
-                f"ds['{name}'] = ds['{name}'].astype('float32') for reflectance units, or store DN: "
-                f"ds['{name}'] = (ds['{name}'] / 1e-4).round().astype('uint16') with scale_factor/add_offset attrs"
+                f"ds['{name}'] = ds['{name}'].astype('float32') (reflectance units, NaN = no data), or store L2A "
+                f"DN: ds['{name}'] = ((ds['{name}'] + 0.1) / 1e-4).round().clip(1, 65535).fillna(0)"
+                ".astype('uint16').assign_attrs(scale_factor=1e-4, add_offset=-0.1)"
             )
         return f"ds['{name}'] = ds['{name}'].astype('uint16') (DN) with scale_factor/add_offset attrs"
     if name == "valid":
@@ -217,6 +247,59 @@ def _fix_dtype(name: str, spec: VariableSpec, dtype: np.dtype) -> str:
     if name == "labels":
         return "ds['labels'] = ds['labels'].fillna(-1).astype('int16') (void = -1)"
     return f"ds['{name}'] = ds['{name}'].astype('{want}')"
+
+
+# --------------------------------------------------------------------------------------------- CF-decoded DN
+
+
+def _cf_decoded(da: xr.DataArray) -> tuple[float, float, np.dtype, float] | None:
+    """``(scale_factor, add_offset, stored dtype, fill)`` of DN that xarray decoded to float (CF
+    ``mask_and_scale``: the scaling moved from ``attrs`` to ``encoding``), else None."""
+    enc = da.encoding
+    stored = enc.get("dtype")
+    if (
+        not np.issubdtype(da.dtype, np.floating)
+        or "scale_factor" in da.attrs
+        or not ("scale_factor" in enc or "add_offset" in enc)
+        or stored is None
+        or not _is_int(np.dtype(stored))
+    ):
+        return None
+    fill = enc.get("_FillValue", 0)
+    return float(enc.get("scale_factor", 1.0)), float(enc.get("add_offset", 0.0)), np.dtype(stored), fill
+
+
+class _StoredDN(BackendArray):
+    """A CF-decoded DN variable seen as its stored integer DN, lazily: only what is indexed is read."""
+
+    def __init__(self, var: xr.Variable, scale: float, offset: float, dtype: np.dtype, fill: float) -> None:
+        self.var, self.scale, self.offset, self.fill = var, scale, offset, fill
+        self.shape, self.dtype = var.shape, np.dtype(dtype)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._read)
+
+    def _read(self, key: tuple) -> np.ndarray:
+        v = (np.asarray(self.var[key].values, dtype=np.float64) - self.offset) / self.scale
+        masked = np.isnan(v)  # _FillValue decoded to NaN
+        info = np.iinfo(self.dtype)
+        v = np.clip(np.rint(np.where(masked, self.fill, v)), info.min, info.max)
+        return v.astype(self.dtype)
+
+
+def _as_stored(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with CF-decoded DN reflectance back as the stored DN (lazily; scaling back in ``attrs``)."""
+    decoded = {name: cf for name in ("reflectance", "clean_reflectance")
+               if name in ds.data_vars and (cf := _cf_decoded(ds[name])) is not None}
+    if not decoded:
+        return ds
+    out = ds.copy(deep=False)
+    for name, (scale, offset, dtype, fill) in decoded.items():
+        var = ds[name].variable
+        data = indexing.LazilyIndexedArray(_StoredDN(var, scale, offset, dtype, fill))
+        attrs = {**var.attrs, "scale_factor": scale, "add_offset": offset}
+        out[name] = xr.Variable(var.dims, data, attrs)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -294,17 +377,29 @@ def _check_variable(ds: xr.Dataset, spec: VariableSpec, grid: tuple[tuple[str, i
 
 
 def _check_nan_dn(ds: xr.Dataset, name: str) -> list[str]:
-    """Float reflectance meant as DN (has scale_factor) must not hold NaN: it cannot be stored as uint16."""
+    """Float reflectance meant as DN (has scale_factor) must hold whole DN: no NaN (it cannot be stored as
+    uint16), no fractions (reflectance that kept the DN attributes through arithmetic: it would read as DN 0)."""
     da = ds[name]
     if not np.issubdtype(da.dtype, np.floating) or "scale_factor" not in da.attrs:
         return []
-    n_nan = int(np.isnan(_sample(da)).sum())
-    if not n_nan:
-        return []
-    return [
-        f"`{name}` is float DN (has scale_factor) and holds {n_nan} NaN values; DN stores are uint16 where "
-        f"0 = no data. Fix: ds['{name}'] = ds['{name}'].fillna(0).round().astype('uint16')"
-    ]
+    values = _sample(da)
+    n_nan = int(np.isnan(values).sum())
+    problems = []
+    if n_nan:
+        problems.append(
+            f"`{name}` is float DN (has scale_factor) and holds {n_nan} NaN values; DN stores are uint16 where "
+            f"0 = no data. Fix: ds['{name}'] = ds['{name}'].fillna(0).round().clip(0, 65535).astype('uint16')"
+        )
+    finite = values[np.isfinite(values)]
+    fractional = finite[finite != np.round(finite)]
+    if fractional.size:
+        problems.append(
+            f"`{name}` is float with scale_factor, so it is read as DN, but {fractional.size} of its values are "
+            f"not whole numbers (e.g. {_preview(np.unique(fractional)[:3].tolist(), 3)}): reflectance that kept "
+            f"the DN attributes? Fix: ds['{name}'].attrs.pop('scale_factor'); ds['{name}'].attrs.pop('add_offset', "
+            f"None) (float32 reflectance carries no scaling)"
+        )
+    return problems
 
 
 def _check_time(ds: xr.Dataset) -> list[str]:
@@ -485,6 +580,39 @@ def _check_reflectance_range(ds: xr.Dataset, name: str) -> list[str]:
     ]
 
 
+def _check_nodata_valid(ds: xr.Dataset) -> list[str]:
+    """No data (DN 0 / NaN) in any band where ``valid`` says observed: the loader would train on it."""
+    refl, valid = ds["reflectance"], ds["valid"]
+    if (
+        tuple(refl.dims) != CubeSchema.variables["reflectance"].dims
+        or tuple(valid.dims) != CubeSchema.variables["valid"].dims
+        or valid.dtype != np.bool_
+        or not np.issubdtype(refl.dtype, np.number)
+        or any(refl.sizes[d] != valid.sizes[d] for d in valid.dims)
+    ):
+        return []  # reported above
+    dn = _is_int(refl.dtype) or "scale_factor" in refl.attrs
+    shape = tuple(valid.sizes[d] for d in valid.dims)
+    found = []  # flat (time, y, x) indices of the bad pixels: the sample's windows may overlap
+    for win in _windows(refl):
+        r = np.asarray(refl.isel(win).values)
+        observed = np.asarray(valid.isel(win).values)
+        nodata = ((r == 0) | np.isnan(r) if not _is_int(r.dtype) else r == 0) if dn else np.isnan(r)
+        t, y, x = np.nonzero(nodata.any(axis=1) & observed)
+        index = [np.arange(n)[win.get(d, slice(None))] for d, n in zip(valid.dims, shape)]
+        found.append(np.ravel_multi_index((index[0][t], index[1][y], index[2][x]), shape))
+    bad = np.unique(np.concatenate(found))
+    if not bad.size:
+        return []
+    n_bad, dates = bad.size, np.unique(np.unravel_index(bad, shape)[0])
+    what, present = ("DN 0", "(ds['reflectance'] != 0)") if dn else ("NaN", "ds['reflectance'].notnull()")
+    return [
+        f"`reflectance` has no data ({what}) in {n_bad} pixels that `valid` marks observed (dates "
+        f"{_preview(dates.tolist())}): training would use them. Fix: ds['valid'] = ds['valid'] & "
+        f"{present}.all('band')"
+    ]
+
+
 def _check_scl(ds: xr.Dataset) -> list[str]:
     values = _sample(ds["scl"])
     bad = values > max(SCL_CODES)
@@ -529,8 +657,13 @@ def validate_cube(ds: xr.Dataset, *, require: Iterable[str] = ("reflectance", "v
     (y decreasing, x increasing, evenly spaced, same y/x dims for every variable); labels in
     -1..K-1 with K = ``len(flag_values)``, and their CF flag attributes; NaN where an integer store is
     meant (float DN reflectance, float labels/masks); decoded reflectance inside [-0.1, 2.0]
-    (DN 0 = no data ignored; big cubes are checked on a sample); scale_factor/add_offset on DN
-    reflectance; SCL codes 0..11.
+    (DN 0 = no data ignored; big cubes are checked on a sample); no pixel with no data (DN 0 / NaN) in a
+    band where ``valid`` is True (sampled too); scale_factor/add_offset on DN reflectance; SCL codes 0..11.
+
+    Reflectance decoded by xarray's CF conventions (``xarray.open_zarr(path)`` without
+    ``mask_and_scale=False``: float64 values, ``scale_factor``/``add_offset`` and the integer dtype in
+    ``.encoding``) is checked as the DN it decodes from, lazily: such a Dataset gives exactly the problems
+    of the store opened raw (:func:`~hvaeseg.data.store.open_cube`).
 
     :param ds: the cube.
     :param require: variables that must be present (others are checked only when present).
@@ -539,6 +672,7 @@ def validate_cube(ds: xr.Dataset, *, require: Iterable[str] = ("reflectance", "v
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"expected an xarray.Dataset, got {type(ds).__name__}")
+    ds = _as_stored(ds)
     require = tuple(require)
     unknown = [r for r in require if r not in CubeSchema.variables]
     if unknown:
@@ -589,6 +723,8 @@ def validate_cube(ds: xr.Dataset, *, require: Iterable[str] = ("reflectance", "v
             unscaled = _is_int(da.dtype) and "scale_factor" not in da.attrs  # reported above; range meaningless
             if np.issubdtype(da.dtype, np.number) and not unscaled:
                 problems += _check_reflectance_range(ds, name)
+    if "reflectance" in ds.data_vars and "valid" in ds.data_vars:
+        problems += _check_nodata_valid(ds)
     if "labels" in ds.data_vars and np.issubdtype(ds["labels"].dtype, np.number):
         problems += _check_labels(ds)
     if "scl" in ds.data_vars and _is_int(ds["scl"].dtype):
@@ -617,7 +753,9 @@ def valid_from_scl(scl, reflectance=None):
                     else xr.DataArray(reflectance, dims=("time", "band", "y", "x")))
             present = (refl != 0) if _is_int(refl.dtype) else refl.notnull()
             valid = valid & present.all("band")
-        return valid.rename("valid").assign_attrs(long_name="observed and clear")
+        valid = valid.rename("valid")
+        valid.attrs = {"long_name": "observed and clear"}  # not the inputs' (scale_factor would make it float)
+        return valid
     valid = np.isin(np.asarray(scl), clear)
     if reflectance is not None:
         refl = np.asarray(reflectance)

@@ -11,6 +11,11 @@ looks complete, and a cube that fails :func:`~hvaeseg.data.schema.validate_cube`
 stays raw uint16 DN with its ``scale_factor``/``add_offset`` attributes (decode with
 :func:`~hvaeseg.data.schema.decoded_reflectance`), and bool/integer dtypes come back exactly.
 
+Every chunk is written, also those equal to the fill value (zarr skips those by default), and the store says
+so with the dataset attribute ``hvaeseg_chunks = "complete"``: :func:`open_cube` then refuses a store that
+lost a chunk, and a chunk that does not decode is an error naming it, not a codec traceback
+(:mod:`hvaeseg.data.integrity`).
+
 Chunks: :data:`DEFAULT_CHUNKS` (one date, all bands, 256 x 256 pixels; ``labels`` by y/x only), so one
 chunk is one date of one 256 x 256 tile with every band: the unit a patch sampler decodes.
 
@@ -66,6 +71,7 @@ import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
 from hvaeseg._temporary import is_temporary_name, stale_pid, target_of
+from hvaeseg.data.integrity import CHUNKS_ATTR, COMPLETE, check_chunks, naming_errors
 from hvaeseg.data.schema import SCHEMA_VERSION, validate_cube
 
 __all__ = [
@@ -278,6 +284,14 @@ def _prepared(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def _stamped(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` (a shallow copy) with the attribute saying that the store holds every chunk: the writers here
+    write them all (``write_empty_chunks``); set only on what they write, never carried over from an input."""
+    out = ds.copy(deep=False)
+    out.attrs = {**{k: v for k, v in ds.attrs.items() if k != CHUNKS_ATTR}, CHUNKS_ATTR: COMPLETE}
+    return out
+
+
 # --------------------------------------------------------------------------------------------- whole cubes
 
 
@@ -330,8 +344,9 @@ def write_dataset(
     """Write any Dataset (a prediction, a statistics table...) to Zarr v3 atomically, without cube checks.
 
     Same storage rules as :func:`write_cube` (temporary sibling then rename, chunks by dimension name
-    with dims missing from ``chunks``/:data:`DEFAULT_CHUNKS` in one chunk, codec, overwrite); the
-    Dataset's own encodings are ignored and attributes are written as they are.
+    with dims missing from ``chunks``/:data:`DEFAULT_CHUNKS` in one chunk, codec, overwrite, every chunk
+    written and ``hvaeseg_chunks = "complete"`` stamped); the Dataset's own encodings are ignored and its
+    attributes are written as they are.
 
     :returns: ``path`` as a string.
     :raises FileExistsError: ``path`` exists and ``overwrite`` is false.
@@ -341,14 +356,15 @@ def write_dataset(
     loc = _Location(path, storage_options)
     loc.check_free(overwrite)
     merged = _merge_chunks(chunks)
-    out = ds.copy(deep=False)
+    out = _stamped(ds)
     for var in out.variables.values():
         var.encoding = {}
     encoding = _encoding(out, merged, codec)
     tmp = loc.sibling("tmp")
     try:
         with _quiet_zarr():
-            out.to_zarr(loc.url(tmp), mode="w-", zarr_format=3, consolidated=True, encoding=encoding, **loc.xr_kwargs())
+            out.to_zarr(loc.url(tmp), mode="w-", zarr_format=3, consolidated=True, encoding=encoding,
+                        write_empty_chunks=True, **loc.xr_kwargs())
         loc.commit(tmp, overwrite)
     except BaseException:
         loc.remove(tmp)
@@ -356,11 +372,24 @@ def write_dataset(
     return loc.given
 
 
-def open_cube(path: str | os.PathLike, *, storage_options: Mapping | None = None, validate: bool = True) -> xr.Dataset:
+def open_cube(
+    path: str | os.PathLike,
+    *,
+    storage_options: Mapping | None = None,
+    validate: bool = True,
+    check: bool | None = None,
+) -> xr.Dataset:
     """Open the cube at ``path`` lazily (no dask): raw DN, exact dtypes and attributes.
 
+    Reading a chunk that does not decode raises :class:`~hvaeseg.data.integrity.CorruptChunkError` naming it.
+    The store attribute ``hvaeseg_chunks`` is not in the Dataset's ``attrs`` (it describes the store, and a
+    Dataset written elsewhere by other means must not claim it).
+
     :param validate: run :func:`~hvaeseg.data.schema.validate_cube` (value checks on a sample for big cubes).
+    :param check: check that no chunk is missing (:func:`~hvaeseg.data.integrity.check_chunks`: a listing of
+        the store's keys, no chunk read); default: ``validate``.
     :raises FileNotFoundError: nothing (complete) at ``path``.
+    :raises MissingChunkError: a chunk the store must hold is missing (see :mod:`hvaeseg.data.integrity`).
     """
     loc = _Location(path, storage_options)
     if is_temporary_name(loc.root):
@@ -375,10 +404,14 @@ def open_cube(path: str | os.PathLike, *, storage_options: Mapping | None = None
             hint = " (the path exists but holds no Zarr group: not a cube, or a copy that did not finish)"
         raise FileNotFoundError(f"no cube at {loc.given}{hint}")
     try:
-        with _quiet_zarr():
+        with _quiet_zarr(), naming_errors():  # the arrays keep the pipeline that names damaged chunks
             ds = xr.open_zarr(loc.url(), chunks=None, mask_and_scale=False, zarr_format=3, **loc.xr_kwargs())
     except (FileNotFoundError, KeyError) as err:
         raise FileNotFoundError(f"no readable cube at {loc.given}: {err}") from None
+    ds.attrs.pop(CHUNKS_ATTR, None)  # about the store, not the cube: a cube written back does not carry it
+    if validate if check is None else check:
+        with _quiet_zarr():
+            check_chunks(loc.given, storage_options=storage_options)
     if validate:
         validate_cube(ds)
     return ds
@@ -419,9 +452,10 @@ class CubeWriter:
 
     Entering creates a temporary store: time-invariant variables (``labels``) and coordinates are
     written from the template; the arrays of time-dependent variables are created empty with the
-    template's dtypes, attributes and encodings (exactly what :func:`write_cube` writes). Their template
-    values are never read. Leaving without error checks every date was written, consolidates the
-    metadata and renames the store to ``path``; leaving with an error deletes the temporary store.
+    template's dtypes, attributes and encodings (exactly what :func:`write_cube` writes: every chunk, and
+    ``hvaeseg_chunks = "complete"``). Their template values are never read. Leaving without error checks
+    every date was written, consolidates the metadata and renames the store to ``path``; leaving with an
+    error deletes the temporary store.
 
     :param path: local path or fsspec URL.
     :param template: Dataset with the full shapes, coords, attrs and time-invariant data.
@@ -449,7 +483,7 @@ class CubeWriter:
         self._loc = _Location(path, storage_options)
         self._loc.check_free(overwrite)
         self.path = self._loc.given
-        self.template = _prepared(template)
+        self.template = _stamped(_prepared(template))
         self.time_vars = [str(v) for v in template.data_vars if "time" in template[v].dims]
         self._chunks = _merge_chunks(chunks)
         self._codec = codec
@@ -487,6 +521,7 @@ class CubeWriter:
                     zarr_format=3,
                     consolidated=False,
                     encoding=_encoding(static, self._chunks, self._codec),
+                    write_empty_chunks=True,
                     **loc.xr_kwargs(),
                 )
                 for name, meta in self._array_metadata().items():
@@ -494,7 +529,8 @@ class CubeWriter:
             import zarr
 
             group = zarr.open_group(loc.zarr_store(self._tmp), mode="r+", zarr_format=3)
-            self._arrays = {name: group[name] for name in self.time_vars}
+            # every chunk written, also all-fill ones: the store is stamped complete (hvaeseg.data.integrity)
+            self._arrays = {name: group[name].with_config({"write_empty_chunks": True}) for name in self.time_vars}
         except BaseException:
             self.abort()
             raise

@@ -203,3 +203,25 @@ def test_synth_clouds_option(tmp_path):
     assert main(["data", "synth", str(out), "--size", "32", "--dates", "2", "--clouds", "0,0,1"]) == 0
     ds = open_cube(out)
     assert float(ds["valid"].mean()) < 0.5  # every date overcast
+
+
+# --------------------------------------------------------------------------------------------- float reflectance
+
+
+def test_float32_reflectance_cube_trains_end_to_end(tmp_path, capsys):
+    """float32 reflectance (NaN = no data, only where not `valid`): `data info` and `train` take it as it is."""
+    from hvaeseg.data.store import write_dataset
+    from hvaeseg.data.synthetic import make_cube
+
+    ds = make_cube("tiny", progress_bar=False).drop_vars("clean_reflectance")
+    dn = ds["reflectance"]
+    refl = (dn.astype(np.float32) * np.float32(1e-4) - np.float32(0.1)).where(ds["valid"] | (dn[:, :1] > 1500)[:, 0])
+    refl.attrs = {"units": "1"}
+    path = write_dataset(ds.assign(reflectance=refl.astype(np.float32)), tmp_path / "f32.zarr")
+    assert main(["data", "info", path]) == 0
+    assert "reflectance float32" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert main(["train", "--method", "supervised", "--data", path, "--labels", "2", "--steps", "2", "--patch-size",
+                 "32", "--block", "64", "--unlabelled-patches", "32", "--batch-size", "4", "--val-every", "2",
+                 "--checkpoint-every", "2", "--out", str(run)]) == 0
+    assert (run / "best.pt").exists()

@@ -456,3 +456,66 @@ def test_loader_doy_has_the_time_of_day_and_wraps_at_the_new_year(temporal):
     got = _cat(list(PatchLoader(cube, plan, batch_size=5, workers=0, normalise=False))).doy
     want = np.array([354.4375, 365.4375, 1.4375, 60.4375, 366.4375])[plan.t]
     np.testing.assert_array_equal(got.numpy(), (want if temporal else want[:, 0]).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------- float reflectance
+
+
+def _float_cube(store):
+    """The store's cube with float32 reflectance in physical units (NaN = no data), same band statistics."""
+    ds = open_cube(store).load()
+    dn = ds["reflectance"]
+    refl = (dn.astype(np.float32) * np.float32(1e-4) - np.float32(0.1)).where(dn != 0)
+    refl.attrs = {k: v for k, v in dn.attrs.items() if k not in ("scale_factor", "add_offset")}
+    return ds.assign(reflectance=refl.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def float_store(store, tmp_path_factory) -> str:
+    return write_cube(_float_cube(store), tmp_path_factory.mktemp("float") / "f32.zarr", chunks={"y": 16, "x": 16})
+
+
+@pytest.mark.parametrize("sizes", SIZES)
+def test_float_reflectance_reads_as_the_dn_it_came_from(store, float_store, sizes):
+    """float32 made from L2A DN is read back as exactly those DN: the same tensors, bit for bit."""
+    plan = _plan(store, sizes, n_labelled=3)
+    ref = _cat(list(PatchLoader(store, plan, batch_size=5)))
+    loader = PatchLoader(float_store, plan, batch_size=5, workers=2)
+    assert loader.dn_scaling == (1e-4, -0.1)
+    got = _cat(list(loader))
+    _assert_identical(got, ref)
+    _assert_identical(got, read_patches_naive(float_store, plan))
+    _assert_identical(_cat(list(PatchLoader(_float_cube(store), plan, batch_size=5, workers=0))), ref)  # in memory
+    assert torch.isfinite(got.x).all()  # NaN (no data) becomes DN 0, as in a DN cube
+
+
+def test_float_reflectance_in_worker_processes(store, float_store):
+    plan = _plan(store, {"y": 16, "x": 16})
+    with PatchLoader(float_store, plan, batch_size=4, workers=1, processes=True) as loader:
+        _assert_identical(_cat(list(loader)), _cat(list(PatchLoader(store, plan, batch_size=4))))
+
+
+def test_float_reflectance_is_rounded_to_the_l2a_step(tmp_path):
+    cube = make_toy_cube(n_dates=2, size=16)
+    dn = cube["reflectance"]
+    refl = (dn.astype(np.float64) * 1e-4 - 0.1 + 3e-5).where(dn != 0)  # off the 1e-4 grid, inside a step
+    refl[0, 0, 0, 0] = -0.1  # the lowest reflectance a DN holds: not confused with no data
+    refl.attrs = {"units": "1"}  # reflectance: no scale_factor
+    cube["reflectance"] = refl.astype(np.float32)
+    plan = PatchPlan(sizes={"y": 16, "x": 16}, cube_shape={"time": 2, "y": 16, "x": 16}, y=[0, 0], x=[0, 0],
+                     t=[[0], [1]], split=[0, 0], labelled=[False, False], group=[0, 1])
+    raw = _cat(list(PatchLoader(cube, plan, batch_size=2, workers=0, normalise=False))).x.numpy()
+    want = dn.values.astype(np.int64)
+    want[0, 0, 0, 0] = 1
+    np.testing.assert_array_equal(raw, want)
+
+
+def test_xarray_decoded_cubes_read_as_the_store(store):
+    """``xarray.open_zarr(path)`` (CF decoding: float64 reflectance, scaling in .encoding) gives the same tensors."""
+    import xarray as xr
+
+    plan = _plan(store, {"y": 12, "x": 20})
+    decoded = xr.open_zarr(store, chunks=None)
+    assert decoded["reflectance"].dtype == np.float64
+    _assert_identical(_cat(list(PatchLoader(decoded, plan, batch_size=4, workers=1))),
+                      _cat(list(PatchLoader(store, plan, batch_size=4))))

@@ -439,5 +439,87 @@ def test_error_message_format(toy_cube):
     with pytest.raises(CubeValidationError) as info:
         validate_cube(toy_cube.drop_vars(["valid", "reflectance"]))
     msg = str(info.value)
-    assert re.match(r"cube is not valid \(2 problems\):\n  - missing variable `reflectance`", msg)
+    # one line (the command line prints errors on one line), problems numbered
+    assert re.match(r"cube is not valid \(2 problems\): \[1\] missing variable `reflectance`.* \[2\] missing", msg)
+    assert "\n" not in msg
     assert all("Fix:" in p for p in info.value.problems)
+
+
+# --------------------------------------------------------------------------------------------- float reflectance
+
+
+def _in_units(ds, dtype="float32"):
+    """``ds`` with reflectance in physical units (NaN = no data), no scaling attributes."""
+    r = decoded_reflectance(ds).astype(dtype)
+    r.attrs = {"units": "1"}
+    return ds.assign(reflectance=r)
+
+
+@pytest.mark.parametrize("as_float", [False, True])
+def test_no_data_where_valid_is_refused(toy_cube, as_float):
+    ds = toy_cube.copy(deep=True)
+    ds["reflectance"][0, 2, 5, 6] = 0  # one band of one clear pixel: no data, yet `valid`
+    ds = _in_units(ds) if as_float else ds
+    p = only_problem(ds)
+    what = "NaN" if as_float else "DN 0"
+    assert f"`reflectance` has no data ({what}) in 1 pixels that `valid` marks observed (dates 0)" in p
+    fix = p.split("Fix: ", 1)[1]
+    exec(fix, {"ds": ds})  # the fix, as printed, makes the cube valid
+    validate_cube(ds)
+    assert not ds["valid"][0, 5, 6]
+
+
+def test_no_data_where_valid_is_checked_on_a_sample_of_big_cubes(toy_cube, monkeypatch):
+    monkeypatch.setattr(CubeSchema, "sample_limit", 100)
+    ds = _in_units(toy_cube)
+    validate_cube(ds)
+    ds["reflectance"][1, 0, 3, 20] = np.nan  # in both windows (they overlap on a small cube): counted once
+    assert "has no data (NaN) in 1 pixels that `valid` marks observed (dates 1)" in only_problem(ds)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_float_reflectance_with_negative_values(toy_cube, dtype):
+    """float32 is a cube; float64 is refused with fixes that keep negative reflectance (no uint16 wrap-around)."""
+    ds = toy_cube.copy(deep=True)
+    ds["reflectance"][:, :, 20:, 20:] = 500  # DN 500 - 0.1 offset: reflectance -0.05 (dark water)
+    ds = _in_units(ds, dtype)
+    want = decoded_reflectance(toy_cube.copy(deep=True).assign(reflectance=ds["reflectance"]))
+    assert float(ds["reflectance"].min()) < 0
+    if dtype == "float32":
+        validate_cube(ds)
+        return
+    p = only_problem(ds)
+    assert "`reflectance` has dtype float64, expected uint16 or float32" in p
+    as_float, as_dn = p.split("Fix: ", 1)[1].split(" (reflectance units, NaN = no data), or store L2A DN: ")
+    for fix in (as_float, as_dn):
+        fixed = ds.copy()
+        exec(fix, {"ds": fixed})
+        validate_cube(fixed)
+        got = decoded_reflectance(fixed)
+        np.testing.assert_allclose(got.values, want.values, atol=5.1e-5)  # NaN at the same places
+    assert fixed["reflectance"].dtype == np.uint16 and int(fixed["reflectance"][0, 0, 25, 25]) == 500
+
+
+def test_float_reflectance_that_kept_dn_attributes_is_refused(toy_cube):
+    ds = toy_cube.copy()
+    r = decoded_reflectance(ds)
+    r.attrs = dict(toy_cube["reflectance"].attrs)  # arithmetic that kept scale_factor/add_offset
+    p = only_problem(ds.assign(reflectance=r.fillna(0)))
+    assert "is float with scale_factor, so it is read as DN" in p and "attrs.pop('scale_factor')" in p
+
+
+def test_an_xarray_decoded_store_validates_as_the_store(toy_cube, tmp_path):
+    """``xarray.open_zarr(path)`` (CF decoding: float64, scaling in .encoding) gives the problems of the raw store."""
+    from hvaeseg.data.store import open_cube, write_cube, write_dataset
+
+    good = write_cube(toy_cube, tmp_path / "good.zarr")
+    decoded = xr.open_zarr(good, chunks=None)
+    assert decoded["reflectance"].dtype == np.float64 and "scale_factor" not in decoded["reflectance"].attrs
+    validate_cube(decoded)
+    bad = toy_cube.copy(deep=True)
+    bad["reflectance"][0, 0, 3, 3] = 60000  # out of range
+    bad["reflectance"][1, 1, 1, 1] = 0  # no data under `valid`
+    bad_store = write_dataset(bad, tmp_path / "bad.zarr")
+    raw = problems_of(open_cube(bad_store, validate=False))
+    assert len(raw) == 2
+    assert problems_of(xr.open_zarr(bad_store, chunks=None)) == raw
