@@ -1,9 +1,9 @@
 """A run, end to end: data -> split and plans -> method -> training -> evaluation -> prediction.
 
 This is what ``hvaeseg train / evaluate / predict`` call. A run folder holds everything needed to repeat or
-continue it:
+continue it (a rerun with a larger ``steps`` or ``time_budget_s`` trains it on: :func:`train_run`):
 
-``config.json``      the :class:`RunConfig` (validated dataclass)
+``config.json``      the :class:`~hvaeseg.run_config.RunConfig` (validated dataclass; the cube's absolute path)
 ``plan_train.json``  the training plan (labelled locations and unlabelled patches), ``plan_eval.json`` the
                      validation/test tiles (:class:`~hvaeseg.data.sampler.PatchPlan`, exact JSON)
 ``checkpoint.pt``    the latest state, ``best.pt`` the state with the best validation mean IoU
@@ -25,8 +25,10 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import sys
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,16 @@ from hvaeseg.data.schema import class_names
 from hvaeseg.data.store import open_cube
 from hvaeseg.method import FittedMethod, Method
 from hvaeseg.objectives.pool import LabelPool
+from hvaeseg.run_config import (
+    EXTENDABLE,
+    SYNTHETIC_PREFIX,
+    LoaderOptions,
+    RunConfig,
+    default,
+    describe,
+    flag,
+    locate_data,
+)
 from hvaeseg.train import (
     BEST,
     CHECKPOINT,
@@ -51,115 +63,6 @@ from hvaeseg.train import (
     load_checkpoint,
     step_seed,
 )
-
-SYNTHETIC_PREFIX = "synthetic:"
-
-
-# --------------------------------------------------------------------------------------------------
-# configuration
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that defines a run (saved as ``config.json`` in the run folder).
-
-    :param method: ``symmetric``, ``elbo``, ``supervised``, ``mixmatch`` or ``pixel-gbm``.
-    :param data: a cube store (path or fsspec URL) or ``synthetic:PRESET`` for the built-in synthetic cube.
-    :param labels: N, the number of labelled training locations (``patch_size`` tiles).
-    :param steps: optimisation steps (not used by ``pixel-gbm``, whose size is chosen by early stopping).
-    :param seed: training seed (initialisation, sampling, augmentation, batch order).
-    :param data_seed: seed of the spatial split, the labelled subset and the patch plans (and of the synthetic
-        cube): keep it fixed to compare methods and training seeds on the same data.
-    :param batch_size: patches per stream per step.
-    :param patch_size: side of the square patches (a multiple of the hierarchy's coarsest down-scaling).
-    :param dates: 1 for single-date patches, T > 1 for T-date stacks (temporal models).
-    :param unlabelled_patches: random training patches drawn for the unlabelled stream.
-    :param block: side of the spatial split blocks (pixels).
-    :param fractions: train/val/test shares of the blocks.
-    :param min_valid: a date qualifies for a patch when this share of its pixels is clear.
-    :param val_every: validate every this many steps; ``checkpoint_every`` likewise.
-    :param time_budget_s: stop training after this much wall-clock time (benchmarks compare at equal time);
-        not used by ``pixel-gbm``.
-    :param device: ``cpu`` or ``cuda``.
-    :param options: method hyper-parameters (fields of the method's config dataclass).
-    """
-
-    method: str
-    data: str = "synthetic:small"
-    labels: int = 10
-    steps: int = 1000
-    seed: int = 0
-    data_seed: int = 0
-    batch_size: int = 8
-    patch_size: int = 64
-    dates: int = 1
-    unlabelled_patches: int = 2048
-    block: int = 128
-    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    min_valid: float = 0.5
-    val_every: int = 100
-    checkpoint_every: int = 100
-    time_budget_s: float | None = None
-    device: str = "cpu"
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        from hvaeseg.methods import METHODS
-
-        if self.method not in METHODS:
-            raise ValueError(f"method: expected one of {sorted(METHODS)}, got {self.method!r}")
-        for name in ("steps", "batch_size", "patch_size", "dates", "unlabelled_patches", "block"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.labels < 0:
-            raise ValueError(f"labels: expected N >= 0 labelled locations, got {self.labels}")
-        if self.labels == 0 and self.method in ("supervised", "mixmatch", "pixel-gbm"):
-            raise ValueError(f"method {self.method!r} needs labelled locations: give --labels N with N >= 1")
-        if self.block < self.patch_size:
-            raise ValueError(f"block ({self.block}) must be at least the patch size ({self.patch_size})")
-        fr = tuple(float(f) for f in self.fractions)
-        if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
-            raise ValueError(f"fractions: expected three non-negative train/val/test shares summing to 1, got {fr}")
-        object.__setattr__(self, "fractions", fr)
-        if not 0 <= self.min_valid <= 1:
-            raise ValueError(f"min_valid: expected a fraction in [0, 1], got {self.min_valid}")
-        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device: expected 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}")
-
-    def check_device(self) -> None:
-        """Refuse a CUDA device that torch cannot see (checked when a run is trained or loaded to run here, not
-        when its config is read: a GPU-trained run can be evaluated on a CPU machine with ``device='cpu'``)."""
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} asked for, but torch sees no CUDA device: use --device cpu")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> RunConfig:
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"config.json: unknown fields {unknown}; this run was written by another version")
-        data["fractions"] = tuple(data.get("fractions", (0.6, 0.2, 0.2)))
-        return cls(**data)
-
-    @classmethod
-    def load(cls, run_dir: str | os.PathLike) -> RunConfig:
-        path = Path(run_dir) / "config.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json): run `hvaeseg train` first")
-        return cls.from_json(path.read_text())
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        sizes = {"y": self.patch_size, "x": self.patch_size}
-        if self.dates > 1:
-            sizes["time"] = self.dates
-        return sizes
-
 
 # --------------------------------------------------------------------------------------------------
 # data
@@ -256,15 +159,22 @@ def prepare_data(config: RunConfig, plans_from: str | os.PathLike | None = None)
 
 
 def _draw_plans(config: RunConfig, cube: xr.Dataset | str, ds: xr.Dataset) -> tuple[PatchPlan, PatchPlan]:
-    split = SpatialSplit(
-        block={"y": config.block, "x": config.block},
-        fractions=dict(zip(("train", "val", "test"), config.fractions)),
-        seed=config.data_seed,
-    )
-    train = PatchSampler(
+    shape = {k: int(ds.sizes[k]) for k in ("time", "y", "x")}
+    check_sizes(shape, config)
+    split = _split(config.block, config.fractions, config.data_seed)
+    sampler = PatchSampler(
         config.sizes, mode="random", n_patches={"train": config.unlabelled_patches}, split=split,
         n_labelled=config.labels, min_valid=config.min_valid, splits=("train",), seed=config.data_seed,
-    ).plan(cube)
+    )
+    if config.labels:
+        have = len(sampler.labelled_candidates(cube))
+        if have < config.labels:
+            raise ValueError(
+                f"--labels {config.labels} is more than the training blocks hold: {have} locations "
+                f"({config.patch_size}x{config.patch_size} tiles with labelled pixels, --block {config.block}): pass "
+                f"--labels {have} or fewer, or a smaller --patch-size"
+            )
+    train = sampler.plan(cube)
     train = _expand_labelled_dates(train, ds, config.min_valid)
     evaluation = PatchSampler(
         config.sizes, mode="grid", split=split, splits=("val", "test"), min_valid=config.min_valid,
@@ -273,32 +183,132 @@ def _draw_plans(config: RunConfig, cube: xr.Dataset | str, ds: xr.Dataset) -> tu
     return train, evaluation
 
 
-@dataclass(frozen=True)
-class LoaderOptions:
-    """How training batches are read; no effect on the results (a batch depends on ``(seed, step)`` only).
+# --------------------------------------------------------------------------------------------------
+# patch and block sizes that fit a cube
+# --------------------------------------------------------------------------------------------------
 
-    :param workers: loader threads (or processes) per training stream.
-    :param processes: worker processes instead of threads (needs the cube in a store; see
-        :class:`~hvaeseg.data.loader.PatchLoader`): for GPU training, where the loader must not share the
-        training loop's GIL.
+
+def _split(block: int, fractions: Sequence[float], data_seed: int) -> SpatialSplit:
+    return SpatialSplit(block={"y": block, "x": block}, fractions=dict(zip(("train", "val", "test"), fractions)),
+                        seed=data_seed)
+
+
+def cube_shape(data: str) -> dict[str, int]:
+    """``{"time": T, "y": Y, "x": X}`` of the cube behind ``data``, without generating a synthetic one (its
+    preset says its size) nor reading a store's arrays."""
+    if data.startswith(SYNTHETIC_PREFIX):
+        from hvaeseg.data.synthetic.config import resolve_config
+
+        cfg = resolve_config(data[len(SYNTHETIC_PREFIX):])
+        return {"time": int(cfg.n_dates), "y": int(cfg.size[0]), "x": int(cfg.size[1])}
+    ds = open_cube(data)
+    return {k: int(ds.sizes[k]) for k in ("time", "y", "x")}
+
+
+def _problem(shape: dict[str, int], patch: int, block: int, labels: int, fractions: Sequence[float],
+             data_seed: int) -> tuple[str, int] | None:
+    """Why ``patch`` and ``block`` do not fit a cube of ``shape``: ``("patch", 0)``, ``("splits", blocks)`` (a
+    split with a positive share gets no block that holds a patch) or ``("labels", locations)`` (the training
+    blocks hold fewer than ``labels`` patch tiles); None when they fit. Geometry only: labelled pixels are
+    counted when the plans are drawn."""
+    if patch > min(shape["y"], shape["x"]):
+        return "patch", 0
+    split = _split(block, fractions, data_seed)
+    ny, nx = split.grid(shape)
+    try:
+        split.assignment(shape)
+    except ValueError:
+        return "splits", ny * nx
+    tiles = {}
+    for name, share in zip(("train", "val", "test"), fractions):
+        if share > 0:
+            tiles[name] = sum(((y1 - y0) // patch) * ((x1 - x0) // patch)
+                              for y0, y1, x0, x1 in split.blocks(shape, name))
+    if not all(tiles.values()):
+        return "splits", ny * nx
+    if tiles.get("train", 0) < labels:
+        return "labels", tiles.get("train", 0)
+    return None
+
+
+def check_sizes(shape: dict[str, int], config: RunConfig) -> None:
+    """Refuse ``dates``, ``patch_size`` or ``block`` that do not fit a cube of ``shape`` (``{"time": T, "y": Y,
+    "x": X}``), with the flag to change and a value that fits.
+
+    :raises ValueError: more dates per stack than the cube has, a patch larger than the cube, blocks that cannot
+        give every split a patch, or training blocks that hold fewer than ``labels`` patch tiles.
     """
+    if "time" in shape and config.dates > shape["time"]:
+        raise ValueError(f"--dates {config.dates} is more than the {shape['time']} dates of the cube: pass --dates "
+                         f"{shape['time']} or fewer")
+    sizes = (shape, config.patch_size, config.block, config.labels, config.fractions, config.data_seed)
+    problem = _problem(*sizes)
+    if problem is not None:
+        raise ValueError(_why(*sizes, problem))
 
-    workers: int = 1
-    processes: bool = False
 
-    def __post_init__(self) -> None:
-        if int(self.workers) < 1:
-            raise ValueError(f"loader workers: expected >= 1, got {self.workers}")
+def _why(shape: dict[str, int], P: int, B: int, labels: int, fractions: Sequence[float], data_seed: int,
+         problem: tuple[str, int]) -> str:
+    """The message of a :func:`_problem`: what does not fit, and the flag to change."""
+    kind, count = problem
+    Y, X = shape["y"], shape["x"]
+    if kind == "patch":
+        return f"--patch-size {P} is larger than the {Y}x{X} cube: pass --patch-size {min(Y, X)} or less"
+    if kind == "splits":
+        # halvings first: a block that divides the cube leaves no narrow blocks at its edges
+        tries = [B >> k for k in range(1, 8) if B >> k >= P] + list(range(B - 1, P - 1, -1))
+        fits = [b for b in tries if _problem(shape, P, b, 0, fractions, data_seed) is None]
+        fix = f"pass a smaller --block, e.g. --block {fits[0]}" if fits else "pass a smaller --patch-size"
+        splits = sum(1 for f in fractions if f > 0)
+        return (f"--block {B} cuts the {Y}x{X} cube into {count} block(s), too few to give each of the {splits} "
+                f"train/val/test splits a {P}x{P} patch: {fix}")
+    return (f"--labels {labels} is more than the training blocks hold: {count} locations ({P}x{P} tiles, --block "
+            f"{B}, a {Y}x{X} cube): pass --labels {count} or fewer, or a smaller --patch-size or --block")
 
-    def check(self, data: RunData, config: RunConfig) -> None:
-        """Refuse processes for a cube that is not in a store."""
-        if self.processes and not isinstance(data.cube, (str, os.PathLike)):
-            preset = config.data.removeprefix(SYNTHETIC_PREFIX)
-            raise ValueError(
-                f"loader processes read the cube from its store, and {config.data} is generated in memory: write it "
-                f"first (`hvaeseg data synth OUT.zarr --preset {preset} --seed {config.data_seed}`) and train with "
-                "--data OUT.zarr, or drop --loader-processes"
-            )
+
+def fit_sizes(
+    shape: dict[str, int],
+    labels: int,
+    *,
+    patch_size: int | None = None,
+    block: int | None = None,
+    fractions: Sequence[float] = default("fractions"),
+    data_seed: int = 0,
+) -> tuple[int, int]:
+    """``(patch_size, block)`` for a cube of ``shape``: the given ones, and for those not given the largest that
+    fit (what ``hvaeseg train`` uses when ``--patch-size`` or ``--block`` is left out).
+
+    The defaults of :class:`RunConfig` (64 and 128) are tried first; then the patch halves once (to 32) and the
+    block halves down to the patch size, until the cube holds the three splits and ``labels`` training tiles.
+    The ``synthetic:small`` cube (512 x 512) keeps the defaults; ``tiny`` (128 x 128) gets 64/64 for a few
+    labels and 32/32 for ten.
+
+    :raises ValueError: nothing fits; the message says which flag to change.
+    """
+    patches = [patch_size] if patch_size is not None else [default("patch_size"), default("patch_size") // 2]
+    if block is not None:
+        patches = [p for p in patches if p <= block] or [block]
+    tried: list[tuple[int, int, tuple[str, int]]] = []
+    for p in patches:
+        blocks = [block] if block is not None else [b for b in (default("block") >> k for k in range(8)) if b >= p]
+        if p not in blocks and block is None:
+            blocks.append(p)
+        for b in blocks:
+            if b < p:
+                raise ValueError(f"--block {b} is smaller than --patch-size {p}: pass a --block of at least {p}, "
+                                 f"or --patch-size {b} or less")
+            problem = _problem(shape, p, b, labels, fractions, data_seed)
+            if problem is None:
+                return p, b
+            tried.append((p, b, problem))
+    short = [(count, p, b) for p, b, (kind, count) in tried if kind == "labels"]
+    if short:
+        count, p, b = max(short)
+        raise ValueError(f"--labels {labels} is more than the training blocks of the {shape['y']}x{shape['x']} cube "
+                         f"hold: at most {count} locations (with --patch-size {p} --block {b}): pass --labels "
+                         f"{count} or fewer")
+    p, b, problem = tried[-1]
+    raise ValueError(_why(shape, p, b, labels, fractions, data_seed, problem))
 
 
 class _Streams:
@@ -372,10 +382,14 @@ def build_method(config: RunConfig, data: RunData) -> Method | FittedMethod:
                  seed=config.seed, patch_size=config.patch_size, device=config.device, **extra)
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_text(path, json.dumps(obj, indent=1))
 
 
 @dataclass
@@ -401,37 +415,109 @@ def train_run(
     (``pixel-gbm``) is fitted once instead (see :func:`fit_run`; a finished fit is not repeated when
     ``resume``) and a :class:`FitResult` is returned.
 
-    :raises FileExistsError: when ``out`` holds a run with a different configuration.
+    A run folder holds one configuration, saved with its cube's path made absolute. A rerun into the same
+    folder may change only ``steps`` and ``time_budget_s`` (:data:`~hvaeseg.run_config.EXTENDABLE`): it
+    trains the run on from its checkpoint, to the new number of steps (the same parameters as a run trained
+    that long at once), and ``time_budget_s`` caps the run's total training time over every rerun, so a run
+    that stopped at its budget trains on only with a larger budget (or none).
+
+    Everything is checked before the folder is written; when this call fails before a checkpoint exists, what
+    it wrote is removed again (never the files a folder held before), so that the corrected rerun starts clean.
+
+    :raises FileExistsError: ``out`` holds a run with a different configuration (the message names the fields).
+    :raises ValueError: a rerun asks for fewer steps than the run has trained, or its time budget is spent.
     """
     out = Path(out)
-    if (out / "config.json").exists():
-        old = RunConfig.load(out)
-        if old != config:
-            raise FileExistsError(
-                f"{out} holds a run with another configuration; choose a new --out or delete that folder"
-            )
+    config = config.with_absolute_data()
     config.check_device()
+    _check_rerun(config, out, resume)
+    loop = LoopConfig(config.steps, config.seed, config.val_every, config.checkpoint_every, config.time_budget_s)
     data = prepare_data(config)
-    (loader or LoaderOptions()).check(data, config)  # before anything is written
+    loader = loader or LoaderOptions()
+    loader.check(data, config)  # before anything is written
     method = build_method(config, data)
+    with _removed_on_failure(out):
+        if isinstance(method, FittedMethod):
+            _write_run_files(config, data, out)
+            return fit_run(config, data, method, out, resume=resume, loader=loader)
+        streams = _Streams(data, config, method, loader)
+        try:
+            val = data.eval_plan.select(split="val")
+            val_loader = PatchLoader(data.cube, val, batch_size=config.batch_size, device=config.device, workers=1)
+            trainer = Trainer(method, streams.factories(), lambda: val_loader.batches(0), data.num_classes, out, loop)
+            if resume:
+                trainer.resume()
+            _write_run_files(config, data, out)  # only now: a failure until here leaves a run folder as it was
+            trainer.fit()
+        finally:
+            streams.close()
+    return trainer
+
+
+def _write_run_files(config: RunConfig, data: RunData, out: Path) -> None:
+    """``config.json`` and the plans, into the run folder ``out`` (created)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(config.to_json())
+    _write_text(out / "config.json", config.to_json())
     data.train_plan.save(out / "plan_train.json")
     data.eval_plan.save(out / "plan_eval.json")
-    if isinstance(method, FittedMethod):
-        return fit_run(config, data, method, out, resume=resume, loader=loader)
-    streams = _Streams(data, config, method, loader)
+
+
+def _check_rerun(config: RunConfig, out: Path, resume: bool) -> None:
+    """Refuse to train ``config`` into ``out`` when ``out`` holds another run: another configuration (apart
+    from :data:`EXTENDABLE` fields), fewer steps than it has trained, or a spent time budget."""
+    if not (out / "config.json").exists():
+        return
+    old = RunConfig.load(out)
+    changed = old.differences(config)
+    if not changed:
+        return
+    if set(changed) - set(EXTENDABLE):
+        raise FileExistsError(
+            f"{out} holds a run with another configuration ({describe(changed)}): choose a new --out, delete "
+            f"that folder, or rerun with its settings (only {' and '.join(map(flag, EXTENDABLE))} may change, "
+            "to train it on)"
+        )
+    from hvaeseg.methods import is_fitted
+
+    if not resume or is_fitted(config.method) or not (out / CHECKPOINT).exists():
+        return
+    state = load_checkpoint(out / CHECKPOINT)
+    step, seconds = int(state["step"]), float(state.get("history", {}).get("train_seconds", 0.0))
+    if config.steps < step:
+        raise ValueError(
+            f"{out} has trained {step} steps, more than --steps {config.steps}: pass --steps {step} or more to train "
+            "it on, or --no-resume to train it afresh, or choose a new --out"
+        )
+    if config.time_budget_s is not None and step < config.steps and seconds >= config.time_budget_s:
+        raise ValueError(
+            f"{out} has trained for {seconds:.0f} s, which spends --time-budget {config.time_budget_s:g} (a cap on "
+            f"the training time over every rerun): pass a larger --time-budget, or none, to train it on to "
+            f"--steps {config.steps}"
+        )
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out: Path) -> Iterator[None]:
+    """Remove what the block creates in the folder ``out`` (the folder too, if it creates it) when the block
+    fails before a checkpoint is written; the files the folder held before are never touched."""
+    existed = out.exists()
+    before = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    had_checkpoint = (out / CHECKPOINT).exists()
     try:
-        val = data.eval_plan.select(split="val")
-        val_loader = PatchLoader(data.cube, val, batch_size=config.batch_size, device=config.device, workers=1)
-        loop = LoopConfig(config.steps, config.seed, config.val_every, config.checkpoint_every, config.time_budget_s)
-        trainer = Trainer(method, streams.factories(), lambda: val_loader.batches(0), data.num_classes, out, loop)
-        if resume:
-            trainer.resume()
-        trainer.fit()
-    finally:
-        streams.close()
-    return trainer
+        yield
+    except BaseException:
+        if not had_checkpoint and not (out / CHECKPOINT).exists():
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+            elif out.is_dir():
+                for p in out.iterdir():
+                    if p.name in before:
+                        continue
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+        raise
 
 
 def fit_run(
@@ -497,12 +583,13 @@ def load_run(
     :param device: where to run it (default: the device it was trained on). Where it runs does not define a
         run: a run trained on ``cuda`` loads on a CPU machine with ``device="cpu"``; the returned config says
         where it runs now.
-    :raises FileNotFoundError: not a run folder, or no checkpoint in it.
+    :raises FileNotFoundError: not a run folder, no checkpoint in it, or its cube not found.
     :raises ValueError: the checkpoint is damaged or belongs to another method or configuration; the device
         is not available.
     """
     run_dir = Path(run_dir)
     config = RunConfig.load(run_dir)
+    config = replace(config, data=locate_data(config.data, run_dir))  # a relative path found nowhere: say so
     if device is not None:
         config = replace(config, device=device)
     config.check_device()
@@ -524,6 +611,50 @@ def load_run(
         ) from err
     method.train(False)
     return config, data, method
+
+
+def check_cube(
+    data: RunData, cube: xr.Dataset | str, name: str, *, patch_size: int = 1, dates: int = 1
+) -> tuple[dict[str, Any], list[int] | None]:
+    """Check that a run trained on ``data`` can predict ``cube`` (named ``name`` in messages), and say how to
+    number its classes there: ``(class attributes, class ids)`` for :func:`~hvaeseg.predict.predict_cube`.
+
+    The bands must be the run's, in the run's order, and the cube must hold a ``patch_size`` patch and have at
+    least ``dates`` dates (the run's patches). Where the cube has labels that name classes otherwise than the
+    run (another order, more classes), the prediction is written in the cube's numbering, mapped by name: the
+    ids are the cube's id of each of the run's classes, the attributes the cube's labels'. Else the run's own
+    numbering: ids None, the attributes of the run's labels.
+
+    :raises ValueError: other bands, a cube smaller than a patch or with too few dates; labels that lack some
+        of the run's classes (their ids would mean other classes than the prediction's).
+    """
+    ds = _dataset(cube)
+    bands = [str(b) for b in ds["band"].values] if "band" in ds.coords else []
+    if int(ds.sizes["band"]) != data.num_bands or (bands and data.band_names and bands != data.band_names):
+        have = " ".join(bands) if bands else f"{ds.sizes['band']} bands"
+        want = " ".join(data.band_names) if data.band_names else f"{data.num_bands} bands"
+        order = " (in another order)" if sorted(bands) == sorted(data.band_names) else ""
+        raise ValueError(f"{name} has the bands {have}{order}, but the run was trained on {want}: give a cube with "
+                         f"the run's bands in its order (e.g. `hvaeseg data ingest ... --bands "
+                         f"{','.join(data.band_names) or '...'}`)")
+    if min(int(ds.sizes["y"]), int(ds.sizes["x"])) < patch_size:
+        raise ValueError(f"{name} is {ds.sizes['y']}x{ds.sizes['x']} pixels, smaller than the run's {patch_size}x"
+                         f"{patch_size} patches: give a cube of at least {patch_size}x{patch_size} pixels")
+    if int(ds.sizes["time"]) < dates:
+        raise ValueError(f"{name} has {ds.sizes['time']} dates, but the run predicts from stacks of {dates}: give a "
+                         f"cube with at least {dates} dates")
+    own = dict(_dataset(data.cube)["labels"].attrs)
+    if "labels" not in ds:
+        return own, None
+    names = class_names(ds)
+    if names == data.class_names:
+        return own, None
+    missing = [c for c in data.class_names if c not in names]
+    if missing:
+        raise ValueError(f"{name}'s labels lack the run's classes {' '.join(missing)} (it has: {' '.join(names)}; the "
+                         f"run: {' '.join(data.class_names)}), so its class ids would mean other classes than the "
+                         "prediction's: give a cube labelled with the run's classes, or one without labels")
+    return dict(ds["labels"].attrs), [names.index(c) for c in data.class_names]
 
 
 def evaluate_run(

@@ -9,7 +9,7 @@ sees the T clearest dates of each tile.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -65,14 +65,20 @@ def predict_cube(
     dates: int = 1,
     batch_size: int = 8,
     device: str = "cpu",
+    class_attrs: Mapping[str, object] | None = None,
+    class_ids: Sequence[int] | None = None,
 ) -> xr.Dataset:
     """Class probabilities and the argmax class map of a whole cube.
 
     :param predict_proba: ``(x, valid, doy) -> (B, K, H, W)`` probabilities (a trained method's
         ``predict_proba``; ``doy`` the days of the year of the patches' dates).
     :param cube: the cube (Dataset or store path/URL).
+    :param class_attrs: the class attributes of ``class_map`` (``flag_values``, ``flag_meanings``, ...): those
+        of the run's labels (default: the cube's labels' attributes, right when the cube is the run's own).
+    :param class_ids: the id written for each of the K model classes (default ``0..K-1``): to number the
+        prediction as a cube with other class ids does (:func:`hvaeseg.experiment.check_cube`).
     :returns: a Dataset with ``class_map (y, x)`` int16 and ``probability (class, y, x)`` float32 on the
-        input's ``y``/``x`` coordinates, with the input's class attributes and CRS.
+        input's ``y``/``x`` coordinates (``class``: the written ids), with the class attributes and the input's CRS.
     """
     from hvaeseg.data.store import open_cube
 
@@ -100,14 +106,20 @@ def predict_cube(
             row += 1
     prob = torch.where(weight > 0, total / weight.clamp_min(1e-12), plain / count.clamp_min(1))
     prob = (prob / prob.sum(0, keepdim=True)).float()
-    class_map = prob.argmax(0).to(torch.int16)
-    label_attrs = dict(ds["labels"].attrs) if "labels" in ds else {}
+    ids = np.arange(num_classes) if class_ids is None else np.asarray(class_ids, dtype=np.int64)
+    if ids.shape != (num_classes,):
+        raise ValueError(f"class_ids: expected one id for each of the {num_classes} classes, got {len(ids)}")
+    class_map = ids[prob.argmax(0).numpy()].astype(np.int16)
+    if class_attrs is not None:
+        label_attrs = dict(class_attrs)
+    else:
+        label_attrs = dict(ds["labels"].attrs) if "labels" in ds else {}
     out = xr.Dataset(
         {
-            "class_map": (("y", "x"), class_map.numpy(), label_attrs),
+            "class_map": (("y", "x"), class_map, label_attrs),
             "probability": (("class", "y", "x"), prob.numpy(), {"long_name": "class probability"}),
         },
-        coords={"y": ds["y"].values, "x": ds["x"].values, "class": np.arange(num_classes)},
+        coords={"y": ds["y"].values, "x": ds["x"].values, "class": ids},
         attrs={k: v for k, v in ds.attrs.items() if k in ("crs",)},
     )
     return out

@@ -85,7 +85,9 @@ class LoopConfig:
     :param seed: seeds every step (``torch.manual_seed`` of a hash of ``(seed, step)``).
     :param val_every: validate every this many steps (0 = only at the end).
     :param checkpoint_every: write ``checkpoint.pt`` every this many steps (0 = only at the end).
-    :param time_budget_s: stop early (cleanly, with a checkpoint) after this much wall-clock training time.
+    :param time_budget_s: stop early (cleanly, with a checkpoint) after this much wall-clock training time in
+        total: a resumed run counts the time it trained before (``History.train_seconds``), and one whose budget
+        is spent takes no further step.
     """
 
     steps: int = 1000
@@ -263,7 +265,10 @@ class Trainer:
         start_step, batch = self.step, None
         self.method.train(True)
         start_time = time.perf_counter() - self.history.train_seconds
-        bar = progress(range(self.step, cfg.steps), desc=f"training {self.method.name}", total=cfg.steps - self.step,
+        # a run resumed with its time budget spent takes no further step (the budget caps its total training time)
+        spent = cfg.time_budget_s is not None and self.history.train_seconds >= cfg.time_budget_s
+        end = self.step if spent else cfg.steps
+        bar = progress(range(self.step, end), desc=f"training {self.method.name}", total=end - self.step,
                        status=self._status)
         with _deferred_interrupt() as interrupted:
             for step in bar:

@@ -134,6 +134,19 @@ def test_time_budget_stops_early_with_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / CHECKPOINT)["step"] == trainer.step
 
 
+def test_a_resumed_run_with_its_time_budget_spent_takes_no_step(tmp_path):
+    first = make_trainer(tmp_path, 10_000, time_budget_s=0.2, val_every=0)
+    first.fit()
+    again = make_trainer(tmp_path, 10_000, time_budget_s=0.2, val_every=0)
+    assert again.resume()
+    again.fit()
+    assert again.step == first.step  # the budget caps the total training time, over every session
+    more = make_trainer(tmp_path, 10_000, time_budget_s=first.history.train_seconds + 0.2, val_every=0)
+    assert more.resume()
+    more.fit()
+    assert more.step > first.step
+
+
 def test_missing_stream_and_bad_config_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="needs the streams"):
         Trainer(TinyMethod(), {}, None, 2, tmp_path, LoopConfig(steps=1))

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import typing
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from hvaeseg.commands._table import format_metrics
+from hvaeseg.run_config import LoaderOptions, RunConfig, default, field_help, flag
 
 
 class _MethodNames(Sequence):
@@ -53,16 +57,30 @@ def _options(text: str | None) -> dict[str, Any]:
     return options
 
 
-def _train(args: argparse.Namespace) -> int:
-    from hvaeseg.experiment import LoaderOptions, RunConfig, evaluate_run, train_run
+def _given_sizes(args: argparse.Namespace) -> tuple[int, int]:
+    """``--patch-size`` and ``--block`` as given, the defaults standing in for those left out (for checking the
+    rest of the configuration before the cube is looked at)."""
+    patch, block = args.patch_size, args.block
+    if patch is None:
+        patch = default("patch_size") if block is None or block < 1 else min(default("patch_size"), block)
+    return patch, max(default("block"), patch) if block is None else block
 
-    config = RunConfig(
-        method=args.method, data=args.data, labels=args.labels, steps=args.steps, seed=args.seed,
-        data_seed=args.data_seed, batch_size=args.batch_size, patch_size=args.patch_size, dates=args.dates,
-        unlabelled_patches=args.unlabelled_patches, block=args.block, val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every, time_budget_s=args.time_budget, device=args.device,
-        options=_options(args.options),
-    )
+
+def _train(args: argparse.Namespace) -> int:
+    from hvaeseg.experiment import cube_shape, evaluate_run, fit_sizes, train_run
+
+    given = {name: getattr(args, name) for name in _TRAIN_FIELDS}
+    patch, block = _given_sizes(args)
+    # everything but the sizes checked first: a bad flag is named before the cube is opened
+    config = RunConfig(**{**given, "patch_size": patch, "block": block, "options": _options(args.options)})
+    if args.patch_size is None or args.block is None:
+        shape = cube_shape(config.data)
+        patch, block = fit_sizes(shape, config.labels, patch_size=args.patch_size, block=args.block,
+                                 fractions=config.fractions, data_seed=config.data_seed)
+        if (patch, block) != (config.patch_size, config.block):
+            print(f"note: --patch-size {patch} --block {block}, to fit the {shape['y']}x{shape['x']} cube with "
+                  f"--labels {config.labels} (pass them to choose others)", file=sys.stderr)
+        config = replace(config, patch_size=patch, block=block)
     loader = LoaderOptions(workers=args.loader_workers, processes=args.loader_processes)
     trainer = train_run(config, args.out, resume=not args.no_resume, loader=loader)
     h = trainer.history
@@ -84,62 +102,108 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from hvaeseg.data.store import check_output_free
-    from hvaeseg.experiment import load_run, open_data
+    from hvaeseg.experiment import check_cube, load_run, open_data
     from hvaeseg.predict import predict_cube, write_prediction
 
     check_output_free(args.out, args.overwrite)  # before the prediction runs
     config, data, method = load_run(args.run, device=args.device)
     cube = open_data(args.data, config.data_seed) if args.data else data.cube
+    class_attrs, class_ids = check_cube(data, cube, args.data or config.data, patch_size=config.patch_size,
+                                        dates=config.dates)
     pred = predict_cube(method.predict_proba, cube, data.num_classes, patch_size=config.patch_size,
-                        dates=config.dates, batch_size=config.batch_size, device=config.device)
+                        dates=config.dates, batch_size=config.batch_size, device=config.device,
+                        class_attrs=class_attrs, class_ids=class_ids)
     write_prediction(pred, args.out, overwrite=args.overwrite)
-    print(f"wrote class map and probabilities ({pred.sizes['y']}x{pred.sizes['x']}, {data.num_classes} classes) "
-          f"to {args.out}")
+    mapped = "" if class_ids is None else f", numbered as the labels of {args.data} (mapped by name)"
+    print(f"wrote class map and probabilities ({pred.sizes['y']}x{pred.sizes['x']}, {data.num_classes} classes"
+          f"{mapped}) to {args.out}")
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except where there is none to show (a switch, a required
+    option, a default of None, whose meaning the help states); ``{methods}`` lists the registry's methods."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "{methods}" in text:  # the registry is imported only to print help
+            text = text.replace("{methods}", ", ".join(METHOD_NAMES))
+        if ("%(default)" in text or not action.option_strings or action.required
+                or any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+#: the :class:`~hvaeseg.run_config.RunConfig` fields ``hvaeseg train`` sets, each by the flag :func:`flag` names
+_TRAIN_FIELDS = ("method", "data", "labels", "steps", "seed", "data_seed", "batch_size", "patch_size", "dates",
+                 "unlabelled_patches", "block", "fractions", "min_valid", "val_every", "checkpoint_every",
+                 "time_budget_s", "device")
+
+
+def _config_option(p: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """``hvaeseg train``'s option for the RunConfig field ``name``: its flag, type, default and help (the
+    field's ``:param:`` text) come from :class:`~hvaeseg.run_config.RunConfig`; ``kwargs`` add to them."""
+    kind = typing.get_type_hints(RunConfig)[name]
+    kind = {int: int, float: float, str: str}.get(kind, float)  # float | None, tuple[float, ...]: floats
+    options = {"dest": name, "type": kind, "default": default(name), "help": field_help(name).replace("%", "%%")}
+    p.add_argument(flag(name), **{**options, **kwargs})
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a method on a cube",
-                       description="Train a segmentation method; CUBE may be a store path, a URL or synthetic:PRESET.")
-    # a metavar, so that argparse lists the choices (importing the registry) only for help and errors
-    p.add_argument("--method", choices=METHOD_NAMES, required=True, metavar="METHOD", help="one of: %(choices)s")
-    p.add_argument("--data", default="synthetic:small", metavar="CUBE",
-                   help="store path, fsspec URL or synthetic:PRESET (default synthetic:small)")
-    p.add_argument("--labels", type=int, default=10, metavar="N", help="labelled training locations (default 10)")
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-seed", type=int, default=0, help="seed of split, labelled subset and plans")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--patch-size", type=int, default=64)
-    p.add_argument("--dates", type=int, default=1, help="dates per patch (>1: temporal stacks)")
-    p.add_argument("--unlabelled-patches", type=int, default=2048)
-    p.add_argument("--block", type=int, default=128, help="side of the spatial split blocks (pixels)")
-    p.add_argument("--val-every", type=int, default=100)
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--options", default=None, metavar="JSON", help="method hyper-parameters as a JSON object")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if RUN has a checkpoint")
-    p.add_argument("--loader-workers", type=int, default=1, metavar="N",
-                   help="loader threads (or processes) per training stream (default 1; results do not change)")
+    p = sub.add_parser("train", help="train a method on a cube", formatter_class=HelpFormatter,
+                       description="Train a segmentation method into a run folder. Rerun the same command to resume "
+                                   "it, or with a larger --steps (or --time-budget) to train it on.")
+    # no argparse choices for --method: an unknown method is refused by RunConfig in one line, like any other
+    # bad value, and the registry (torch) is imported only when needed
+    _config_option(p, "method", required=True, metavar="METHOD", default=None, help="training method: {methods}")
+    _config_option(p, "data", metavar="CUBE")
+    _config_option(p, "labels", metavar="N")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder (created; a rerun resumes it)")
+    _config_option(p, "steps", metavar="N")
+    _config_option(p, "seed", metavar="N")
+    _config_option(p, "data_seed", metavar="N")
+    _config_option(p, "batch_size", metavar="N")
+    for name in ("patch_size", "block"):
+        _config_option(p, name, metavar="PIXELS", default=None,
+                       help=f"{field_help(name)} (default: {default(name)}, or smaller where the cube needs it)")
+    _config_option(p, "dates", metavar="T")
+    _config_option(p, "unlabelled_patches", metavar="N")
+    _config_option(p, "fractions", nargs=3, metavar=("TRAIN", "VAL", "TEST"))
+    _config_option(p, "min_valid", metavar="FRACTION")
+    _config_option(p, "val_every", metavar="STEPS")
+    _config_option(p, "checkpoint_every", metavar="STEPS")
+    _config_option(p, "time_budget_s", metavar="SECONDS")
+    _config_option(p, "device", metavar="DEVICE")
+    _config_option(p, "options", type=str, default=None, metavar="JSON",
+                   help=f"{field_help('options')}, e.g. '{{\"lr\": 0.001}}' (default: the method's defaults)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="train afresh even if RUN holds a checkpoint of this configuration")
+    p.add_argument("--loader-workers", type=int, default=LoaderOptions.workers, metavar="N",
+                   help="loader threads (or processes) per training stream; results do not change")
     p.add_argument("--loader-processes", action="store_true",
-                   help="read batches in worker processes (cube in a store; for GPU training)")
+                   help="read batches in worker processes (needs the cube in a store; for GPU training)")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split when done")
     p.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a trained run")
-    e.add_argument("run", metavar="RUN")
-    e.add_argument("--split", default="test", choices=("val", "test"))
-    e.add_argument("--iwae-samples", type=int, default=8)
+    e = sub.add_parser("evaluate", help="evaluate a trained run", formatter_class=HelpFormatter,
+                       description="Segmentation metrics of a run's best state on one split of its cube (and IWAE, "
+                                   "consistency and reconstruction for the HVAE methods), added to RUN/metrics.json.")
+    e.add_argument("run", metavar="RUN", help="run folder written by hvaeseg train")
+    e.add_argument("--split", default="test", choices=("val", "test"), help="the split to evaluate")
+    e.add_argument("--iwae-samples", type=int, default=8, metavar="K",
+                   help="importance samples per image of the IWAE bound (HVAE methods)")
     e.add_argument("--device", default=None, help="cpu or cuda (default: the device the run was trained on)")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
     e.set_defaults(func=_evaluate)
 
-    q = sub.add_parser("predict", help="predict a class map for a whole cube")
-    q.add_argument("run", metavar="RUN")
-    q.add_argument("--data", default=None, metavar="CUBE", help="cube to predict (default: the run's cube)")
+    q = sub.add_parser("predict", help="predict a class map for a whole cube", formatter_class=HelpFormatter,
+                       description="Predict the class map and class probabilities of a whole cube with a run's best "
+                                   "state. Another cube must have the run's bands; where it has labels, the map is "
+                                   "numbered as they are (mapped by class name).")
+    q.add_argument("run", metavar="RUN", help="run folder written by hvaeseg train")
+    q.add_argument("--data", default=None, metavar="CUBE",
+                   help="cube to predict: store path, URL or synthetic:PRESET (default: the run's cube)")
     q.add_argument("--device", default=None, help="cpu or cuda (default: the device the run was trained on)")
-    q.add_argument("--out", required=True, metavar="PRED.zarr")
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--out", required=True, metavar="PRED.zarr", help="Zarr store to write")
+    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     q.set_defaults(func=_predict)
