@@ -272,9 +272,19 @@ def state(run: Run, row_file: str) -> tuple[str, dict | None]:
         row = json.loads(path.read_text())
         return ("done", row) if row.get("config") == run.config else ("conflict", None)
     config = run.folder / "config.json"
-    if config.exists() and json.loads(config.read_text()) != run.config:
+    if config.exists() and not _same_config(json.loads(config.read_text()), run.config):
         return "conflict", None
     return "todo", None
+
+
+def _same_config(stored: dict, wanted: dict) -> bool:
+    """Whether a run folder's ``config.json`` is that of ``wanted`` (a run folder stores its cube path absolute)."""
+    from hvaeseg.run_config import absolute_data  # light: no torch
+
+    def norm(c: dict) -> dict:
+        return {**c, "data": absolute_data(c["data"])} if isinstance(c.get("data"), str) else c
+
+    return norm(stored) == norm(wanted)
 
 
 def study_row(row: dict, run: Run, steps_target: int | None) -> dict:

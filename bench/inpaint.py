@@ -721,7 +721,7 @@ def trained_run(config, folder: Path) -> Path:
     from hvaeseg.experiment import RunConfig, train_run
 
     done = folder / DONE_FILE
-    if done.exists() and (folder / "config.json").exists() and RunConfig.load(folder) == config:
+    if done.exists() and (folder / "config.json").exists() and not RunConfig.load(folder).differences(config):
         print(f"reusing {folder}", file=sys.stderr)
         return folder
     print(f"training {folder} ({config.time_budget_s:g} s)", file=sys.stderr)

@@ -128,3 +128,16 @@ def test_arguments(budget):
     assert (args.budget, args.steps) == (600.0, 2000)
     with pytest.raises(SystemExit):
         budget.parse_args(["--labels", "5", "5"])
+
+
+def test_an_unfinished_run_stored_with_its_absolute_cube_path_is_the_same_run(budget, tmp_path, monkeypatch):
+    """compare.py's run folders store the cube path absolute; the study's plan may name it relatively."""
+    monkeypatch.chdir(tmp_path)
+    wanted = {"method": "supervised", "data": "runs/cubes/x.zarr", "labels": 10, "seed": 0}
+    folder = tmp_path / "run"
+    folder.mkdir()
+    run = budget.Run(cube="x", method="supervised", labels=10, seed=0, folder=folder, config=wanted)
+    (folder / "config.json").write_text(json.dumps({**wanted, "data": str(tmp_path / "runs/cubes/x.zarr")}))
+    assert budget.state(run, "compare_row.json") == ("todo", None)
+    (folder / "config.json").write_text(json.dumps({**wanted, "labels": 20}))
+    assert budget.state(run, "compare_row.json") == ("conflict", None)
