@@ -270,7 +270,7 @@ def state(run: Run, row_file: str) -> tuple[str, dict | None]:
     path = run.folder / row_file
     if path.exists():
         row = json.loads(path.read_text())
-        return ("done", row) if row.get("config") == run.config else ("conflict", None)
+        return ("done", row) if _same_config(row.get("config") or {}, run.config) else ("conflict", None)
     config = run.folder / "config.json"
     if config.exists() and not _same_config(json.loads(config.read_text()), run.config):
         return "conflict", None
@@ -278,13 +278,15 @@ def state(run: Run, row_file: str) -> tuple[str, dict | None]:
 
 
 def _same_config(stored: dict, wanted: dict) -> bool:
-    """Whether a run folder's ``config.json`` is that of ``wanted`` (a run folder stores its cube path absolute)."""
-    from hvaeseg.run_config import absolute_data  # light: no torch
+    """Whether a stored run config (``config.json``, or a result row's) is ``wanted``: compared as
+    :class:`~hvaeseg.run_config.RunConfig` s, so a cube path stored absolute and a field added since the run
+    (at its default) make no difference."""
+    from hvaeseg.run_config import RunConfig
 
-    def norm(c: dict) -> dict:
-        return {**c, "data": absolute_data(c["data"])} if isinstance(c.get("data"), str) else c
-
-    return norm(stored) == norm(wanted)
+    try:
+        return not RunConfig.from_json(json.dumps(stored)).differences(RunConfig.from_json(json.dumps(wanted)))
+    except (TypeError, ValueError):
+        return False
 
 
 def study_row(row: dict, run: Run, steps_target: int | None) -> dict:

@@ -41,6 +41,7 @@ from hvaeseg.data.sampler import PatchPlan, PatchSampler, SpatialSplit
 from hvaeseg.data.schema import class_names
 from hvaeseg.data.store import open_cube
 from hvaeseg.method import FittedMethod, Method
+from hvaeseg.nets.precision import bf16_supported, prepare_modules
 from hvaeseg.objectives.pool import LabelPool
 from hvaeseg.run_config import (
     EXTENDABLE,
@@ -378,8 +379,11 @@ def build_method(config: RunConfig, data: RunData) -> Method | FittedMethod:
     extra: dict[str, Any] = {}
     if is_fitted(config.method):  # they see the bands by name, and compute from reflectance
         extra = {"band_names": data.band_names or None, "band_stats": data.band_stats()}
-    return build(config.method, data.num_bands, data.num_classes, config.dates > 1, config.options,
-                 seed=config.seed, patch_size=config.patch_size, device=config.device, **extra)
+    method = build(config.method, data.num_bands, data.num_classes, config.dates > 1, config.options,
+                   seed=config.seed, patch_size=config.patch_size, device=config.device, **extra)
+    if not isinstance(method, FittedMethod):
+        prepare_modules(method.modules().values(), config.precision)  # channels-last weights for bf16
+    return method
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -431,7 +435,8 @@ def train_run(
     config = config.with_absolute_data()
     config.check_device()
     _check_rerun(config, out, resume)
-    loop = LoopConfig(config.steps, config.seed, config.val_every, config.checkpoint_every, config.time_budget_s)
+    loop = LoopConfig(config.steps, config.seed, config.val_every, config.checkpoint_every, config.time_budget_s,
+                      precision=config.precision)
     data = prepare_data(config)
     loader = loader or LoaderOptions()
     loader.check(data, config)  # before anything is written
@@ -592,6 +597,10 @@ def load_run(
     config = replace(config, data=locate_data(config.data, run_dir))  # a relative path found nowhere: say so
     if device is not None:
         config = replace(config, device=device)
+    if config.precision != "fp32" and not bf16_supported(config.device):
+        print(f"note: {run_dir} was trained in {config.precision}; {config.device!r} has no bfloat16 units here, so "
+              "it runs in fp32", file=sys.stderr)
+        config = replace(config, precision="fp32")
     config.check_device()
     data = prepare_data(config, plans_from=run_dir)
     method = build_method(config, data)
@@ -667,7 +676,7 @@ def evaluate_run(
     if len(plan) == 0:
         raise ValueError(f"the {split!r} split of this run has no patches; use a smaller --block or another split")
     loader = PatchLoader(data.cube, plan, batch_size=config.batch_size, device=config.device, workers=1)
-    cm = evaluate_segmentation(method, loader.batches(0), data.num_classes)
+    cm = evaluate_segmentation(method, loader.batches(0), data.num_classes, config.precision)
     result: dict[str, Any] = {"split": split, "patches": len(plan), **cm.to_dict(data.class_names)}
     hvae = getattr(method, "hvae", None)
     if hvae is not None:

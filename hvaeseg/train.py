@@ -29,6 +29,7 @@ from hvaeseg._progress import progress
 from hvaeseg._temporary import stale_pid
 from hvaeseg.method import Method, StepBatch
 from hvaeseg.metrics import ConfusionMatrix
+from hvaeseg.nets.precision import PRECISIONS, autocast
 
 if TYPE_CHECKING:  # pragma: no cover
     from hvaeseg.data.loader import PatchBatch
@@ -88,6 +89,9 @@ class LoopConfig:
     :param time_budget_s: stop early (cleanly, with a checkpoint) after this much wall-clock training time in
         total: a resumed run counts the time it trained before (``History.train_seconds``), and one whose budget
         is spent takes no further step.
+    :param precision: ``"fp32"`` or ``"bf16"``: the forward passes of training and validation run in
+        :func:`hvaeseg.nets.precision.autocast` (the method's modules should be prepared with
+        :func:`~hvaeseg.nets.precision.prepare_modules`).
     """
 
     steps: int = 1000
@@ -95,8 +99,11 @@ class LoopConfig:
     val_every: int = 100
     checkpoint_every: int = 100
     time_budget_s: float | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.steps < 1:
             raise ValueError(f"steps: expected a positive number of steps, got {self.steps}")
         for name in ("val_every", "checkpoint_every"):
@@ -166,14 +173,16 @@ def predict_batch(predict_proba: Callable[..., Any], batch: Any) -> torch.Tensor
 
 
 def evaluate_segmentation(
-    method: Method, batches: Iterable[PatchBatch], num_classes: int
+    method: Method, batches: Iterable[PatchBatch], num_classes: int, precision: str = "fp32"
 ) -> ConfusionMatrix:
-    """Accumulate a confusion matrix of ``method``'s argmax predictions over ``batches`` (void excluded)."""
+    """Accumulate a confusion matrix of ``method``'s argmax predictions over ``batches`` (void excluded),
+    predicted in ``precision`` (:func:`hvaeseg.nets.precision.autocast`)."""
     cm = ConfusionMatrix(num_classes)
     method.train(False)
     with torch.no_grad():
         for batch in batches:
-            pred = predict_batch(method.predict_proba, batch).argmax(1)
+            with autocast(precision, batch.x.device):
+                pred = predict_batch(method.predict_proba, batch).argmax(1)
             cm.update(pred, batch.labels)
     method.train(True)
     return cm
@@ -211,6 +220,8 @@ class Trainer:
         self.config = config
         self.history = History()
         self.step = 0
+        params = (p for module in method.modules().values() for p in module.parameters())
+        self._device = next(params, torch.empty(0)).device  # where the forward passes run (autocast)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -241,7 +252,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         if self.validation is None:
             return {}
-        cm = evaluate_segmentation(self.method, self.validation(), self.num_classes)
+        cm = evaluate_segmentation(self.method, self.validation(), self.num_classes, self.config.precision)
         return {"step": self.step, "accuracy": cm.accuracy(), "mean_iou": cm.mean_iou()}
 
     def _record_validation(self, batch: StepBatch | None = None) -> None:
@@ -274,7 +285,8 @@ class Trainer:
             for step in bar:
                 torch.manual_seed(step_seed(cfg.seed, step))
                 batch = StepBatch(**{name: next(it) for name, it in iters.items()})
-                losses = self.method.losses(batch, step)
+                with autocast(self.config.precision, self._device):
+                    losses = self.method.losses(batch, step)
                 bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
                 if bad:
                     last = self.run_dir / CHECKPOINT

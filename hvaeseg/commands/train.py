@@ -103,6 +103,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from hvaeseg.data.store import check_output_free
     from hvaeseg.experiment import check_cube, load_run, open_data
+    from hvaeseg.nets.precision import autocast
     from hvaeseg.predict import predict_cube, write_prediction
 
     check_output_free(args.out, args.overwrite)  # before the prediction runs
@@ -110,9 +111,10 @@ def _predict(args: argparse.Namespace) -> int:
     cube = open_data(args.data, config.data_seed) if args.data else data.cube
     class_attrs, class_ids = check_cube(data, cube, args.data or config.data, patch_size=config.patch_size,
                                         dates=config.dates)
-    pred = predict_cube(method.predict_proba, cube, data.num_classes, patch_size=config.patch_size,
-                        dates=config.dates, batch_size=config.batch_size, device=config.device,
-                        class_attrs=class_attrs, class_ids=class_ids)
+    with autocast(config.precision, config.device):
+        pred = predict_cube(method.predict_proba, cube, data.num_classes, patch_size=config.patch_size,
+                            dates=config.dates, batch_size=config.batch_size, device=config.device,
+                            class_attrs=class_attrs, class_ids=class_ids)
     write_prediction(pred, args.out, overwrite=args.overwrite)
     mapped = "" if class_ids is None else f", numbered as the labels of {args.data} (mapped by name)"
     print(f"wrote class map and probabilities ({pred.sizes['y']}x{pred.sizes['x']}, {data.num_classes} classes"
@@ -137,7 +139,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 #: the :class:`~hvaeseg.run_config.RunConfig` fields ``hvaeseg train`` sets, each by the flag :func:`flag` names
 _TRAIN_FIELDS = ("method", "data", "labels", "steps", "seed", "data_seed", "batch_size", "patch_size", "dates",
                  "unlabelled_patches", "block", "fractions", "min_valid", "val_every", "checkpoint_every",
-                 "time_budget_s", "device")
+                 "time_budget_s", "device", "precision")
 
 
 def _config_option(p: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
@@ -174,6 +176,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _config_option(p, "checkpoint_every", metavar="STEPS")
     _config_option(p, "time_budget_s", metavar="SECONDS")
     _config_option(p, "device", metavar="DEVICE")
+    _config_option(p, "precision", metavar="fp32|bf16")
     _config_option(p, "options", type=str, default=None, metavar="JSON",
                    help=f"{field_help('options')}, e.g. '{{\"lr\": 0.001}}' (default: the method's defaults)")
     p.add_argument("--no-resume", action="store_true",

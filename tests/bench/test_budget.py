@@ -141,3 +141,16 @@ def test_an_unfinished_run_stored_with_its_absolute_cube_path_is_the_same_run(bu
     assert budget.state(run, "compare_row.json") == ("todo", None)
     (folder / "config.json").write_text(json.dumps({**wanted, "labels": 20}))
     assert budget.state(run, "compare_row.json") == ("conflict", None)
+
+
+def test_a_row_written_before_a_config_field_existed_is_still_done(budget, tmp_path):
+    """A finished run's row keeps the config of its time; a field added since (at its default) changes nothing."""
+    wanted = {"method": "supervised", "data": "synthetic:tiny", "labels": 10, "seed": 0, "precision": "fp32"}
+    folder = tmp_path / "run"
+    folder.mkdir()
+    old = {k: v for k, v in wanted.items() if k != "precision"}
+    (folder / "compare_row.json").write_text(json.dumps({"config": old, "accuracy": 0.5}))
+    run = budget.Run(cube="x", method="supervised", labels=10, seed=0, folder=folder, config=wanted)
+    assert budget.state(run, "compare_row.json")[0] == "done"
+    assert budget.state(budget.Run("x", "supervised", 10, 0, folder, {**wanted, "precision": "bf16"}),
+                        "compare_row.json")[0] == "conflict"
