@@ -37,7 +37,7 @@ def _step(method, batch, step: int, precision: str) -> dict[str, float]:
         losses = method.losses(batch, step)
     method.update(losses)
     method.after_update(step)
-    return {k: float(v) for k, v in losses.items()}
+    return {k: float(v.detach()) for k, v in losses.items()}
 
 
 def measure(method_name: str, args: argparse.Namespace) -> dict:
