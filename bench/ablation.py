@@ -20,6 +20,10 @@ the test split, and (``--eval-val``) on the val split too. Each variant's runs a
 ``--out``/METHOD/VARIANT/CUBE/METHOD-NN-seedS/. Resumable as budget.py: a run whose folder holds
 ``compare_row.json`` for the same config is not run again.
 
+Rows measured before 2026-12-02 ran symmetric learning with ``sleep_relabel = 0`` (then the default, today
+0.25; see ``bench/results/sleep_relabel/``), and their stored configs cannot tell: rerun into a fresh
+``--out`` to measure the table under today's defaults.
+
 ``--variants`` selects what is run; the JSON and the table hold every variant with finished runs under
 ``--out`` (for ``--seeds`` and ``--cubes``) and the imported rows.
 

@@ -62,7 +62,10 @@ class HVAEConfig:
     :param sleep_masks: symmetric learning: generated images reach the encoder under real cloud masks.
     :param sleep_relabel: symmetric learning: probability that a sleep map's classes are sent through a
         random map of the classes before generation, so that classes no labelled location holds appear in
-        the sleep term (:class:`~hvaeseg.objectives.SymmetricEquilibrium`; 0: off).
+        the sleep term (:class:`~hvaeseg.objectives.SymmetricEquilibrium`; 0: off). Without it the encoder
+        never predicts a class that no labelled location holds; with 0.25, synthetic:small at N = 10 (no
+        water among the labels, 1100 steps, 3 seeds) went from 0.707 / 0.484 to 0.720 / 0.592 test accuracy /
+        mean IoU, water found on 2 seeds of 3 (``bench/results/sleep_relabel/``).
     :param clip_norm: clip each player's gradient norm (None: no clipping). The losses are sums over
         pixels, so their gradient norms are in the thousands; a low threshold fires on every step.
     :param ema_decay: decay of the moving average of the encoder's U-Net used for prediction (0: predict
@@ -96,7 +99,7 @@ class HVAEConfig:
     weight_decay: float = 0.02
     augment: bool = True
     sleep_masks: bool = True
-    sleep_relabel: float = 0.0
+    sleep_relabel: float = 0.25
     clip_norm: float | None = None
     ema_decay: float = 0.999
     day_of_year: bool = True

@@ -17,7 +17,10 @@
 #
 # - **symmetric** equilibrium learning: two players, the decoder maximises log p at posterior samples
 #   (wake), the encoder maximises log q at samples of the model generated from label-pool maps (sleep)
-#   plus log q(s|x) on the labelled patches;
+#   plus log q(s|x) on the labelled patches. A quarter of the sleep maps (`sleep_relabel=0.25`) have their
+#   classes shuffled by a random map of the classes, so that a class no labelled location holds (water in
+#   the synthetic cube at 10 labels) still reaches the encoder; wake and sleep then find it like a mixture
+#   model finds a cluster;
 # - **elbo**: one optimizer on all parameters, the semi-supervised ELBO with straight-through gradients
 #   through the discrete latents and a classifier term `alpha * log q(s|x)`.
 #
