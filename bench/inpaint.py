@@ -1,4 +1,4 @@
-"""Inpainting benchmark: one protocol for synthetic and real cubes (DESIGN.md section 8); JSON and a figure.
+"""Inpainting benchmark: one protocol for synthetic and real cubes (``docs/protocols.md``); JSON and a figure.
 
 Two protocols, each scored on its pixels only, in reflectance units:
 

@@ -1,14 +1,14 @@
 """Segmentation and inpainting metrics.
 
-Segmentation (DESIGN.md section 7): pixel accuracy and IoU from a streaming confusion matrix. Void pixels
-(label -1) are excluded from both the prediction and the truth. A class absent from both the truth and the
-predictions over everything seen has an undefined IoU (NaN) and is left out of the mean; a class that is
-present but never predicted correctly has IoU 0 and is kept.
+Segmentation (the protocol: ``docs/protocols.md``, "Segmentation"): pixel accuracy and IoU from a streaming
+confusion matrix. Void pixels (label -1) are excluded from both the prediction and the truth. A class absent from
+both the truth and the predictions over everything seen has an undefined IoU (NaN) and is left out of the mean; a
+class that is present but never predicted correctly has IoU 0 and is kept.
 
-Inpainting (DESIGN.md section 8): errors of a reconstruction on the masked (occluded) pixels only
-(:func:`inpainting_errors`, :func:`per_band_rmse`), and the calibration of posterior samples there: the share of
-true values inside the central sample intervals (:func:`interval_coverage`) and the error of the mean against
-the predicted spread (:func:`error_vs_spread`).
+Inpainting (the protocol: ``docs/protocols.md``, "Inpainting"): errors of a reconstruction on the masked
+(occluded) pixels only (:func:`inpainting_errors`, :func:`per_band_rmse`), and the calibration of posterior
+samples there: the share of true values inside the central sample intervals (:func:`interval_coverage`) and the
+error of the mean against the predicted spread (:func:`error_vs_spread`).
 """
 
 from __future__ import annotations

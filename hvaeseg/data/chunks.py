@@ -103,6 +103,33 @@ def numcodecs_decoder(codec: Any):
     return None
 
 
+#: whether :func:`_warn_direct_path_off` has warned in this process (it warns once)
+_DIRECT_PATH_WARNED = False
+
+
+def _warn_direct_path_off(err: BaseException) -> None:
+    """Warn, once per process, that the direct chunk reader of :class:`ZarrChunks` is off because the zarr
+    internals it reads (array metadata, codecs, store classes) are not what it expects: chunks are then read
+    through zarr itself, correct but slower. The zarr versions it is tested with are pinned in pyproject.toml."""
+    global _DIRECT_PATH_WARNED
+    if _DIRECT_PATH_WARNED:
+        return
+    _DIRECT_PATH_WARNED = True
+    try:
+        from importlib.metadata import version
+
+        zarr_version = version("zarr")
+    except Exception:  # noqa: BLE001 - only for the message
+        zarr_version = "unknown"
+    warnings.warn(
+        f"reading Zarr chunks through zarr itself (slower): the direct chunk reader does not understand zarr "
+        f"{zarr_version} ({type(err).__name__}: {err}); install the zarr version pinned by hvaeseg "
+        "(pyproject.toml) to get it back",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
 class ZarrChunks:
     """A zarr array read one whole chunk at a time; direct file read + numcodecs decode when possible.
 
@@ -152,7 +179,8 @@ class ZarrChunks:
             root = os.path.join(str(store.root), arr.store_path.path)
             fill = np.asarray(md.fill_value, dtype=dtype)
             return root, md.chunk_key_encoding, decoders[0] if decoders else None, dtype.newbyteorder("<"), fill
-        except Exception:  # noqa: BLE001 - any surprise: use zarr itself
+        except Exception as err:  # noqa: BLE001 - any surprise: use zarr itself, and say so (once)
+            _warn_direct_path_off(err)
             return None
 
     def _local(self):

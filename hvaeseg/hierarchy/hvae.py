@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import Normal
 from pyro.nn import PyroModule
+from torch.distributions import kl_divergence
 
 from hvaeseg.distributions import (
     EmpiricalPrior,
@@ -43,6 +44,7 @@ from hvaeseg.distributions import (
     check_label_pool,
 )
 from hvaeseg.hierarchy.networks import LATENT_MIN_SCALE, Decoder, LadderEncoder, parent_input
+from hvaeseg.hierarchy.posterior import posterior_inpaint
 from hvaeseg.hierarchy.spec import HierarchySpec, LatentLayerSpec
 from hvaeseg.nets.covariates import doy_features
 
@@ -444,9 +446,8 @@ class HVAE(PyroModule):
     def inpaint(
         self, x: torch.Tensor, valid: torch.Tensor, num_samples: int = 8, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(mean, std, samples)`` of x given its valid pixels; see :func:`hvaeseg.inpaint.posterior_inpaint`."""
-        from hvaeseg.inpaint import posterior_inpaint
-
+        """``(mean, std, samples)`` of x given its valid pixels; see
+        :func:`hvaeseg.hierarchy.posterior.posterior_inpaint` (also :func:`hvaeseg.inpaint.posterior_inpaint`)."""
         return posterior_inpaint(self, x, valid, num_samples, **kwargs)
 
     @torch.no_grad()
@@ -489,15 +490,10 @@ class HVAE(PyroModule):
 
 
 def _kl(q, p) -> torch.Tensor:
-    """Elementwise KL(q || p) for the site distributions used here (Bernoulli, categorical, Normal)."""
-    if isinstance(q, FastBernoulli) or isinstance(p, FastBernoulli):
-        a, b = q.logits, p.logits
-        pa = torch.sigmoid(a)
-        return pa * (F.logsigmoid(a) - F.logsigmoid(b)) + (1 - pa) * (F.logsigmoid(-a) - F.logsigmoid(-b))
-    if isinstance(q, FastCategorical):
-        lq, lp = q.logits, p.logits
-        return (lq.exp() * (lq - lp)).sum(-1)
-    if isinstance(q, Normal):
-        return torch.log(p.scale / q.scale) + (q.scale**2 + (q.loc - p.loc) ** 2) / (2 * p.scale**2) - 0.5
-    raise TypeError(f"no closed-form KL for {type(q).__name__} vs {type(p).__name__}")  # pragma: no cover
-
+    """Elementwise KL(q || p) of a site's guide and model distributions (Bernoulli, categorical, Normal):
+    :func:`torch.distributions.kl_divergence`, whose closed forms cover these families and their subclasses
+    (:class:`~hvaeseg.distributions.FastBernoulli`, :class:`~hvaeseg.distributions.FastCategorical`)."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:  # pragma: no cover
+        raise TypeError(f"no closed-form KL for {type(q).__name__} vs {type(p).__name__}") from None

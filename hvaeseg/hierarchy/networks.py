@@ -1,8 +1,8 @@
 """The HVAE's networks as plain ``nn.Module`` s, built from a :class:`HierarchySpec`.
 
 - :class:`Decoder` (theta): one :class:`~hvaeseg.nets.ConditionalConvNet` per latent layer and one for the
-  image, the image scale and the optional class logits of the s prior. ``layer_params`` maps parent
-  values to the prior parameters of a layer.
+  image, the image scale and the optional class logits of the s prior. :meth:`Decoder.net_output` maps parent
+  values to the raw prior parameters of a layer (:meth:`Decoder.x_params` turns the image's into ``(loc, scale)``).
 - :class:`LadderEncoder` (phi): the :class:`~hvaeseg.nets.SegmentationUNet` (bottom-up features + q(s|x)),
   the head of q(l|x) and, per latent layer, a head whose output is *added* to the decoder's prior
   parameters (ladder / LVAE-style guide; the prior part is shared with the decoder).

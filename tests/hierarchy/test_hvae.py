@@ -317,6 +317,34 @@ def test_segment_reconstruct_layer_statistics():
     assert stats["s"]["kl"] >= 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_layer_kl_is_the_closed_form(dtype):
+    """`layer_statistics` takes torch's `kl_divergence`: it equals the closed forms for every site family."""
+    from pyro.distributions import Normal
+
+    from hvaeseg.distributions import FastBernoulli
+    from hvaeseg.hierarchy.hvae import _kl
+
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return (3 * torch.randn(*shape, generator=g)).to(dtype)
+
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    a, b = randn(2, 3, 4, 4), randn(2, 3, 4, 4)
+    pa = torch.sigmoid(a)
+    bernoulli = pa * (F.logsigmoid(a) - F.logsigmoid(b)) + (1 - pa) * (F.logsigmoid(-a) - F.logsigmoid(-b))
+    torch.testing.assert_close(_kl(FastBernoulli(a), FastBernoulli(b)), bernoulli, **tol)
+    q, p = FastCategorical(randn(2, 4, 4, 5)), FastCategorical(randn(2, 4, 4, 5))
+    categorical = (q.logits.exp() * (q.logits - p.logits)).sum(-1)
+    torch.testing.assert_close(_kl(q, p), categorical, **tol)
+    labels = torch.randint(-1, 5, (2, 4, 4), generator=g)
+    torch.testing.assert_close(_kl(PartiallyObservedCategorical(q.logits, labels), p), categorical, **tol)
+    q, p = Normal(randn(2, 3), randn(2, 3).exp()), Normal(randn(2, 3), randn(2, 3).exp())
+    normal = torch.log(p.scale / q.scale) + (q.scale**2 + (q.loc - p.loc) ** 2) / (2 * p.scale**2) - 0.5
+    torch.testing.assert_close(_kl(q, p), normal, **tol)
+
+
 def test_input_errors_are_clear():
     spec = tiny_spec()
     hvae = HVAE(spec)
