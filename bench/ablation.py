@@ -6,7 +6,7 @@
     python bench/ablation.py --list                               # the variants and their options
     python bench/ablation.py --render-only                        # re-write the markdown from the JSON
 
-The training aids added this session are fields of :class:`hvaeseg.hvae_methods.HVAEConfig` (:data:`CHANGES`:
+The training aids added this session are fields of :class:`hvaeseg.methods.HVAEConfig` (:data:`CHANGES`:
 the field, its value before and what that means). For each HVAE method the variants (:data:`VARIANTS`) are
 ``old`` (every change off), ``old+day_of_year`` (the old configuration with the day-of-year covariate alone),
 ``final`` (the defaults), ``final-no-FIELD`` for each change (that one field back at its old value:

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hvaeseg.experiment import RunConfig, _Streams, build_method, prepare_data  # noqa: E402
-from hvaeseg.method import StepBatch  # noqa: E402
+from hvaeseg.methods.base import StepBatch  # noqa: E402
 from hvaeseg.nets.precision import autocast, bf16_supported, prepare_modules  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """The dihedral group D4 of the square, acting on the last two dimensions of any tensor.
 
-A leaf module: the augmentations (:mod:`hvaeseg.baselines.augment`) and the label pool
+A leaf module: the augmentations (:mod:`hvaeseg.methods.augment`) and the label pool
 (:mod:`hvaeseg.objectives.pool`) both use it.
 
 An element ``g = (k, flip)`` acts as ``rot90^k ∘ flip``: first mirror left-right (last dim) if ``flip``,

@@ -9,7 +9,7 @@ continue it (a rerun with a larger ``steps`` or ``time_budget_s`` trains it on: 
 ``checkpoint.pt``    the latest state, ``best.pt`` the state with the best validation mean IoU
 ``history.json``     losses and validation metrics; ``metrics.json`` the evaluation
 
-A fitted method (:class:`~hvaeseg.method.FittedMethod`: ``pixel-gbm``) is not trained by the loop: it is fitted
+A fitted method (:class:`~hvaeseg.methods.FittedMethod`: ``pixel-gbm``) is not trained by the loop: it is fitted
 once on every labelled training patch, choosing its size on the validation tiles, and the same files are written
 (``best.pt`` and ``checkpoint.pt`` then hold the one fitted state, ``history.json`` its validation curve).
 
@@ -40,7 +40,7 @@ from hvaeseg.data.loader import PatchLoader
 from hvaeseg.data.sampler import PatchPlan, PatchSampler, SpatialSplit
 from hvaeseg.data.schema import class_names
 from hvaeseg.data.store import open_cube
-from hvaeseg.method import FittedMethod, Method
+from hvaeseg.methods.base import FittedMethod, Method, SegmentationMethod
 from hvaeseg.nets.precision import bf16_supported, prepare_modules
 from hvaeseg.objectives.pool import LabelPool
 from hvaeseg.run_config import (
@@ -371,17 +371,18 @@ def _nothing(start: int):
 # --------------------------------------------------------------------------------------------------
 
 
-def build_method(config: RunConfig, data: RunData) -> Method | FittedMethod:
+def build_method(config: RunConfig, data: RunData) -> SegmentationMethod:
+    """A fresh method of ``config`` for ``data`` (:func:`hvaeseg.methods.build_method`), its weights laid out for
+    ``config.precision``; the cube's band statistics are read (or computed) only for a method that needs them."""
     from hvaeseg.methods import build_method as build
-    from hvaeseg.methods import is_fitted
+    from hvaeseg.methods import method_class
 
     torch.manual_seed(config.seed)
-    extra: dict[str, Any] = {}
-    if is_fitted(config.method):  # they see the bands by name, and compute from reflectance
-        extra = {"band_names": data.band_names or None, "band_stats": data.band_stats()}
+    band_stats = data.band_stats() if method_class(config.method).needs_band_stats else None
     method = build(config.method, data.num_bands, data.num_classes, config.dates > 1, config.options,
-                   seed=config.seed, patch_size=config.patch_size, device=config.device, **extra)
-    if not isinstance(method, FittedMethod):
+                   seed=config.seed, patch_size=config.patch_size, device=config.device,
+                   band_names=data.band_names or None, band_stats=band_stats)
+    if not method.fitted:
         prepare_modules(method.modules().values(), config.precision)  # channels-last weights for bf16
     return method
 
@@ -442,7 +443,7 @@ def train_run(
     loader.check(data, config)  # before anything is written
     method = build_method(config, data)
     with _removed_on_failure(out):
-        if isinstance(method, FittedMethod):
+        if method.fitted:
             _write_run_files(config, data, out)
             return fit_run(config, data, method, out, resume=resume, loader=loader)
         streams = _Streams(data, config, method, loader)
@@ -582,7 +583,7 @@ def fit_run(
 
 def load_run(
     run_dir: str | os.PathLike, *, checkpoint: str = BEST, device: str | None = None
-) -> tuple[RunConfig, RunData, Method | FittedMethod]:
+) -> tuple[RunConfig, RunData, SegmentationMethod]:
     """The config, data and trained method of a run folder (the ``best.pt`` state by default).
 
     :param device: where to run it (default: the device it was trained on). Where it runs does not define a
@@ -669,7 +670,8 @@ def check_cube(
 def evaluate_run(
     run_dir: str | os.PathLike, split: str = "test", *, iwae_samples: int = 8, device: str | None = None
 ) -> dict[str, Any]:
-    """Segmentation metrics on ``split`` (and IWAE / consistency / reconstruction for HVAE methods), written to
+    """Segmentation metrics on ``split``, with the method's own metrics (``evaluation_metrics``: IWAE with
+    ``iwae_samples`` importance samples, consistency and reconstruction for the HVAE methods), written to
     ``RUN/metrics.json`` under the split's name; ``device`` as in :func:`load_run`."""
     config, data, method = load_run(run_dir, device=device)
     plan = data.eval_plan.select(split=split)
@@ -678,44 +680,10 @@ def evaluate_run(
     loader = PatchLoader(data.cube, plan, batch_size=config.batch_size, device=config.device, workers=1)
     cm = evaluate_segmentation(method, loader.batches(0), data.num_classes, config.precision)
     result: dict[str, Any] = {"split": split, "patches": len(plan), **cm.to_dict(data.class_names)}
-    hvae = getattr(method, "hvae", None)
-    if hvae is not None:
-        result.update(_generative_metrics(hvae, loader, iwae_samples))
+    result.update(method.evaluation_metrics(loader.batches(0), iwae_samples=iwae_samples))
     path = Path(run_dir) / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
     metrics[split] = result
     _write_json(path, metrics)
     return result
 
-
-def _generative_metrics(hvae: Any, loader: PatchLoader, k: int) -> dict[str, Any]:
-    """IWAE bound (nats per observed value: per-image bounds summed, over valid pixels x bands), consistency on
-    the split's label maps, and reconstruction error; the IWAE bound needs a closed-form s prior."""
-    from hvaeseg.objectives.estimators import consistency, iwae_bound, reconstruction_error
-
-    has_density = hvae.spec.s_prior != "empirical"
-    iwae_sum, observed, agree, labelled, mae, rmse = 0.0, 0, 0.0, 0, [], []
-    with torch.no_grad():
-        for batch in loader.batches(0):
-            if has_density:
-                iwae_sum += float(iwae_bound(hvae.model, hvae.guide, batch.x, batch.valid, num_samples=k,
-                                             doy=batch.doy).sum())
-                observed += int(batch.valid.sum()) * int(batch.x.shape[-3])
-            keep = (batch.labels >= 0).flatten(1).any(1)  # all-void maps say nothing
-            if bool(keep.any()):
-                maps, shape = batch.labels[keep], torch.ones_like(batch.valid[keep])  # shape: dates of stacks
-                n = int((maps >= 0).sum())
-                doy = None if batch.doy is None else batch.doy[keep]
-                # weighted by labelled pixels
-                agree += consistency(hvae.model, hvae.guide, maps, valid=shape, doy=doy) * n
-                labelled += n
-            if bool(batch.valid.any()):
-                rec = reconstruction_error(hvae.model, hvae.guide, batch.x, batch.valid, batch.doy)
-                mae.append(rec["mae"]), rmse.append(rec["rmse"])
-    return {
-        "iwae_nats_per_value": iwae_sum / observed if observed else None,
-        "iwae_samples": k,
-        "consistency": agree / labelled if labelled else None,
-        "recon_mae": float(np.mean(mae)) if mae else None,
-        "recon_rmse": float(np.mean(rmse)) if rmse else None,
-    }

@@ -94,7 +94,7 @@ class RunConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise ValueError(f"{flag(name)}: expected an integer >= 0, got {value!r}")
-        if self.labels == 0 and self.method in ("supervised", "mixmatch", "pixel-gbm"):
+        if self.labels == 0 and METHODS[self.method].needs_labels:
             raise ValueError(f"method {self.method!r} needs labelled locations: give --labels N with N >= 1")
         if self.block < self.patch_size:
             raise ValueError(f"--block {self.block} is smaller than --patch-size {self.patch_size}: pass a --block of "

@@ -1,7 +1,7 @@
 """One training loop for every method (symmetric, ELBO, supervised, MixMatch).
 
 The loop owns what all methods share: seeding, the data streams, progress, periodic validation, atomic
-checkpoints, bit-identical resume and the NaN guard. A method (:class:`hvaeseg.method.Method`) owns its networks,
+checkpoints, bit-identical resume and the NaN guard. A method (:class:`hvaeseg.methods.Method`) owns its networks,
 optimizers and losses.
 
 Determinism: before every step the global torch generator is re-seeded from ``(seed, step)``, and every data
@@ -27,7 +27,7 @@ import torch
 
 from hvaeseg._progress import progress
 from hvaeseg._temporary import stale_pid
-from hvaeseg.method import Method, StepBatch
+from hvaeseg.methods.base import Method, StepBatch
 from hvaeseg.metrics import ConfusionMatrix
 from hvaeseg.nets.precision import PRECISIONS, autocast
 

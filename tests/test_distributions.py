@@ -1,5 +1,7 @@
 import math
 
+import pyro
+import pyro.poutine as poutine
 import pytest
 import torch
 import torch.nn.functional as F
@@ -220,7 +222,66 @@ def test_pyro_wrappers_mask_and_to_event(make):
     assert expanded.sample().shape[:4] == (7, 2, 3, 4)
 
 
-def test_no_validation_cost():
-    d = FastCategorical(torch.randn(2, 3))
-    assert d._validate_args is False
-    assert FastBernoulli(torch.randn(2))._validate_args is False
+def test_log_probs_of_values_in_the_support_are_torchs():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 5, 6, generator=g) * 3
+    value = torch.randint(0, 6, (3, 5), generator=g)
+    want = torch.distributions.Categorical(logits=logits).log_prob(value)
+    torch.testing.assert_close(FastCategorical(logits).log_prob(value), want)
+    torch.testing.assert_close(FastCategorical(logits).expand((2, 3, 5)).log_prob(value), want.expand(2, 3, 5))
+    void = torch.full((3, 5), -1)
+    torch.testing.assert_close(PartiallyObservedCategorical(logits, void).log_prob(value), want)
+    bits = torch.randn(4, 7, generator=g) * 3
+    b = (torch.rand(4, 7, generator=g) < 0.5).float()
+    torch.testing.assert_close(FastBernoulli(bits).log_prob(b), torch.distributions.Bernoulli(logits=bits).log_prob(b))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        FastBernoulli,
+        FastCategorical,
+        lambda lg: PartiallyObservedCategorical(lg, torch.zeros(lg.shape[:-1], dtype=torch.long)),
+        lambda lg: FastBernoulli(lg).straight_through(0.5),
+        lambda lg: FastCategorical(lg).straight_through(0.5),
+        lambda lg: FastCategorical(lg).expand((2,) + lg.shape[:-1]),
+    ],
+    ids=["bernoulli", "categorical", "partially-observed", "st-bernoulli", "st-categorical", "expanded"],
+)
+def test_parameters_are_never_checked_even_with_pyro_validation_on(make):
+    """No argument validation (a pass over every pixel at every step): where torch's distributions refuse
+    NaN logits under validation, these take them as they are."""
+    logits = torch.zeros(3, 4)
+    logits[1, 2] = math.nan
+    with pyro.validation_enabled(True):
+        with pytest.raises(ValueError, match="constraint"):
+            torch.distributions.Categorical(logits=logits)
+        d = make(logits)
+    assert torch.isnan(d.logits).any()  # taken as given, not checked
+
+
+def test_void_and_relaxed_values_are_scored_with_pyro_validation_on():
+    """Validation rejects values outside the support (void -1, relaxed Bernoulli values); these distributions
+    never validate, so a model scores label maps with void pixels and relaxed guide samples even while
+    Pyro's validation is on (as it is when debugging)."""
+    logits = torch.randn(2, 3, 4)
+    s = torch.tensor([[0, -1, 3], [-1, -1, 2]])
+    relaxed = torch.tensor([0.25, 1.0, 0.0])
+
+    def model():
+        with pyro.plate("batch", 2):
+            pyro.sample("s", FastCategorical(logits).to_event(1), obs=s)
+            pyro.sample("b", FastBernoulli(torch.zeros(2, 3)).to_event(1), obs=relaxed.expand(2, 3))
+
+    with pyro.validation_enabled(True):
+        with pytest.raises(ValueError, match="support"):  # what validation would do here
+            torch.distributions.Categorical(logits=logits).log_prob(s)
+        with pytest.raises(ValueError, match="support"):
+            torch.distributions.Bernoulli(logits=torch.zeros(3)).log_prob(relaxed)
+        tr = poutine.trace(model).get_trace()
+        tr.compute_log_prob()
+    lp = logits.log_softmax(-1)
+    want_s = torch.stack([lp[0, 0, 0] + lp[0, 2, 3], lp[1, 2, 2]])  # void pixels add log 1 = 0
+    torch.testing.assert_close(tr.nodes["s"]["log_prob"], want_s)
+    want_b = (relaxed * math.log(0.5) + (1 - relaxed) * math.log(0.5)).sum()
+    torch.testing.assert_close(tr.nodes["b"]["log_prob"], want_b.expand(2))

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from torch import nn
 
 from hvaeseg.cli import main
-from hvaeseg.experiment import RunConfig, _Streams, build_method, fit_sizes, prepare_data, train_run
+from hvaeseg.experiment import (
+    RunConfig,
+    _Streams,
+    build_method,
+    evaluate_run,
+    fit_sizes,
+    load_run,
+    prepare_data,
+    train_run,
+)
+from hvaeseg.methods import METHODS, Method, StepBatch, method_config, register, unregister
 
 TINY = dict(data="synthetic:tiny", patch_size=32, block=64, unlabelled_patches=32, batch_size=4)
 
@@ -292,3 +303,88 @@ def test_every_option_has_help_and_the_config_defaults():
     assert "symmetric, elbo, supervised" in help_text  # the registry's methods
     iwae = next(a for a in sub.choices["evaluate"]._actions if a.dest == "iwae_samples")
     assert iwae.default == inspect.signature(evaluate_run).parameters["iwae_samples"].default
+
+
+# ------------------------------------------------------------------------------------------- adding a method
+@dataclass(frozen=True)
+class ToyConfig:
+    lr: float = 0.5
+
+
+class ToyMethod(Method):
+    """Per-pixel logistic regression on the bands: the whole of a new method (its class declares what it needs)."""
+
+    name = "toy"
+    config_class = ToyConfig
+    streams = ("labelled",)
+    needs_labels = True
+
+    def __init__(self, in_channels: int, num_classes: int, config: ToyConfig) -> None:
+        self.net = nn.Conv2d(in_channels, num_classes, 1)
+        self.sgd = torch.optim.SGD(self.net.parameters(), lr=config.lr)
+
+    @classmethod
+    def build(cls, in_channels, num_classes, *, temporal=False, config=None, device="cpu", **unused):
+        # the other arguments of the one build signature (seed, patch_size, band names...) do not matter to it
+        return cls(in_channels, num_classes, config or ToyConfig()).to(device)
+
+    def modules(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"sgd": self.sgd}
+
+    def losses(self, batch: StepBatch, step: int):
+        b = batch.labelled
+        logits = self.net(b.x * b.valid.unsqueeze(1))
+        return {"ce": nn.functional.cross_entropy(logits, b.labels, ignore_index=-1)}
+
+    def predict_proba(self, x, valid, doy=None):
+        with torch.no_grad():
+            return self.net(x * valid.unsqueeze(1)).softmax(1)
+
+
+@pytest.fixture
+def toy():
+    register(ToyMethod)  # the one line that adds a method
+    yield ToyMethod
+    unregister("toy")
+
+
+def test_a_new_method_is_one_class_and_one_registration(toy, tmp_path, capsys):
+    from hvaeseg.commands.train import METHOD_NAMES
+
+    assert "toy" in METHOD_NAMES  # the command line lists it
+    with pytest.raises(ValueError, match="needs labelled locations"):  # its declaration is read
+        RunConfig(method="toy", labels=0)
+    with pytest.raises(ValueError, match=r"method 'toy' option lr: expected a number"):  # its options are checked
+        method_config("toy", {"lr": "fast"})
+    config = RunConfig(method="toy", labels=2, steps=2, val_every=1, checkpoint_every=1, options={"lr": 0.1}, **TINY)
+    trainer = train_run(config, tmp_path / "run")
+    assert trainer.step == 2 and [r["step"] for r in trainer.history.losses] == [0, 1]
+    assert [v["step"] for v in trainer.history.validation] == [1, 2]
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["method"]
+    assert set(state["modules"]) == {"net"} and set(state["optimizers"]) == {"sgd"}
+    result = evaluate_run(tmp_path / "run", "test")
+    assert result["split"] == "test" and 0 <= result["accuracy"] <= 1 and len(result["confusion_matrix"]) == 7
+    _, _, method = load_run(tmp_path / "run")
+    assert isinstance(method, ToyMethod)
+    torch.testing.assert_close(method.net.weight, trainer.method.net.weight)
+    # and through the command line, with no edit to it either
+    assert main(train_args("toy", tmp_path / "cli", 2, "--options", '{"lr": 0.1}')) == 0
+    assert "trained toy for 2 steps" in capsys.readouterr().out
+
+
+def test_the_registry_refuses_what_it_cannot_run(toy):
+    with pytest.raises(ValueError, match="'toy' is already registered"):
+        register(type("OtherToy", (ToyMethod,), {}))
+    register(ToyMethod)  # the same class again: nothing changes
+    with pytest.raises(TypeError, match="expected a Method or FittedMethod subclass"):
+        register(ToyConfig)
+    with pytest.raises(TypeError, match="expected a dataclass as the class attribute `config_class`"):
+        register(type("NoConfig", (ToyMethod,), {"name": "no-config", "config_class": dict}))
+    with pytest.raises(TypeError, match="expected a classmethod `build`"):
+        register(type("Unbuildable", (ToyMethod,), {"name": "unbuildable", "build": Method.build}))
+    with pytest.raises(ValueError, match="streams: expected some of"):
+        register(type("Odd", (ToyMethod,), {"name": "odd", "streams": ("labels",)}))
+    assert not {"no-config", "unbuildable", "odd"} & set(METHODS)

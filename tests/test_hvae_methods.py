@@ -8,10 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from hvaeseg.hierarchy import HierarchySpec
-from hvaeseg.hvae_methods import ELBOMethod, HVAEConfig, SymmetricMethod
-from hvaeseg.method import StepBatch
-from hvaeseg.objectives import LabelPool, SymmetricWeights
-from tests.baselines.standin import random_batch
+from hvaeseg.methods.base import StepBatch
+from hvaeseg.methods.hvae import ELBOMethod, HVAEConfig, SymmetricMethod
+from hvaeseg.methods.registry import method_config
+from hvaeseg.objectives import (
+    LabelPool,
+    SemiSupervisedELBO,
+    SymmetricEquilibrium,
+    SymmetricStepper,
+    SymmetricWeights,
+)
+from tests.methods.standin import random_batch
 
 C, K, P = 3, 3, 8  # bands, classes, patch side
 
@@ -27,7 +34,7 @@ def tiny_spec(day_of_year: bool = True, s_prior: str = "categorical", init_scale
 def build(cls=SymmetricMethod, spec: HierarchySpec | None = None, **options):
     options.setdefault("augment", False)
     config = HVAEConfig(spec=(spec or tiny_spec()).to_dict(), **options)
-    return cls.build(C, K, False, config, patch_size=P)
+    return cls.build(C, K, config=config, patch_size=P)
 
 
 def step_batch(seed: int = 0) -> StepBatch:
@@ -62,6 +69,16 @@ def test_config_bad_values_name_the_field(field, value):
     assert repr(value) in str(err.value)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: HVAEConfig(estimator="nonsense", temperature=-3),
+    lambda: method_config("elbo", {"estimator": "nonsense", "temperature": -3}),  # as a run's --options
+])
+def test_a_nonsense_estimator_with_a_negative_temperature_is_refused(make):
+    with pytest.raises(ValueError, match=r"^(temperature|estimator): expected") as err:
+        make()
+    assert "-3" in str(err.value) or "'nonsense'" in str(err.value)
+
+
 def test_config_boundaries_are_accepted():
     config = HVAEConfig(ema_decay=0, clip_norm=None, weight_decay=0, num_particles=1, alpha=0,
                         weights={"sleep_q": 0, "labelled_p": 2})
@@ -72,7 +89,7 @@ def test_config_boundaries_are_accepted():
 def test_config_spec_must_match_the_data():
     config = HVAEConfig(spec=tiny_spec().to_dict())
     with pytest.raises(ValueError, match="the data has 4 classes"):
-        SymmetricMethod.build(C, 4, False, config, patch_size=P)
+        SymmetricMethod.build(C, 4, config=config, patch_size=P)
 
 
 # ------------------------------------------------------------------------------------------ the two players
@@ -167,6 +184,70 @@ def test_clipping_is_per_player_and_the_logged_norm_is_the_unclipped_one(monkeyp
     for name in params:
         assert stats[f"grad_norm_{name}"] > 1.0  # the losses are sums over pixels: far above the threshold
         assert norms[name] == pytest.approx(1.0, rel=1e-4)
+
+
+# --------------------------------------------------------------------------------------------- the stepper
+def test_the_stepper_steps_as_the_loop_does_and_returns_the_two_losses_as_numbers():
+    """``SymmetricStepper.step`` (the shape of ``pyro.infer.SVI.step``) is the method's ``losses`` then
+    ``update``: the same parameters after the step, bit for bit, and the same two losses, as floats."""
+    torch.manual_seed(0)
+    loop = build(clip_norm=50.0)
+    torch.manual_seed(0)
+    alone = build(clip_norm=50.0)
+    assert all(torch.equal(p, q) for p, q in zip(loop.hvae.parameters(), alone.hvae.parameters()))
+    batch = step_batch()
+    torch.manual_seed(1)
+    losses = loop.losses(batch, 0)
+    loop.update(losses)
+    torch.manual_seed(1)
+    dec, enc = alone.stepper.step(labelled=batch.labelled, unlabelled=batch.unlabelled, pool=batch.pool)
+    assert type(dec) is float and type(enc) is float
+    assert (dec, enc) == (float(losses["decoder"].detach()), float(losses["encoder"].detach()))
+    moved = [not torch.equal(p, b) for p, b in zip(loop.hvae.parameters(), alone.hvae.parameters())]
+    assert not any(moved)
+    assert alone.step_statistics() == loop.step_statistics() and set(loop.step_statistics()) == {
+        "grad_norm_decoder", "grad_norm_encoder"}
+    assert alone.stepper.optimizers == alone.optimizers() and set(alone.optimizers()) == {"decoder", "encoder"}
+
+
+def test_evaluate_loss_and_differentiable_loss_move_nothing():
+    method = build()
+    hvae, batch = method.hvae, step_batch()
+    kw = dict(labelled=batch.labelled, unlabelled=batch.unlabelled, pool=batch.pool)
+    before = snapshot(hvae.parameters())
+    torch.manual_seed(2)
+    numbers = method.stepper.evaluate_loss(**kw)
+    torch.manual_seed(2)
+    tensors = method.objective.differentiable_loss(hvae.model, hvae.guide, **kw)
+    torch.manual_seed(2)
+    old = method.objective.loss(hvae.model, hvae.guide, **kw)  # the objective's older verb: the same tensors
+    assert all(t.requires_grad for t in tensors) and all(type(v) is float for v in numbers)
+    assert numbers == pytest.approx(tuple(float(t.detach()) for t in tensors), rel=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(tensors, old))
+    assert all(torch.equal(p, b) for p, b in zip(hvae.parameters(), before))
+    assert all(p.grad is None for p in hvae.parameters())
+
+
+def test_the_sleep_warmup_ramps_the_steppers_objective():
+    method = build(sleep_warmup=4)
+    batch = step_batch()
+    method.losses(batch, 1)
+    assert method.stepper.objective.weights.sleep_q == pytest.approx(0.25)
+    assert method.objective.weights.sleep_q == 1.0  # the full-weight objective is kept
+    method.losses(batch, 4)
+    assert method.stepper.objective is method.objective
+
+
+def test_the_stepper_refuses_shared_parameters_and_other_objectives():
+    method = build()
+    hvae, dec, enc = method.hvae, method.decoder_params, method.encoder_params
+    opts = method.optimizers()
+    with pytest.raises(ValueError, match="disjoint parameters, got 1 shared"):
+        SymmetricStepper(hvae.model, hvae.guide, SymmetricEquilibrium(), decoder=(dec, opts["decoder"]),
+                         encoder=(enc + dec[:1], opts["encoder"]))
+    with pytest.raises(TypeError, match="expected a SymmetricEquilibrium objective, got SemiSupervisedELBO"):
+        SymmetricStepper(hvae.model, hvae.guide, SemiSupervisedELBO(), decoder=(dec, opts["decoder"]),
+                         encoder=(enc, opts["encoder"]))
 
 
 # ------------------------------------------------------------------------------------------------ diagnostics

@@ -9,8 +9,8 @@ import signal
 import pytest
 import torch
 
-from hvaeseg.baselines.supervised import SupervisedMethod
 from hvaeseg.cli import main
+from hvaeseg.methods.supervised import SupervisedMethod
 
 STEPS = 6
 

@@ -45,7 +45,7 @@ def test_right_types_pass_and_lists_become_tuples():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_accepts_its_own_defaults(name):
     """The annotations of every config agree with its defaults (a check that reads each field's annotation)."""
-    config_class = METHODS[name][1]
+    config_class = METHODS[name].config_class
     defaults = {k: v for k, v in vars(config_class()).items() if not k.startswith("_")}
     defaults = {k: (list(v) if isinstance(v, tuple) else v) for k, v in defaults.items()}
     defaults = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in defaults.items()}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hvaeseg.method import Method, StepBatch
+from hvaeseg.methods.base import Method, StepBatch
 from hvaeseg.train import CHECKPOINT, LoopConfig, NonFiniteLossError, Trainer, load_checkpoint, step_seed
 
 

@@ -60,7 +60,7 @@ METHODS = ("symmetric", "elbo")
 # Everything that defines a run is a `RunConfig`; `data_seed` fixes the cube, the spatial split into
 # train / validation / test blocks and the labelled locations, so both methods see the same data.
 # `labels` counts labelled 32 x 32 locations; every clear enough date of such a location is a labelled
-# patch. Method hyper-parameters go in `options`, the fields of `hvaeseg.hvae_methods.HVAEConfig`: for
+# patch. Method hyper-parameters go in `options`, the fields of `hvaeseg.methods.HVAEConfig`: for
 # example `options={"lr": 3e-4, "alpha": 10.0, "estimator": "score_function"}`, or
 # `options={"spec": spec.to_dict()}` to train the hierarchy you declared in tutorial 1 (its classes and
 # bands must match the data). Both methods here use the defaults: the default hierarchy with a learned

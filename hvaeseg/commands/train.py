@@ -84,8 +84,7 @@ def _train(args: argparse.Namespace) -> int:
     loader = LoaderOptions(workers=args.loader_workers, processes=args.loader_processes)
     trainer = train_run(config, args.out, resume=not args.no_resume, loader=loader)
     h = trainer.history
-    what = "boosting rounds" if getattr(trainer, "fitted", False) else "steps"
-    print(f"trained {config.method} for {trainer.step} {what} in {h.train_seconds:.0f} s; "
+    print(f"trained {config.method} for {trainer.step} {trainer.method.step_unit} in {h.train_seconds:.0f} s; "
           f"best validation mean IoU {h.best_score:.3f} at step {h.best_step}; run folder {args.out}")
     if args.evaluate:
         print(format_metrics(evaluate_run(args.out, "test")))

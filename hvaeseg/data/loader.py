@@ -38,8 +38,9 @@ permuted, and the patches inside each group, so that patches drawn from one supe
 (one decode serves them all). ``repeat=True`` runs epochs ``epoch, epoch + 1, ...`` forever and drops
 each epoch's incomplete last batch, so every batch has ``batch_size`` patches.
 
-The CPU path gives exactly the tensors of a naive read of the same plan (:func:`read_patches_naive`, one
-``xarray`` ``isel`` per patch and the same normalisation): the tests check this bit for bit.
+The tests check the CPU path against a naive read of the same plan that shares no code with this package
+(``tests/data/naive.py``: numpy slicing of the raw store, band statistics and normalisation in float64):
+the DN, masks, labels and days bit for bit, ``x`` to float32 rounding.
 """
 
 from __future__ import annotations
@@ -58,17 +59,15 @@ import torch
 from hvaeseg.data.chunks import (
     CubeSource,
     HostBuffers,
-    dn_encoding,
     fill_patches,
     normalise_into,
     open_dataset,
-    reflectance_to_dn,
 )
 from hvaeseg.data.sampler import PatchPlan
 from hvaeseg.data.stats import dn_scaling, ensure_band_stats, read_band_stats
 from hvaeseg.data.workers import ProcessWorkers, SharedSlots, SlotLayout
 
-__all__ = ["PatchBatch", "PatchLoader", "day_of_year", "read_patches_naive", "normalise_dn", "normaliser"]
+__all__ = ["PatchBatch", "PatchLoader", "day_of_year", "normalise_dn", "normaliser"]
 
 
 class PatchBatch(NamedTuple):
@@ -94,7 +93,7 @@ def day_of_year(times: Any) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# normalisation (shared by the loader and the naive reference, so both give the same bits)
+# normalisation (the same bits on the CPU and on an accelerator)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -490,60 +489,3 @@ class PatchLoader:
             for f in pending:
                 f.cancel()
             ex.shutdown(wait=True, cancel_futures=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# the naive reference
-# --------------------------------------------------------------------------------------------------
-
-
-def read_patches_naive(
-    cube: Any,
-    plan: PatchPlan,
-    index: Sequence[int] | np.ndarray | None = None,
-    *,
-    normalise: bool = True,
-    storage_options: Mapping[str, Any] | None = None,
-) -> PatchBatch:
-    """The reference read: one ``xarray`` ``isel`` per patch and variable, then the loader's normalisation.
-
-    Gives the tensors :class:`PatchLoader` gives on the CPU for the same patches (bit for bit). The band
-    statistics must already be in the cube (``ensure_band_stats``) when ``normalise``.
-    """
-    ds = open_dataset(cube, storage_options)
-    index = np.arange(len(plan)) if index is None else np.asarray(index, dtype=np.int64)
-    H, W = plan.sizes["y"], plan.sizes["x"]
-    refl = ds["reflectance"].transpose("time", "band", "y", "x")
-    enc = dn_encoding(refl.dtype, refl.attrs, refl.encoding)
-    xs, vs, ls = [], [], []
-    for i in index:
-        sel = {"time": plan.t[i], "y": slice(plan.y[i], plan.y[i] + H), "x": slice(plan.x[i], plan.x[i] + W)}
-        values = np.asarray(refl.isel(sel).values)
-        xs.append(values if enc is None else reflectance_to_dn(values, enc))
-        vs.append(np.asarray(ds["valid"].transpose("time", "y", "x").isel(sel).values) if "valid" in ds
-                  else np.ones((plan.n_dates, H, W), bool))
-        if plan.labelled[i] and "labels" in ds:
-            ls.append(np.asarray(ds["labels"].transpose("y", "x").isel(y=sel["y"], x=sel["x"]).values).astype(np.int16))
-        else:
-            ls.append(np.full((H, W), -1, np.int16))
-    C = refl.sizes["band"]
-    dn = torch.from_numpy(np.stack(xs) if xs else np.zeros((0, plan.n_dates, C, H, W), np.uint16))
-    valid = torch.from_numpy(np.stack(vs) if vs else np.zeros((0, plan.n_dates, H, W), bool))
-    labels = torch.from_numpy(np.stack(ls) if ls else np.zeros((0, H, W), np.int16)).to(torch.int64)
-    scale, offset = dn_scaling(refl.attrs, refl.dtype) if enc is None else dn_scaling(enc.attrs, np.uint16)
-    if normalise:
-        stats = read_band_stats(ds)
-        if stats is None:
-            raise ValueError("the cube has no band statistics; run hvaeseg.data.stats.ensure_band_stats(cube) first")
-        a, b = normaliser(scale, offset, stats[0], stats[1], C)
-        x = normalise_dn(dn, a, b)
-    else:
-        x = dn
-    doy = None
-    if np.issubdtype(ds["time"].dtype, np.datetime64):
-        doy = torch.from_numpy(day_of_year(ds["time"].values)[np.asarray(plan.t)[index]].reshape(len(index), -1))
-    if not plan.temporal:
-        x, valid = x[:, 0], valid[:, 0]
-        doy = None if doy is None else doy[:, 0]
-    return PatchBatch(x, valid, labels, doy)
-

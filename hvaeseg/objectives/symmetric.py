@@ -222,6 +222,21 @@ class SymmetricEquilibrium:
         terms = self.terms(model, guide, labelled=labelled, unlabelled=unlabelled, pool=pool)
         return terms["decoder_loss"], terms["encoder_loss"]
 
+    def differentiable_loss(
+        self,
+        model: Any,
+        guide: Any,
+        *,
+        labelled: Any = None,
+        unlabelled: Any = None,
+        pool: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``(decoder_loss, encoder_loss)`` as tensors to back-propagate, under Pyro's name for them
+        (``ELBO.differentiable_loss``); the same pair as :meth:`loss`, which returns tensors too (kept for its
+        callers). The numbers of a step come from :class:`~hvaeseg.objectives.stepper.SymmetricStepper`
+        (``step``, ``evaluate_loss``). Arguments as in :meth:`loss`."""
+        return self.loss(model, guide, labelled=labelled, unlabelled=unlabelled, pool=pool)
+
     def terms(
         self,
         model: Any,

@@ -117,7 +117,7 @@ def test_occluded_protocol_scores_the_invalid_pixels_of_partly_cloudy_dates(inpa
 
 
 def test_normalisation_is_the_loaders_and_round_trips(inpaint):
-    from hvaeseg.data.loader import read_patches_naive
+    from hvaeseg.data.loader import PatchLoader
     from hvaeseg.data.sampler import PatchPlan
     from hvaeseg.data.stats import ensure_band_stats
 
@@ -127,9 +127,9 @@ def test_normalisation_is_the_loaders_and_round_trips(inpaint):
     np.testing.assert_allclose(cube.mean, stats[0]) and np.testing.assert_allclose(cube.std, stats[1])
     plan = PatchPlan(sizes={"y": 4, "x": 4}, cube_shape={"time": 6, "y": 8, "x": 8}, y=[4], x=[2], t=[[3]],
                      split=[0], labelled=[False], group=[0])
-    loader = read_patches_naive(ds, plan)
-    assert torch.equal(cube.x[3, :, 4:8, 2:6], loader.x[0])  # bit for bit what the runs trained on
-    assert torch.equal(cube.doy[3:4], loader.doy)
+    (batch,) = PatchLoader(ds, plan, batch_size=1, workers=0)
+    assert torch.equal(cube.x[3, :, 4:8, 2:6], batch.x[0])  # bit for bit what the runs trained on
+    assert torch.equal(cube.doy[3:4], batch.doy)
     refl = torch.from_numpy(cube.dn.astype(np.float64) * SCALE + OFFSET).float()
     torch.testing.assert_close(cube.denormalise(cube.x), refl, atol=2e-6, rtol=0)
     torch.testing.assert_close(cube.reflectance(), refl)

@@ -1,4 +1,5 @@
-"""PatchLoader: bit-identical to naive reads, chunk-aware, ordered by (seed, epoch), edges and invalid patches."""
+"""PatchLoader: the tensors of a naive read (:mod:`tests.data.naive`, which shares no code with the package),
+chunk-aware, ordered by (seed, epoch), bounded read-ahead, edges and invalid patches."""
 
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ from hvaeseg.data.loader import (
     day_of_year,
     normalise_dn,
     normaliser,
-    read_patches_naive,
 )
 from hvaeseg.data.sampler import PatchPlan, PatchSampler, SpatialSplit
 from hvaeseg.data.stats import compute_band_stats, ensure_band_stats, read_band_stats
 from hvaeseg.data.store import open_cube, write_cube
 
 from .conftest import loader_cube, make_toy_cube
+from .naive import assert_reads, read_patches_naive
 
 
 def _plan(cube, sizes, **kw) -> PatchPlan:
@@ -56,7 +57,7 @@ SIZES = [{"y": 12, "x": 20}, {"time": 3, "y": 16, "x": 16}]
 
 @pytest.mark.parametrize("sizes", SIZES)
 @pytest.mark.parametrize("workers", [0, 2])
-def test_loader_is_bit_identical_to_naive_reads(store, sizes, workers):
+def test_loader_gives_what_a_naive_read_gives(store, sizes, workers):
     plan = _plan(
         store, sizes, split=SpatialSplit({"y": 24, "x": 24}, fractions={"train": 0.5, "val": 0.5}), n_labelled=2
     )
@@ -64,20 +65,13 @@ def test_loader_is_bit_identical_to_naive_reads(store, sizes, workers):
     batches = list(loader)
     assert [len(b.x) for b in batches] == [5] * (len(plan) // 5) + ([len(plan) % 5] if len(plan) % 5 else [])
     got = _cat(batches)
-    _assert_identical(got, read_patches_naive(store, plan))
+    assert_reads(got, read_patches_naive(store, plan))
     T = sizes.get("time")
     H, W = sizes["y"], sizes["x"]
     assert got.x.shape == ((len(plan), 4, H, W) if T is None else (len(plan), T, 4, H, W))
     assert got.x.dtype == torch.float32 and got.valid.dtype == torch.bool and got.labels.dtype == torch.int64
-    # and the naive read itself is right: compare with plain numpy indexing of the cube
-    ds = open_cube(store).load()
-    mean, std = read_band_stats(store)
-    refl = ds["reflectance"].values.astype(np.float64) * 1e-4 - 0.1
-    i = 3
-    y, x, t = plan.y[i], plan.x[i], plan.t[i]
-    want = (refl[t, :, y : y + H, x : x + W] - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
-    have = got.x[i].numpy() if T else got.x[i][None].numpy()
-    np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5)
+    raw = _cat(list(PatchLoader(store, plan, batch_size=5, workers=workers, normalise=False)))
+    assert_reads(raw, read_patches_naive(store, plan, normalise=False))  # the DN, bit for bit
 
 
 def test_stores_with_several_dates_and_bands_per_chunk_read_the_same(store, tmp_path):
@@ -88,7 +82,7 @@ def test_stores_with_several_dates_and_bands_per_chunk_read_the_same(store, tmp_
     _assert_identical(
         _cat(list(PatchLoader(other, plan, batch_size=6))), _cat(list(PatchLoader(store, plan, batch_size=6)))
     )
-    _assert_identical(_cat(list(PatchLoader(other, plan, batch_size=6))), read_patches_naive(other, plan))
+    assert_reads(_cat(list(PatchLoader(other, plan, batch_size=6))), read_patches_naive(other, plan))
 
 
 @pytest.mark.parametrize("sizes", SIZES)
@@ -114,14 +108,14 @@ def test_direct_chunk_decoding_matches_zarr(store):
         assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
-def test_normalise_false_gives_raw_dn(store):
+def test_normalise_false_gives_raw_dn_that_normalise_dn_turns_into_x(store):
     plan = _plan(store, {"y": 8, "x": 8})
     raw = _cat(list(PatchLoader(store, plan, batch_size=4, normalise=False)))
     assert raw.x.dtype == torch.uint16
+    assert_reads(raw, read_patches_naive(store, plan, normalise=False))
     mean, std = read_band_stats(store)
     a, b = normaliser(1e-4, -0.1, mean, std, 4)
-    _assert_identical(PatchBatch(normalise_dn(raw.x, a, b), raw.valid, raw.labels, raw.doy),
-                      read_patches_naive(store, plan))
+    assert_reads(PatchBatch(normalise_dn(raw.x, a, b), raw.valid, raw.labels, raw.doy), read_patches_naive(store, plan))
 
 
 def test_numpy_and_torch_normalisation_give_the_same_bits():
@@ -181,24 +175,43 @@ def test_each_chunk_is_decoded_once_per_batch(store):
     loader.src.refl.get = lambda key: calls.append(key) or get(key)
     (batch,) = list(loader)
     assert len(calls) == len(set(calls)) == len({(int(t),) for t in plan.t[:, 0]})
-    _assert_identical(batch, read_patches_naive(store, plan))
+    assert_reads(batch, read_patches_naive(store, plan))
 
 
-def test_memory_is_bounded_by_prefetch_and_workers(store):
+@pytest.mark.parametrize(("prefetch", "workers"), [(1, 2), (3, 1), (2, 3)])
+def test_workers_read_ahead_of_the_consumer_by_a_bounded_number_of_batches(store, prefetch, workers):
+    """At most ``prefetch + workers`` batches exist at once: the consumer's and ``prefetch + workers - 1``
+    being read ahead. A consumer that stops taking batches finds exactly that many read, never more."""
     plan = _plan(store, {"y": 8, "x": 8}, n_patches=60)
-    loader = PatchLoader(store, plan, batch_size=2, workers=2, prefetch=1)
-    started = []
+    loader = PatchLoader(store, plan, batch_size=2, workers=workers, prefetch=prefetch)
+    ahead = prefetch + workers - 1
+    lock = threading.Lock()
+    started, done = [0], [0]
     read = loader.read_host
 
     def counting(index):
-        started.append(1)
-        return read(index)
+        with lock:
+            started[0] += 1
+        try:
+            return read(index)
+        finally:
+            with lock:
+                done[0] += 1
 
     loader.read_host = counting
     it = iter(loader)
-    next(it)
-    time.sleep(0.3)  # a slow consumer: the workers must not run ahead
-    assert len(started) <= 1 + 1 + 2
+    for consumed in range(1, 6):
+        next(it)
+        want = min(consumed + ahead, len(loader))
+        deadline = time.monotonic() + 10
+        while True:  # until the workers are idle with the batches read ahead
+            with lock:
+                s, d = started[0], done[0]
+            assert s <= want, f"{s} batches read with {consumed} consumed (prefetch {prefetch}, workers {workers})"
+            if s == d == want:
+                break
+            assert time.monotonic() < deadline, f"reading stopped at {s} batches, {want} expected"
+            time.sleep(0.002)
     it.close()  # stopping early shuts the threads down
     assert not [t for t in threading.enumerate() if t.name.startswith("hvaeseg-loader")]
 
@@ -233,7 +246,7 @@ def test_batches_a_consumer_keeps_are_never_overwritten(store, normalise):
             kept.append((i, batch))
     ref = read_patches_naive(store, plan, normalise=normalise)
     for i, batch in kept:
-        _assert_identical(batch, PatchBatch(*(t[2 * i : 2 * i + 2] for t in ref)))
+        assert_reads(batch, PatchBatch(*(t[2 * i : 2 * i + 2] for t in ref)))
     assert all(len(v) <= loader._host.keep for v in loader._host._arrays.values())  # bounded memory
 
 
@@ -274,7 +287,7 @@ def test_without_shuffle_the_plan_order_is_kept(store):
     plan = _plan(store, {"y": 8, "x": 8}, n_patches=9)
     loader = PatchLoader(store, plan, batch_size=4)
     assert np.array_equal(loader.epoch_order(5), np.arange(9)) and len(loader) == 3
-    _assert_identical(_cat(list(loader)), read_patches_naive(store, plan))
+    assert_reads(_cat(list(loader)), read_patches_naive(store, plan))
 
 
 def test_repeat_needs_a_full_batch(store):
@@ -295,7 +308,7 @@ def test_edge_and_all_invalid_patches_follow_the_rule(store):
         split=[0, 0], labelled=[True, False], group=[0, 1],
     )
     batch = _cat(list(PatchLoader(store, plan, batch_size=2)))
-    _assert_identical(batch, read_patches_naive(store, plan))
+    assert_reads(batch, read_patches_naive(store, plan))
     assert not batch.valid[1].any()  # yielded, with valid all False
     assert torch.isfinite(batch.x).all()
     assert (batch.labels[1] == -1).all()  # not labelled: all void
@@ -342,10 +355,13 @@ def test_loader_computes_missing_stats_once(tmp_path):
     assert read_band_stats(path) is not None
 
 
-def test_stream_benchmark_runs(tmp_path, capsys):
-    """bench/stream.py end to end on a tiny store (a smoke test: no timing is checked)."""
+def test_stream_benchmark_counts_patches_and_bytes(tmp_path, capsys):
+    """bench/stream.py end to end on a tiny store, on a clock that advances one second per reading: every
+    figure is then a count (patches read per timed region), so each is known exactly."""
     import importlib.util
+    import itertools
     import json
+    import types
     from pathlib import Path
 
     pytest.importorskip("xbatcher")
@@ -354,12 +370,27 @@ def test_stream_benchmark_runs(tmp_path, capsys):
     )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    clock = itertools.count()
+    bench.time = types.SimpleNamespace(perf_counter=lambda: float(next(clock)))  # only the bench's own clock
     out = bench.main([
-        "--store", str(tmp_path / "b.zarr"), "--size", "256", "--dates", "2", "--patches", "16", "--batch", "4",
+        "--store", str(tmp_path / "b.zarr"), "--size", "256", "--dates", "2", "--patches", "16", "--batch", "5",
         "--window", "128", "--per-window", "4", "--baseline-patches", "2", "--rounds", "1", "--workers", "1",
     ])
-    assert json.loads(capsys.readouterr().out)["ratio_vs_xbatcher"] == out["ratio_vs_xbatcher"] > 0
-    assert set(out["patches_per_s"]) >= {"a_hvaeseg_loader", "b_xbatcher", "c_xarray_isel", "d_decode_limit"}
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(out))
+    bands = out["store"]["shape"]["band"]
+    assert out["store"]["shape"] == {"time": 2, "band": bands, "y": 256, "x": 256}
+    assert out["patch"]["bytes"] == bands * 128 * 128 * 2  # uint16 DN
+    assert out["store"]["reflectance_raw_bytes"] == 2 * bands * 256 * 256 * 2
+    per_s = out["patches_per_s"]
+    # (a) every patch of the plan, the last, incomplete batch (16 = 3 x 5 + 1) included, in each variant
+    for k in ("a_hvaeseg_loader", "a_cpu_normalised", "a_processes", "a_processes_cpu_normalised"):
+        assert per_s[k] == 16, k
+    assert per_s["b_xbatcher_lazy"] == per_s["b_xbatcher_dask"] == per_s["b_xbatcher"] == 2  # --baseline-patches
+    assert per_s["c_xarray_isel"] == 2
+    # (d) the whole reflectance decoded once, in patches: 2 dates x 256 x 256 = 8 patches of 128 x 128
+    assert per_s["d_decode_direct"] == per_s["d_decode_zarr"] == per_s["d_decode_limit"] == 8
+    assert out["ratio_vs_xbatcher"] == 16 / 2 and out["ratio_vs_decode_limit"] == 16 / 8
+    assert out["rounds"]["a"] == [16] and out["ratio_vs_decode_limit_per_round"] == [2]
 
 
 def test_stream_from_any_batch_matches_an_uninterrupted_stream(toy_cube):
@@ -484,7 +515,7 @@ def test_float_reflectance_reads_as_the_dn_it_came_from(store, float_store, size
     assert loader.dn_scaling == (1e-4, -0.1)
     got = _cat(list(loader))
     _assert_identical(got, ref)
-    _assert_identical(got, read_patches_naive(float_store, plan))
+    assert_reads(got, read_patches_naive(float_store, plan))
     _assert_identical(_cat(list(PatchLoader(_float_cube(store), plan, batch_size=5, workers=0))), ref)  # in memory
     assert torch.isfinite(got.x).all()  # NaN (no data) becomes DN 0, as in a DN cube
 

@@ -311,12 +311,12 @@ def test_a_label_pool_object_attaches_all_its_maps_and_log_prob_is_unchanged():
 def test_hvae_methods_attach_the_runs_label_pool():
     """A run hands its label pool to the method (``Method.use_label_pool``); the HVAE methods attach it to the
     model, so its empirical s prior can be sampled, e.g. by Predictive."""
-    from hvaeseg.hvae_methods import HVAEConfig, SymmetricMethod
+    from hvaeseg.methods.hvae import HVAEConfig, SymmetricMethod
     from hvaeseg.objectives import LabelPool
-    from tests.baselines.standin import random_batch
+    from tests.methods.standin import random_batch
 
     config = HVAEConfig(spec=tiny_spec("empirical", False).to_dict(), augment=False, s_prior="empirical")
-    method = SymmetricMethod.build(C, K, False, config, patch_size=SIZE)
+    method = SymmetricMethod.build(C, K, config=config, patch_size=SIZE)
     lab = random_batch(B=2, C=C, H=SIZE, W=SIZE, K=K, seed=1)
     assert method.hvae.label_pool is None
     method.use_label_pool(LabelPool(lab.labels, dihedral=True))

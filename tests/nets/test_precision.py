@@ -6,14 +6,14 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from hvaeseg.hvae_methods import SymmetricMethod
+from hvaeseg.methods.hvae import SymmetricMethod
 from hvaeseg.nets import SegmentationUNet
 from hvaeseg.nets import precision as P
 
 
 def _hvae():
     torch.manual_seed(0)
-    return SymmetricMethod.build(4, 3, False, patch_size=16).hvae
+    return SymmetricMethod.build(4, 3, patch_size=16).hvae
 
 
 def _batch():

@@ -10,7 +10,7 @@ import torch
 
 from hvaeseg.objectives import consistency, iwae_bound, reconstruction_error
 from hvaeseg.traces import replay, unwrap
-from tests.objectives.tiny import TinyHVAE, all_images, all_latents, log_guide, log_joint, log_marginal
+from tests.objectives.tiny import TinyHVAE, all_images, all_latents, log_guide, log_joint, log_marginal, rows
 
 
 def test_iwae_bound_increases_with_k_towards_the_exact_log_likelihood():
@@ -98,11 +98,67 @@ def test_consistency_of_a_perfect_and_of_a_blind_encoder():
         consistency(model, guide, torch.full((2, 2, 3), -1))
 
 
-def test_consistency_on_the_tiny_model_is_a_fraction():
-    m = TinyHVAE()
-    s = torch.tensor([[[0, 1]], [[1, -1]]])
-    c = consistency(m.model, m.guide, s, num_samples=50, valid=torch.ones(2, 1, 2, dtype=torch.bool))
-    assert 0.0 <= c <= 1.0
+def test_consistency_generates_void_pixels_from_their_nearest_label():
+    """A model whose image shows, at each pixel, the class of its right neighbour (wrapping), read back by
+    the encoder: a labelled pixel agrees iff its right neighbour was generated with its class, so the
+    score shows how void neighbours were filled (nearest labelled pixel, the first in row-major order on
+    ties) and that only labelled pixels count."""
+    K = 3
+
+    def model(x=None, s=None, valid=None):
+        with pyro.plate("batch", s.shape[0]):
+            s = pyro.sample("s", dist.Categorical(logits=torch.zeros(*s.shape, K)).to_event(2), obs=s)
+            mean = torch.nn.functional.one_hot(s.roll(-1, dims=-1), K).permute(0, 3, 1, 2).float()
+            return pyro.sample("x", dist.Normal(mean, 0.05).to_event(3), obs=x)
+
+    def guide(x, s=None, valid=None):
+        with pyro.plate("batch", x.shape[0]):
+            pyro.sample("s", dist.Categorical(logits=x.permute(0, 2, 3, 1) / 0.1).to_event(2))
+
+    s = torch.tensor([[[1, -1, 2, 2]], [[1, -1, -1, 2]]])
+    # filled: [1, 1, 2, 2] (pixel 1 is as near to 1 as to 2: the first wins) and [1, 1, 2, 2];
+    # labelled pixels whose right neighbour has their class: (0, 0), (0, 2) of map 0 and (1, 0) of map 1
+    pyro.set_rng_seed(0)
+    assert consistency(model, guide, s, num_samples=4) == 3 / 5
+
+
+def _exact_agreement(m: TinyHVAE, s_gen: torch.Tensor, counted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance, per map, of the number of ``counted`` pixels where ``argmax q(s | x) = s_gen`` for
+    ``x ~ p(x | s_gen)``: every binary image enumerated, ``p(x | s) ∝ sum_{l, z} p(x, s, l, z)``."""
+    xs, h = all_images(m), all_latents(m)
+    valid = torch.ones(1, m.H, m.W, dtype=torch.bool)
+    pred = m.s_posterior_logits(xs, valid.expand(len(xs), -1, -1)).argmax(-1)  # what the encoder says per image
+    means, variances = [], []
+    for b in range(len(s_gen)):
+        hb = rows(h, (h["s"] == s_gen[b]).flatten(1).all(1))
+        n = len(hb["s"])
+        log_px = torch.stack(
+            [torch.logsumexp(log_joint(m, x[None].expand(n, -1, -1, -1), hb, valid.expand(n, -1, -1)), 0) for x in xs]
+        )
+        w = log_px.softmax(0)  # p(x | s_gen[b]) over every image
+        agree = ((pred == s_gen[b]) & counted[b]).flatten(1).sum(1).to(w.dtype)
+        means.append((w * agree).sum())
+        variances.append((w * agree**2).sum() - means[-1] ** 2)
+    return torch.stack(means), torch.stack(variances)
+
+
+@torch.no_grad()
+def test_consistency_on_the_tiny_model_matches_enumeration():
+    """The Monte Carlo estimate against its exact expectation, by enumeration of (x, l, z) given s."""
+    m = TinyHVAE(K=3, scale=1.5, seed=5)  # every map agrees sometimes, never always
+    s = torch.tensor([[[0, 1]], [[2, -1]], [[1, 2]]])
+    s_gen = torch.tensor([[[0, 1]], [[2, 2]], [[1, 2]]])  # the void pixel generated as its labelled neighbour
+    labelled = s >= 0
+    mean, var = _exact_agreement(m, s_gen, labelled)
+    n_lab, N = int(labelled.sum()), 4000
+    exact, se = float(mean.sum()) / n_lab, float(var.sum() / N) ** 0.5 / n_lab
+    assert 0.1 < (mean / labelled.flatten(1).sum(1)).min() and (mean / labelled.flatten(1).sum(1)).max() < 0.9
+    pyro.set_rng_seed(0)
+    got = consistency(m.model, m.guide, s, num_samples=N, valid=torch.ones(3, 1, 2, dtype=torch.bool))
+    assert abs(got - exact) < 4 * se
+    # counting the void pixel too would move the estimate away: the test can tell the two apart
+    all_pixels, _ = _exact_agreement(m, s_gen, torch.ones_like(labelled))
+    assert abs(float(all_pixels.sum()) / s.numel() - exact) > 10 * se
 
 
 def test_reconstruction_error_on_valid_pixels():

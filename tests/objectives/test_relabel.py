@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hvaeseg.hvae_methods import HVAEConfig
+from hvaeseg.methods.hvae import HVAEConfig
 from hvaeseg.objectives import SymmetricEquilibrium, SymmetricWeights
 from hvaeseg.objectives.symmetric import relabel_maps
 from tests.objectives.tiny import TinyHVAE

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from hvaeseg.baselines import MixMatchConfig, MixMatchMethod, SupervisedConfig, SupervisedMethod
-from hvaeseg.method import StepBatch
+from hvaeseg.methods import MixMatchConfig, MixMatchMethod, StepBatch, SupervisedConfig, SupervisedMethod
 from hvaeseg.metrics import ConfusionMatrix
-from tests.baselines.standin import PatchBatch
+from tests.methods.standin import PatchBatch
 
 synthetic = pytest.importorskip("hvaeseg.data.synthetic")
 schema = pytest.importorskip("hvaeseg.data.schema")
@@ -100,7 +99,7 @@ def chance(cutter: Cutter) -> float:
 
 def build(method_cls, config, cutter):
     C = cutter.x.shape[-3]
-    return method_cls.build(C, cutter.K, config, temporal=cutter.temporal, seed=0)
+    return method_cls.build(C, cutter.K, config=config, temporal=cutter.temporal, seed=0)
 
 
 @pytest.mark.parametrize(

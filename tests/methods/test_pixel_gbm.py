@@ -12,15 +12,15 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hvaeseg.baselines.pixel_gbm import (
+from hvaeseg.data.loader import PatchBatch
+from hvaeseg.methods.base import FittedMethod
+from hvaeseg.methods.pixel_gbm import (
     PixelGBMConfig,
     PixelGBMMethod,
     _lightgbm,
     feature_names,
     pixel_features,
 )
-from hvaeseg.data.loader import PatchBatch
-from hvaeseg.method import FittedMethod
 
 BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
 #: two well separated spectra (reflectance): vegetation-like and soil-like

@@ -10,7 +10,7 @@ Void pixels (label -1), including those shifted in by a translation, contribute 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hvaeseg.baselines.augment import Augmentation
-from hvaeseg.method import SeededMethod, StepBatch
+from hvaeseg.methods.augment import Augmentation
+from hvaeseg.methods.base import SeededMethod, StepBatch
 
 if TYPE_CHECKING:  # pragma: no cover
     from hvaeseg.data.loader import PatchBatch
@@ -125,6 +125,7 @@ class AugmentingMethod(SeededMethod):
     """
 
     config_class: ClassVar[type[SupervisedConfig]] = SupervisedConfig
+    needs_labels: ClassVar[bool] = True
 
     def __init__(self, net: nn.Module, config: SupervisedConfig | None = None, seed: int = 0) -> None:
         config = config if config is not None else self.config_class()
@@ -141,13 +142,18 @@ class AugmentingMethod(SeededMethod):
         cls,
         in_channels: int,
         num_classes: int,
-        config: SupervisedConfig | None = None,
         *,
         temporal: bool = False,
-        device: torch.device | str | None = None,
+        config: SupervisedConfig | None = None,
         seed: int = 0,
+        patch_size: int | None = None,
+        device: torch.device | str = "cpu",
+        band_names: Sequence[str] | None = None,
+        band_stats: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> AugmentingMethod:
-        """The method with a fresh :class:`hvaeseg.nets.SegmentationUNet` on ``device``."""
+        """The method with a fresh :class:`hvaeseg.nets.SegmentationUNet` on ``device`` (arguments as in
+        :meth:`hvaeseg.methods.base.SegmentationMethod.build`; the patch size and the bands' names and statistics
+        do not matter to it)."""
         config = config if config is not None else cls.config_class()
         net = build_unet(in_channels, num_classes, config, temporal).to(device)
         return cls(net, config, seed=seed)
@@ -159,6 +165,7 @@ class AugmentingMethod(SeededMethod):
         if batch.labelled is None:
             raise ValueError(f"the {self.name} method needs a labelled batch, got StepBatch.labelled = None")
         return batch.labelled
+
 
 class SupervisedMethod(AugmentingMethod):
     """Cross-entropy on augmented labelled patches (``--method supervised``); see the module docstring

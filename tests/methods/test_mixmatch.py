@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hvaeseg.baselines.mixmatch import (
+from hvaeseg.methods.base import StepBatch
+from hvaeseg.methods.mixmatch import (
     MixMatchConfig,
     MixMatchMethod,
     guess_labels,
@@ -18,9 +19,8 @@ from hvaeseg.baselines.mixmatch import (
     sharpen,
     soft_cross_entropy,
 )
-from hvaeseg.baselines.supervised import SupervisedConfig, SupervisedMethod
-from hvaeseg.method import StepBatch
-from tests.baselines.standin import TinyNet, random_batch
+from hvaeseg.methods.supervised import SupervisedConfig, SupervisedMethod
+from tests.methods.standin import TinyNet, random_batch
 
 
 def entropy(p):

@@ -2,14 +2,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hvaeseg.baselines.supervised import (
+from hvaeseg.methods.base import StepBatch
+from hvaeseg.methods.supervised import (
     SupervisedConfig,
     SupervisedMethod,
     cross_entropy,
     decay_param_groups,
 )
-from hvaeseg.method import StepBatch
-from tests.baselines.standin import TinyNet, random_batch
+from tests.methods.standin import TinyNet, random_batch
 
 
 def test_cross_entropy_ignores_void_and_is_never_nan():
@@ -76,7 +76,7 @@ def test_config_and_batch_errors():
 def test_build_uses_the_guide_unet():
     from hvaeseg import nets
 
-    method = SupervisedMethod.build(3, 4, SupervisedConfig(widths=(8, 16)), temporal=True)
+    method = SupervisedMethod.build(3, 4, config=SupervisedConfig(widths=(8, 16)), temporal=True)
     assert isinstance(method.net, nets.SegmentationUNet)
     batch = random_batch(B=2, T=3, K=4)
     losses = method.losses(StepBatch(labelled=batch), 0)

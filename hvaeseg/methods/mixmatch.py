@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hvaeseg.baselines.augment import Augmentation, AugmentationDraw, invert
-from hvaeseg.baselines.supervised import AugmentingMethod, SupervisedConfig, call_net, eval_mode
-from hvaeseg.method import StepBatch
+from hvaeseg.methods.augment import Augmentation, AugmentationDraw, invert
+from hvaeseg.methods.base import StepBatch
+from hvaeseg.methods.supervised import AugmentingMethod, SupervisedConfig, call_net, eval_mode
 from hvaeseg.nets.ema import ema_copy, ema_decay_at, ema_update
 
 __all__ = [

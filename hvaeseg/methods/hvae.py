@@ -5,7 +5,8 @@ the two objectives stays fair); they differ in the objective and in the players:
 
 - :class:`SymmetricMethod`: two players. The decoder (theta: every parameter the model uses) is stepped with
   the gradient of ``-L_p``, the encoder (phi: the parameters only the guide uses) with the gradient of
-  ``-L_q``, each by its own optimizer (:class:`~hvaeseg.objectives.SymmetricEquilibrium`).
+  ``-L_q``, each by its own optimizer (:class:`~hvaeseg.objectives.SymmetricEquilibrium`, stepped by a
+  :class:`~hvaeseg.objectives.SymmetricStepper`).
 - :class:`ELBOMethod`: one player, one optimizer on all parameters, the semi-supervised ELBO
   (:class:`~hvaeseg.objectives.SemiSupervisedELBO`), which needs a closed-form s prior.
 
@@ -20,20 +21,29 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hvaeseg.baselines.augment import Augmentation
-from hvaeseg.baselines.supervised import call_net, eval_mode
 from hvaeseg.hierarchy import HVAE, HierarchySpec
 from hvaeseg.hierarchy.spec import IMAGE_SCALES
-from hvaeseg.method import SeededMethod, StepBatch
+from hvaeseg.methods.augment import Augmentation
+from hvaeseg.methods.base import SeededMethod, StepBatch
+from hvaeseg.methods.supervised import call_net, eval_mode
 from hvaeseg.nets.ema import ema_copy, ema_decay_at, ema_update
 from hvaeseg.objectives import SemiSupervisedELBO, SymmetricEquilibrium, SymmetricWeights
 from hvaeseg.objectives.elbo import ESTIMATORS
+from hvaeseg.objectives.estimators import consistency, iwae_bound, reconstruction_error
+from hvaeseg.objectives.stepper import SymmetricStepper, grad_norm
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hvaeseg.data.loader import PatchBatch
+
+__all__ = ["ELBOMethod", "HVAEConfig", "SymmetricMethod"]
 
 
 @dataclass(frozen=True)
@@ -160,16 +170,11 @@ def _param_groups(params: list[nn.Parameter], global_params: set[int], config: H
     ]
 
 
-def _grad_norm(params: list[nn.Parameter]) -> float:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-
-
 class _HVAEMethod(SeededMethod):
-    """What the two HVAE methods share: the model, augmentation, EMA, optimizers per player, diagnostics."""
+    """What the two HVAE methods share: the model, augmentation, EMA, optimizers per player, diagnostics, the
+    generative metrics of an evaluation."""
 
+    config_class: ClassVar[type] = HVAEConfig
     clip_norm = None
 
     def __init__(self, hvae: HVAE, config: HVAEConfig, seed: int = 0) -> None:
@@ -184,9 +189,22 @@ class _HVAEMethod(SeededMethod):
         self._global = {id(p) for p in (decoder.x_scale, decoder.s_logits) if p is not None}
 
     @classmethod
-    def build(cls, in_channels: int, num_classes: int, temporal: bool, config: HVAEConfig | None = None, *,
-              patch_size: int | None = None, seed: int = 0) -> _HVAEMethod:
-        """The default hierarchy for ``in_channels`` bands and ``num_classes`` classes (or ``config.spec``)."""
+    def build(
+        cls,
+        in_channels: int,
+        num_classes: int,
+        *,
+        temporal: bool = False,
+        config: HVAEConfig | None = None,
+        seed: int = 0,
+        patch_size: int | None = None,
+        device: str | torch.device = "cpu",
+        band_names: Sequence[str] | None = None,
+        band_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+    ) -> _HVAEMethod:
+        """The default hierarchy for ``in_channels`` bands and ``num_classes`` classes (or ``config.spec``), on
+        ``device``; arguments as in :meth:`hvaeseg.methods.base.SegmentationMethod.build` (``patch_size`` sizes
+        the global latent; the bands' names and statistics do not matter to it)."""
         config = config or HVAEConfig()
         if config.spec is not None:
             spec = HierarchySpec.from_dict(config.spec)
@@ -202,7 +220,7 @@ class _HVAEMethod(SeededMethod):
                 day_of_year=config.day_of_year, init_scale=config.init_scale, image_scale=config.image_scale,
                 shared_channels=config.shared_channels,
             )
-        return cls(HVAE(spec), config, seed=seed)
+        return cls(HVAE(spec), config, seed=seed).to(device)
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(_param_groups(params, self._global, self.config), lr=self.config.lr)
@@ -250,12 +268,44 @@ class _HVAEMethod(SeededMethod):
         return batch.doy if self.hvae.spec.day_of_year else None
 
     def _clip_and_measure(self, name: str, params: list[nn.Parameter]) -> None:
-        self.last_grad_norms[name] = _grad_norm(params)
+        self.last_grad_norms[name] = grad_norm(params)
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.clip_norm)
 
     def step_statistics(self) -> dict[str, float]:
         return {f"grad_norm_{k}": v for k, v in self.last_grad_norms.items()}
+
+    def evaluation_metrics(self, batches: Iterable[PatchBatch], *, iwae_samples: int = 8) -> dict[str, Any]:
+        """The IWAE bound (nats per observed value: per-image bounds summed, over valid pixels x bands; it needs
+        a closed-form s prior, else None) with ``iwae_samples`` importance samples, consistency on the split's
+        label maps, and reconstruction error, on ``batches``."""
+        hvae, k = self.hvae, iwae_samples
+        has_density = hvae.spec.s_prior != "empirical"
+        iwae_sum, observed, agree, labelled, mae, rmse = 0.0, 0, 0.0, 0, [], []
+        with torch.no_grad():
+            for batch in batches:
+                if has_density:
+                    iwae_sum += float(iwae_bound(hvae.model, hvae.guide, batch.x, batch.valid, num_samples=k,
+                                                 doy=batch.doy).sum())
+                    observed += int(batch.valid.sum()) * int(batch.x.shape[-3])
+                keep = (batch.labels >= 0).flatten(1).any(1)  # all-void maps say nothing
+                if bool(keep.any()):
+                    maps, shape = batch.labels[keep], torch.ones_like(batch.valid[keep])  # shape: dates of stacks
+                    n = int((maps >= 0).sum())
+                    doy = None if batch.doy is None else batch.doy[keep]
+                    # weighted by labelled pixels
+                    agree += consistency(hvae.model, hvae.guide, maps, valid=shape, doy=doy) * n
+                    labelled += n
+                if bool(batch.valid.any()):
+                    rec = reconstruction_error(hvae.model, hvae.guide, batch.x, batch.valid, batch.doy)
+                    mae.append(rec["mae"]), rmse.append(rec["rmse"])
+        return {
+            "iwae_nats_per_value": iwae_sum / observed if observed else None,
+            "iwae_samples": k,
+            "consistency": agree / labelled if labelled else None,
+            "recon_mae": float(np.mean(mae)) if mae else None,
+            "recon_rmse": float(np.mean(rmse)) if rmse else None,
+        }
 
     # ------------------------------------------------------------------------------------ diagnostics
     @abc.abstractmethod
@@ -306,22 +356,30 @@ class _HVAEMethod(SeededMethod):
 
 
 class SymmetricMethod(_HVAEMethod):
-    """Symmetric equilibrium learning of the HVAE (decoder and encoder as two players)."""
+    """Symmetric equilibrium learning of the HVAE (decoder and encoder as two players), stepped by a
+    :class:`~hvaeseg.objectives.SymmetricStepper` (:attr:`stepper`) that holds the objective and the two
+    optimizers."""
 
     name = "symmetric"
     streams = ("labelled", "unlabelled", "pool")
 
     def __init__(self, hvae: HVAE, config: HVAEConfig, seed: int = 0) -> None:
         super().__init__(hvae, config, seed)
+        #: the objective at full weight (the sleep warm-up ramps a copy of it, :meth:`objective_at`)
         self.objective = SymmetricEquilibrium(config.weights, num_particles=config.num_particles,
                                               sleep_masks=config.sleep_masks, sleep_relabel=config.sleep_relabel,
                                               num_classes=hvae.spec.num_classes)
         self.decoder_params, self.encoder_params = hvae.parameter_groups()
-        self._optimizers = {"decoder": self._optimizer(self.decoder_params),
-                            "encoder": self._optimizer(self.encoder_params)}
+        self.stepper = SymmetricStepper(
+            hvae.model, hvae.guide, self.objective,
+            decoder=(self.decoder_params, self._optimizer(self.decoder_params)),
+            encoder=(self.encoder_params, self._optimizer(self.encoder_params)),
+            clip_norm=self.clip_norm,
+        )
+        self.last_grad_norms = self.stepper.last_grad_norms  # the stepper measures them
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return self._optimizers
+        return self.stepper.optimizers
 
     def _players(self) -> dict[str, list[nn.Parameter]]:
         return {"decoder": self.decoder_params, "encoder": self.encoder_params}
@@ -339,9 +397,9 @@ class SymmetricMethod(_HVAEMethod):
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)
-        dec, enc = self.objective_at(step).loss(
-            self.hvae.model, self.hvae.guide, labelled=batch.labelled, unlabelled=batch.unlabelled, pool=batch.pool
-        )
+        self.stepper.objective = self.objective_at(step)
+        dec, enc = self.stepper.differentiable_loss(labelled=batch.labelled, unlabelled=batch.unlabelled,
+                                                    pool=batch.pool)
         return {"decoder": dec, "encoder": enc}
 
     def _terms(self, batch: StepBatch) -> dict[str, tuple[Tensor, float]]:
@@ -352,19 +410,8 @@ class SymmetricMethod(_HVAEMethod):
 
     def update(self, losses: dict[str, Tensor]) -> None:
         """Each player descends its own loss on its own parameters only (both gradients are taken before
-        either player steps, so neither sees the other's move within a step)."""
-        players = (
-            ("decoder", losses["decoder"], self.decoder_params, self._optimizers["decoder"]),
-            ("encoder", losses["encoder"], self.encoder_params, self._optimizers["encoder"]),
-        )
-        for i, (_, loss, params, _) in enumerate(players):
-            grads = torch.autograd.grad(loss, params, retain_graph=i == 0, allow_unused=True)
-            for p, g in zip(params, grads):
-                p.grad = g
-        for name, _, params, opt in players:
-            self._clip_and_measure(name, params)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        either player steps, so neither sees the other's move within a step): :meth:`SymmetricStepper.apply`."""
+        self.stepper.apply(losses["decoder"], losses["encoder"])
 
 
 class ELBOMethod(_HVAEMethod):

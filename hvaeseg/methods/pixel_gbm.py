@@ -6,7 +6,7 @@ spectral indices computed from that reflectance; no spatial context at all. The 
 LightGBM booster early-stopped on the validation tiles (``multi_logloss``).
 
 Which pixels count: every labelled (non-void) pixel of the run's labelled patches, as for the supervised U-Net
-(:mod:`hvaeseg.baselines.supervised`), including pixels that are invalid (cloudy, no data): their features on
+(:mod:`hvaeseg.methods.supervised`), including pixels that are invalid (cloudy, no data): their features on
 a date where they are invalid are NaN, which LightGBM treats as missing, so a pixel invalid on every date is
 classified by the missing-value branches (in effect a learned prior).
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hvaeseg.method import FittedMethod
+from hvaeseg.methods.base import FittedMethod
 from hvaeseg.nets.covariates import DOY_FEATURES, doy_features
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -313,7 +313,12 @@ class PixelGBMMethod(FittedMethod):
     """
 
     name: ClassVar[str] = "pixel-gbm"
+    config_class: ClassVar[type] = PixelGBMConfig
     streams: ClassVar[tuple[str, ...]] = ()
+    needs_labels: ClassVar[bool] = True
+    #: it computes spectral indices from reflectance, so it must undo the loader's normalisation
+    needs_band_stats: ClassVar[bool] = True
+    step_unit: ClassVar[str] = "boosting rounds"
 
     def __init__(
         self,
@@ -353,15 +358,19 @@ class PixelGBMMethod(FittedMethod):
         cls,
         in_channels: int,
         num_classes: int,
-        config: PixelGBMConfig | None = None,
         *,
         temporal: bool = False,
+        config: PixelGBMConfig | None = None,
         seed: int = 0,
+        patch_size: int | None = None,
+        device: str | torch.device = "cpu",
         band_names: Sequence[str] | None = None,
         band_stats: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> PixelGBMMethod:
         """The method for a cube of ``in_channels`` bands named ``band_names`` (generic names, hence no
-        indices, when None), whose loader normalises with ``band_stats = (mean, std)``."""
+        indices, when None), whose loader normalises with ``band_stats = (mean, std)``; the other arguments as in
+        :meth:`hvaeseg.methods.base.SegmentationMethod.build` (the booster runs on the CPU; its predictions are
+        returned on the input's device)."""
         names = [f"band{i}" for i in range(in_channels)] if band_names is None else list(band_names)
         if len(names) != in_channels:
             raise ValueError(f"band_names: expected {in_channels} names, got {len(names)}")
