@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from hvaeseg._progress import progress
 from hvaeseg.data.loader import PatchLoader
 from hvaeseg.data.sampler import PatchPlan, PatchSampler, SpatialSplit
 from hvaeseg.data.schema import class_names
@@ -678,9 +679,11 @@ def evaluate_run(
     if len(plan) == 0:
         raise ValueError(f"the {split!r} split of this run has no patches; use a smaller --block or another split")
     loader = PatchLoader(data.cube, plan, batch_size=config.batch_size, device=config.device, workers=1)
-    cm = evaluate_segmentation(method, loader.batches(0), data.num_classes, config.precision)
+    batches = progress(loader.batches(0), desc=f"evaluating on {split}", total=len(loader))
+    cm = evaluate_segmentation(method, batches, data.num_classes, config.precision)
     result: dict[str, Any] = {"split": split, "patches": len(plan), **cm.to_dict(data.class_names)}
-    result.update(method.evaluation_metrics(loader.batches(0), iwae_samples=iwae_samples))
+    scored = progress(loader.batches(0), desc=f"model metrics on {split}", total=len(loader))
+    result.update(method.evaluation_metrics(scored, iwae_samples=iwae_samples))
     path = Path(run_dir) / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
     metrics[split] = result

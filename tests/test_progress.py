@@ -44,3 +44,25 @@ def test_progress_line_formats():
     assert line == "predicting: 50/200 (25%), 0.50 it/s, elapsed 1m40s, ETA 5m00s"
     assert progress_line("reading", 7, None, 2.0) == "reading: 7, 3.50 it/s, elapsed 2s"
     assert progress_line("t", 1, 10, 0.0) == "t: 1/10 (10%), - it/s, elapsed 0s"
+
+
+def test_evaluate_and_ingest_log_progress_lines(tmp_path, capsys, monkeypatch):
+    """Evaluation and ingestion report progress like training (a line per interval when not on a terminal)."""
+    from pathlib import Path
+
+    from hvaeseg.cli import main
+    from tests.test_experiment import train_args
+
+    monkeypatch.setenv("HVAESEG_PROGRESS_INTERVAL", "0")
+    monkeypatch.delenv("HVAESEG_NO_PROGRESS", raising=False)
+    run = tmp_path / "run"
+    assert main(train_args("supervised", run, 2)) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "evaluating on test: " in err and "it/s" in err
+    site = Path(__file__).resolve().parents[1] / "bench" / "data" / "worldcereal-be-00002806639B424A"
+    products = sorted(str(p) for p in site.glob("S2_L2A_*.nc"))
+    assert products
+    main(["data", "ingest", *products, str(tmp_path / "cube.zarr")])
+    assert "reading products: 1/" in capsys.readouterr().err

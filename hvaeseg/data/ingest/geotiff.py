@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from hvaeseg._progress import progress
 from hvaeseg.data.bands import BAND_NAMES, L2A_BANDS, check_band_names
 from hvaeseg.data.ingest._common import (
     _SCL_NAMES,
@@ -344,7 +345,8 @@ def ingest_geotiff(
         files += [(name, stacks, i) for i, name in enumerate(names)]
     lab = _label_geotiff(opened[str(labels)], local) if labels is not None else None
 
-    layers = [_geotiff_layer(name, fs, times_for(name), opened, local, index) for name, fs, index in files]
+    layers = [_geotiff_layer(name, fs, times_for(name), opened, local, index)
+              for name, fs, index in progress(files, desc="reading bands")]
     for layer in layers:
         if layer.name == "SCL":
             continue

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from hvaeseg._progress import progress
 from hvaeseg.data.bands import L2A_BANDS
 from hvaeseg.data.ingest._common import (
     _BAND_RE,
@@ -145,7 +146,7 @@ def ingest_netcdf(
         raise IngestError("class_names given but no label file (labels=)")
     if void_codes is not None and labels is None:
         raise IngestError("void_codes (--void-codes) given but no label file (labels=)")
-    layers = [layer for p in paths for layer in _netcdf_layers(p)]
+    layers = [layer for p in progress(paths, desc="reading products") for layer in _netcdf_layers(p)]
     lab = _read_label_netcdf(labels, label_var) if labels is not None else None
     site = {}
     try:
