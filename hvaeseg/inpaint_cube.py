@@ -294,7 +294,12 @@ def inpaint_cube(
         raise ValueError("the cube needs `reflectance` and `valid` variables to be filled")
     refl = ds["reflectance"]
     if not np.issubdtype(refl.dtype, np.integer):
-        raise TypeError(f"inpainting reads and writes integer DN reflectance; this cube stores {refl.dtype}")
+        raise TypeError(
+            f"inpainting reads and writes integer DN reflectance; this cube stores {refl.dtype}: store it as L2A DN "
+            "first, ds['reflectance'] = ((ds['reflectance'] + 0.1) / 1e-4).round().clip(1, 65535).fillna(0)"
+            ".astype('uint16').assign_attrs(scale_factor=1e-4, add_offset=-0.1), and write it with "
+            "hvaeseg.data.store.write_cube"
+        )
     T, C, Y, X = (ds.sizes[d] for d in ("time", "band", "y", "x"))
     times = ds["time"].values
     if method == "posterior":

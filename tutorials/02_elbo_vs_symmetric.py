@@ -55,6 +55,45 @@ OUT.mkdir(parents=True, exist_ok=True)
 METHODS = ("symmetric", "elbo")
 
 # %% [markdown]
+# ## The two objectives in Pyro's shape
+#
+# Before training with the command-line machinery, here are both objectives on one small HVAE, each stepped
+# the way Pyro users step a model. The ELBO is Pyro's own `SVI` with `Trace_ELBO` (score-function gradients
+# for the discrete latents); symmetric learning has two players, each with its own loss, parameters and
+# optimizer, so `SymmetricStepper.step` updates both and returns both losses, as `SVI.step` returns the
+# pair of Pyro's `ReweightedWakeSleep`.
+
+# %%
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
+
+from hvaeseg.hierarchy import HVAE, HierarchySpec
+from hvaeseg.objectives import LabelPool, SymmetricEquilibrium, SymmetricStepper
+
+pyro.set_rng_seed(0)
+K, BANDS, SIZE = 3, 4, 16
+spec = HierarchySpec.default(K, BANDS, 4, channels=2, encoder_widths=(8, 8, 8), decoder_width=8)
+x, valid = torch.randn(4, BANDS, SIZE, SIZE), torch.ones(4, SIZE, SIZE, dtype=torch.bool)
+s = torch.randint(0, K, (4, SIZE, SIZE))
+
+elbo_model = HVAE(spec)
+svi = SVI(elbo_model.model, elbo_model.guide, Adam({"lr": 1e-3}), Trace_ELBO())
+print("SVI + Trace_ELBO, loss per step:", [round(svi.step(x, s, valid)) for _ in range(3)])
+
+sym_model = HVAE(spec)
+decoder, encoder = sym_model.parameter_groups()
+stepper = SymmetricStepper(
+    sym_model.model, sym_model.guide, SymmetricEquilibrium(sleep_relabel=0.25, num_classes=K),
+    decoder=(decoder, torch.optim.Adam(decoder, lr=1e-3)), encoder=(encoder, torch.optim.Adam(encoder, lr=1e-3)),
+)
+pool = LabelPool(s)
+print("SymmetricStepper, (decoder, encoder) loss per step:",
+      [tuple(round(v) for v in stepper.step(labelled=(x, s, valid), unlabelled=(x, valid), pool=pool.sample(4)))
+       for _ in range(3)])
+
+# %% [markdown]
 # ## One configuration, two methods
 #
 # Everything that defines a run is a `RunConfig`; `data_seed` fixes the cube, the spatial split into

@@ -205,15 +205,40 @@ class _Location:
         return zarr.storage.FsspecStore.from_url(self.url(root), storage_options=self.storage_options or None)
 
     def check_free(self, overwrite: bool) -> None:
-        """Refuse an existing location unless ``overwrite``; first remove what killed writes to it left."""
+        """Refuse an existing location unless ``overwrite``, and, even with it, one that is not a Zarr store (a
+        plain file, a folder holding other things: nothing but a store is ever replaced); first remove what
+        killed writes to it left."""
         self.remove_stale_siblings()
         if not overwrite and self.exists():
             raise FileExistsError(f"{self.given} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        if overwrite:
+            self.check_replaceable()
+
+    def check_replaceable(self) -> None:
+        """Raise :class:`FileExistsError` when the location exists and is neither a Zarr store (its
+        ``zarr.json`` at the top) nor an empty folder: ``overwrite`` only ever replaces a store."""
+        if not self.exists():
+            return
+        if self.local:
+            if not os.path.isdir(self.root):
+                kind = "an existing file"
+            elif not os.listdir(self.root) or os.path.isfile(os.path.join(self.root, "zarr.json")):
+                return
+            else:
+                kind = "an existing folder that is not a Zarr store"
+        elif self.fs.exists(f"{self.root}/zarr.json"):
+            return
+        else:
+            kind = "an existing path that is not a Zarr store"
+        raise FileExistsError(
+            f"{self.given} is {kind}, and overwriting only ever replaces a Zarr store: choose another output path"
+        )
 
     def commit(self, tmp: str, overwrite: bool) -> None:
         """Move the finished store ``tmp`` to the location: the step that makes it visible."""
         if self.exists() and not overwrite:
             raise FileExistsError(f"{self.given} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        self.check_replaceable()  # checked before the work too; what may have appeared there since is kept
         if self.local:
             if os.path.lexists(self.root):
                 old = self.sibling("old")

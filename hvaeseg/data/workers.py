@@ -150,8 +150,8 @@ def _worker_main(cube: str, storage_options: dict, tasks: Any, results: Any) -> 
     """Loop of one worker process: fill the slots it is sent until it gets ``None``."""
     try:
         src = CubeSource(cube, storage_options or None)
-    except BaseException:  # noqa: BLE001 - report, do not die silently
-        results.put((None, traceback.format_exc()))
+    except BaseException as exc:  # noqa: BLE001 - report, do not die silently
+        results.put((None, _report(exc)))
         return
     mapped: dict[str, np.ndarray] = {}
     scratch = HostBuffers(keep=2)  # raw DN before normalisation
@@ -171,8 +171,24 @@ def _worker_main(cube: str, storage_options: dict, tasks: Any, results: Any) -> 
                 normalise_into(dn, norm[0], norm[1], x)
             del dn, x, valid, labels
             results.put((jid, None))
-        except BaseException:  # noqa: BLE001 - the loader re-raises it with this traceback
-            results.put((jid, traceback.format_exc()))
+        except BaseException as exc:  # noqa: BLE001 - the loader re-raises it (see _report)
+            results.put((jid, _report(exc)))
+
+
+def _report(exc: BaseException) -> tuple[str, str]:
+    """What a worker sends back about ``exc``: ``("data", message)`` for a :class:`ValueError` (a missing or
+    damaged chunk, bad values: the user's data, re-raised as a ValueError with the same one-line message), else
+    ``("bug", traceback)``."""
+    if isinstance(exc, ValueError):
+        return "data", str(exc)
+    return "bug", traceback.format_exc()
+
+
+def _raise(err: tuple[str, str], what: str) -> None:
+    kind, text = err
+    if kind == "data":
+        raise ValueError(text)
+    raise WorkerError(f"{what}:\n{text}")
 
 
 def _stop(procs: Sequence[Any], tasks: Any) -> None:
@@ -248,7 +264,7 @@ class ProcessWorkers:
                         ) from None
                     continue
                 if got is None:  # a worker could not even open the cube
-                    raise WorkerError(f"a loader worker could not open the cube:\n{err}")
+                    _raise(err, "a loader worker could not open the cube")
                 self._running.pop(got, None)
                 if got in self._forgotten:
                     self._forgotten.discard(got)
@@ -256,7 +272,7 @@ class ProcessWorkers:
                     self._done[got] = err
             err = self._done.pop(jid)
         if err is not None:
-            raise WorkerError(f"a loader worker failed:\n{err}")
+            _raise(err, "a loader worker failed")
 
     def forget(self, jids: Sequence[int]) -> None:
         """The caller will not wait for ``jids``: their results are dropped when they come."""

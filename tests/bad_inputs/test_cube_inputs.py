@@ -207,3 +207,18 @@ def test_info_on_valid_stored_as_uint8(tiny, tmp_path, capsys):
     bad = _variant(tiny, tmp_path / "u8.zarr", lambda ds: ds.assign(valid=ds["valid"].astype("uint8")))
     refuses(capsys, ["data", "info", str(bad)], "`valid` has dtype uint8, expected bool",
             "ds['valid'] = ds['valid'].astype(bool)", unchanged=(bad,))
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_overwrite_never_replaces_what_is_not_a_zarr_store(kind, tmp_path, capsys):
+    """``--overwrite`` replaces a store, never a plain file or a folder of other things (data synth here; predict
+    and inpaint check their outputs the same way, through hvaeseg.data.store)."""
+    out = tmp_path / "mine"
+    if kind == "file":
+        out.write_text("my notes")
+    else:
+        out.mkdir()
+        (out / "keep.txt").write_text("my notes")
+    refuses(capsys, ["data", "synth", str(out), "--preset", "tiny", "--overwrite"],
+            str(out), "not a Zarr store" if kind == "folder" else "existing file", "another output path",
+            unchanged=(tmp_path,))

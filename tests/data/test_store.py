@@ -188,8 +188,13 @@ def test_existing_file_is_not_clobbered(toy_cube, tmp_path):
     with pytest.raises(FileExistsError):
         write_cube(toy_cube, path)
     assert path.read_text() == "not a cube"
-    write_cube(toy_cube, path, overwrite=True)
-    assert_exact(open_cube(path), toy_cube)
+    with pytest.raises(FileExistsError, match="only ever replaces a Zarr store"):  # not even with overwrite
+        write_cube(toy_cube, path, overwrite=True)
+    assert path.read_text() == "not a cube"
+    store = tmp_path / "d.zarr"
+    write_cube(toy_cube.isel(time=[0]), store)
+    write_cube(toy_cube, store, overwrite=True)  # a store is replaced
+    assert_exact(open_cube(store), toy_cube)
 
 
 def test_invalid_cube_writes_nothing(toy_cube, where):

@@ -102,7 +102,9 @@ def test_close_stops_the_processes_and_frees_the_shared_memory(store):
     loader.close()
 
 
-def test_a_worker_error_comes_back_with_its_traceback(store, tmp_path):
+def test_a_damaged_chunk_read_by_a_worker_is_the_one_line_data_error(store, tmp_path):
+    """What is wrong with the user's data comes back as the ValueError the loader gives in-process (one line
+    naming the variable and chunk), not as a worker traceback."""
     broken = tmp_path / "broken.zarr"
     write_cube(open_cube(store).load(), broken, chunks={"y": 16, "x": 16})
     ensure_band_stats(broken)
@@ -110,8 +112,24 @@ def test_a_worker_error_comes_back_with_its_traceback(store, tmp_path):
     chunk.write_bytes(b"not a blosc frame")
     plan = _plan(str(broken), {"y": 16, "x": 16}, n_patches=40)
     with PatchLoader(str(broken), plan, batch_size=8, workers=1, processes=True) as loader:
-        with pytest.raises(WorkerError, match="Traceback"):
+        with pytest.raises(ValueError, match="reflectance") as info:
             list(loader)
+    assert not isinstance(info.value, WorkerError) and "Traceback" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_other_worker_errors_come_back_with_their_traceback():
+    from hvaeseg.data.workers import _raise, _report
+
+    try:
+        raise KeyError("a bug")
+    except KeyError as exc:
+        report = _report(exc)
+    with pytest.raises(WorkerError, match="Traceback") as info:
+        _raise(report, "a loader worker failed")
+    assert "KeyError: 'a bug'" in str(info.value)
+    with pytest.raises(ValueError, match="^bad data$"):
+        _raise(_report(ValueError("bad data")), "a loader worker failed")
 
 
 def test_a_dead_worker_is_reported_not_waited_for(store):
