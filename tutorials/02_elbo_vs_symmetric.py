@@ -43,10 +43,16 @@ matplotlib.use("Agg")
 import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
 
 from hvaeseg.data.sampler import SpatialSplit
 from hvaeseg.data.schema import class_colors, class_names
 from hvaeseg.experiment import RunConfig, evaluate_run, load_run, train_run
+from hvaeseg.hierarchy import HVAE, HierarchySpec
+from hvaeseg.objectives import LabelPool, SymmetricEquilibrium, SymmetricStepper
 from hvaeseg.predict import predict_cube
 
 FAST = os.environ.get("HVAESEG_TUTORIAL_FAST") == "1"
@@ -64,14 +70,6 @@ METHODS = ("symmetric", "elbo")
 # pair of Pyro's `ReweightedWakeSleep`.
 
 # %%
-import pyro
-import torch
-from pyro.infer import SVI, Trace_ELBO
-from pyro.optim import Adam
-
-from hvaeseg.hierarchy import HVAE, HierarchySpec
-from hvaeseg.objectives import LabelPool, SymmetricEquilibrium, SymmetricStepper
-
 pyro.set_rng_seed(0)
 K, BANDS, SIZE = 3, 4, 16
 spec = HierarchySpec.default(K, BANDS, 4, channels=2, encoder_widths=(8, 8, 8), decoder_width=8)
