@@ -81,7 +81,6 @@ class SegmentationMethod(abc.ABC):
     step_unit: ClassVar[str] = "steps"
 
     @classmethod
-    @abc.abstractmethod
     def build(
         cls,
         in_channels: int,
@@ -106,6 +105,7 @@ class SegmentationMethod(abc.ABC):
         :param band_stats: ``(band_mean, band_std)`` the loader normalises with; given only to methods that
             set :attr:`needs_band_stats` (it may have to be computed from the cube).
         """
+        raise NotImplementedError(f"{cls.__name__} does not implement build(); a registered method must")
 
     @abc.abstractmethod
     def predict_proba(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> Tensor:
