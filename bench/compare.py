@@ -109,10 +109,11 @@ def run_dir(out: str | os.PathLike, cube: str, method: str, labels: int, seed: i
 
 def run_config(args: argparse.Namespace, data: str, method: str, labels: int, seed: int) -> RunConfig:
     """The :class:`RunConfig` of one run, from the parsed arguments (``budget``, ``steps``, ``batch_size``,
-    ``patch_size``, ``block``, ``val_every``, ``unlabelled_patches``, ``method_options``)."""
+    ``patch_size``, ``block``, ``val_every``, ``unlabelled_patches``, ``dates``, ``method_options``)."""
     return RunConfig(
         method=method, data=data, labels=labels, steps=args.steps or UNBOUNDED_STEPS, seed=seed, data_seed=0,
-        batch_size=args.batch_size, patch_size=args.patch_size, block=args.block, val_every=args.val_every,
+        batch_size=args.batch_size, patch_size=args.patch_size, dates=getattr(args, "dates", 1), block=args.block,
+        val_every=args.val_every,
         checkpoint_every=args.val_every, time_budget_s=args.budget, unlabelled_patches=args.unlabelled_patches,
         options=dict(getattr(args, "method_options", {}).get(method, {})),
     )
@@ -134,7 +135,7 @@ def run_one(args: argparse.Namespace, cube: str, data: str, method: str, labels:
     result = evaluate_run(out, "test", iwae_samples=args.iwae_samples)
     lab = PatchPlan.load(out / "plan_train.json").select(labelled=True)  # the plan the run trained on
     row = {
-        "cube": cube, "method": method, "labels": labels, "seed": seed, "steps": trainer.step,
+        "cube": cube, "method": method, "labels": labels, "seed": seed, "dates": config.dates, "steps": trainer.step,
         "steps_per_second": trainer.step / train_s, "train_seconds": train_s,
         "wall_seconds": time.perf_counter() - t0,
         # the budget: N locations of patch_size^2 labelled pixels; every clear-enough date of a location is a

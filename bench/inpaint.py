@@ -19,8 +19,9 @@ Methods:
 ``single-date``      the posterior mean of a single-date HVAE run (``posterior_inpaint(hvae, x, valid, K,
                      decoder_mean=True, doy=doy)``) on the target date alone.
 ``temporal``         the same with a temporal HVAE run on T-date stacks: the target date and T-1 other dates
-                     (:func:`hvaeseg.inpaint_cube.window_dates`, per tile: the cube's time range cut into T-1
-                     groups of equal span, the clearest date of each group in the tile).
+                     (:func:`hvaeseg.inpaint_cube.window_dates`, per tile; ``--window nearest``: the T-1 dates
+                     nearest the target among those at least half clear in the tile; ``--window season``: the
+                     time range cut into T-1 groups of equal span, the clearest date of each group).
 ``temporal+labels``  the temporal run with the guide given the label map (``s=labels``).
 
 The HVAE methods work tile by tile (the run's patch size; tiles that cover the image, the last row and column
@@ -73,7 +74,7 @@ import torch
 from hvaeseg.data.loader import day_of_year, normalise_dn, normaliser
 from hvaeseg.data.stats import compute_band_stats, dn_scaling, ensure_band_stats, read_band_stats
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
-from hvaeseg.inpaint_cube import window_dates
+from hvaeseg.inpaint_cube import WINDOWS, window_dates
 from hvaeseg.metrics import error_vs_spread, inpainting_errors, interval_coverage, per_band_rmse
 from hvaeseg.predict import tile_starts
 
@@ -400,6 +401,7 @@ def hvae_fills(
     *,
     patch: int,
     dates: int = 1,
+    window: str = "nearest",
     labels: bool = False,
     samples: int = 16,
     calibration_samples: int = 32,
@@ -415,6 +417,7 @@ def hvae_fills(
     :func:`task_truth`).
 
     :param hvae: an HVAE (conventions-following ``model`` and ``guide``), single-date (``dates=1``) or temporal.
+    :param window: the stack rule of a temporal model (:func:`~hvaeseg.inpaint_cube.window_dates`).
     :param labels: give the guide the cube's label map (``s=labels``).
     """
     T, C, H, W = cube.shape
@@ -436,7 +439,7 @@ def hvae_fills(
                 items.append(_Item(i, y, x, [task.target], 0))
             else:
                 clear = stacks[i][:, y:y + patch, x:x + patch].double().mean((1, 2)).numpy()
-                ds = [int(d) for d in window_dates(task.target, clear, cube.days, dates)]
+                ds = [int(d) for d in window_dates(task.target, clear, cube.days, dates, window)]
                 if len(ds) != dates or task.target not in ds:
                     raise ValueError(f"window_dates gave {ds} for target {task.target} and T={dates}")
                 items.append(_Item(i, y, x, ds, ds.index(task.target)))
@@ -712,7 +715,7 @@ def train_config(args: argparse.Namespace, cube: Cube, dates: int, seed: int):
     return RunConfig(
         method="symmetric", data=cube.data, labels=labels, steps=UNBOUNDED_STEPS, seed=seed, data_seed=0,
         batch_size=8, patch_size=args.patch_size, dates=dates, block=block, val_every=50, checkpoint_every=50,
-        time_budget_s=args.budget,
+        time_budget_s=args.budget, options=dict(getattr(args, "options", None) or {}),
     )
 
 
@@ -817,7 +820,7 @@ def evaluate(cube: Cube, protocol: str, seed: int, methods: Sequence[str], hvaes
         else:
             hvae, run, config = hvaes[HVAE_METHODS[method]]
             pyro.set_rng_seed(seed)
-            fills = hvae_fills(hvae, cube, tasks, patch=config.patch_size, dates=config.dates,
+            fills = hvae_fills(hvae, cube, tasks, patch=config.patch_size, dates=config.dates, window=args.window,
                                labels=method == "temporal+labels", samples=args.samples,
                                calibration_samples=args.calibration_samples, batch_size=args.inference_batch,
                                truths=truths)
@@ -850,9 +853,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=240.0, help="training seconds per run (--train)")
     p.add_argument("--dates", type=int, default=4, help="T of the temporal runs (--train)")
     p.add_argument("--labels", type=int, default=10, help="labelled locations of the trained runs (capped)")
+    p.add_argument("--options", type=json.loads, default={}, metavar="JSON",
+                   help='symmetric-learning options of the trained runs, e.g. \'{"shared_channels": 16}\' '
+                   "(hvaeseg.methods.HVAEConfig; a folder trained with other options is trained again: use "
+                   "another --out)")
     p.add_argument("--patch-size", type=int, default=32)
     p.add_argument("--block", type=int, default=None,
                    help="split block of the trained runs (default: 128 for cubes >= 512 px a side, else 32)")
+    p.add_argument("--window", choices=WINDOWS, default="nearest",
+                   help="the other dates of a temporal stack: the nearest half-clear dates of the target (nearest) "
+                   "or the clearest date of each part of the season (season); hvaeseg.inpaint_cube.window_dates")
     p.add_argument("--samples", type=int, default=16, help="posterior samples of the mean (decoder_mean=True)")
     p.add_argument("--calibration-samples", type=int, default=32,
                    help="samples of x for the spread and the calibration (0: none)")
@@ -863,6 +873,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--png", default="bench/results/inpaint.png")
     p.add_argument("--plot-only", action="store_true", help="redraw --png from --json")
     args = p.parse_args(argv)
+    if not isinstance(args.options, dict):
+        p.error(f"--options: expected a JSON object, got {args.options!r}")
+    try:
+        from hvaeseg.methods.registry import method_config
+
+        method_config("symmetric", args.options)
+    except (TypeError, ValueError) as err:
+        p.error(f"--options: {err}")
     if args.dates < 2:
         p.error(f"--dates: expected T >= 2 dates per temporal stack, got {args.dates}")
     if not args.budget > 0:
@@ -933,10 +951,10 @@ def main(argv: list[str] | None = None) -> int:
         "protocols": {k: v for k, v in PROTOCOLS.items() if k in args.protocols},
         "cubes": [{"cube": c.name, "label": cube_label(c.name), "data": c.data, "shape": list(c.shape),
                    "bands": c.bands, "band_mean": c.mean.tolist(), "band_std": c.std.tolist()} for c in cubes],
-        "methods": args.methods, "seeds": args.seeds, "samples": args.samples,
+        "methods": args.methods, "seeds": args.seeds, "samples": args.samples, "window": args.window,
         "calibration_samples": args.calibration_samples, "levels": list(LEVELS),
         "train": {"budget_s": args.budget, "dates": args.dates, "labels": args.labels, "patch_size": args.patch_size,
-                  "block": args.block} if args.train else None,
+                  "block": args.block, "options": args.options} if args.train else None,
         "threads": torch.get_num_threads(), "notes": notes, "rows": rows, "summary": summary,
     }
     path = Path(args.json)

@@ -15,11 +15,16 @@ of the date, is passed when the hierarchy is conditioned on it). The value is th
 ``std`` their spread.
 
 **Temporal models** (``dates == T > 1``): for each target date ``t`` and tile, the stack is ``t`` plus ``T - 1``
-other dates chosen by :func:`window_dates`: the cube's time range is split into ``T - 1`` contiguous groups of
-equal time span, and from each group the date clearest *in that tile* is taken (ties: the one closest in time
-to ``t``, then the earlier one); a group without any date gives its place to the clearest remaining date. So
-the stack spans the seasons rather than piling up around ``t``. The stack is filled by ``posterior_inpaint``
-and the values of date ``t`` are kept.
+other dates chosen by :func:`window_dates` under one of two rules (``window``):
+
+- ``"nearest"`` (default): the ``T - 1`` dates nearest in time to ``t`` among those at least half clear *in
+  that tile* (ties: the clearer, then the earlier); too few such dates: the clearest of the others. The stack
+  sees the same pixels close to the date being filled, as interpolation does;
+- ``"season"``: the cube's time range is split into ``T - 1`` contiguous groups of equal time span, and from
+  each group the date clearest in that tile is taken (ties: the one closest in time to ``t``, then the earlier
+  one); a group without any date gives its place to the clearest remaining date. The stack spans the seasons.
+
+The stack is filled by ``posterior_inpaint`` and the values of date ``t`` are kept.
 
 **Interpolation** (``method="interpolation"``, no model): :func:`hvaeseg.inpaint.temporal_linear_interpolation`
 over the whole time axis of each tile, with the real day gaps (``time`` in days), on the DN values.
@@ -37,7 +42,8 @@ reflectance units (normalised spread times ``band_std``).
 are) with ``reflectance`` filled (same dtype and attributes), ``std`` ``(time, band, y, x)`` float32 (0 where
 observed; all 0 for interpolation), ``filled`` ``(time, y, x)`` bool (``~valid``: True where a pixel was
 filled), and provenance attributes ``inpaint_method``, ``inpaint_run``, ``inpaint_samples``, ``inpaint_dates``,
-``inpaint_seed``, ``inpaint_patch_size``, ``inpaint_batch_size``, ``inpaint_created``. It is a valid cube
+``inpaint_window`` (the stack rule of a temporal model, else empty), ``inpaint_seed``, ``inpaint_patch_size``,
+``inpaint_batch_size``, ``inpaint_created``. It is a valid cube
 (:func:`~hvaeseg.data.schema.validate_cube` allows variables beyond the schema's).
 
 **Seeds.** The sampling is seeded by ``seed`` (in a forked torch RNG: the caller's random state is left as it
@@ -62,10 +68,16 @@ from hvaeseg.data.stats import compute_band_stats, dn_scaling, read_band_stats
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
 from hvaeseg.predict import tile_starts
 
-__all__ = ["METHODS", "inpaint_cube", "write_filled", "window_dates", "dn_range"]
+__all__ = ["METHODS", "WINDOWS", "inpaint_cube", "write_filled", "window_dates", "dn_range"]
 
 #: the ways to fill a cube
 METHODS: tuple[str, ...] = ("posterior", "interpolation")
+
+#: the rules choosing the other dates of a temporal model's stack (:func:`window_dates`)
+WINDOWS: tuple[str, ...] = ("nearest", "season")
+
+#: ``window="nearest"``: a date is a candidate when at least this share of the tile is clear
+NEAREST_MIN_CLEAR = 0.5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,10 +94,14 @@ def _days(times: np.ndarray) -> np.ndarray:
     return t.astype(np.float64)
 
 
-def window_dates(target: int, clear: np.ndarray, times: np.ndarray, T: int) -> list[int]:
+def window_dates(target: int, clear: np.ndarray, times: np.ndarray, T: int, rule: str = "nearest") -> list[int]:
     """The ``T`` dates of the stack a temporal model fills date ``target`` with: sorted, ``target`` among them.
 
-    The rule (season-spanning): the other dates are split into ``T - 1`` contiguous groups of equal time span
+    ``rule="nearest"``: the other dates are the ``T - 1`` nearest in time to ``target`` among those with
+    ``clear >= NEAREST_MIN_CLEAR`` (ties: the clearer, then the earlier); when fewer dates qualify, the
+    clearest of the rest complete the stack (ties: the nearer, then the earlier).
+
+    ``rule="season"`` (season-spanning): the other dates are split into ``T - 1`` contiguous groups of equal time span
     over the cube's time range (``[times.min(), times.max()]`` cut into ``T - 1`` equal intervals; a date on
     an inner boundary belongs to the later group, the last date to the last group). From each non-empty group
     the clearest date is taken (largest ``clear``; ties: the one closest in time to ``target``, then the
@@ -96,8 +112,11 @@ def window_dates(target: int, clear: np.ndarray, times: np.ndarray, T: int) -> l
     :param clear: ``(n_dates,)`` clear share of each date (e.g. of one tile).
     :param times: ``(n_dates,)`` increasing ``datetime64`` times (or numbers, read as days).
     :param T: dates per stack.
-    :raises ValueError: ``T`` larger than the number of dates, or arguments of the wrong shape.
+    :param rule: ``"nearest"`` or ``"season"`` (:data:`WINDOWS`).
+    :raises ValueError: ``T`` larger than the number of dates, an unknown rule, or arguments of the wrong shape.
     """
+    if rule not in WINDOWS:
+        raise ValueError(f"window rule: expected one of {', '.join(WINDOWS)}, got {rule!r}")
     clear = np.asarray(clear, dtype=np.float64)
     n = clear.shape[0] if clear.ndim == 1 else -1
     if clear.ndim != 1 or np.shape(times) != (n,):
@@ -112,18 +131,23 @@ def window_dates(target: int, clear: np.ndarray, times: np.ndarray, T: int) -> l
     if T == 1:
         return [target]
     t = _days(times)
+    clear = np.where(np.isnan(clear), -np.inf, clear)
+    others = [i for i in range(n) if i != target]
+    gap = {i: abs(float(t[i] - t[target])) for i in others}
+    if rule == "nearest":
+        near = sorted((i for i in others if clear[i] >= NEAREST_MIN_CLEAR), key=lambda i: (gap[i], -clear[i], i))
+        rest = sorted((i for i in others if clear[i] < NEAREST_MIN_CLEAR), key=lambda i: (-clear[i], gap[i], i))
+        return sorted([target, *(near + rest)[: T - 1]])
     groups = T - 1
     span = float(t.max() - t.min())
     if span > 0:
         group = np.clip(np.floor((t - t.min()) / span * groups).astype(np.int64), 0, groups - 1)
     else:
         group = np.zeros(n, dtype=np.int64)
-    clear = np.where(np.isnan(clear), -np.inf, clear)
 
     def key(i: int) -> tuple[float, float, int]:
-        return (-clear[i], abs(float(t[i] - t[target])), i)
+        return (-clear[i], gap[i], i)
 
-    others = [i for i in range(n) if i != target]
     chosen = []
     for g in range(groups):
         members = [i for i in others if group[i] == g]
@@ -259,6 +283,7 @@ def inpaint_cube(
     hvae: Any = None,
     patch_size: int,
     dates: int = 1,
+    window: str = "nearest",
     num_samples: int = 8,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
@@ -275,6 +300,7 @@ def inpaint_cube(
         while filling.
     :param patch_size: tile side (the model's training patch size).
     :param dates: dates per stack of a temporal model (``1``: single-date model).
+    :param window: how a temporal model's stack is chosen: ``"nearest"`` or ``"season"`` (module doc).
     :param num_samples: posterior samples per tile.
     :param batch_size: tiles per model call.
     :param device: where the model runs.
@@ -288,6 +314,8 @@ def inpaint_cube(
     patch_size, dates, batch_size = int(patch_size), int(dates), int(batch_size)
     if patch_size < 1 or dates < 1 or batch_size < 1:
         raise ValueError(f"expected positive patch_size, dates and batch_size, got {patch_size}, {dates}, {batch_size}")
+    if window not in WINDOWS:
+        raise ValueError(f"window: expected one of {', '.join(WINDOWS)}, got {window!r}")
     device = torch.device(device)
     ds = _open(cube)
     if "reflectance" not in ds or "valid" not in ds:
@@ -339,7 +367,7 @@ def inpaint_cube(
                     tile = valid[:, y:y + P, x:x + P]
                     if tile[t].all():
                         continue
-                    stack = [t] if dates == 1 else window_dates(t, tile.mean(axis=(1, 2)), times, dates)
+                    stack = [t] if dates == 1 else window_dates(t, tile.mean(axis=(1, 2)), times, dates, window)
                     rows_y.append(y), rows_x.append(x), rows_t.append(stack)
                     target.append(t), pos.append(stack.index(t))
                     expected[t] += 1
@@ -411,6 +439,7 @@ def inpaint_cube(
         inpaint_run="" if run is None else str(run),
         inpaint_samples=int(num_samples) if method == "posterior" else 0,
         inpaint_dates=int(dates) if method == "posterior" else int(T),
+        inpaint_window=window if method == "posterior" and dates > 1 else "",
         inpaint_seed=int(seed),
         inpaint_patch_size=P,
         inpaint_batch_size=batch_size,

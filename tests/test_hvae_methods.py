@@ -220,10 +220,10 @@ def test_evaluate_loss_and_differentiable_loss_move_nothing():
     torch.manual_seed(2)
     tensors = method.objective.differentiable_loss(hvae.model, hvae.guide, **kw)
     torch.manual_seed(2)
-    old = method.objective.loss(hvae.model, hvae.guide, **kw)  # the objective's older verb: the same tensors
+    plain = method.objective.loss(hvae.model, hvae.guide, **kw)  # Pyro's verb: the same values, as numbers
     assert all(t.requires_grad for t in tensors) and all(type(v) is float for v in numbers)
     assert numbers == pytest.approx(tuple(float(t.detach()) for t in tensors), rel=1e-6)
-    assert all(torch.equal(a, b) for a, b in zip(tensors, old))
+    assert all(type(v) is float for v in plain) and plain == numbers
     assert all(torch.equal(p, b) for p, b in zip(hvae.parameters(), before))
     assert all(p.grad is None for p in hvae.parameters())
 
@@ -236,6 +236,27 @@ def test_the_sleep_warmup_ramps_the_steppers_objective():
     assert method.objective.weights.sleep_q == 1.0  # the full-weight objective is kept
     method.losses(batch, 4)
     assert method.stepper.objective is method.objective
+
+
+def test_supervised_steps_rest_the_decoder_and_train_the_encoder_on_the_labels_alone():
+    method = build(supervised_steps=2)
+    batch = step_batch()
+    for step, full in ((0, True), (1, False), (2, False), (3, True)):
+        dec, enc = snapshot(method.decoder_params), snapshot(method.encoder_params)
+        losses = method.losses(batch, step)
+        assert set(losses) == ({"decoder", "encoder"} if full else {"encoder"})
+        if not full:  # the encoder's loss is exactly the supervised term: -E log q(s_lab | x)
+            weights = method.stepper.objective.weights
+            assert (weights.labelled_p, weights.unlabelled_p, weights.sleep_q) == (0.0, 0.0, 0.0)
+            ref = SymmetricEquilibrium(SymmetricWeights(0.0, 0.0, 1.0, 0.0)).terms(
+                method.hvae.model, method.hvae.guide, labelled=batch.labelled)
+            assert float(losses["encoder"].detach()) == pytest.approx(-float(ref["supervised_q"]), rel=1e-5)
+        method.update(losses)
+        dec_moved = any(not torch.equal(a, p) for a, p in zip(dec, method.decoder_params))
+        enc_moved = any(not torch.equal(a, p) for a, p in zip(enc, method.encoder_params))
+        assert dec_moved == full and enc_moved
+    with pytest.raises(ValueError, match="supervised_steps: expected an int >= 0"):
+        HVAEConfig(supervised_steps=-1)
 
 
 def test_the_stepper_refuses_shared_parameters_and_other_objectives():

@@ -185,7 +185,7 @@ def _windows(draw):
 @given(_windows())
 def test_window_dates_properties(args):
     target, clear, times, T, days = args
-    got = window_dates(target, clear, times, T)
+    got = window_dates(target, clear, times, T, "season")
     assert target in got and len(got) == T and got == sorted(set(got))
     if T > 1:
         span = days[-1] - days[0]
@@ -198,17 +198,45 @@ def test_window_dates_properties(args):
                 assert clear[i] == max(clear[j] for j in others if group[j] == group[i])
 
 
+@given(_windows())
+def test_window_dates_nearest_by_brute_force(args):
+    """Nearest rule: no unchosen date is a better candidate than a chosen one (brute force over pairs)."""
+    target, clear, times, T, days = args
+    got = window_dates(target, clear, times, T, "nearest")
+    assert target in got and len(got) == T and got == sorted(set(got))
+    ok = clear >= 0.5
+    gap = np.abs(days - days[target])
+
+    def better(i, j):  # i preferred over j
+        if ok[i] != ok[j]:
+            return bool(ok[i])
+        if ok[i]:
+            return (gap[i], -clear[i], i) < (gap[j], -clear[j], j)
+        return (-clear[i], gap[i], i) < (-clear[j], gap[j], j)
+
+    chosen = [i for i in got if i != target]
+    left = [j for j in range(len(days)) if j != target and j not in chosen]
+    assert not any(better(j, i) for i in chosen for j in left)
+
+
 def test_window_dates_examples():
     times = np.datetime64("2021-01-15", "ns") + np.arange(12) * np.timedelta64(30, "D")
     clear = np.array([0.1, 0.9, 0.2, 0.9, 0.0, 0.3, 1.0, 0.5, 0.5, 0.2, 0.1, 0.0])
-    # halves of the year; first half: dates 1 and 3 tie at 0.9, date 3 is closer to the target 5
+    # season: halves of the year; first half: dates 1 and 3 tie at 0.9, date 3 is closer to the target 5
+    assert window_dates(5, clear, times, 3, "season") == [3, 5, 6]
+    # nearest: among the half-clear dates, 6 is 30 days from 5; 3 and 7 are 60 days away, 3 is clearer
     assert window_dates(5, clear, times, 3) == [3, 5, 6]
+    assert window_dates(5, clear, times, 4) == [3, 5, 6, 7]
     assert window_dates(0, clear, times, 1) == [0]
     with pytest.raises(ValueError, match="only 12"):
         window_dates(0, clear, times, 13)
-    # an empty group gives its place to the clearest remaining date
+    with pytest.raises(ValueError, match="nearest, season"):
+        window_dates(0, clear, times, 2, "closest")
+    # season: an empty group gives its place to the clearest remaining date
     times = np.datetime64("2021-01-01", "ns") + np.array([0, 1, 2, 3, 100]) * np.timedelta64(1, "D")
-    assert window_dates(4, np.array([0.5, 0.9, 0.8, 0.1, 0.0]), times, 3) == [1, 2, 4]
+    assert window_dates(4, np.array([0.5, 0.9, 0.8, 0.1, 0.0]), times, 3, "season") == [1, 2, 4]
+    # nearest: too few half-clear dates: the clearest of the rest complete the stack
+    assert window_dates(4, np.array([0.3, 0.9, 0.1, 0.2, 0.0]), times, 3) == [0, 1, 4]
 
 
 # --------------------------------------------------------------------------------------------- the command line

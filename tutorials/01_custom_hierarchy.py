@@ -267,7 +267,8 @@ plot_prior_samples("samples from the untrained model", OUT / "prior_untrained.pn
 # %% [markdown]
 # ## Symmetric equilibrium learning, two players
 #
-# `SymmetricEquilibrium.loss` returns a `(decoder_loss, encoder_loss)` pair. The decoder (theta)
+# `SymmetricEquilibrium.differentiable_loss` returns a `(decoder_loss, encoder_loss)` pair of tensors
+# (`.loss` the same pair as numbers, as Pyro's verbs go). The decoder (theta)
 # descends the first, the encoder (phi) the second, each with **its own optimizer on its own
 # parameters**. The encoder loss also depends on theta (the ladder guide reuses the decoder's prior
 # logits), so we take each player's gradient with respect to its own parameters only.
@@ -281,7 +282,8 @@ history = []
 lab_iter, unl_iter = iter(lab_loader), iter(unl_loader)
 for step in range(STEPS):
     labelled, unlabelled = next(lab_iter), next(unl_iter)
-    losses = objective.loss(hvae.model, hvae.guide, labelled=labelled, unlabelled=unlabelled, pool=pool.sample(BATCH))
+    losses = objective.differentiable_loss(hvae.model, hvae.guide, labelled=labelled, unlabelled=unlabelled,
+                                           pool=pool.sample(BATCH))
     grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
              for loss, (_, params) in zip(losses, players)]
     for (opt, params), gs in zip(players, grads):

@@ -79,7 +79,7 @@ def _inpaint(args: argparse.Namespace) -> int:
 
             ds = _open(cube)
             patch = min(patch, ds.sizes["y"], ds.sizes["x"])
-    filled = inpaint_cube(cube, method=args.method, hvae=hvae, patch_size=patch, dates=dates,
+    filled = inpaint_cube(cube, method=args.method, hvae=hvae, patch_size=patch, dates=dates, window=args.window,
                           num_samples=args.samples, batch_size=args.batch_size, device=device, seed=args.seed,
                           run=args.run)
     filled.attrs["inpaint_data"] = str(data)
@@ -124,6 +124,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=8, metavar="K", help="posterior samples per tile (default 8)")
     p.add_argument("--method", choices=("posterior", "interpolation"), default="posterior",
                    help="posterior (HVAE run) or interpolation (linear in time); default posterior")
+    p.add_argument("--window", choices=("nearest", "season"), default="nearest",
+                   help="temporal runs: the other dates of each stack are the nearest at least half-clear dates "
+                   "(nearest, default) or the clearest date of each part of the season (season)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="tiles per model call (default 8)")
     p.add_argument("--patch-size", type=int, default=None, metavar="P",

@@ -89,6 +89,10 @@ class HVAEConfig:
         ``weights.sleep_q`` over this many steps (0: full weight from the start), so that the encoder does not
         learn from generated images before the decoder has learned anything; the term is not computed while
         its weight is 0.
+    :param supervised_steps: symmetric learning: after each full step (both players, every term), this many
+        steps of the encoder's supervised term alone (the labelled batch's log q(s|x); the decoder
+        and the sleep term rest), each about as costly as a step of the supervised U-Net, so that a
+        wall-clock budget buys the encoder more updates on the labels (0: every step is a full step).
     :param image_scale: the default hierarchy's image scale, ``"band"`` (one learned scale per band) or
         ``"pixel"`` (predicted per pixel and band by the decoder: heteroscedastic, e.g. water tighter than
         urban).
@@ -116,6 +120,7 @@ class HVAEConfig:
     image_scale: str = "band"
     sleep_warmup: int = 0
     shared_channels: int = 4
+    supervised_steps: int = 0
 
     def __post_init__(self) -> None:
         for name in ("lr", "global_lr", "temperature", "init_scale"):
@@ -124,8 +129,10 @@ class HVAEConfig:
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
         if self.s_prior not in ("categorical", "empirical"):
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
-        if isinstance(self.sleep_warmup, bool) or not isinstance(self.sleep_warmup, int) or self.sleep_warmup < 0:
-            raise ValueError(f"sleep_warmup: expected an int >= 0 (steps), got {self.sleep_warmup!r}")
+        for name in ("sleep_warmup", "supervised_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0 (steps), got {value!r}")
         if (isinstance(self.shared_channels, bool) or not isinstance(self.shared_channels, int)
                 or self.shared_channels < 0):
             raise ValueError(f"shared_channels: expected an int >= 0, got {self.shared_channels!r}")
@@ -385,22 +392,26 @@ class SymmetricMethod(_HVAEMethod):
         return {"decoder": self.decoder_params, "encoder": self.encoder_params}
 
     def objective_at(self, step: int) -> SymmetricEquilibrium:
-        """The objective of ``step``: the sleep weight ramped over ``sleep_warmup`` steps."""
-        warmup = self.config.sleep_warmup
-        if warmup == 0 or step >= warmup:
-            return self.objective
-        w = self.objective.weights
-        o = self.objective
-        return SymmetricEquilibrium(replace(w, sleep_q=w.sleep_q * step / warmup), num_particles=o.num_particles,
-                                    sleep_masks=o.sleep_masks, sleep_relabel=o.sleep_relabel,
-                                    num_classes=o.num_classes)
+        """The objective of ``step``: the supervised term alone on the ``supervised_steps`` steps that follow
+        each full step, else every term with the sleep weight ramped over ``sleep_warmup`` steps."""
+        o, w = self.objective, self.objective.weights
+        k = self.config.supervised_steps
+        if k and step % (k + 1):
+            weights = SymmetricWeights(labelled_p=0.0, unlabelled_p=0.0, supervised_q=w.supervised_q, sleep_q=0.0)
+        elif self.config.sleep_warmup == 0 or step >= self.config.sleep_warmup:
+            return o
+        else:
+            weights = replace(w, sleep_q=w.sleep_q * step / self.config.sleep_warmup)
+        return SymmetricEquilibrium(weights, num_particles=o.num_particles, sleep_masks=o.sleep_masks,
+                                    sleep_relabel=o.sleep_relabel, num_classes=o.num_classes)
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)
         self.stepper.objective = self.objective_at(step)
         dec, enc = self.stepper.differentiable_loss(labelled=batch.labelled, unlabelled=batch.unlabelled,
                                                     pool=batch.pool)
-        return {"decoder": dec, "encoder": enc}
+        # a supervised-only step (``supervised_steps``): the decoder rests, and its loss is not logged
+        return {"decoder": dec, "encoder": enc} if dec.requires_grad else {"encoder": enc}
 
     def _terms(self, batch: StepBatch) -> dict[str, tuple[Tensor, float]]:
         terms = self.objective.terms(self.hvae.model, self.hvae.guide, labelled=batch.labelled,
@@ -411,7 +422,8 @@ class SymmetricMethod(_HVAEMethod):
     def update(self, losses: dict[str, Tensor]) -> None:
         """Each player descends its own loss on its own parameters only (both gradients are taken before
         either player steps, so neither sees the other's move within a step): :meth:`SymmetricStepper.apply`."""
-        self.stepper.apply(losses["decoder"], losses["encoder"])
+        enc = losses["encoder"]
+        self.stepper.apply(losses.get("decoder", torch.zeros((), device=enc.device)), enc)
 
 
 class ELBOMethod(_HVAEMethod):
@@ -436,7 +448,7 @@ class ELBOMethod(_HVAEMethod):
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)
-        loss = self.objective.loss(self.hvae.model, self.hvae.guide, labelled=batch.labelled,
+        loss = self.objective.differentiable_loss(self.hvae.model, self.hvae.guide, labelled=batch.labelled,
                                    unlabelled=batch.unlabelled)
         return {"elbo": loss}
 

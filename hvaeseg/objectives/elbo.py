@@ -75,7 +75,7 @@ class SemiSupervisedELBO:
     :param estimator: ``"straight_through"`` or ``"score_function"``.
     :param temperature: relaxation temperature for ``"straight_through"`` (> 0).
     :param num_particles: samples per image (>= 1), drawn by repeating the batch.
-    :raises ValueError: from :meth:`loss` when the model's ``"s"`` prior is the empirical prior
+    :raises ValueError: from :meth:`differentiable_loss` when the model's ``"s"`` prior is the empirical prior
         ("ELBO needs a closed-form s prior: set s_prior='categorical' in the HierarchySpec").
 
     References:
@@ -108,19 +108,26 @@ class SemiSupervisedELBO:
         self.temperature = float(temperature)
         self.num_particles = num_particles
 
-    def loss(self, model: Any, guide: Any, *, labelled: Any = None, unlabelled: Any = None) -> Tensor:
-        """The differentiable loss ``-(J_lab + J_unl)`` (a surrogate for ``"score_function"``, same value).
+    def differentiable_loss(self, model: Any, guide: Any, *, labelled: Any = None, unlabelled: Any = None) -> Tensor:
+        """The loss ``-(J_lab + J_unl)`` as a tensor to back-propagate (for ``"score_function"`` a surrogate
+        with the same value), as Pyro's ``ELBO.differentiable_loss``.
 
         :param labelled: ``(x, s, valid)`` or a ``PatchBatch``.
         :param unlabelled: ``(x', valid')`` or a ``PatchBatch`` (its labels are ignored).
         """
         return self.terms(model, guide, labelled=labelled, unlabelled=unlabelled)["loss"]
 
+    def loss(self, model: Any, guide: Any, *, labelled: Any = None, unlabelled: Any = None) -> float:
+        """The loss as a number, without gradients (as Pyro's ``ELBO.loss``); arguments as in
+        :meth:`differentiable_loss`."""
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, labelled=labelled, unlabelled=unlabelled))
+
     def terms(
         self, model: Any, guide: Any, *, labelled: Any = None, unlabelled: Any = None, differentiable: bool = False
     ) -> dict[str, Tensor]:
         """``loss`` and the terms by name (``labelled_elbo``, ``supervised_q``, ``unlabelled_elbo``), each a
-        mean per image; arguments as in :meth:`loss`. With ``differentiable`` the terms keep their graphs
+        mean per image; arguments as in :meth:`differentiable_loss`. With ``differentiable`` the terms keep their graphs
         (the ELBO terms are then their surrogates, whose gradients are the estimator's), e.g. to measure the
         gradient norm of each term; otherwise they are detached, for logging."""
         keep = (lambda t: t) if differentiable else (lambda t: t.detach())

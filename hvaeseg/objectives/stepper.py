@@ -102,11 +102,13 @@ class SymmetricStepper:
 
     def apply(self, decoder_loss: Tensor, encoder_loss: Tensor) -> None:
         """Step each player along the gradient of its own loss on its own parameters (clipped per player when
-        :attr:`clip_norm` is set), then clear the gradients."""
-        steps = (("decoder", decoder_loss), ("encoder", encoder_loss))
+        :attr:`clip_norm` is set), then clear the gradients. A player whose loss has no graph (every one of its
+        terms at weight 0 this step) rests: no gradient, no optimizer step."""
+        steps = tuple((name, loss) for name, loss in (("decoder", decoder_loss), ("encoder", encoder_loss))
+                      if loss.requires_grad)
         for i, (name, loss) in enumerate(steps):
             params = self.players[name].params
-            grads = torch.autograd.grad(loss, params, retain_graph=i == 0, allow_unused=True)
+            grads = torch.autograd.grad(loss, params, retain_graph=i < len(steps) - 1, allow_unused=True)
             for p, g in zip(params, grads):
                 p.grad = g
         for name, _ in steps:

@@ -200,7 +200,7 @@ class SymmetricEquilibrium:
         self.num_classes = num_classes
 
     # ------------------------------------------------------------------------------------------- public
-    def loss(
+    def differentiable_loss(
         self,
         model: Any,
         guide: Any,
@@ -209,7 +209,8 @@ class SymmetricEquilibrium:
         unlabelled: Any = None,
         pool: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """``(decoder_loss, encoder_loss) = (-L_p, -L_q)`` for one step.
+        """``(decoder_loss, encoder_loss) = (-L_p, -L_q)`` for one step, as tensors to back-propagate (Pyro's
+        ``ELBO.differentiable_loss``; a pair, as for ``ReweightedWakeSleep``).
 
         :param model: ``model(x=None, s=None, valid=None)``.
         :param guide: ``guide(x, s=None, valid=None)``.
@@ -222,7 +223,7 @@ class SymmetricEquilibrium:
         terms = self.terms(model, guide, labelled=labelled, unlabelled=unlabelled, pool=pool)
         return terms["decoder_loss"], terms["encoder_loss"]
 
-    def differentiable_loss(
+    def loss(
         self,
         model: Any,
         guide: Any,
@@ -230,12 +231,12 @@ class SymmetricEquilibrium:
         labelled: Any = None,
         unlabelled: Any = None,
         pool: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """``(decoder_loss, encoder_loss)`` as tensors to back-propagate, under Pyro's name for them
-        (``ELBO.differentiable_loss``); the same pair as :meth:`loss`, which returns tensors too (kept for its
-        callers). The numbers of a step come from :class:`~hvaeseg.objectives.stepper.SymmetricStepper`
-        (``step``, ``evaluate_loss``). Arguments as in :meth:`loss`."""
-        return self.loss(model, guide, labelled=labelled, unlabelled=unlabelled, pool=pool)
+    ) -> tuple[float, float]:
+        """``(decoder_loss, encoder_loss)`` as numbers, without gradients (Pyro's ``ELBO.loss``); arguments as
+        in :meth:`differentiable_loss`."""
+        with torch.no_grad():
+            dec, enc = self.differentiable_loss(model, guide, labelled=labelled, unlabelled=unlabelled, pool=pool)
+        return float(dec), float(enc)
 
     def terms(
         self,
@@ -249,7 +250,7 @@ class SymmetricEquilibrium:
         """The two losses and every unweighted term (mean per image) by name, for logging.
 
         Keys: ``decoder_loss``, ``encoder_loss`` and those of the computed terms among ``labelled_p``,
-        ``unlabelled_p``, ``supervised_q``, ``sleep_q``. Arguments as in :meth:`loss`.
+        ``unlabelled_p``, ``supervised_q``, ``sleep_q``. Arguments as in :meth:`differentiable_loss`.
         """
         lab = as_labelled(labelled)
         unl = as_unlabelled(unlabelled)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -46,15 +48,31 @@ def test_pixels_invalid_on_every_date_keep_their_labels():
 
 
 def test_losses_are_seeded_and_resume_from_state():
+    """A method restored mid-run (weights, AdamW moments, augmentation generator) continues exactly as the
+    uninterrupted one: same losses and weights, although it was built with another seed and other weights."""
     batch = StepBatch(labelled=random_batch(B=3, seed=1))
-    a = SupervisedMethod(TinyNet(3, 3), SupervisedConfig(max_shift=2, jitter=0.1), seed=5)
-    b = SupervisedMethod(TinyNet(3, 3), SupervisedConfig(max_shift=2, jitter=0.1), seed=5)
-    b.load_state_dict(a.state_dict())
+    config = SupervisedConfig(max_shift=2, jitter=0.1)
+    a = SupervisedMethod(TinyNet(3, 3), config, seed=5)
     for step in range(3):
+        a.update(a.losses(batch, step))
+    state = copy.deepcopy(a.state_dict())
+    torch.manual_seed(123)  # another initialisation of the fresh method's weights
+    b = SupervisedMethod(TinyNet(3, 3), config, seed=99)
+    assert not all(torch.equal(p, q) for p, q in zip(a.net.parameters(), b.net.parameters()))
+    b.load_state_dict(state)
+    for step in range(3, 6):
         la, lb = a.losses(batch, step), b.losses(batch, step)
         assert la["ce"].item() == lb["ce"].item()
         a.update(la)
         b.update(lb)
+    assert all(torch.equal(p, q) for p, q in zip(a.net.parameters(), b.net.parameters()))
+    # without the optimizer's moments the continuation differs: the test would catch a lost AdamW state
+    c = SupervisedMethod(TinyNet(3, 3), config, seed=99)
+    c.net.load_state_dict(state["modules"]["net"])
+    c.generator.set_state(state["generator"])
+    for step in range(3, 6):
+        c.update(c.losses(batch, step))
+    assert not all(torch.equal(p, q) for p, q in zip(a.net.parameters(), c.net.parameters()))
     probs = a.predict_proba(batch.labelled.x, batch.labelled.valid)
     assert probs.shape == (3, 3, 8, 8)
     torch.testing.assert_close(probs.sum(1), torch.ones(3, 8, 8))

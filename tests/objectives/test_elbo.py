@@ -57,7 +57,8 @@ def exact_objective(st):
 
 
 def _estimate(obj, st):
-    return lambda: -obj.loss(st.m.model, st.m.guide, labelled=(st.x, st.s, st.valid), unlabelled=(st.xu, st.vu))
+    return lambda: -obj.differentiable_loss(st.m.model, st.m.guide, labelled=(st.x, st.s, st.valid),
+                                            unlabelled=(st.xu, st.vu))
 
 
 def test_score_function_gradient_is_unbiased(setting):
@@ -89,6 +90,19 @@ def test_loss_value_is_the_elbo_estimate(setting):
     exact = exact_objective(st).detach()
     se = values.std() / 10**0.5
     assert abs(float(values.mean() - exact)) < 4 * float(se) + 1e-4
+
+
+def test_loss_is_the_number_of_differentiable_loss(setting):
+    """Pyro's verbs: ``loss`` the value as a float (no graph), ``differentiable_loss`` the tensor."""
+    st = setting
+    obj = SemiSupervisedELBO(alpha=ALPHA, estimator="score_function", num_particles=3)
+    kw = dict(labelled=(st.x, st.s, st.valid), unlabelled=(st.xu, st.vu))
+    torch.manual_seed(5)
+    tensor = obj.differentiable_loss(st.m.model, st.m.guide, **kw)
+    torch.manual_seed(5)
+    number = obj.loss(st.m.model, st.m.guide, **kw)
+    assert tensor.requires_grad and type(number) is float
+    assert number == pytest.approx(float(tensor.detach()), rel=1e-6)
 
 
 def test_straight_through_is_close_but_biased(setting, capsys):
@@ -123,7 +137,7 @@ def test_terms_and_unlabelled_only(setting):
     obj = SemiSupervisedELBO(estimator="score_function")
     terms = obj.terms(st.m.model, st.m.guide, labelled=(st.x, st.s, st.valid))
     assert set(terms) == {"loss", "labelled_elbo", "supervised_q"}
-    loss = obj.loss(st.m.model, st.m.guide, unlabelled=(st.xu, st.vu))
+    loss = obj.differentiable_loss(st.m.model, st.m.guide, unlabelled=(st.xu, st.vu))
     assert torch.isfinite(loss)
 
 
@@ -132,7 +146,8 @@ def test_empirical_prior_is_a_clear_error(setting):
     m = TinyHVAE(s_prior="empirical")
     for estimator in ("straight_through", "score_function"):
         with pytest.raises(ValueError, match="closed-form s prior: set s_prior='categorical' in the HierarchySpec"):
-            SemiSupervisedELBO(estimator=estimator).loss(m.model, m.guide, labelled=(st.x, st.s, st.valid))
+            SemiSupervisedELBO(estimator=estimator).differentiable_loss(m.model, m.guide,
+                                                                        labelled=(st.x, st.s, st.valid))
 
 
 def test_argument_validation():
@@ -145,7 +160,7 @@ def test_argument_validation():
     with pytest.raises(ValueError, match="num_particles"):
         SemiSupervisedELBO(num_particles=0)
     with pytest.raises(ValueError, match="neither"):
-        SemiSupervisedELBO().loss(None, None)
+        SemiSupervisedELBO().differentiable_loss(None, None)
 
 
 # -------------------------------------------------------------------------------------- relaxation
@@ -324,7 +339,8 @@ def test_straight_through_elbo_gradient_on_a_linear_model():
     temperature, repeats = 0.5, 20
     obj = SemiSupervisedELBO(estimator="straight_through", temperature=temperature, num_particles=20000)
     x = torch.zeros(1, 1, 1, 1)
-    samples = gradcheck.mc_gradients(lambda: -obj.loss(m.model, m.guide, unlabelled=(x, None)), [m.theta], repeats)
+    samples = gradcheck.mc_gradients(lambda: -obj.differentiable_loss(m.model, m.guide, unlabelled=(x, None)),
+                                     [m.theta], repeats)
     theta, a = m.theta.detach(), m.a
     expected = ((a - theta).double() * st_expected_slope(theta, temperature)).float()
     gradcheck.check(samples, expected)
@@ -333,5 +349,6 @@ def test_straight_through_elbo_gradient_on_a_linear_model():
     assert z > 4
     # and the score-function estimator on the same model is unbiased for the exact gradient
     sf = SemiSupervisedELBO(estimator="score_function", num_particles=20000)
-    gradcheck.check(gradcheck.mc_gradients(lambda: -sf.loss(m.model, m.guide, unlabelled=(x, None)), [m.theta],
+    gradcheck.check(gradcheck.mc_gradients(lambda: -sf.differentiable_loss(m.model, m.guide, unlabelled=(x, None)),
+                                           [m.theta],
                                            repeats), exact)

@@ -79,7 +79,7 @@ def test_symmetric_on_tiny_hvae(s_prior, temporal, families):
     m, x, valid, s = _tiny(s_prior, temporal, families)
     theta, phi = m.parameter_groups()
     pool = LabelPool(s, seed=0).sample(3)
-    dec, enc = SymmetricEquilibrium(num_particles=2).loss(
+    dec, enc = SymmetricEquilibrium(num_particles=2).differentiable_loss(
         m.model, m.guide, labelled=(x, s, valid), unlabelled=(x, valid), pool=pool
     )
     assert torch.isfinite(dec) and torch.isfinite(enc)
@@ -99,7 +99,7 @@ def test_symmetric_on_tiny_hvae(s_prior, temporal, families):
 def test_elbo_on_tiny_hvae(estimator, temporal, families):
     m, x, valid, s = _tiny("categorical", temporal, families)
     theta, phi = m.parameter_groups()
-    loss = SemiSupervisedELBO(estimator=estimator, num_particles=2).loss(
+    loss = SemiSupervisedELBO(estimator=estimator, num_particles=2).differentiable_loss(
         m.model, m.guide, labelled=(x, s, valid), unlabelled=(x, valid)
     )
     assert torch.isfinite(loss)
@@ -111,7 +111,7 @@ def test_elbo_on_tiny_hvae(estimator, temporal, families):
 def test_elbo_refuses_the_empirical_prior_of_an_hvae():
     m, x, valid, s = _tiny("empirical", False)
     with pytest.raises(ValueError, match="ELBO needs a closed-form s prior: set s_prior='categorical'"):
-        SemiSupervisedELBO().loss(m.model, m.guide, labelled=(x, s, valid))
+        SemiSupervisedELBO().differentiable_loss(m.model, m.guide, labelled=(x, s, valid))
 
 
 def _favours(k: int, temporal: bool):

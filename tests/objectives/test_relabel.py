@@ -60,9 +60,9 @@ def test_the_sleep_term_generates_classes_that_no_pool_map_holds():
     xu = torch.zeros(4, 2, 2, 3)
     weights = SymmetricWeights(labelled_p=0, unlabelled_p=0, supervised_q=0, sleep_q=1)
     torch.manual_seed(0)
-    SymmetricEquilibrium(weights).loss(model, m.guide, unlabelled=(xu, None), pool=pool)
+    SymmetricEquilibrium(weights).differentiable_loss(model, m.guide, unlabelled=(xu, None), pool=pool)
     assert bool((seen[-1] == 0).all())
-    _, enc = SymmetricEquilibrium(weights, sleep_relabel=1.0, num_classes=2).loss(
+    _, enc = SymmetricEquilibrium(weights, sleep_relabel=1.0, num_classes=2).differentiable_loss(
         model, m.guide, unlabelled=(xu, None), pool=pool
     )
     assert bool((seen[-1] == 1).any()) and torch.isfinite(enc)

@@ -86,7 +86,8 @@ def test_decoder_gradient_is_unbiased_for_L_p(setting):
     obj = SymmetricEquilibrium(num_particles=400)
 
     def estimate():
-        dec, _ = obj.loss(m.model, m.guide, labelled=(st.x, st.s, st.valid), unlabelled=(st.xu, st.vu), pool=st.pool)
+        dec, _ = obj.differentiable_loss(m.model, m.guide, labelled=(st.x, st.s, st.valid), unlabelled=(st.xu, st.vu),
+                                         pool=st.pool)
         return -dec
 
     exact_lp = sum(exact_wake(m, st.x[i : i + 1], st.valid[i : i + 1], st.s[i : i + 1]) for i in range(2)) / 2
@@ -101,7 +102,8 @@ def test_encoder_gradient_is_unbiased_for_L_q(setting):
     obj = SymmetricEquilibrium(num_particles=400)
 
     def estimate():
-        _, enc = obj.loss(m.model, m.guide, labelled=(st.x, st.s, st.valid), unlabelled=(st.xu, st.vu), pool=st.pool)
+        _, enc = obj.differentiable_loss(m.model, m.guide, labelled=(st.x, st.s, st.valid), unlabelled=(st.xu, st.vu),
+                                         pool=st.pool)
         return -enc
 
     supervised = labelled_log_prob(m.s_posterior_logits(st.x, st.valid), st.s).mean()
@@ -125,7 +127,7 @@ def test_unsupervised_mode_gradients_are_unbiased(setting):
     xu, vu = st.xu[:1], st.vu[:1]
     dec_samples, enc_samples = [], []
     for _ in range(40):
-        dec, enc = obj.loss(m.model, m.guide, unlabelled=(xu, vu))
+        dec, enc = obj.differentiable_loss(m.model, m.guide, unlabelled=(xu, vu))
         dec_samples.append(gradcheck.flat_grad(-dec, theta))
         enc_samples.append(gradcheck.flat_grad(-enc, phi))
     gradcheck.check(torch.stack(dec_samples), gradcheck.flat_grad(exact_wake(m, xu, vu), theta))
@@ -136,7 +138,7 @@ def test_unsupervised_mode_gradients_are_unbiased(setting):
 def test_losses_reach_the_right_parameter_groups(setting):
     st, m = setting, setting.m
     theta, phi = split_parameters(m.model, m.guide, st.x, s=st.s, valid=st.valid)
-    dec, enc = SymmetricEquilibrium().loss(
+    dec, enc = SymmetricEquilibrium().differentiable_loss(
         m.model, m.guide, labelled=(st.x, st.s, st.valid), unlabelled=(st.xu, st.vu), pool=st.pool
     )
     assert dec.shape == () and enc.shape == () and torch.isfinite(dec) and torch.isfinite(enc)
@@ -181,9 +183,9 @@ def test_accepts_patchbatch_like_objects(setting):
     lab = types.SimpleNamespace(x=st.x, valid=st.valid, labels=st.s)
     unl = types.SimpleNamespace(x=st.xu, valid=st.vu, labels=torch.full_like(st.s, -1))
     pyro.set_rng_seed(1)
-    a = SymmetricEquilibrium().loss(m.model, m.guide, labelled=lab, unlabelled=unl, pool=st.pool)
+    a = SymmetricEquilibrium().differentiable_loss(m.model, m.guide, labelled=lab, unlabelled=unl, pool=st.pool)
     pyro.set_rng_seed(1)
-    b = SymmetricEquilibrium().loss(
+    b = SymmetricEquilibrium().differentiable_loss(
         m.model, m.guide, labelled=(st.x, st.s, st.valid), unlabelled=(st.xu, st.vu), pool=st.pool
     )
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -192,32 +194,34 @@ def test_accepts_patchbatch_like_objects(setting):
 def test_empirical_prior_works_with_a_pool_and_fails_clearly_without(setting):
     st = setting
     m = TinyHVAE(s_prior="empirical")
-    dec, enc = SymmetricEquilibrium().loss(m.model, m.guide, labelled=(st.x, st.s, st.valid), pool=st.pool)
+    dec, enc = SymmetricEquilibrium().differentiable_loss(m.model, m.guide, labelled=(st.x, st.s, st.valid),
+                                                          pool=st.pool)
     assert torch.isfinite(dec) and torch.isfinite(enc)
     with pytest.raises(ValueError, match="empirical prior"):
-        SymmetricEquilibrium().loss(m.model, m.guide, unlabelled=(st.xu, st.vu))
+        SymmetricEquilibrium().differentiable_loss(m.model, m.guide, unlabelled=(st.xu, st.vu))
 
 
 def test_errors_name_the_fix(setting):
     st, m = setting, setting.m
     obj = SymmetricEquilibrium()
     with pytest.raises(ValueError, match="neither"):
-        obj.loss(m.model, m.guide, pool=st.pool)
+        obj.differentiable_loss(m.model, m.guide, pool=st.pool)
     with pytest.raises(ValueError, match="pool="):
-        obj.loss(m.model, m.guide, labelled=(st.x, st.s, st.valid))
+        obj.differentiable_loss(m.model, m.guide, labelled=(st.x, st.s, st.valid))
     with pytest.raises(TypeError, match="int64"):
-        obj.loss(m.model, m.guide, labelled=(st.x, st.s.float(), st.valid), pool=st.pool)
+        obj.differentiable_loss(m.model, m.guide, labelled=(st.x, st.s.float(), st.valid), pool=st.pool)
     with pytest.raises(TypeError, match=r"labelled=\(x, s, valid\)"):
-        obj.loss(m.model, m.guide, labelled=(st.x, st.s), pool=st.pool)
+        obj.differentiable_loss(m.model, m.guide, labelled=(st.x, st.s), pool=st.pool)
     with pytest.raises(ValueError, match="only void"):
-        obj.loss(m.model, m.guide, labelled=(st.x, torch.full_like(st.s, -1), st.valid), pool=st.pool)
+        obj.differentiable_loss(m.model, m.guide, labelled=(st.x, torch.full_like(st.s, -1), st.valid), pool=st.pool)
 
     def bad_guide(x, s=None, valid=None):  # ignores the labels it is given
         return m.guide(x, s=None, valid=valid)
 
     pyro.set_rng_seed(3)
     with pytest.raises(ValueError, match="keep labelled pixels"):
-        SymmetricEquilibrium(num_particles=50).loss(m.model, bad_guide, labelled=(st.x, st.s, st.valid), pool=st.pool)
+        SymmetricEquilibrium(num_particles=50).differentiable_loss(m.model, bad_guide, labelled=(st.x, st.s, st.valid),
+                                                                   pool=st.pool)
 
 
 # ---------------------------------------------------------------------------------------------- learning
@@ -277,7 +281,7 @@ def _learning_run(steps, n_labelled, batch_labelled, lr, seed=0):
     for _ in range(steps):
         idx = torch.randint(n_labelled, (batch_labelled,))
         x_unl, _ = sample_truth(64)
-        dec, enc = obj.loss(
+        dec, enc = obj.differentiable_loss(
             m.model, m.guide, labelled=(x_lab[idx], s_lab[idx], None), unlabelled=(x_unl, None), pool=pool.sample(64)
         )
         for opt, loss, params in ((opt_d, dec, theta), (opt_e, enc, phi)):
@@ -361,7 +365,7 @@ def test_sleep_images_borrow_real_masks_and_dates(source, particles):
 
     model, guide, calls = _recording(m)
     obj = SymmetricEquilibrium(SLEEP_ONLY, num_particles=particles, sleep_masks=True)
-    dec, enc = obj.loss(model, guide, **kw)
+    dec, enc = obj.differentiable_loss(model, guide, **kw)
     assert torch.isfinite(enc) and enc.requires_grad
     assert len(calls["guide"]) == 1  # the sleep term's guide only
     seen, gen = calls["guide"][0], calls["model"][-1]
@@ -382,13 +386,14 @@ def test_without_sleep_masks_the_guide_sees_every_generated_pixel_but_dates_are_
     du = torch.tensor([10.0, 100.0, 200.0, 300.0])
     pool = torch.randint(0, 2, (16, 2, 3))
     model, guide, calls = _recording(m)
-    SymmetricEquilibrium(SLEEP_ONLY, sleep_masks=False).loss(model, guide, unlabelled=(xu, vu, du), pool=pool)
+    SymmetricEquilibrium(SLEEP_ONLY, sleep_masks=False).differentiable_loss(model, guide, unlabelled=(xu, vu, du),
+                                                                            pool=pool)
     (seen,) = calls["guide"]
     assert seen["valid"].shape == (16, 2, 3) and bool(seen["valid"].all())
     assert torch.equal(seen["doy"], calls["model"][-1]["doy"])
     assert set(seen["doy"].tolist()) <= set(du.tolist()) and len(set(seen["doy"].tolist())) > 1
     # a batch without dates: the model and guide are called without the keyword (models without covariates)
     calls["model"].clear(), calls["guide"].clear()
-    SymmetricEquilibrium(SLEEP_ONLY, sleep_masks=True).loss(model, guide, unlabelled=(xu, vu), pool=pool)
+    SymmetricEquilibrium(SLEEP_ONLY, sleep_masks=True).differentiable_loss(model, guide, unlabelled=(xu, vu), pool=pool)
     assert all("doy" not in c for c in calls["model"] + calls["guide"])
     assert all(any(torch.equal(v, r) for r in vu) for v in calls["guide"][0]["valid"])
