@@ -56,6 +56,7 @@ if str(BENCH) not in sys.path:  # bench/scenes.py and bench/compare.py, beside t
 from run_settings import add_run_settings, report_failures  # noqa: E402
 from scenes import cube as resolve_cube  # noqa: E402  (light: no torch)
 from scenes import label as cube_label  # noqa: E402
+from scenes import unit as budget_unit  # noqa: E402
 
 #: the methods' order, colours and markers in the figure (others are appended in the order given)
 METHODS = ("symmetric", "elbo", "supervised", "mixmatch", "pixel-gbm")
@@ -163,8 +164,14 @@ def figure_title(mode: str, budget_s: float | None = None, steps: int | None = N
     return f"Label budget, {what}{spread}; pixel-gbm fitted once (early stopping)"
 
 
+def _dates_text(dates: int) -> str:
+    """The title's note on temporal stacks (nothing for single-date runs)."""
+    return f"; stacks of {dates} dates" if dates > 1 else ""
+
+
 def figure(rows: list[dict], *, all_locations: dict[str, int] | None = None, title: str = "",
-           cube_labels: dict[str, str] | None = None, methods: list[str] | None = None):
+           cube_labels: dict[str, str] | None = None, methods: list[str] | None = None,
+           units: dict[str, str] | None = None):
     """The study's figure from its rows: one row of panels per cube, pixel accuracy and mean IoU (test) against
     N on a log axis with ticks at the budgets (every location of the cube: "all" and its number), one line per
     method with error bars (sample sd over seeds), ``pixel-gbm`` dashed, one legend.
@@ -209,7 +216,7 @@ def figure(rows: list[dict], *, all_locations: dict[str, int] | None = None, tit
             ax.set_xticklabels([f"all ({n})" if all_locations.get(cube) == n else str(n) for n in budgets])
             if budgets:
                 ax.set_xlim(min(budgets) / 1.35, max(budgets) * 1.35)
-            ax.set_xlabel("labelled locations N")
+            ax.set_xlabel(f"labelled {(units or {}).get(cube, 'locations')} N")  # images on a mosaic
             ax.set_ylabel(ylabel)
             name = (cube_labels or {}).get(cube) or cube_label(cube)
             ax.set_title(f"{name}: {ylabel.removesuffix(' (test)')}", fontsize=10)
@@ -230,6 +237,7 @@ def plot_report(report: dict, png: str | os.PathLike) -> Path:
         report["runs"], all_locations={c["cube"]: c["all_locations"] for c in report.get("cubes", [])},
         cube_labels={c["cube"]: c["label"] for c in report.get("cubes", []) if c.get("label")},
         methods=report.get("methods"), title=report.get("title", ""),
+        units={c["cube"]: c["unit"] for c in report.get("cubes", []) if c.get("unit")},
     )
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +311,8 @@ def command(args: argparse.Namespace, run: Run) -> list[str]:
            "--patch-size", str(args.patch_size), "--block", str(args.block), "--batch-size", str(args.batch_size),
            "--val-every", str(args.val_every), "--unlabelled-patches", str(args.unlabelled_patches),
            "--iwae-samples", str(args.iwae_samples), "--threads", "1", "--out", args.out]
+    if args.dates != 1:
+        cmd += ["--dates", str(args.dates)]
     if args.budget is not None:
         cmd += ["--budget", f"{args.budget:g}"]
     if args.steps is not None:
@@ -489,12 +499,13 @@ def main(argv: list[str] | None = None) -> int:
     mode = "steps" if args.steps is not None else "wall_clock"
     report: dict[str, Any] = {
         "study": "label budget", "mode": mode, "budget_s": args.budget, "steps": args.steps,
-        "title": figure_title(mode, args.budget, args.steps, len(args.seeds)),
-        "cubes": [{"cube": c, "label": cube_label(c), "data": data[c], "all_locations": n_all[c]} for c in args.cubes],
+        "title": figure_title(mode, args.budget, args.steps, len(args.seeds)) + _dates_text(args.dates),
+        "cubes": [{"cube": c, "label": cube_label(c), "data": data[c], "all_locations": n_all[c],
+                   "unit": budget_unit(data[c])} for c in args.cubes],
         "labels": args.labels, "methods": args.methods, "seeds": args.seeds, "reference": REFERENCE,
         "settings": {"patch_size": args.patch_size, "block": args.block, "batch_size": args.batch_size,
                      "val_every": args.val_every, "unlabelled_patches": args.unlabelled_patches,
-                     "iwae_samples": args.iwae_samples, "threads": 1, "jobs": args.jobs,
+                     "iwae_samples": args.iwae_samples, "dates": args.dates, "threads": 1, "jobs": args.jobs,
                      "options": args.method_options},
         "out": args.out,
     }
@@ -508,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         counts = [len(e["seeds"]) for e in summary]
         if counts:  # the seeds behind the points, not the seeds asked for
-            report["title"] = figure_title(mode, args.budget, args.steps, (min(counts), max(counts)))
+            report["title"] = (figure_title(mode, args.budget, args.steps, (min(counts), max(counts)))
+                               + _dates_text(args.dates))
         _write_json(args.json, report)
 
     def on_row(run: Run, row: dict) -> None:

@@ -161,7 +161,7 @@ def prepare_data(config: RunConfig, plans_from: str | os.PathLike | None = None)
 
 
 def _draw_plans(config: RunConfig, cube: xr.Dataset | str, ds: xr.Dataset) -> tuple[PatchPlan, PatchPlan]:
-    shape = {k: int(ds.sizes[k]) for k in ("time", "y", "x")}
+    shape = _shape(ds)
     check_sizes(shape, config)
     split = _split(config.block, config.fractions, config.data_seed)
     sampler = PatchSampler(
@@ -170,6 +170,11 @@ def _draw_plans(config: RunConfig, cube: xr.Dataset | str, ds: xr.Dataset) -> tu
     )
     if config.labels:
         have = len(sampler.labelled_candidates(cube))
+        if have < config.labels and "image_y" in shape:
+            raise ValueError(
+                f"--labels {config.labels} is more than the training images of the mosaic hold: {have} images with "
+                f"labelled pixels (labels count whole images): pass --labels {have} or fewer"
+            )
         if have < config.labels:
             raise ValueError(
                 f"--labels {config.labels} is more than the training blocks hold: {have} locations "
@@ -197,14 +202,25 @@ def _split(block: int, fractions: Sequence[float], data_seed: int) -> SpatialSpl
 
 def cube_shape(data: str) -> dict[str, int]:
     """``{"time": T, "y": Y, "x": X}`` of the cube behind ``data``, without generating a synthetic one (its
-    preset says its size) nor reading a store's arrays."""
+    preset says its size) nor reading a store's arrays; for a mosaic of camera images
+    (:mod:`hvaeseg.data.mosaic`) also ``"image_y": H, "image_x": W``, the size of its images (the split's blocks)."""
     if data.startswith(SYNTHETIC_PREFIX):
         from hvaeseg.data.synthetic.config import resolve_config
 
         cfg = resolve_config(data[len(SYNTHETIC_PREFIX):])
         return {"time": int(cfg.n_dates), "y": int(cfg.size[0]), "x": int(cfg.size[1])}
-    ds = open_cube(data)
-    return {k: int(ds.sizes[k]) for k in ("time", "y", "x")}
+    return _shape(open_cube(data))
+
+
+def _shape(ds: xr.Dataset) -> dict[str, int]:
+    """The shape :func:`cube_shape` describes, of an open cube."""
+    from hvaeseg.data.mosaic import MosaicLayout
+
+    shape = {k: int(ds.sizes[k]) for k in ("time", "y", "x")}
+    layout = MosaicLayout.from_cube(ds)
+    if layout is not None:
+        shape.update(image_y=layout.image_size[0], image_x=layout.image_size[1])
+    return shape
 
 
 def _problem(shape: dict[str, int], patch: int, block: int, labels: int, fractions: Sequence[float],
@@ -212,7 +228,11 @@ def _problem(shape: dict[str, int], patch: int, block: int, labels: int, fractio
     """Why ``patch`` and ``block`` do not fit a cube of ``shape``: ``("patch", 0)``, ``("splits", blocks)`` (a
     split with a positive share gets no block that holds a patch) or ``("labels", locations)`` (the training
     blocks hold fewer than ``labels`` patch tiles); None when they fit. Geometry only: labelled pixels are
-    counted when the plans are drawn."""
+    counted when the plans are drawn. A mosaic of images (``image_y``, ``image_x`` in ``shape``) is split image by
+    image, not in blocks: only the patch must fit in an image (the images per split are counted with the
+    plans)."""
+    if "image_y" in shape:
+        return ("patch", 0) if patch > min(shape["image_y"], shape["image_x"]) else None
     if patch > min(shape["y"], shape["x"]):
         return "patch", 0
     split = _split(block, fractions, data_seed)
@@ -254,6 +274,10 @@ def _why(shape: dict[str, int], P: int, B: int, labels: int, fractions: Sequence
     """The message of a :func:`_problem`: what does not fit, and the flag to change."""
     kind, count = problem
     Y, X = shape["y"], shape["x"]
+    if kind == "patch" and "image_y" in shape:
+        h, w = shape["image_y"], shape["image_x"]
+        return (f"--patch-size {P} is larger than the {h}x{w} images of the mosaic: pass --patch-size {min(h, w)} "
+                "or less (or ingest the images larger, --size)")
     if kind == "patch":
         return f"--patch-size {P} is larger than the {Y}x{X} cube: pass --patch-size {min(Y, X)} or less"
     if kind == "splits":
@@ -288,6 +312,9 @@ def fit_sizes(
     :raises ValueError: nothing fits; the message says which flag to change.
     """
     patches = [patch_size] if patch_size is not None else [default("patch_size"), default("patch_size") // 2]
+    if patch_size is None and "image_y" in shape:  # a mosaic: the largest default that fits in its images
+        side = min(shape["image_y"], shape["image_x"])
+        patches = [p for p in patches if p <= side] or [side]
     if block is not None:
         patches = [p for p in patches if p <= block] or [block]
     tried: list[tuple[int, int, tuple[str, int]]] = []
@@ -651,6 +678,11 @@ def check_cube(
     if min(int(ds.sizes["y"]), int(ds.sizes["x"])) < patch_size:
         raise ValueError(f"{name} is {ds.sizes['y']}x{ds.sizes['x']} pixels, smaller than the run's {patch_size}x"
                          f"{patch_size} patches: give a cube of at least {patch_size}x{patch_size} pixels")
+    shape = _shape(ds)
+    if "image_y" in shape and min(shape["image_y"], shape["image_x"]) < patch_size:
+        raise ValueError(f"{name} is a mosaic of {shape['image_y']}x{shape['image_x']} images, smaller than the run's "
+                         f"{patch_size}x{patch_size} patches: ingest the images at {patch_size}x{patch_size} pixels "
+                         "or more (--size)")
     if int(ds.sizes["time"]) < dates:
         raise ValueError(f"{name} has {ds.sizes['time']} dates, but the run predicts from stacks of {dates}: give a "
                          f"cube with at least {dates} dates")

@@ -67,12 +67,13 @@ def _matches(value: Any, annotation: Any) -> tuple[bool, str]:
     return True, str(annotation)
 
 
-def check_option_types(config_class: type, options: dict[str, Any], owner: str) -> None:
+def check_option_types(config_class: type, options: dict[str, Any], owner: str, *, fix: str | None = None) -> None:
     """Raise a :class:`ValueError` naming the first option whose value does not fit its field's annotation.
 
     :param config_class: a dataclass (its annotations are resolved, ``from __future__ import annotations`` too).
     :param options: field name -> value, as parsed from JSON (unknown names are the caller's concern).
     :param owner: what the options belong to, for the message (e.g. ``"method 'supervised'"``).
+    :param fix: how to write the value, said last (default: as JSON in ``--options``).
     """
     hints = typing.get_type_hints(config_class)
     for name, value in options.items():
@@ -80,7 +81,6 @@ def check_option_types(config_class: type, options: dict[str, Any], owner: str) 
             continue
         ok, want = _matches(value, hints[name])
         if not ok:
-            raise ValueError(
-                f"{owner} option {name}: expected {want}, got {value!r} ({_json_type(value)}); "
-                f"write it as JSON, e.g. --options '{{\"{name}\": ...}}' with an unquoted number or true/false"
-            )
+            if fix is None:
+                fix = f"write it as JSON, e.g. --options '{{\"{name}\": ...}}' with an unquoted number or true/false"
+            raise ValueError(f"{owner} option {name}: expected {want}, got {value!r} ({_json_type(value)}); {fix}")

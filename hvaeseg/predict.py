@@ -5,6 +5,10 @@ back to end at the border, never padded); overlapping tiles are averaged. A sing
 date of a tile and the per-pixel probabilities are averaged over the dates weighted by whether the pixel is
 clear on that date (a pixel never clear gets the plain average over dates). A temporal model (T-date stacks)
 sees the T clearest dates of each tile.
+
+A mosaic of camera images (:mod:`hvaeseg.data.mosaic`) is tiled image by image (every cell of its grid, the
+last row / column of tiles shifted back to end at the image border), so that no tile crosses from one image
+into another; the prediction keeps the mosaic's attributes, ``image_index`` and per-image coordinates.
 """
 
 from __future__ import annotations
@@ -36,17 +40,25 @@ def tile_starts(extent: int, size: int) -> list[int]:
 
 def _cover_plan(ds: xr.Dataset, patch_size: int, dates: int) -> PatchPlan:
     """Tiles that cover the cube: for single dates one row per (tile, date), for stacks the clearest dates."""
+    from hvaeseg.data.mosaic import MosaicLayout
+
     T, Y, X = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
+    layout = MosaicLayout.from_cube(ds)
+    if layout is None:
+        corners = [(y, x) for y in tile_starts(Y, patch_size) for x in tile_starts(X, patch_size)]
+    else:  # cell by cell: no tile crosses an image border
+        h, w = layout.image_size
+        corners = [(y0 + y, x0 + x) for y0, _, x0, _ in layout.boxes(cells=True).tolist()
+                   for y in tile_starts(h, patch_size) for x in tile_starts(w, patch_size)]
     rows_y, rows_x, rows_t = [], [], []
-    for y in tile_starts(Y, patch_size):
-        for x in tile_starts(X, patch_size):
-            if dates == 1:
-                for t in range(T):
-                    rows_y.append(y), rows_x.append(x), rows_t.append([t])
-            else:
-                frac = ds["valid"][:, y:y + patch_size, x:x + patch_size].values.mean(axis=(1, 2))
-                best = np.sort(np.argsort(-frac, kind="stable")[:dates])
-                rows_y.append(y), rows_x.append(x), rows_t.append(best.tolist())
+    for y, x in corners:
+        if dates == 1:
+            for t in range(T):
+                rows_y.append(y), rows_x.append(x), rows_t.append([t])
+        else:
+            frac = ds["valid"][:, y:y + patch_size, x:x + patch_size].values.mean(axis=(1, 2))
+            best = np.sort(np.argsort(-frac, kind="stable")[:dates])
+            rows_y.append(y), rows_x.append(x), rows_t.append(best.tolist())
     n = len(rows_y)
     sizes = {"y": patch_size, "x": patch_size, **({"time": dates} if dates > 1 else {})}
     return PatchPlan(
@@ -122,6 +134,13 @@ def predict_cube(
         coords={"y": ds["y"].values, "x": ds["x"].values, "class": ids},
         attrs={k: v for k, v in ds.attrs.items() if k in ("crs",)},
     )
+    if "image" in ds.sizes:  # a mosaic: which image each pixel is from, and the images' names
+        from hvaeseg.data.mosaic import COLUMNS_ATTR, SIZE_ATTR
+
+        out.attrs.update({k: ds.attrs[k] for k in (SIZE_ATTR, COLUMNS_ATTR, "sensor") if k in ds.attrs})
+        out = out.assign_coords({k: v for k, v in ds.coords.items() if v.dims == ("image",)})
+        if "image_index" in ds:
+            out["image_index"] = ds["image_index"].load()
     return out
 
 

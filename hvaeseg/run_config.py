@@ -16,6 +16,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hvaeseg._dataclass_io import check_fields, from_dict
+
 if TYPE_CHECKING:
     from hvaeseg.experiment import RunData
 
@@ -143,13 +145,7 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"config.json: unknown fields {unknown}; this run was written by another version")
-        data["fractions"] = tuple(data.get("fractions", (0.6, 0.2, 0.2)))
-        return cls(**data)
+        return from_dict(cls, json.loads(text), "config.json", hint="this run was written by another version")
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> RunConfig:
@@ -199,6 +195,43 @@ class LoaderOptions:
                 f"first (`hvaeseg data synth OUT.zarr --preset {preset} --seed {config.data_seed}`) and train with "
                 "--data OUT.zarr, or drop --loader-processes"
             )
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The :class:`RunConfig` fields of a YAML or JSON file (``hvaeseg train --config``): the keys of a run's
+    ``config.json`` (method options as a mapping under ``options``), any of them left out. ``.json`` files are
+    read as JSON, others as YAML. The values are checked by type here (``labels: "10"`` is refused naming the
+    file); their ranges when the run's config is made of them and of the flags.
+
+    :raises FileNotFoundError: no such file.
+    :raises ValueError: a folder, not YAML/JSON, not a mapping, an unknown key (named, with the known ones), or a
+        value of the wrong type; each message names the file.
+    """
+    import yaml
+
+    from hvaeseg.options import check_option_types
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--config: no file at {str(path)!r}: give a .yaml or .json file of run settings "
+                                "(the fields of a run's config.json)")
+    if path.is_dir():
+        raise ValueError(f"--config: {str(path)!r} is a folder: expected a .yaml or .json file (a run folder's "
+                         "settings are its config.json)")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a valid {'JSON' if path.suffix == '.json' else 'YAML'} file of run "
+                         f"settings ({' '.join(str(err).split())})") from None
+    if data is None:  # an empty file: nothing set
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of run settings (field: value), got a {type(data).__name__}")
+    check_fields(RunConfig, data, str(path), hint="--out and the loader flags are given on the command line")
+    check_option_types(RunConfig, data, str(path), fix="write numbers and true/false unquoted (YAML reads 1e-3 as "
+                                                       "text: write 1.0e-3 or 0.001)")
+    return data
 
 
 def flag(name: str) -> str:

@@ -122,7 +122,7 @@ def test_bad_run_configs_are_clear_errors(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
     assert "not a run folder" in capsys.readouterr().err
     assert main([*train_args("elbo", tmp_path / "r"), "--options", '{"no_such_option": 1}']) == 2
-    assert "no options" in capsys.readouterr().err
+    assert "method 'elbo' options: unknown field(s) 'no_such_option'" in capsys.readouterr().err
 
 
 def test_unsupervised_symmetric_run_without_labels(tmp_path):

@@ -24,6 +24,16 @@ Examples::
         --no-scl --times 2024-03-01,2024-03-11 --boa-offset 0 --labels labels.tif \\
         --code-table classes.csv --void-codes 255 out.zarr
 
+    # Cityscapes (leftImg8bit/ and gtFine/ under ROOT): train and val images resized to 128 x 256, the
+    # label ids mapped to the 8 categories; the official val images are reserved for the test split
+    hvaeseg data ingest --format cityscapes ROOT cityscapes.zarr --size 128 256
+
+    # the same, void pixels unlabelled (7 classes), the train images only
+    hvaeseg data ingest --format cityscapes ROOT train.zarr --split train --size 128 256 --void ignore
+
+    # a folder of image / label PNG pairs (ROOT/images/NAME.png, ROOT/labels/NAME.png), classes named by a table
+    hvaeseg data ingest --format folder ROOT --code-table classes.csv images.zarr --size 64 64
+
 Label code 0 means "no label" (void, -1) by default, as does the label file's no-data value; --void-codes
 sets the codes that do (--void-codes none: none, so 0 may be a class). The command prints which codes
 became which class, where the names and the offset came from, and how many pixels are void.
@@ -70,11 +80,14 @@ def add_ingest_parser(data_subparsers: argparse._SubParsersAction) -> argparse.A
 def _add(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = data_subparsers.add_parser(
         "ingest",
-        help="ingest real Sentinel-2 L2A products (NetCDF or GeoTIFF) into a cube store",
+        help="ingest real Sentinel-2 L2A products (NetCDF or GeoTIFF), or camera images (Cityscapes, a folder of "
+        "PNG pairs), into a cube store",
         description=(
             "Resample every band onto the 10 m grid (reflectance bilinear with pixel centres aligned, SCL "
             "nearest), derive `valid` from SCL and no-data, map label codes to class ids named by the code "
-            "table, validate, and write the cube atomically (nothing is written on error)."
+            "table, validate, and write the cube atomically (nothing is written on error). With --format "
+            "cityscapes or folder: camera images, resized to one size (area averaging; labels nearest), laid out "
+            "as a mosaic on one date with bands R, G, B."
         ),
         epilog=__doc__.split("Examples::", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -86,6 +99,19 @@ def _add(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser
         "of multi-band stacks (one file per date, in --times order, every band a layer)",
     )
     p.add_argument("out", metavar="OUT.zarr", help="the store to write (path or fsspec URL)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="the input format: netcdf (default), geotiff (as --geotiff), cityscapes (INPUT: the root "
+                   "holding leftImg8bit/ and gtFine/) or folder (INPUT: a root holding images/ and labels/ PNG pairs, "
+                   "with --code-table)")
+    p.add_argument("--split", default=None,
+                   help="cityscapes: the official splits to read, train, val or train,val (default train,val: the val "
+                   "images are then reserved for the test split)")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="cityscapes / folder: resize every image to H x W pixels (area averaging; labels nearest); "
+                   "default the images' own size (Cityscapes 1024 x 2048)")
+    p.add_argument("--void", choices=("class", "ignore"), default=None,
+                   help="cityscapes: the void category is class 0 of 8 (class, the default) or unlabelled, -1 "
+                   "(ignore: 7 classes)")
     p.add_argument("--geotiff", action="store_true", help="the inputs are GeoTIFF band files (needs rioxarray)")
     p.add_argument("--times", help="GeoTIFF: comma-separated dates, one per layer (e.g. 2024-03-01,2024-03-11)")
     p.add_argument("--labels", help="label file (NetCDF with --label-var; GeoTIFF with --geotiff)")
@@ -145,10 +171,62 @@ def _names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",")]
 
 
-def run_ingest(args: argparse.Namespace) -> int:
-    from hvaeseg.data.ingest import ingest, ingest_notes
-    from hvaeseg.data.store import open_cube
+#: the values of --format; the last two read camera images
+FORMATS = ("netcdf", "geotiff", "cityscapes", "folder")
+IMAGE_FORMATS = ("cityscapes", "folder")
+#: Sentinel-2 options (flag -> default) that camera-image formats refuse
+_PRODUCT_OPTIONS = {
+    "--geotiff": False, "--times": None, "--labels": None, "--label-var": "CT", "--classes": None,
+    "--class-names": None, "--void-codes": None, "--bands": None, "--boa-offset": None, "--stack-bands": None,
+    "--no-scl": False, "--local-grid": False,
+}
 
+
+def _check_format(args: argparse.Namespace) -> None:
+    """Refuse options of another format than ``--format``'s."""
+    image = args.format in IMAGE_FORMATS
+    if image:
+        given = [f for f, d in _PRODUCT_OPTIONS.items() if getattr(args, f[2:].replace("-", "_")) != d]
+        if given:
+            raise ValueError(f"{', '.join(given)}: Sentinel-2 product option(s), not for --format {args.format} "
+                             "(camera images take --size, and --split / --void for cityscapes or --code-table for "
+                             "folder)")
+        wrong = {"cityscapes": [("--code-table", args.code_table)],
+                 "folder": [("--split", args.split), ("--void", args.void)]}[args.format]
+        given = [f for f, v in wrong if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: not an option of --format {args.format}")
+        if len(args.inputs) != 1:
+            raise ValueError(f"--format {args.format} takes one INPUT, the dataset's root folder, then OUT.zarr; got "
+                             f"{len(args.inputs)} inputs: {' '.join(args.inputs)}")
+        return
+    given = [f for f, v in (("--split", args.split), ("--size", args.size), ("--void", args.void)) if v is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: for camera images only: add --format cityscapes (or folder)")
+    if args.format == "geotiff":
+        args.geotiff = True
+    elif args.format == "netcdf" and args.geotiff:
+        raise ValueError("--geotiff contradicts --format netcdf: give one")
+
+
+def _run_images(args: argparse.Namespace) -> str:
+    from hvaeseg.data.ingest import ingest
+
+    options: dict = {"size": args.size}
+    if args.format == "cityscapes":
+        options.update(split=args.split or "train,val", void=args.void or "class")
+    else:
+        options["code_table"] = args.code_table
+    return ingest(Path(args.inputs[0]), args.out, format=args.format, overwrite=args.overwrite, **options)
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from hvaeseg.data.ingest import ingest
+
+    _check_format(args)
+    if args.format in IMAGE_FORMATS:
+        _report(_run_images(args))
+        return 0
     if args.class_names is not None and not args.labels:
         raise ValueError("--class-names needs --labels (the label file whose classes it names)")
     if args.void_codes is not None and not args.labels:
@@ -195,9 +273,17 @@ def run_ingest(args: argparse.Namespace) -> int:
         )
     else:
         written = ingest([Path(p) for p in args.inputs], args.out, format="netcdf", overwrite=args.overwrite, **options)
+    _report(written)
+    return 0
+
+
+def _report(written: str) -> None:
+    """What was written: the store, its sizes, then the ingest notes."""
+    from hvaeseg.data.ingest import ingest_notes
+    from hvaeseg.data.store import open_cube
+
     ds = open_cube(written, validate=False)
     dims = " x ".join(f"{ds.sizes[d]} {d}" for d in ("time", "band", "y", "x") if d in ds.sizes)
     print(f"wrote {written}: {dims}")
     for line in ingest_notes(ds):
         print(f"  {line}")
-    return 0

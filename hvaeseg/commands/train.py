@@ -10,8 +10,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+from hvaeseg._dataclass_io import from_dict
 from hvaeseg.commands._table import format_metrics
-from hvaeseg.run_config import LoaderOptions, RunConfig, default, field_help, flag
+from hvaeseg.run_config import LoaderOptions, RunConfig, default, field_help, flag, read_config_file
 
 
 class _MethodNames(Sequence):
@@ -57,25 +58,43 @@ def _options(text: str | None) -> dict[str, Any]:
     return options
 
 
-def _given_sizes(args: argparse.Namespace) -> tuple[int, int]:
-    """``--patch-size`` and ``--block`` as given, the defaults standing in for those left out (for checking the
-    rest of the configuration before the cube is looked at)."""
-    patch, block = args.patch_size, args.block
+def _given_sizes(patch: int | None, block: int | None) -> tuple[int, int]:
+    """The patch size and block as given (None: not given), the defaults standing in for those left out (for
+    checking the rest of the configuration before the cube is looked at)."""
     if patch is None:
         patch = default("patch_size") if block is None or block < 1 else min(default("patch_size"), block)
     return patch, max(default("block"), patch) if block is None else block
 
 
+def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~hvaeseg.run_config.RunConfig` fields ``hvaeseg train`` was given: those of ``--config``,
+    overridden by the flags given on the command line (a flag left out does not override, even where its default
+    differs from the file)."""
+    settings = read_config_file(args.config) if args.config else {}
+    settings.update({name: getattr(args, name) for name in _TRAIN_FIELDS if name in args.given_fields})
+    if "options" in args.given_fields:
+        settings["options"] = _options(args.options)
+    if settings.get("method") is None:
+        methods = ", ".join(METHOD_NAMES)
+        if args.config:
+            raise ValueError(f"--method: expected a training method ({methods}), given neither as a flag nor in "
+                             f"{args.config}: pass --method METHOD, or add method: METHOD to {args.config}")
+        raise ValueError(f"--method: expected a training method ({methods}), got none: pass --method METHOD (or a "
+                         "--config file that gives method)")
+    return settings
+
+
 def _train(args: argparse.Namespace) -> int:
     from hvaeseg.experiment import cube_shape, evaluate_run, fit_sizes, train_run
 
-    given = {name: getattr(args, name) for name in _TRAIN_FIELDS}
-    patch, block = _given_sizes(args)
+    given = _run_fields(args)
+    patch_size, block_size = given.get("patch_size"), given.get("block")
+    patch, block = _given_sizes(patch_size, block_size)
     # everything but the sizes checked first: a bad flag is named before the cube is opened
-    config = RunConfig(**{**given, "patch_size": patch, "block": block, "options": _options(args.options)})
-    if args.patch_size is None or args.block is None:
+    config = from_dict(RunConfig, {**given, "patch_size": patch, "block": block})
+    if patch_size is None or block_size is None:
         shape = cube_shape(config.data)
-        patch, block = fit_sizes(shape, config.labels, patch_size=args.patch_size, block=args.block,
+        patch, block = fit_sizes(shape, config.labels, patch_size=patch_size, block=block_size,
                                  fractions=config.fractions, data_seed=config.data_seed)
         if (patch, block) != (config.patch_size, config.block):
             print(f"note: --patch-size {patch} --block {block}, to fit the {shape['y']}x{shape['x']} cube with "
@@ -141,22 +160,43 @@ _TRAIN_FIELDS = ("method", "data", "labels", "steps", "seed", "data_seed", "batc
                  "time_budget_s", "device", "precision")
 
 
+class _Given(argparse.Action):
+    """Store the option's value and add its ``dest`` to ``given_fields``: the flags given on the command line,
+    which override ``--config`` (a flag left out keeps its default in the namespace, for ``--help``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given_fields = getattr(namespace, "given_fields", frozenset()) | {self.dest}
+
+
 def _config_option(p: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     """``hvaeseg train``'s option for the RunConfig field ``name``: its flag, type, default and help (the
-    field's ``:param:`` text) come from :class:`~hvaeseg.run_config.RunConfig`; ``kwargs`` add to them."""
+    field's ``:param:`` text) come from :class:`~hvaeseg.run_config.RunConfig`; ``kwargs`` add to them. Giving
+    it records ``name`` in ``args.given_fields`` (:class:`_Given`)."""
     kind = typing.get_type_hints(RunConfig)[name]
     kind = {int: int, float: float, str: str}.get(kind, float)  # float | None, tuple[float, ...]: floats
-    options = {"dest": name, "type": kind, "default": default(name), "help": field_help(name).replace("%", "%%")}
+    options = {"dest": name, "type": kind, "default": default(name), "help": field_help(name).replace("%", "%%"),
+               "action": _Given}
     p.add_argument(flag(name), **{**options, **kwargs})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a method on a cube", formatter_class=HelpFormatter,
                        description="Train a segmentation method into a run folder. Rerun the same command to resume "
-                                   "it, or with a larger --steps (or --time-budget) to train it on.")
+                                   "it, or with a larger --steps (or --time-budget) to train it on. The settings "
+                                   "can come from a --config file (the fields of a run's config.json); the flags "
+                                   "given override it, and RUN/config.json records the result.")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="YAML or JSON file of run settings: the keys of a run's config.json (method, data, labels, "
+                        "steps, ..., time_budget_s, precision; method options as a mapping under options), any left "
+                        "out; a flag given on the command line replaces the file's value of that field (--options "
+                        "the whole options mapping); a data path is relative to the current folder, as with --data; "
+                        "an unknown key is an error")
     # no argparse choices for --method: an unknown method is refused by RunConfig in one line, like any other
     # bad value, and the registry (torch) is imported only when needed
-    _config_option(p, "method", required=True, metavar="METHOD", default=None, help="training method: {methods}")
+    _config_option(p, "method", metavar="METHOD", default=None,
+                   help="training method: {methods} (required, here or in the --config file)")
     _config_option(p, "data", metavar="CUBE")
     _config_option(p, "labels", metavar="N")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder (created; a rerun resumes it)")
@@ -185,7 +225,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loader-processes", action="store_true",
                    help="read batches in worker processes (needs the cube in a store; for GPU training)")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split when done")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, given_fields=frozenset())
 
     e = sub.add_parser("evaluate", help="evaluate a trained run", formatter_class=HelpFormatter,
                        description="Segmentation metrics of a run's best state on one split of its cube (and IWAE, "

@@ -2,7 +2,8 @@
 
 A cube is an :class:`xarray.Dataset` with ``reflectance (time, band, y, x)`` (uint16 DN or float32),
 ``valid (time, y, x)`` bool, optional ``scl``, ``labels (y, x)`` int16 (-1 = void) and, for synthetic
-cubes, ``clean_reflectance``; see :class:`~hvaeseg.data.schema.CubeSchema` and ``docs/conventions.md``.
+cubes, ``clean_reflectance``; see :class:`~hvaeseg.data.schema.CubeSchema` and ``docs/conventions.md``. Camera
+images (Cityscapes, folders of PNG pairs) are a mosaic cube of the same layout (:mod:`~hvaeseg.data.mosaic`).
 
 Submodules: :mod:`~hvaeseg.data.bands` (band table), :mod:`~hvaeseg.data.schema` (layout, validation,
 class attributes), :mod:`~hvaeseg.data.store` (Zarr I/O, atomic writes, streaming writer),
@@ -11,6 +12,7 @@ class attributes), :mod:`~hvaeseg.data.store` (Zarr I/O, atomic writes, streamin
 """
 
 from hvaeseg.data.bands import BANDS, L2A_BANDS, RGB, Band, band, band_coords
+from hvaeseg.data.mosaic import MosaicLayout
 from hvaeseg.data.schema import (
     CLEAR_SCL,
     SCHEMA_VERSION,
@@ -34,6 +36,7 @@ __all__ = [
     "Band",
     "band",
     "band_coords",
+    "MosaicLayout",
     "CLEAR_SCL",
     "SCHEMA_VERSION",
     "SCL_CODES",

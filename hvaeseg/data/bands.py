@@ -7,6 +7,9 @@ Sentinel-2B and -2C differ by a few nanometres, which no model here can resolve.
 share one 10 m grid; the native resolution is kept as a coordinate so that a user can see which bands
 were resampled.
 
+Cubes of camera images (:mod:`hvaeseg.data.mosaic`: Cityscapes or a folder of PNG pairs) carry the dataset
+attribute ``sensor = "camera"`` (:data:`CAMERA_SENSOR`) and the bands :data:`CAMERA_BANDS` (R, G, B) instead.
+
 >>> band("B8A").wavelength_nm
 864.7
 >>> [b.name for b in BANDS][:3]
@@ -21,7 +24,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Band", "BANDS", "BAND_NAMES", "L2A_BANDS", "RGB", "band", "band_coords", "check_band_names"]
+__all__ = [
+    "Band",
+    "BANDS",
+    "BAND_NAMES",
+    "L2A_BANDS",
+    "RGB",
+    "CAMERA_BANDS",
+    "CAMERA_SENSOR",
+    "band",
+    "band_coords",
+    "check_band_names",
+]
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,13 @@ L2A_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "
 
 #: red, green, blue, for true-colour composites
 RGB: tuple[str, str, str] = ("B04", "B03", "B02")
+
+#: the bands of a cube of camera images (``sensor = "camera"``, e.g. Cityscapes): red, green, blue, as 8-bit
+#: values / 255 (sRGB as stored, no radiometric calibration). They have no wavelength or resolution coordinate.
+CAMERA_BANDS: tuple[str, str, str] = ("R", "G", "B")
+
+#: the dataset attribute ``sensor`` of a cube of camera images; a cube without ``sensor`` is Sentinel-2
+CAMERA_SENSOR = "camera"
 
 _BY_NAME = {b.name: b for b in BANDS}
 

@@ -49,6 +49,16 @@ dates or the number of random patches -- so every method trained with the same s
 labelled locations. Only patches flagged ``labelled`` carry labels through the loader; the random
 (unlabelled) training patches get all-void labels even where they overlap a labelled location.
 Validation and test patches are always flagged ``labelled`` (they are for evaluation).
+
+**Image mosaics.** A cube of camera images laid out as a mosaic (:mod:`hvaeseg.data.mosaic`: dataset attributes
+``mosaic_image_size`` and ``mosaic_columns``) is split image by image: the blocks are the images, each given to
+one split by :func:`hvaeseg.data.mosaic.assign_splits` (the images the cube reserves for a split in
+``image_split`` keep it, the others are shared by the split's ``fractions`` and ``seed``; the split's ``block`` is
+not used). A labelled location is then a whole training image with a labelled pixel: ``n_labelled`` counts images,
+:meth:`PatchSampler.labelled_candidates` returns one row per candidate image (its top-left pixel) and
+:meth:`PatchSampler.labelled_locations` every patch tile covering the drawn images (the last row / column of
+tiles shifted back to end at the image border). Everything else (grid and random modes, dates) is as above
+with images for blocks, so no patch crosses an image border.
 """
 
 from __future__ import annotations
@@ -62,6 +72,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from hvaeseg._dataclass_io import from_dict
+from hvaeseg.data.mosaic import MosaicLayout, assign_splits, image_tiles, reserved_splits
 
 __all__ = ["SPLITS", "SpatialSplit", "PatchSampler", "PatchPlan"]
 
@@ -187,7 +200,8 @@ class SpatialSplit:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SpatialSplit:
-        return cls(block=d["block"], fractions=d["fractions"], seed=d["seed"])
+        """Inverse of :meth:`to_dict`; unknown fields are errors."""
+        return from_dict(cls, d, "SpatialSplit")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,6 +381,9 @@ class _CubeView:
         self.ds = cube
         self.shape = {d: int(cube.sizes[d]) for d in ("time", "y", "x")}
         self._valid = cube["valid"].transpose("time", "y", "x") if "valid" in cube else None
+        #: the image layout of a mosaic of camera images (None for other cubes), and the splits it reserves
+        self.mosaic = MosaicLayout.from_cube(cube)
+        self.reserved = reserved_splits(cube) if self.mosaic is not None else None
 
     def valid_plane(self, t: int) -> np.ndarray:
         if self._valid is None:
@@ -512,19 +529,39 @@ class PatchSampler:
     def _rng(self, stream: int, *extra: int) -> np.random.Generator:
         return np.random.default_rng([int(self.seed), stream, *extra])
 
-    def _blocks(self, shape: Mapping[str, int], split: str) -> list[tuple[int, int, int, int]]:
+    def _blocks(self, view: _CubeView, split: str) -> list[tuple[int, int, int, int]]:
+        shape = view.shape
+        if view.mosaic is not None:  # the images are the blocks
+            mine = view.mosaic.boxes()[self._image_splits(view) == SPLITS.index(split)]
+            return [tuple(int(v) for v in b) for b in mine]
         if self.split is None:
             return [(0, shape["y"], 0, shape["x"])] if split == "train" else []
         return self.split.blocks(shape, split)
 
+    def _image_splits(self, view: _CubeView) -> np.ndarray:
+        """``(N,)`` split code of every image of a mosaic: all train without a split (one training block)."""
+        if self.split is None:
+            return np.zeros(view.mosaic.n_images, dtype=np.int8)
+        return assign_splits(view.reserved, self.split.fractions, self.split.seed)
+
     # -- public ------------------------------------------------------------------------------------
     def labelled_candidates(self, cube: Any, *, storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
         """``(M, 2)`` int64 top-left ``(y, x)`` of every non-overlapping patch-size tile of the training blocks
-        that holds a labelled pixel: the locations the labelled subset is drawn from (M = "all labels")."""
+        that holds a labelled pixel: the locations the labelled subset is drawn from (M = "all labels"). For an
+        image mosaic: the top-left pixel of every training image that holds a labelled pixel (and a patch)."""
         view = cube if isinstance(cube, _CubeView) else _CubeView(cube, storage_options)
         H, W = self.sizes["y"], self.sizes["x"]
+        if view.mosaic is not None:
+            boxes = np.array(self._blocks(view, "train"), dtype=np.int64).reshape(-1, 4)
+            h, w = view.mosaic.image_size
+            if H > h or W > w:
+                return np.zeros((0, 2), dtype=np.int64)
+            lab = view.labelled_pixels()
+            if lab is not None and len(boxes):
+                boxes = boxes[_box_sums(_integral(lab), boxes[:, 0], boxes[:, 2], h, w) > 0]
+            return boxes[:, [0, 2]].copy()
         tiles = []
-        for y0, y1, x0, x1 in self._blocks(view.shape, "train"):
+        for y0, y1, x0, x1 in self._blocks(view, "train"):
             ys, xs = np.arange(y0, y1 - H + 1, H), np.arange(x0, x1 - W + 1, W)
             if len(ys) and len(xs):
                 gy, gx = np.meshgrid(ys, xs, indexing="ij")
@@ -537,18 +574,26 @@ class PatchSampler:
         return tiles.astype(np.int64)
 
     def labelled_locations(self, cube: Any, *, storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
-        """``(n_labelled, 2)`` int64 top-left ``(y, x)`` of the labelled training locations (sorted)."""
+        """``(n_labelled, 2)`` int64 top-left ``(y, x)`` of the labelled training locations (sorted). For an image
+        mosaic: every patch tile of the ``n_labelled`` drawn images (:func:`hvaeseg.data.mosaic.image_tiles`), image
+        by image."""
         if self.n_labelled == 0:
             return np.zeros((0, 2), dtype=np.int64)
-        tiles = self.labelled_candidates(cube, storage_options=storage_options)
+        view = cube if isinstance(cube, _CubeView) else _CubeView(cube, storage_options)
+        tiles = self.labelled_candidates(view)
         H, W = self.sizes["y"], self.sizes["x"]
         if self.n_labelled > len(tiles):
+            what = (f"{len(tiles)} images with labelled pixels" if view.mosaic is not None else
+                    f"{len(tiles)} non-overlapping {H}x{W} tiles with labelled pixels")
             raise ValueError(
-                f"asked for {self.n_labelled} labelled training locations, but the training blocks hold only "
-                f"{len(tiles)} non-overlapping {H}x{W} tiles with labelled pixels"
+                f"asked for {self.n_labelled} labelled training locations, but the training blocks hold only {what}"
             )
         pick = self._rng(_STREAM_LABELLED).choice(len(tiles), size=self.n_labelled, replace=False)
-        return tiles[np.sort(pick)].astype(np.int64)
+        chosen = tiles[np.sort(pick)].astype(np.int64)
+        if view.mosaic is None:
+            return chosen
+        h, w = view.mosaic.image_size
+        return np.concatenate([image_tiles((y, y + h, x, x + w), self.sizes) for y, x in chosen]).astype(np.int64)
 
     def plan(self, cube: Any, *, storage_options: Mapping[str, Any] | None = None) -> PatchPlan:
         """Draw the plan for ``cube`` (an ``xarray.Dataset`` or a store path/URL)."""
@@ -562,7 +607,7 @@ class PatchSampler:
         parts: list[dict[str, np.ndarray]] = []
         n_groups = 0
         for split in self.splits:
-            blocks = self._blocks(shape, split)
+            blocks = self._blocks(view, split)
             if not blocks:
                 continue
             code = SPLITS.index(split)
@@ -605,10 +650,8 @@ class PatchSampler:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PatchSampler:
-        d = dict(d)
-        d["split"] = None if d.get("split") is None else SpatialSplit.from_dict(d["split"])
-        d["splits"] = tuple(d.get("splits", SPLITS))
-        return cls(**d)
+        """Inverse of :meth:`to_dict` (a plan's ``meta``); unknown fields are errors."""
+        return from_dict(cls, d, "PatchSampler")
 
     # -- modes -------------------------------------------------------------------------------------
     def _grid(self, view: _CubeView, blocks, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -47,7 +47,8 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from hvaeseg.data.bands import BAND_NAMES, _unknown_message
+from hvaeseg.data.bands import BAND_NAMES, CAMERA_BANDS, CAMERA_SENSOR, _unknown_message
+from hvaeseg.data.mosaic import IMAGE_DIM, MosaicLayout, mosaic_problems
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -153,12 +154,27 @@ class CubeSchema:
                 integer_attrs=("scale_factor", "add_offset"),
                 description="synthetic cubes: reflectance without clouds",
             ),
+            VariableSpec(
+                "image_index",
+                ("y", "x"),
+                ("int32",),
+                description="image mosaics: the image of every pixel, -1 = empty cell",
+            ),
+            VariableSpec(
+                "image_split",
+                ("image",),
+                ("int8",),
+                description="image mosaics: the split an image is reserved for (0 train, 1 val, 2 test; -1 free)",
+            ),
         )
     }
     #: dataset attributes: name -> description (optional, checked when present)
     dataset_attrs: ClassVar[dict[str, str]] = {
         "crs": "coordinate reference system, e.g. 'EPSG:32631'",
         "hvaeseg_schema_version": f"layout version, {SCHEMA_VERSION} for this hvaeseg",
+        "sensor": f"'{CAMERA_SENSOR}' for camera images (bands R, G, B); absent for Sentinel-2",
+        "mosaic_image_size": "image mosaics: [H, W] of every image (hvaeseg.data.mosaic)",
+        "mosaic_columns": "image mosaics: images per row",
     }
     #: decoded reflectance outside this range (DN 0 / NaN excluded) is not physical
     reflectance_range: ClassVar[tuple[float, float]] = (-0.1, 2.0)
@@ -445,8 +461,17 @@ def _check_band(ds: xr.Dataset) -> list[str]:
             "Fix: ds = ds.assign_coords(band_coords(['B02', 'B03', ...]))  (hvaeseg.data.bands.band_coords)"
         ]
     names = [str(n) for n in ds["band"].values]
+    sensor = ds.attrs.get("sensor")
+    if sensor is not None and sensor != CAMERA_SENSOR:
+        return [f"dataset attribute sensor={sensor!r} is unknown: '{CAMERA_SENSOR}' (camera images, bands "
+                f"{', '.join(CAMERA_BANDS)}) or no attribute (Sentinel-2). Fix: del ds.attrs['sensor']"]
+    if sensor == CAMERA_SENSOR:
+        return _check_camera_bands(names)
     problems = []
     unknown = [n for n in names if n not in BAND_NAMES]
+    if unknown and set(names) <= set(CAMERA_BANDS):
+        return [f"bands {', '.join(names)} are camera bands, but the cube does not say it holds camera images. "
+                f"Fix: ds.attrs['sensor'] = '{CAMERA_SENSOR}'"]
     for n in unknown:
         problems.append(f"{_unknown_message(n)}. Fix: rename the band coordinate to Sentinel-2 names")
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -458,6 +483,55 @@ def _check_band(ds: xr.Dataset) -> list[str]:
             f"band coordinate(s) {', '.join(missing)} missing. "
             "Fix: ds = ds.assign_coords(band_coords(ds.band.values))  (hvaeseg.data.bands.band_coords)"
         )
+    return problems
+
+
+def _check_camera_bands(names: list[str]) -> list[str]:
+    """Bands of a camera cube (``sensor = "camera"``): among R, G, B, each once."""
+    problems = []
+    unknown = [n for n in names if n not in CAMERA_BANDS]
+    if unknown:
+        problems.append(f"bands {', '.join(unknown)} are not camera bands ({', '.join(CAMERA_BANDS)}) of a cube with "
+                        f"sensor='{CAMERA_SENSOR}'. Fix: name the bands {', '.join(CAMERA_BANDS)}, or drop the "
+                        "sensor attribute for Sentinel-2 bands")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        problems.append(f"band names repeat: {', '.join(dup)}. Fix: keep each band once (ds.drop_duplicates('band'))")
+    return problems
+
+
+def _check_mosaic(ds: xr.Dataset) -> list[str]:
+    """The mosaic declaration (attributes, sizes), ``image_index`` against it (on the sample windows) and the
+    codes of ``image_split``."""
+    problems = mosaic_problems(ds)
+    if problems:
+        return problems
+    if IMAGE_DIM not in ds.sizes:
+        if "image_index" in ds.data_vars:
+            return ["`image_index` says which image each pixel is from, but the cube declares no image mosaic. Fix: "
+                    "ds.attrs.update(MosaicLayout.for_images(N, (H, W)).attrs()) (hvaeseg.data.mosaic)"]
+        return []
+    layout = MosaicLayout.from_cube(ds)
+    if "image_split" in ds.data_vars and _is_int(ds["image_split"].dtype):
+        codes = np.asarray(ds["image_split"].values)
+        bad = np.unique(codes[(codes < -1) | (codes > 2)])
+        if bad.size:
+            problems.append(f"`image_split` holds codes {{{_preview(bad.tolist())}}}; expected -1 (free), 0 train, "
+                            "1 val or 2 test. Fix: ds['image_split'] = ds['image_split'].where(ds['image_split'] "
+                            "<= 2, -1)")
+    index = ds.get("image_index")
+    if index is not None and tuple(index.dims) == ("y", "x") and _is_int(index.dtype):
+        for win in _windows(index):
+            have = np.asarray(index.isel(win).values)
+            ys, xs = (np.arange(ds.sizes[d])[win.get(d, slice(None))] for d in ("y", "x"))
+            if not np.array_equal(have, layout.image_index(ys, xs)):
+                problems.append(
+                    f"`image_index` does not match the mosaic layout ({layout.n_images} images of "
+                    f"{layout.image_size[0]}x{layout.image_size[1]} in {layout.columns} columns, image i at row i // "
+                    "columns, column i % columns). Fix: ds['image_index'] = (('y', 'x'), "
+                    "MosaicLayout.from_cube(ds).image_index())"
+                )
+                break
     return problems
 
 
@@ -715,6 +789,7 @@ def validate_cube(ds: xr.Dataset, *, require: Iterable[str] = ("reflectance", "v
     problems += _check_axis(ds, "y", decreasing=True)
     problems += _check_axis(ds, "x", decreasing=False)
     problems += _check_attrs(ds)
+    problems += _check_mosaic(ds)
 
     for name in ("reflectance", "clean_reflectance"):
         if name in ds.data_vars:

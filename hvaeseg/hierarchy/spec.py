@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from hvaeseg._dataclass_io import from_dict
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
@@ -84,18 +86,6 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"{what} must be a list of integers, got {value!r}")
     return out
-
-
-def _from_fields(cls, data: Any, where: str):
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise TypeError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(names)}")
-    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -295,10 +285,10 @@ class HierarchySpec:
             raise TypeError(f"temporal must be true or false, got {self.temporal!r}")
         if isinstance(self.layers, (str, dict)) or not isinstance(self.layers, (list, tuple)):
             raise TypeError(f"layers must be a list of layers, got {type(self.layers).__name__}")
-        layers = tuple(_from_fields(LatentLayerSpec, v, f"layers[{i}]") for i, v in enumerate(self.layers))
+        layers = tuple(from_dict(LatentLayerSpec, v, f"layers[{i}]") for i, v in enumerate(self.layers))
         object.__setattr__(self, "layers", layers)
-        object.__setattr__(self, "image", _from_fields(ImageLayerSpec, self.image, "image"))
-        object.__setattr__(self, "network", _from_fields(NetworkSpec, self.network, "network"))
+        object.__setattr__(self, "image", from_dict(ImageLayerSpec, self.image, "image"))
+        object.__setattr__(self, "network", from_dict(NetworkSpec, self.network, "network"))
         if self.patch_size is not None:
             _positive_int(self.patch_size, "patch_size", "give the patch side in pixels, or leave it out")
 
@@ -519,28 +509,9 @@ class HierarchySpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HierarchySpec:
-        """Inverse of :meth:`to_dict`; unknown fields are errors."""
-        if not isinstance(data, dict):
-            raise TypeError(f"expected a mapping for a HierarchySpec, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))}; known fields: {', '.join(names)}")
-        missing = [n for n in ("num_classes", "code_bits", "layers", "image") if n not in data]
-        if missing:
-            raise ValueError(f"missing field(s) {', '.join(missing)} in the hierarchy spec")
-        data = dict(data)
-        if isinstance(data["layers"], (list, tuple)):
-            data["layers"] = tuple(
-                _from_fields(LatentLayerSpec, _tuplify(v, ("parents",)), f"layers[{i}]")
-                for i, v in enumerate(data["layers"])
-            )
-        data["image"] = _from_fields(ImageLayerSpec, _tuplify(data["image"], ("parents",)), "image")
-        if "network" in data:
-            data["network"] = _from_fields(
-                NetworkSpec, _tuplify(data["network"], ("encoder_widths", "encoder_depths")), "network"
-            )
-        return cls(**data)
+        """Inverse of :meth:`to_dict`; unknown and missing fields are errors (:func:`hvaeseg._dataclass_io.from_dict`:
+        the layers, the image and the network are read the same way, their errors naming them)."""
+        return from_dict(cls, data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -574,13 +545,3 @@ class HierarchySpec:
             raise FileNotFoundError(f"no hierarchy spec at {str(path)!r}")
         text = path.read_text()
         return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)
-
-
-def _tuplify(data: Any, keys: tuple[str, ...]) -> Any:
-    if not isinstance(data, dict):
-        return data
-    out = dict(data)
-    for k in keys:
-        if isinstance(out.get(k), list):
-            out[k] = tuple(out[k])
-    return out

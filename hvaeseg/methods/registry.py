@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from hvaeseg._dataclass_io import check_fields, from_dict
 from hvaeseg.methods.base import STREAMS, FittedMethod, Method, SegmentationMethod
 from hvaeseg.options import check_option_types
 
@@ -88,18 +89,15 @@ def is_fitted(name: str) -> bool:
 
 
 def method_config(name: str, options: dict[str, Any] | None = None) -> Any:
-    """The validated config dataclass of method ``name`` from ``options`` (unknown keys are an error)."""
+    """The validated config dataclass of method ``name`` from ``options``: unknown keys are an error, values of
+    the wrong JSON type too (:func:`~hvaeseg.options.check_option_types`); lists go into tuple fields as tuples,
+    objects into dataclass fields as those dataclasses (:func:`~hvaeseg._dataclass_io.from_dict`)."""
     config_class = method_class(name).config_class
     options = dict(options or {})
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"method {name!r} has no options {unknown}; its options are {sorted(known)}")
+    where = f"method {name!r} options"
+    check_fields(config_class, options, where)  # unknown names first, then the types of the known ones
     check_option_types(config_class, options, f"method {name!r}")
-    for key, value in options.items():  # JSON gives lists where the dataclasses want tuples
-        if isinstance(value, list):
-            options[key] = tuple(value)
-    return config_class(**options)
+    return from_dict(config_class, options, where)
 
 
 def build_method(

@@ -19,6 +19,14 @@ Two layouts are read:
   the bottom edge and decreasing from the top (north-up layout), no CRS; the cube records
   ``grid = "local"``.
 
+Camera images, besides Sentinel-2 (``format="cityscapes"`` / ``"folder"``, CLI ``--format``): the standard
+Cityscapes layout (:mod:`~hvaeseg.data.ingest.cityscapes`: ``leftImg8bit/`` and ``gtFine/``, label ids mapped to the
+8 categories) or a folder of image / label PNG pairs with a class table (:mod:`~hvaeseg.data.ingest.image_folder`)
+become a *mosaic* cube (:mod:`hvaeseg.data.mosaic`): the images, resized to one size (``--size H W``: area
+averaging for images, nearest for labels, :mod:`~hvaeseg.data.ingest.images`), side by side on one date, bands
+R, G, B (``sensor = "camera"``), which every method, ``evaluate``, ``predict`` and the label-budget study take
+unchanged (the sampler splits a mosaic image by image). The rest of this docstring is about Sentinel-2 products.
+
 Resampling onto the 10 m grid (the grid of the finest band file), by variable:
 
 * **reflectance**: bilinear interpolation in the source pixel grid with pixel *centres* aligned: the
@@ -71,15 +79,19 @@ The code is split by concern: :mod:`~hvaeseg.data.ingest.netcdf` and :mod:`~hvae
 two layouts, :mod:`~hvaeseg.data.ingest.resample` resamples, :mod:`~hvaeseg.data.ingest.classes` reads code tables
 and maps labels, :mod:`~hvaeseg.data.ingest.offsets` finds the BOA offset, :mod:`~hvaeseg.data.ingest.assemble`
 checks the layers against each other and builds the cube, :mod:`~hvaeseg.data.ingest.outputs` checks the output,
-:mod:`~hvaeseg.data.ingest.write` holds :func:`ingest` and :mod:`~hvaeseg.data.ingest.notes` :func:`ingest_notes`.
+:mod:`~hvaeseg.data.ingest.write` holds :func:`ingest` and :mod:`~hvaeseg.data.ingest.notes` :func:`ingest_notes`;
+:mod:`~hvaeseg.data.ingest.images`, :mod:`~hvaeseg.data.ingest.cityscapes` and :mod:`~hvaeseg.data.ingest.image_folder`
+read camera images.
 """
 
 # `NAME as NAME`: public constants re-exported from the submodules (not in __all__)
 from hvaeseg.data.ingest._common import LOCAL_GRID_RESOLUTION as LOCAL_GRID_RESOLUTION
 from hvaeseg.data.ingest._common import IngestError
 from hvaeseg.data.ingest._common import PathType as PathType
+from hvaeseg.data.ingest.cityscapes import discover_cityscapes, ingest_cityscapes
 from hvaeseg.data.ingest.classes import read_code_table
 from hvaeseg.data.ingest.geotiff import ingest_geotiff
+from hvaeseg.data.ingest.image_folder import discover_image_folder, ingest_image_folder
 from hvaeseg.data.ingest.netcdf import discover_netcdf, ingest_netcdf
 from hvaeseg.data.ingest.notes import ingest_notes
 from hvaeseg.data.ingest.offsets import BASELINE_04_BOA_OFFSET as BASELINE_04_BOA_OFFSET
@@ -93,6 +105,10 @@ __all__ = [
     "ingest",
     "ingest_netcdf",
     "ingest_geotiff",
+    "ingest_cityscapes",
+    "ingest_image_folder",
+    "discover_cityscapes",
+    "discover_image_folder",
     "discover_netcdf",
     "read_code_table",
     "resample_to_grid",

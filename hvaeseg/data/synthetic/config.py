@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from hvaeseg._dataclass_io import check_fields, from_dict
 from hvaeseg.data.bands import L2A_BANDS, check_band_names
 
 __all__ = ["CLASS_NAMES", "CLASS_COLORS", "PARCEL_CLASSES", "SyntheticConfig", "PRESETS", "resolve_config"]
@@ -188,18 +189,14 @@ class SyntheticConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> SyntheticConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise TypeError(f"unknown SyntheticConfig field(s) {unknown}; fields: {', '.join(sorted(names))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        """Inverse of :meth:`to_dict`; unknown names raise :class:`~hvaeseg._dataclass_io.FieldError` (a
+        :class:`TypeError`)."""
+        return from_dict(cls, d, "SyntheticConfig")
 
     def replace(self, **changes) -> SyntheticConfig:
-        """A copy with ``changes`` (validated again); unknown names raise :class:`TypeError`."""
-        names = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise TypeError(f"unknown SyntheticConfig field(s) {unknown}; fields: {', '.join(sorted(names))}")
+        """A copy with ``changes`` (validated again); unknown names raise :class:`~hvaeseg._dataclass_io.FieldError`
+        (a :class:`TypeError`)."""
+        check_fields(type(self), changes, "SyntheticConfig")
         return dataclasses.replace(self, **changes)
 
 
