@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hvaeseg.data.sampler import PatchPlan
@@ -119,6 +120,19 @@ def run_config(args: argparse.Namespace, data: str, method: str, labels: int, se
     )
 
 
+def labelled_pixels(lab: PatchPlan) -> int:
+    """Pixels of the cube that the labelled patches cover (their union over dates: a location counts once; on an
+    image mosaic the tiles of an image may overlap, and its pixels count once too)."""
+    if len(lab) == 0:
+        return 0
+    Y, X = int(lab.cube_shape["y"]), int(lab.cube_shape["x"])
+    H, W = int(lab.sizes["y"]), int(lab.sizes["x"])
+    covered = np.zeros((Y, X), dtype=bool)
+    for y, x in {(int(y), int(x)) for y, x in zip(lab.y, lab.x)}:
+        covered[y:y + H, x:x + W] = True
+    return int(covered.sum())
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -138,9 +152,9 @@ def run_one(args: argparse.Namespace, cube: str, data: str, method: str, labels:
         "cube": cube, "method": method, "labels": labels, "seed": seed, "dates": config.dates, "steps": trainer.step,
         "steps_per_second": trainer.step / train_s, "train_seconds": train_s,
         "wall_seconds": time.perf_counter() - t0,
-        # the budget: N locations of patch_size^2 labelled pixels; every clear-enough date of a location is a
-        # labelled (single-date) patch, so labelled_patches counts (location, date) pairs
-        "labelled_patches": len(lab), "labelled_pixels": int(labels * args.patch_size**2),
+        # the budget: N locations (patch_size^2 pixels each; on a mosaic, whole images); every clear-enough date
+        # of a location is a labelled (single-date) patch, so labelled_patches counts (location, date) pairs
+        "labelled_patches": len(lab), "labelled_pixels": labelled_pixels(lab),
         "best_step": trainer.history.best_step,
         **{k: result.get(k) for k in ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency",
                                       "recon_mae", "recon_rmse")},

@@ -39,3 +39,8 @@ def budget() -> Iterator[ModuleType]:
 @pytest.fixture(scope="module")
 def inpaint() -> Iterator[ModuleType]:
     yield from _bench_script("inpaint")
+
+
+@pytest.fixture(scope="module")
+def compare() -> Iterator[ModuleType]:
+    yield from _bench_script("compare")
