@@ -73,10 +73,10 @@ import torch
 
 from hvaeseg.data.loader import day_of_year, normalise_dn, normaliser
 from hvaeseg.data.stats import compute_band_stats, dn_scaling, ensure_band_stats, read_band_stats
+from hvaeseg.data.tiles import tile_starts
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
 from hvaeseg.inpaint_cube import WINDOWS, window_dates
 from hvaeseg.metrics import error_vs_spread, inpainting_errors, interval_coverage, per_band_rmse
-from hvaeseg.predict import tile_starts
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/scenes.py, beside this script
     sys.path.insert(0, str(Path(__file__).resolve().parent))

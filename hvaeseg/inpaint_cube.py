@@ -65,8 +65,8 @@ from hvaeseg.data.loader import PatchLoader, normalise_dn, normaliser
 from hvaeseg.data.sampler import PatchPlan
 from hvaeseg.data.schema import CubeSchema
 from hvaeseg.data.stats import compute_band_stats, dn_scaling, read_band_stats
+from hvaeseg.data.tiles import tile_starts
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
-from hvaeseg.predict import tile_starts
 
 __all__ = ["METHODS", "WINDOWS", "inpaint_cube", "write_filled", "window_dates", "dn_range"]
 

@@ -23,19 +23,10 @@ from torch import Tensor
 from hvaeseg._progress import progress
 from hvaeseg.data.loader import PatchLoader
 from hvaeseg.data.sampler import PatchPlan
+from hvaeseg.data.tiles import tile_starts
 from hvaeseg.train import predict_batch
 
 PredictFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
-
-
-def tile_starts(extent: int, size: int) -> list[int]:
-    """Tile starts that cover ``extent`` with tiles of ``size``; the last one shifted back to end at the border."""
-    if size > extent:
-        raise ValueError(f"patch size {size} is larger than the cube ({extent} pixels): use a smaller patch size")
-    starts = list(range(0, extent - size + 1, size))
-    if starts[-1] + size < extent:
-        starts.append(extent - size)
-    return starts
 
 
 def _cover_plan(ds: xr.Dataset, patch_size: int, dates: int) -> PatchPlan:

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from hvaeseg.data.tiles import tile_starts
+
 __all__ = [
     "IMAGE_DIM",
     "SIZE_ATTR",
@@ -236,10 +238,7 @@ def image_tiles(box: Sequence[int], patch: Mapping[str, int]) -> np.ndarray:
     y0, y1, x0, x1 = (int(v) for v in box)
 
     def starts(a: int, b: int, size: int) -> np.ndarray:
-        s = np.arange(a, b - size + 1, size)
-        if len(s) and s[-1] + size < b:
-            s = np.append(s, b - size)
-        return s
+        return a + np.asarray(tile_starts(b - a, size) if size <= b - a else [], dtype=np.int64)
 
     gy, gx = np.meshgrid(starts(y0, y1, patch["y"]), starts(x0, x1, patch["x"]), indexing="ij")
     return np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.int64)
