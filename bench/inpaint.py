@@ -39,7 +39,8 @@ method is judged on the same context.
 Runs: ``--single-run RUN ...`` / ``--temporal-run RUN ...`` (run folders; each is matched to the cube it was
 trained on, and to a seed by its training seed when a cube has several), or ``--train``: symmetric learning,
 ``--labels`` labelled locations (capped at what the split holds), patch ``--patch-size``, ``dates=1`` resp.
-``dates=--dates``, ``--budget`` seconds, one run per seed, kept under ``--out``/CUBE/ and reused when finished.
+``dates=--dates``, ``--budget`` seconds (or ``--steps`` steps, capped at ``--budget`` seconds), one run per seed,
+kept under ``--out``/CUBE/ and reused when finished.
 ``--block`` defaults to 128 for cubes of at least 512 pixels a side, else 32 (the 64 x 64 WorldCereal site,
 ``synthetic:tiny``).
 
@@ -713,7 +714,8 @@ def train_config(args: argparse.Namespace, cube: Cube, dates: int, seed: int):
                       block=block)
     labels = min(args.labels, all_locations(probe))
     return RunConfig(
-        method="symmetric", data=cube.data, labels=labels, steps=UNBOUNDED_STEPS, seed=seed, data_seed=0,
+        method="symmetric", data=cube.data, labels=labels, steps=getattr(args, "steps", None) or UNBOUNDED_STEPS,
+        seed=seed, data_seed=0,
         batch_size=8, patch_size=args.patch_size, dates=dates, block=block, val_every=50, checkpoint_every=50,
         time_budget_s=args.budget, options=dict(getattr(args, "options", None) or {}),
     )
@@ -727,7 +729,8 @@ def trained_run(config, folder: Path) -> Path:
     if done.exists() and (folder / "config.json").exists() and not RunConfig.load(folder).differences(config):
         print(f"reusing {folder}", file=sys.stderr)
         return folder
-    print(f"training {folder} ({config.time_budget_s:g} s)", file=sys.stderr)
+    length = f"{config.time_budget_s:g} s" if config.steps == UNBOUNDED_STEPS else f"{config.steps} steps"
+    print(f"training {folder} ({length})", file=sys.stderr)
     trainer = train_run(config, folder, resume=False)
     info = {"steps": trainer.step, "train_seconds": trainer.history.train_seconds,
             "best_step": trainer.history.best_step}
@@ -851,6 +854,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temporal-run", nargs="+", default=[], metavar="RUN", help="temporal HVAE run folders")
     p.add_argument("--train", action="store_true", help="train the runs that are not given (kept under --out)")
     p.add_argument("--budget", type=float, default=240.0, help="training seconds per run (--train)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="--train: train every run for this many steps (equal steps, immune to machine load), "
+                        "--budget seconds at most")
     p.add_argument("--dates", type=int, default=4, help="T of the temporal runs (--train)")
     p.add_argument("--labels", type=int, default=10, help="labelled locations of the trained runs (capped)")
     p.add_argument("--options", type=json.loads, default={}, metavar="JSON",
@@ -883,6 +889,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--options: {err}")
     if args.dates < 2:
         p.error(f"--dates: expected T >= 2 dates per temporal stack, got {args.dates}")
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps: expected a positive number of steps, got {args.steps}")
     if not args.budget > 0:
         p.error(f"--budget: expected a positive number of seconds, got {args.budget}")
     if args.samples < 1 or args.calibration_samples < 0:
@@ -953,7 +961,8 @@ def main(argv: list[str] | None = None) -> int:
                    "bands": c.bands, "band_mean": c.mean.tolist(), "band_std": c.std.tolist()} for c in cubes],
         "methods": args.methods, "seeds": args.seeds, "samples": args.samples, "window": args.window,
         "calibration_samples": args.calibration_samples, "levels": list(LEVELS),
-        "train": {"budget_s": args.budget, "dates": args.dates, "labels": args.labels, "patch_size": args.patch_size,
+        "train": {"budget_s": args.budget, "steps": args.steps, "dates": args.dates, "labels": args.labels,
+                  "patch_size": args.patch_size,
                   "block": args.block, "options": args.options} if args.train else None,
         "threads": torch.get_num_threads(), "notes": notes, "rows": rows, "summary": summary,
     }
