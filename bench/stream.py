@@ -36,6 +36,18 @@ Methods, every one on the same store, the same patch size (128 x 128, every band
 Rounds are interleaved (d, a, b, c, d, a, ...) after a warm-up pass, and each figure is the median over
 the rounds (on a shared machine, single runs are noisy). With CUDA, it also trains the project's
 ``SegmentationUNet`` on the loader's batches and reports the share of step time spent waiting for data.
+
+Object storage (docs/scaling.md, "Cubes on object storage (S3)"): method (a) only (threads), on the same plan,
+from the cube's S3 copy beside its local store, rounds interleaved (local, S3, local, ...)::
+
+    python bench/stream.py --store s3://bucket/cube.zarr --local-store cube.zarr \
+        --storage-options '{"endpoint_url": "http://minio:9000"}'    # a real endpoint (credentials: AWS_*)
+    python bench/stream.py --s3-local --size 512 --dates 4           # a local moto server, started here
+
+``--s3-local`` builds (or reuses) the local ``--store``, starts moto's S3 server in this process on a free port,
+uploads the store to a bucket there and measures both; it also counts the HTTP requests the S3 rounds made
+(per patch). Against a local in-process server the S3 figure shows the cost of the protocol (requests,
+copies, the server's own CPU on the same cores), not that of a network.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -218,6 +231,119 @@ def bench_cuda(path, plan, batch, workers, processes=False, steps=60, warmup=10)
     }
 
 
+# ---------------------------------------------------------------------------------------------- S3
+
+
+class _RequestCounter:
+    """Counts the requests a local moto server answers (werkzeug logs one line per request), printing none."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self.count = 0
+        self.handler = logging.Handler()
+        self.handler.emit = self._emit
+        logger = logging.getLogger("werkzeug")
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        logger.handlers[:] = [self.handler]
+
+    def _emit(self, record) -> None:
+        if '"GET ' in record.getMessage():
+            self.count += 1
+
+
+def start_local_s3():
+    """Moto's S3 server in a thread of this process, on a free port, reached through the AWS_* environment
+    variables (set here; fake credentials): ``(server, endpoint URL, request counter)``."""
+    from moto.server import ThreadedMotoServer
+
+    counter = _RequestCounter()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=endpoint)
+    return server, endpoint, counter
+
+
+def bench_s3(args) -> dict:
+    """Method (a) from S3 beside the same cube on local disk (see the module doc)."""
+    from hvaeseg.data.remote import is_url, parse_storage_options, storage_options_scope
+
+    options = parse_storage_options(args.storage_options)
+    server = counter = None
+    local, url = (args.local_store, args.store) if is_url(args.store) else (args.store, None)
+    built = None
+    if local is not None and (args.rebuild or not Path(local, "zarr.json").exists()):
+        t0 = time.perf_counter()
+        build_store(local, args.size, args.dates, args.seed)
+        built = time.perf_counter() - t0
+    upload = None
+    if args.s3_local:
+        import s3fs
+
+        server, endpoint, counter = start_local_s3()
+        ensure_band_stats(local)  # before the copy: both have them
+        s3fs.S3FileSystem().mkdir("hvaeseg-bench")
+        t0 = time.perf_counter()
+        s3fs.S3FileSystem().put(local, "hvaeseg-bench/cube.zarr", recursive=True)
+        upload = time.perf_counter() - t0
+        url = "s3://hvaeseg-bench/cube.zarr"
+    try:
+        with storage_options_scope(options, [url]):
+            ensure_band_stats(url)
+            window = {"y": args.window, "x": args.window}
+            sampler = PatchSampler({"y": PATCH, "x": PATCH}, mode="random", n_patches=args.patches, window=window,
+                                   per_window=args.per_window, seed=args.seed)
+            plan = sampler.plan(local if local is not None else url)
+            sources = {"local": local, "s3": url} if local is not None else {"s3": url}
+            loaders = {}
+            for name, path in sources.items():
+                loaders[name] = PatchLoader(path, plan, batch_size=args.batch, workers=args.workers, prefetch=2)
+                bench_loader(loaders[name])  # warm-up epoch
+            rounds = {name: [] for name in loaders}
+            requests = 0
+            for _ in range(args.rounds):
+                for name, loader in loaders.items():
+                    before = counter.count if counter is not None else 0
+                    rounds[name].append(bench_loader(loader))
+                    if name == "s3" and counter is not None:
+                        requests += counter.count - before
+            for loader in loaders.values():
+                loader.close()
+    finally:
+        if server is not None:
+            server.stop()
+    med = {k: statistics.median(v) for k, v in rounds.items()}
+    info = store_info(local) if local is not None else {"path": url}
+    out = {
+        "benchmark": "bench/stream.py (object storage)",
+        "command": shlex.join(["python", "bench/stream.py", *args.argv]),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "nice": os.nice(0) if hasattr(os, "nice") else None,
+        },
+        "store": {**info, "s3_url": url, "build_seconds": built, "upload_seconds": upload,
+                  "s3_server": "moto ThreadedMotoServer, in this process (127.0.0.1)" if args.s3_local else "given"},
+        "patch": {"size": [PATCH, PATCH], "bands": info.get("shape", {}).get("band"), "dates": 1},
+        "sampling": {"plan_patches": len(plan), "window": [args.window, args.window], "per_window": args.per_window},
+        "settings": {"batch": args.batch, "workers": args.workers, "prefetch": 2, "rounds": args.rounds,
+                     "fetch_window_chunks": ZarrChunks.FETCH_WINDOW},
+        "patches_per_s": {f"a_hvaeseg_loader_{k}": v for k, v in med.items()},
+        "rounds": rounds,
+    }
+    if "local" in med:
+        out["ratio_s3_vs_local"] = med["s3"] / med["local"]
+    if counter is not None:
+        out["s3_get_requests_per_patch"] = requests / (args.rounds * len(plan))
+    print(json.dumps(out, indent=2))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -237,8 +363,17 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cuda-workers", type=int, default=None,
                    help="loader threads for the CUDA check (default: cores - 2)")
+    p.add_argument("--storage-options", default=None, metavar="JSON",
+                   help="with --store s3://...: storage options (JSON object of s3fs.S3FileSystem arguments)")
+    p.add_argument("--local-store", default=None, metavar="PATH",
+                   help="with --store s3://...: a local copy of the same cube, measured beside it")
+    p.add_argument("--s3-local", action="store_true",
+                   help="start a local S3 server (moto), upload the local --store to it and measure both")
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     _quiet_zarr()
+    if args.s3_local or "://" in args.store:
+        return bench_s3(args)
 
     path = args.store
     built = None

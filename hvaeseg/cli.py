@@ -40,7 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        from hvaeseg.commands._storage import storage_options_of
+
+        with storage_options_of(args):  # --storage-options, for the whole command
+            return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
             NotADirectoryError) as err:
         # user errors: one clear line, no traceback from deep inside a library

@@ -22,6 +22,7 @@ at least ``min_valid`` of its pixels are clear is a labelled patch (labels are t
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -41,6 +42,7 @@ from hvaeseg.data.loader import PatchLoader
 from hvaeseg.data.sampler import PatchPlan, PatchSampler, SpatialSplit
 from hvaeseg.data.schema import class_names
 from hvaeseg.data.store import open_cube
+from hvaeseg.distributed import DistributedContext, barrier
 from hvaeseg.methods.base import FittedMethod, Method, SegmentationMethod
 from hvaeseg.nets.precision import bf16_supported, prepare_modules
 from hvaeseg.objectives.pool import LabelPool
@@ -131,8 +133,11 @@ def _expand_labelled_dates(plan: PatchPlan, ds: xr.Dataset, min_valid: float) ->
         if len(dates) == 0:
             dates = np.array([int(np.argmax(frac))])
         for t in dates:
-            rows["y"].append(y), rows["x"].append(x), rows["t"].append([int(t)])
-            rows["split"].append(int(lab.split[i])), rows["labelled"].append(True)
+            rows["y"].append(y)
+            rows["x"].append(x)
+            rows["t"].append([int(t)])
+            rows["split"].append(int(lab.split[i]))
+            rows["labelled"].append(True)
             rows["group"].append(int(lab.group[i]))
     unl = plan.select(labelled=False)
     cat = {k: np.concatenate([np.asarray(v), getattr(unl, k)]) if k != "t" else
@@ -345,20 +350,33 @@ class _Streams:
 
     With ``labels == 0`` (unsupervised HVAE training) the labelled and pool streams yield ``None``, which the
     objectives read as "no labelled term" (symmetric learning then samples s from the model's prior).
+
+    ``shard = (rank, world)``: the streams of process ``rank`` of ``world`` (:mod:`hvaeseg.distributed`). The
+    batch of a step is then the slice ``rank`` of the global batch of ``world x batch_size`` items a one-process
+    run with that batch size reads (:class:`~hvaeseg.data.loader.PatchLoader`'s ``shard``); the labelled batch is
+    ``min(batch_size, labelled patches // world)`` per process.
     """
 
-    def __init__(self, data: RunData, config: RunConfig, method: Method, loader: LoaderOptions | None = None) -> None:
+    def __init__(self, data: RunData, config: RunConfig, method: Method, loader: LoaderOptions | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.config = config
+        self.shard = shard
+        rank, world = shard
         self.loaders: dict[str, PatchLoader] = {}
         self.pool: LabelPool | None = None
         loader = loader or LoaderOptions()
         loader.check(data, config)
         common = dict(batch_size=config.batch_size, device=config.device, repeat=True, workers=loader.workers,
                       prefetch=2, processes=loader.processes)
+        if world > 1:
+            common["shard"] = shard
         lab = data.train_plan.select(labelled=True)
         if "labelled" in method.streams and len(lab):
+            if len(lab) < world:
+                raise ValueError(f"the run has {len(lab)} labelled patches, fewer than its {world} processes: each "
+                                 "process needs one; use fewer processes, or more --labels")
             self.loaders["labelled"] = PatchLoader(
-                data.cube, lab, **{**common, "batch_size": min(config.batch_size, len(lab))}, seed=config.seed
+                data.cube, lab, **{**common, "batch_size": min(config.batch_size, len(lab) // world)}, seed=config.seed
             )
         if "unlabelled" in method.streams:
             self.loaders["unlabelled"] = PatchLoader(
@@ -384,9 +402,14 @@ class _Streams:
 
     def _pool_stream(self, start: int):
         pool, cfg = self.pool, self.config
+        rank, world = self.shard
+        B = cfg.batch_size
         for step in itertools.count(start):
             g = torch.Generator().manual_seed(step_seed(cfg.seed + 2, step))
-            yield pool.sample(cfg.batch_size, g, device=cfg.device)
+            if world == 1:
+                yield pool.sample(B, g, device=cfg.device)
+            else:  # the global draw of a one-process run with batch world x B; this process's slice of it
+                yield pool.sample(B * world, g)[rank * B:(rank + 1) * B].to(cfg.device)
 
 
 def _nothing(start: int):
@@ -440,7 +463,12 @@ class FitResult:
 
 
 def train_run(
-    config: RunConfig, out: str | os.PathLike, *, resume: bool = True, loader: LoaderOptions | None = None
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = True,
+    loader: LoaderOptions | None = None,
+    distributed: DistributedContext | None = None,
 ) -> Trainer | FitResult:
     """Train ``config`` into the run folder ``out`` (continuing from its checkpoint when ``resume``).
 
@@ -457,9 +485,25 @@ def train_run(
     Everything is checked before the folder is written; when this call fails before a checkpoint exists, what
     it wrote is removed again (never the files a folder held before), so that the corrected rerun starts clean.
 
+    ``distributed``: this process's place in a data-parallel run (:mod:`hvaeseg.distributed`, its process group
+    joined). Each process trains on its slice of every global batch of ``world_size x batch_size`` patches per
+    stream; the main process alone reads and writes ``out``. A checkpoint resumes only with its number of
+    processes.
+
     :raises FileExistsError: ``out`` holds a run with a different configuration (the message names the fields).
-    :raises ValueError: a rerun asks for fewer steps than the run has trained, or its time budget is spent.
+    :raises ValueError: a rerun asks for fewer steps than the run has trained, or its time budget is spent; a
+        fitted method (``pixel-gbm``) with several processes; a checkpoint of another number of processes.
     """
+    ctx = distributed if distributed is not None else DistributedContext()
+    if ctx.is_distributed:
+        from hvaeseg.methods import method_class
+
+        if method_class(config.method).fitted:
+            raise ValueError(
+                f"--method {config.method} is fitted in one call, not trained step by step, so it cannot be trained "
+                f"by {ctx.world_size} processes: run `hvaeseg train --method {config.method} ...` without torchrun "
+                "(one process)"
+            )
     out = Path(out)
     config = config.with_absolute_data()
     config.check_device()
@@ -469,19 +513,28 @@ def train_run(
     data = prepare_data(config)
     loader = loader or LoaderOptions()
     loader.check(data, config)  # before anything is written
+    if ctx.is_distributed:  # the main process computes (and stores) missing band statistics, the others read them
+        if ctx.is_main:
+            data.band_stats()
+        barrier(ctx)
     method = build_method(config, data)
-    with _removed_on_failure(out):
+    with _removed_on_failure(out) if ctx.is_main else contextlib.nullcontext():
         if method.fitted:
             _write_run_files(config, data, out)
             return fit_run(config, data, method, out, resume=resume, loader=loader)
-        streams = _Streams(data, config, method, loader)
+        streams = _Streams(data, config, method, loader, shard=ctx.shard)
         try:
-            val = data.eval_plan.select(split="val")
-            val_loader = PatchLoader(data.cube, val, batch_size=config.batch_size, device=config.device, workers=1)
-            trainer = Trainer(method, streams.factories(), lambda: val_loader.batches(0), data.num_classes, out, loop)
+            validation = None
+            if ctx.is_main:  # the main process alone validates
+                val = data.eval_plan.select(split="val")
+                val_loader = PatchLoader(data.cube, val, batch_size=config.batch_size, device=config.device,
+                                         workers=1)
+                validation = functools.partial(val_loader.batches, 0)
+            trainer = Trainer(method, streams.factories(), validation, data.num_classes, out, loop, distributed=ctx)
             if resume:
                 trainer.resume()
-            _write_run_files(config, data, out)  # only now: a failure until here leaves a run folder as it was
+            if ctx.is_main:  # only now: a failure until here leaves a run folder as it was
+                _write_run_files(config, data, out)
             trainer.fit()
         finally:
             streams.close()

@@ -62,13 +62,15 @@ import xarray as xr
 
 from hvaeseg import _progress
 from hvaeseg.data.loader import PatchLoader, normalise_dn, normaliser
+from hvaeseg.data.regions import Region
 from hvaeseg.data.sampler import PatchPlan
 from hvaeseg.data.schema import CubeSchema
 from hvaeseg.data.stats import compute_band_stats, dn_scaling, read_band_stats
 from hvaeseg.data.tiles import tile_starts
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
 
-__all__ = ["METHODS", "WINDOWS", "inpaint_cube", "write_filled", "window_dates", "dn_range"]
+__all__ = ["METHODS", "WINDOWS", "inpaint_cube", "write_filled", "window_dates", "dn_range", "inpaint_template",
+           "inpaint_region", "region_seed"]
 
 #: the ways to fill a cube
 METHODS: tuple[str, ...] = ("posterior", "interpolation")
@@ -181,8 +183,10 @@ class _Accumulator:
     """Overlap averages of the filled values (and variances) of each date, turned into DN when complete."""
 
     def __init__(self, ds: xr.Dataset, valid: np.ndarray, expected: np.ndarray, a: np.ndarray, b: np.ndarray,
-                 band_std: np.ndarray | None, with_std: bool) -> None:
+                 band_std: np.ndarray | None, with_std: bool, box: tuple[int, int, int, int] | None = None) -> None:
         refl = ds["reflectance"].transpose("time", "band", "y", "x")
+        if box is not None:  # pixels y0 <= y < y1, x0 <= x < x1 only (valid: of the box; add() takes box offsets)
+            refl = refl.isel(y=slice(box[0], box[1]), x=slice(box[2], box[3]))
         self.refl = refl
         T, C, Y, X = refl.shape
         self.valid = valid
@@ -275,6 +279,104 @@ def _seeded(seed: int, device: torch.device):
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
+def _fill(cube: xr.Dataset | str | os.PathLike, ds: xr.Dataset, valid: np.ndarray, ys: list[int], xs: list[int],
+          box: tuple[int, int, int, int], *, method: str, hvae: Any, patch_size: int, dates: int, window: str,
+          num_samples: int, batch_size: int, device: torch.device, seed: int,
+          stats: tuple[list[float], list[float]] | None, progress: bool) -> _Accumulator:
+    """Fill the pixels of ``box = (y0, y1, x0, x1)`` from the tiles at ``ys x xs`` (all inside the box), in the
+    whole cube's order: the accumulator holds the box's filled DN (``acc.out``) and spread (``acc.std``).
+
+    :param valid: ``(T, y1 - y0, x1 - x0)`` bool, the box's ``valid``.
+    :param stats: the whole cube's ``(band_mean, band_std)`` (``posterior``).
+    """
+    refl = ds["reflectance"]
+    T, C = ds.sizes["time"], ds.sizes["band"]
+    times = ds["time"].values
+    y0, _, x0, _ = box
+    P = patch_size
+    # the plan: date-major (a date is finished, and its accumulators freed, as soon as its tiles are done)
+    rows_y, rows_x, rows_t, target, pos = [], [], [], [], []
+    expected = np.zeros(T, dtype=np.int64)
+    if method == "interpolation":
+        for y in ys:
+            for x in xs:
+                if (~valid[:, y - y0:y - y0 + P, x - x0:x - x0 + P]).any():
+                    rows_y.append(y)
+                    rows_x.append(x)
+                    rows_t.append(list(range(T)))
+        expected[:] = len(rows_y)
+        sizes = {"y": P, "x": P, "time": T}
+    else:
+        for t in range(T):
+            for y in ys:
+                for x in xs:
+                    tile = valid[:, y - y0:y - y0 + P, x - x0:x - x0 + P]
+                    if tile[t].all():
+                        continue
+                    stack = [t] if dates == 1 else window_dates(t, tile.mean(axis=(1, 2)), times, dates, window)
+                    rows_y.append(y)
+                    rows_x.append(x)
+                    rows_t.append(stack)
+                    target.append(t)
+                    pos.append(stack.index(t))
+                    expected[t] += 1
+        sizes = {"y": P, "x": P, **({"time": dates} if dates > 1 else {})}
+    plan = _plan(rows_y, rows_x, rows_t, sizes, {"time": T, "y": ds.sizes["y"], "x": ds.sizes["x"]})
+
+    scale, offset = dn_scaling(refl.attrs, refl.dtype)
+    if method == "posterior":
+        if stats is None:  # pragma: no cover - the callers pass them
+            raise ValueError("posterior filling needs the cube's band statistics")
+        a_t, b_t = normaliser(scale, offset, stats[0], stats[1], C)
+        a, b = a_t.double().numpy(), b_t.double().numpy()
+        band_std = np.asarray(stats[1], dtype=np.float64)
+    else:  # interpolation works on the DN themselves
+        a_t = b_t = None
+        a, b, band_std = np.ones(C), np.zeros(C), None
+    acc = _Accumulator(ds, valid, expected, a, b, band_std, with_std=method == "posterior", box=box)
+
+    loader = PatchLoader(cube if not isinstance(cube, xr.Dataset) else ds, plan, batch_size=batch_size,
+                         device=device, workers=1, prefetch=2, normalise=False) if len(plan) else None
+    was_training = bool(getattr(hvae, "training", False))
+    if hvae is not None:
+        hvae.train(False)
+    use_doy = method == "posterior" and bool(hvae.spec.day_of_year)
+    day_gaps = torch.from_numpy(_days(times))
+    row = 0
+    try:
+        with _seeded(seed, device):
+            torch.manual_seed(int(seed))
+            batches = loader.batches(0) if loader is not None else iter(())
+            total = len(loader) if loader is not None else 0
+            desc = f"inpainting {len(plan)} tile{'s' if dates == 1 or method == 'interpolation' else ' stacks'}"
+            for batch in _progress.progress(batches, desc=desc, total=total, enabled=None if progress else False):
+                n = batch.valid.shape[0]
+                if method == "interpolation":
+                    x = batch.x.to(torch.float64)
+                    filled = temporal_linear_interpolation(x, batch.valid, day_gaps.to(x.device)).cpu().numpy()
+                    for i in range(n):
+                        for t in range(T):
+                            acc.add(t, int(plan.y[row]) - y0, int(plan.x[row]) - x0, filled[i, t], None)
+                        row += 1
+                    continue
+                x = normalise_dn(batch.x, a_t, b_t)
+                doy = batch.doy if use_doy else None
+                mean, std, _ = posterior_inpaint(hvae, x, batch.valid, int(num_samples), doy=doy)
+                mean, var = mean.double().cpu().numpy(), std.double().square().cpu().numpy()
+                for i in range(n):
+                    m, v = (mean[i], var[i]) if dates == 1 else (mean[i, pos[row]], var[i, pos[row]])
+                    acc.add(target[row], int(plan.y[row]) - y0, int(plan.x[row]) - x0, m, v)
+                    row += 1
+    finally:
+        if loader is not None:
+            loader.close()
+        if hvae is not None:
+            hvae.train(was_training)
+    if not acc.done():  # pragma: no cover - the loader yields every row of the plan
+        raise RuntimeError("not every tile was filled")
+    return acc
+
+
 @torch.no_grad()
 def inpaint_cube(
     cube: xr.Dataset | str | os.PathLike,
@@ -309,6 +411,30 @@ def inpaint_cube(
     :param run: the run folder the model comes from, recorded as ``inpaint_run``.
     :raises ValueError, TypeError: bad arguments, a float reflectance cube, a model that does not fit.
     """
+    ds = _checked(cube, method=method, hvae=hvae, patch_size=patch_size, dates=dates, window=window,
+                  num_samples=num_samples, batch_size=batch_size)
+    device = torch.device(device)
+    patch_size, dates, batch_size = int(patch_size), int(dates), int(batch_size)
+    Y, X = ds.sizes["y"], ds.sizes["x"]
+    ys, xs = tile_starts(Y, patch_size), tile_starts(X, patch_size)  # raises for a too large patch
+    valid = np.asarray(ds["valid"].transpose("time", "y", "x").values, dtype=bool)
+    stats = _band_stats(ds) if method == "posterior" else None
+    acc = _fill(cube, ds, valid, ys, xs, (0, Y, 0, X), method=method, hvae=hvae, patch_size=patch_size, dates=dates,
+                window=window, num_samples=num_samples, batch_size=batch_size, device=device, seed=seed, stats=stats,
+                progress=progress)
+    refl = ds["reflectance"]
+    out = _filled_dataset(ds, acc.out.transpose(*[("time", "band", "y", "x").index(d) for d in refl.dims]),
+                          acc.std, ~valid)
+    out.attrs.update(_provenance(ds, method=method, run=run, num_samples=num_samples, dates=dates, window=window,
+                                 seed=seed, patch_size=patch_size, batch_size=batch_size))
+    if acc.nonfinite:
+        out.attrs["inpaint_nonfinite_pixels"] = int(acc.nonfinite)
+    return out
+
+
+def _checked(cube: xr.Dataset | str | os.PathLike, *, method: str, hvae: Any, patch_size: int, dates: int,
+             window: str, num_samples: int, batch_size: int) -> xr.Dataset:
+    """The cube, opened, once the arguments are checked against it and the model."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     patch_size, dates, batch_size = int(patch_size), int(dates), int(batch_size)
@@ -316,7 +442,6 @@ def inpaint_cube(
         raise ValueError(f"expected positive patch_size, dates and batch_size, got {patch_size}, {dates}, {batch_size}")
     if window not in WINDOWS:
         raise ValueError(f"window: expected one of {', '.join(WINDOWS)}, got {window!r}")
-    device = torch.device(device)
     ds = _open(cube)
     if "reflectance" not in ds or "valid" not in ds:
         raise ValueError("the cube needs `reflectance` and `valid` variables to be filled")
@@ -329,7 +454,6 @@ def inpaint_cube(
             "hvaeseg.data.store.write_cube"
         )
     T, C, Y, X = (ds.sizes[d] for d in ("time", "band", "y", "x"))
-    times = ds["time"].values
     if method == "posterior":
         if hvae is None:
             raise ValueError("method 'posterior' needs a model: pass hvae= (an HVAE), or use method='interpolation'")
@@ -346,116 +470,141 @@ def inpaint_cube(
         spec.check_patch(patch_size, patch_size)
         if dates > T:
             raise ValueError(f"the model fills stacks of {dates} dates and the cube has only {T}")
-    ys, xs = tile_starts(Y, patch_size), tile_starts(X, patch_size)  # raises for a too large patch
-    valid = np.asarray(ds["valid"].transpose("time", "y", "x").values, dtype=bool)
-    P = patch_size
+    tile_starts(Y, patch_size), tile_starts(X, patch_size)  # raises for a too large patch
+    return ds
 
-    # the plan: date-major (a date is finished, and its accumulators freed, as soon as its tiles are done)
-    rows_y, rows_x, rows_t, target, pos = [], [], [], [], []
-    expected = np.zeros(T, dtype=np.int64)
-    if method == "interpolation":
-        for y in ys:
-            for x in xs:
-                if (~valid[:, y:y + P, x:x + P]).any():
-                    rows_y.append(y), rows_x.append(x), rows_t.append(list(range(T)))
-        expected[:] = len(rows_y)
-        sizes = {"y": P, "x": P, "time": T}
-    else:
-        for t in range(T):
-            for y in ys:
-                for x in xs:
-                    tile = valid[:, y:y + P, x:x + P]
-                    if tile[t].all():
-                        continue
-                    stack = [t] if dates == 1 else window_dates(t, tile.mean(axis=(1, 2)), times, dates, window)
-                    rows_y.append(y), rows_x.append(x), rows_t.append(stack)
-                    target.append(t), pos.append(stack.index(t))
-                    expected[t] += 1
-        sizes = {"y": P, "x": P, **({"time": dates} if dates > 1 else {})}
-    plan = _plan(rows_y, rows_x, rows_t, sizes, {"time": T, "y": Y, "x": X})
 
-    scale, offset = dn_scaling(refl.attrs, refl.dtype)
-    if method == "posterior":
-        stats = read_band_stats(ds)
-        if stats is None:  # computed in memory, as the loader would, but never written into the input
-            stats = compute_band_stats(ds)
-        a_t, b_t = normaliser(scale, offset, stats[0], stats[1], C)
-        a, b = a_t.double().numpy(), b_t.double().numpy()
-        band_std = np.asarray(stats[1], dtype=np.float64)
-    else:  # interpolation works on the DN themselves
-        a_t = b_t = None
-        a, b, band_std = np.ones(C), np.zeros(C), None
-    acc = _Accumulator(ds, valid, expected, a, b, band_std, with_std=method == "posterior")
+def _band_stats(ds: xr.Dataset) -> tuple[list[float], list[float]]:
+    """The cube's stored band statistics, or computed in memory, as the loader would (never written into it)."""
+    stats = read_band_stats(ds)
+    return compute_band_stats(ds) if stats is None else stats
 
-    loader = PatchLoader(cube if not isinstance(cube, xr.Dataset) else ds, plan, batch_size=batch_size,
-                         device=device, workers=1, prefetch=2, normalise=False) if len(plan) else None
-    was_training = bool(getattr(hvae, "training", False))
-    if hvae is not None:
-        hvae.train(False)
-    use_doy = method == "posterior" and bool(hvae.spec.day_of_year)
-    day_gaps = torch.from_numpy(_days(times))
-    row = 0
-    try:
-        with _seeded(seed, device):
-            torch.manual_seed(int(seed))
-            batches = loader.batches(0) if loader is not None else iter(())
-            total = len(loader) if loader is not None else 0
-            desc = f"inpainting {len(plan)} tile{'s' if dates == 1 or method == 'interpolation' else ' stacks'}"
-            for batch in _progress.progress(batches, desc=desc, total=total, enabled=None if progress else False):
-                n = batch.valid.shape[0]
-                if method == "interpolation":
-                    x = batch.x.to(torch.float64)
-                    filled = temporal_linear_interpolation(x, batch.valid, day_gaps.to(x.device)).cpu().numpy()
-                    for i in range(n):
-                        for t in range(T):
-                            acc.add(t, int(plan.y[row]), int(plan.x[row]), filled[i, t], None)
-                        row += 1
-                    continue
-                x = normalise_dn(batch.x, a_t, b_t)
-                doy = batch.doy if use_doy else None
-                mean, std, _ = posterior_inpaint(hvae, x, batch.valid, int(num_samples), doy=doy)
-                mean, var = mean.double().cpu().numpy(), std.double().square().cpu().numpy()
-                for i in range(n):
-                    m, v = (mean[i], var[i]) if dates == 1 else (mean[i, pos[row]], var[i, pos[row]])
-                    acc.add(target[row], int(plan.y[row]), int(plan.x[row]), m, v)
-                    row += 1
-    finally:
-        if loader is not None:
-            loader.close()
-        if hvae is not None:
-            hvae.train(was_training)
-    if not acc.done():  # pragma: no cover - the loader yields every row of the plan
-        raise RuntimeError("not every tile was filled")
 
+def _filled_dataset(ds: xr.Dataset, reflectance: np.ndarray, std: np.ndarray, filled: np.ndarray) -> xr.Dataset:
+    """The input with ``reflectance`` (in its own dims order) replaced and ``std``, ``filled`` added."""
+    refl = ds["reflectance"]
     out = ds.copy(deep=False)
-    out["reflectance"] = (refl.dims, acc.out.transpose(*[("time", "band", "y", "x").index(d) for d in refl.dims]),
-                          dict(refl.attrs))
+    out["reflectance"] = (refl.dims, reflectance, dict(refl.attrs))
     std_attrs = {"long_name": "posterior standard deviation of the filled reflectance (0 where observed)",
                  "units": "1"}
-    out["std"] = (("time", "band", "y", "x"), acc.std, std_attrs)
-    out["filled"] = (("time", "y", "x"), ~valid, {"long_name": "pixel filled by inpainting (invalid in the input)"})
-    out.attrs.update(
-        inpaint_method=method,
-        inpaint_run="" if run is None else str(run),
-        inpaint_samples=int(num_samples) if method == "posterior" else 0,
-        inpaint_dates=int(dates) if method == "posterior" else int(T),
-        inpaint_window=window if method == "posterior" and dates > 1 else "",
-        inpaint_seed=int(seed),
-        inpaint_patch_size=P,
-        inpaint_batch_size=batch_size,
-        inpaint_created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    )
-    if acc.nonfinite:
-        out.attrs["inpaint_nonfinite_pixels"] = int(acc.nonfinite)
+    out["std"] = (("time", "band", "y", "x"), std, std_attrs)
+    out["filled"] = (("time", "y", "x"), filled, {"long_name": "pixel filled by inpainting (invalid in the input)"})
     return out
 
 
-def write_filled(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> str:
+def _provenance(ds: xr.Dataset, *, method: str, run: str | os.PathLike | None, num_samples: int, dates: int,
+                window: str, seed: int, patch_size: int, batch_size: int) -> dict[str, Any]:
+    return dict(
+        inpaint_method=method,
+        inpaint_run="" if run is None else str(run),
+        inpaint_samples=int(num_samples) if method == "posterior" else 0,
+        inpaint_dates=int(dates) if method == "posterior" else int(ds.sizes["time"]),
+        inpaint_window=window if method == "posterior" and dates > 1 else "",
+        inpaint_seed=int(seed),
+        inpaint_patch_size=int(patch_size),
+        inpaint_batch_size=int(batch_size),
+        inpaint_created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# region by region (parallel inpainting: hvaeseg.parallel)
+# --------------------------------------------------------------------------------------------------
+
+
+def inpaint_template(cube: xr.Dataset | str | os.PathLike, *, method: str = "posterior", hvae: Any = None,
+                     patch_size: int, dates: int = 1, window: str = "nearest", num_samples: int = 8,
+                     batch_size: int = 8, seed: int = 0, run: str | os.PathLike | None = None) -> xr.Dataset:
+    """What :func:`inpaint_cube` returns for ``cube``, with zero-memory placeholders (``np.broadcast_to`` of 0)
+    for ``reflectance``, ``std`` and ``filled``, stamped with the schema version as
+    :func:`~hvaeseg.data.store.write_cube` does: the create step of a region-by-region write
+    (:class:`hvaeseg.data.region_store.RegionStore`). The arguments are checked as :func:`inpaint_cube` does."""
+    from hvaeseg.data.schema import SCHEMA_VERSION
+
+    ds = _checked(cube, method=method, hvae=hvae, patch_size=patch_size, dates=dates, window=window,
+                  num_samples=num_samples, batch_size=batch_size)
+    refl = ds["reflectance"]
+    T, C, Y, X = (ds.sizes[d] for d in ("time", "band", "y", "x"))
+    out = _filled_dataset(ds, np.broadcast_to(np.zeros((), dtype=refl.dtype), refl.shape),
+                          np.broadcast_to(np.zeros((), dtype=np.float32), (T, C, Y, X)),
+                          np.broadcast_to(np.zeros((), dtype=bool), (T, Y, X)))
+    out.attrs.update(_provenance(ds, method=method, run=run, num_samples=num_samples, dates=dates, window=window,
+                                 seed=seed, patch_size=patch_size, batch_size=batch_size))
+    out.attrs.setdefault("hvaeseg_schema_version", SCHEMA_VERSION)
+    return out
+
+
+def region_seed(seed: int, index: int) -> int:
+    """The seed of region ``index``'s posterior draws: from ``(seed, index)`` alone, so a region's values do not
+    depend on which process fills it, nor on how many share the work."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def inpaint_region(
+    cube: xr.Dataset | str | os.PathLike,
+    region: Region,
+    *,
+    method: str = "posterior",
+    hvae: Any = None,
+    patch_size: int,
+    dates: int = 1,
+    window: str = "nearest",
+    num_samples: int = 8,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    stats: tuple[list[float], list[float]] | None = None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """The filled cube's variables over one region (:mod:`hvaeseg.data.regions`), filled from every tile over it
+    in the whole cube's order (arguments as :func:`inpaint_cube`'s).
+
+    Interpolation gives exactly the pixels :func:`inpaint_cube` gives. The posterior draws of a region are seeded
+    by :func:`region_seed` ``(seed, region.index)``: the same for any split of the work, but not the draws of
+    :func:`inpaint_cube`'s single stream (equal in distribution).
+
+    :param stats: the whole cube's band statistics (default: read, or computed, here: pass them for many regions).
+    :returns: ``({variable: values over the region, in its dims order}, non-finite pixels)`` for every variable
+        of the output with ``y`` and ``x`` (``reflectance``, ``std``, ``filled`` and the input's ``valid``,
+        ``labels``, ...).
+    """
+    device = torch.device(device)
+    ds = _checked(cube, method=method, hvae=hvae, patch_size=patch_size, dates=dates, window=window,
+                  num_samples=num_samples, batch_size=batch_size)
+    P = int(patch_size)
+    Y, X = ds.sizes["y"], ds.sizes["x"]
+    ys = [y for y in tile_starts(Y, P) if y < region.y1 and y + P > region.y0]
+    xs = [x for x in tile_starts(X, P) if x < region.x1 and x + P > region.x0]
+    box = (ys[0], ys[-1] + P, xs[0], xs[-1] + P)
+    valid = np.asarray(ds["valid"].isel(y=slice(box[0], box[1]), x=slice(box[2], box[3]))
+                       .transpose("time", "y", "x").values, dtype=bool)
+    if method == "posterior" and stats is None:
+        stats = _band_stats(ds)
+    acc = _fill(cube, ds, valid, ys, xs, box, method=method, hvae=hvae, patch_size=P, dates=int(dates),
+                window=window, num_samples=num_samples, batch_size=int(batch_size), device=device,
+                seed=region_seed(seed, region.index), stats=stats, progress=False)
+    cut = (slice(region.y0 - box[0], region.y1 - box[0]), slice(region.x0 - box[2], region.x1 - box[2]))
+    refl = ds["reflectance"]
+    out = {
+        "reflectance": acc.out[(slice(None), slice(None), *cut)].transpose(
+            *[("time", "band", "y", "x").index(d) for d in refl.dims]),
+        "std": acc.std[(slice(None), slice(None), *cut)],
+        "filled": ~valid[(slice(None), *cut)],
+    }
+    for name, var in ds.variables.items():
+        if name not in out and "y" in var.dims and "x" in var.dims:
+            out[str(name)] = np.asarray(var.isel(region.slices).values)
+    return out, int(acc.nonfinite)
+
+
+def write_filled(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False,
+                 chunks: dict[str, int | None] | None = None) -> str:
     """Validate the filled cube and write it to a Zarr store atomically (:func:`hvaeseg.data.store.write_cube`:
     temporary sibling, renamed last; nothing is left at ``path`` on error).
 
+    :param chunks: chunk sizes by dimension (default :data:`hvaeseg.data.store.DEFAULT_CHUNKS`).
     :raises FileExistsError: ``path`` exists and ``overwrite`` is false.
     """
     from hvaeseg.data.store import write_cube
 
-    return write_cube(ds, path, overwrite=overwrite)
+    return write_cube(ds, path, overwrite=overwrite, chunks=chunks)

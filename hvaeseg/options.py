@@ -62,7 +62,7 @@ def _matches(value: Any, annotation: Any) -> tuple[bool, str]:
         return True, "a list"
     if origin is dict or annotation is dict:
         return isinstance(value, dict), "an object"
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return isinstance(value, (dict, annotation)), "an object"
     return True, str(annotation)
 

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from hvaeseg._progress import progress
 from hvaeseg.data.loader import PatchLoader
+from hvaeseg.data.regions import Region
 from hvaeseg.data.sampler import PatchPlan
 from hvaeseg.data.tiles import tile_starts
 from hvaeseg.train import predict_batch
@@ -45,11 +46,15 @@ def _cover_plan(ds: xr.Dataset, patch_size: int, dates: int) -> PatchPlan:
     for y, x in corners:
         if dates == 1:
             for t in range(T):
-                rows_y.append(y), rows_x.append(x), rows_t.append([t])
+                rows_y.append(y)
+                rows_x.append(x)
+                rows_t.append([t])
         else:
             frac = ds["valid"][:, y:y + patch_size, x:x + patch_size].values.mean(axis=(1, 2))
             best = np.sort(np.argsort(-frac, kind="stable")[:dates])
-            rows_y.append(y), rows_x.append(x), rows_t.append(best.tolist())
+            rows_y.append(y)
+            rows_x.append(x)
+            rows_t.append(best.tolist())
     n = len(rows_y)
     sizes = {"y": patch_size, "x": patch_size, **({"time": dates} if dates > 1 else {})}
     return PatchPlan(
@@ -86,21 +91,58 @@ def predict_cube(
     from hvaeseg.data.store import open_cube
 
     ds = cube if isinstance(cube, xr.Dataset) else open_cube(cube, validate=False)
+    ids = _class_ids(num_classes, class_ids)
     plan = _cover_plan(ds, patch_size, dates)
     Y, X = ds.sizes["y"], ds.sizes["x"]
-    total = torch.zeros(num_classes, Y, X, dtype=torch.float64)
-    weight = torch.zeros(Y, X, dtype=torch.float64)
-    plain = torch.zeros(num_classes, Y, X, dtype=torch.float64)
-    count = torch.zeros(Y, X, dtype=torch.float64)
-    loader = PatchLoader(cube, plan, batch_size=batch_size, device=device, workers=1)
+    prob = _probabilities(predict_proba, cube, plan, np.arange(len(plan)), (0, Y, 0, X), num_classes,
+                          patch_size=patch_size, batch_size=batch_size, device=device, desc="predicting")
+    class_map = ids[prob.argmax(0).numpy()].astype(np.int16)
+    return _prediction_dataset(ds, class_map, prob.numpy(), ids, class_attrs)
+
+
+def _class_ids(num_classes: int, class_ids: Sequence[int] | None) -> np.ndarray:
+    ids = np.arange(num_classes) if class_ids is None else np.asarray(class_ids, dtype=np.int64)
+    if ids.shape != (num_classes,):
+        raise ValueError(f"class_ids: expected one id for each of the {num_classes} classes, got {len(ids)}")
+    return ids
+
+
+def _probabilities(predict_proba: PredictFn, cube: xr.Dataset | str, plan: PatchPlan, rows: np.ndarray,
+                   box: tuple[int, int, int, int], num_classes: int, *, patch_size: int, batch_size: int,
+                   device: str, desc: str | None) -> Tensor:
+    """``(K, y1 - y0, x1 - x0)`` float32 class probabilities over ``box = (y0, y1, x0, x1)`` from the plan's
+    ``rows`` (tiles inside the box, in the plan's order): overlaps averaged, weighted by clear pixels. A pixel of
+    the box gets the value a whole-cube prediction gives it when ``rows`` holds every tile over it: each row is
+    predicted in the very batch the whole cube puts it in (whole batches of the plan are read, the rows not in
+    ``rows`` are dropped), as a model's output may differ in the last bit with the other patches of its batch."""
+    y0, y1, x0, x1 = box
+    total = torch.zeros(num_classes, y1 - y0, x1 - x0, dtype=torch.float64)
+    weight = torch.zeros(y1 - y0, x1 - x0, dtype=torch.float64)
+    plain = torch.zeros(num_classes, y1 - y0, x1 - x0, dtype=torch.float64)
+    count = torch.zeros(y1 - y0, x1 - x0, dtype=torch.float64)
+    keep = None
+    if len(rows) == len(plan):
+        sub = plan
+    else:  # the whole-cube batches that hold the rows
+        load = np.concatenate([np.arange(b * batch_size, min((b + 1) * batch_size, len(plan)))
+                               for b in np.unique(np.asarray(rows) // batch_size)])
+        keep = np.isin(load, rows)
+        sub = plan.take(load)
+    loader = PatchLoader(cube, sub, batch_size=batch_size, device=device, workers=1)
     row = 0
-    for batch in progress(loader.batches(0), desc="predicting", total=len(loader)):
+    batches = loader.batches(0)
+    if desc is not None:
+        batches = progress(batches, desc=desc, total=len(loader))
+    for batch in batches:
         probs = predict_batch(predict_proba, batch).double().cpu()
         clear = batch.valid.double().cpu()
         if clear.dim() == 4:  # stacks: a pixel counts as clear when clear on any date
             clear = clear.amax(1)
         for i in range(probs.shape[0]):
-            y, x = int(plan.y[row]), int(plan.x[row])
+            if keep is not None and not keep[row]:
+                row += 1
+                continue
+            y, x = int(sub.y[row]) - y0, int(sub.x[row]) - x0
             sl = (slice(y, y + patch_size), slice(x, x + patch_size))
             total[(slice(None), *sl)] += probs[i] * clear[i]
             weight[sl] += clear[i]
@@ -108,11 +150,13 @@ def predict_cube(
             count[sl] += 1
             row += 1
     prob = torch.where(weight > 0, total / weight.clamp_min(1e-12), plain / count.clamp_min(1))
-    prob = (prob / prob.sum(0, keepdim=True)).float()
-    ids = np.arange(num_classes) if class_ids is None else np.asarray(class_ids, dtype=np.int64)
-    if ids.shape != (num_classes,):
-        raise ValueError(f"class_ids: expected one id for each of the {num_classes} classes, got {len(ids)}")
-    class_map = ids[prob.argmax(0).numpy()].astype(np.int16)
+    return (prob / prob.sum(0, keepdim=True)).float()
+
+
+def _prediction_dataset(ds: xr.Dataset, class_map: np.ndarray, prob: np.ndarray, ids: np.ndarray,
+                        class_attrs: Mapping[str, object] | None) -> xr.Dataset:
+    """The prediction Dataset of cube ``ds``: ``class_map (y, x)``, ``probability (class, y, x)``, coordinates,
+    attributes (and a mosaic's image coordinates and ``image_index``)."""
     if class_attrs is not None:
         label_attrs = dict(class_attrs)
     else:
@@ -120,7 +164,7 @@ def predict_cube(
     out = xr.Dataset(
         {
             "class_map": (("y", "x"), class_map, label_attrs),
-            "probability": (("class", "y", "x"), prob.numpy(), {"long_name": "class probability"}),
+            "probability": (("class", "y", "x"), prob, {"long_name": "class probability"}),
         },
         coords={"y": ds["y"].values, "x": ds["x"].values, "class": ids},
         attrs={k: v for k, v in ds.attrs.items() if k in ("crs",)},
@@ -135,8 +179,72 @@ def predict_cube(
     return out
 
 
-def write_prediction(pred: xr.Dataset, path: str, *, overwrite: bool = False) -> str:
-    """Write a prediction to Zarr atomically (temporary name, then rename)."""
+def prediction_template(cube: xr.Dataset | str, num_classes: int, *,
+                        class_attrs: Mapping[str, object] | None = None,
+                        class_ids: Sequence[int] | None = None) -> xr.Dataset:
+    """What :func:`predict_cube` returns for ``cube``, with zero-memory placeholders (``np.broadcast_to`` of 0)
+    for ``class_map`` and ``probability``: the shape, coordinates and attributes of a prediction, before any
+    region is computed (the create step of :class:`hvaeseg.data.region_store.RegionStore`)."""
+    from hvaeseg.data.store import open_cube
+
+    ds = cube if isinstance(cube, xr.Dataset) else open_cube(cube, validate=False)
+    ids = _class_ids(num_classes, class_ids)
+    Y, X = ds.sizes["y"], ds.sizes["x"]
+    class_map = np.broadcast_to(np.zeros((), dtype=np.int16), (Y, X))
+    prob = np.broadcast_to(np.zeros((), dtype=np.float32), (num_classes, Y, X))
+    return _prediction_dataset(ds, class_map, prob, ids, class_attrs)
+
+
+@torch.no_grad()
+def predict_region(
+    predict_proba: PredictFn,
+    cube: xr.Dataset | str,
+    num_classes: int,
+    region: Region,
+    *,
+    patch_size: int,
+    dates: int = 1,
+    batch_size: int = 8,
+    device: str = "cpu",
+    class_ids: Sequence[int] | None = None,
+    plan: PatchPlan | None = None,
+) -> dict[str, np.ndarray]:
+    """The prediction of one region (:mod:`hvaeseg.data.regions`), equal to the same pixels of
+    :func:`predict_cube`'s: the region is predicted from every tile over it, accumulated in the whole cube's order.
+
+    :param region: the output pixels to predict.
+    :param plan: the cube's cover plan (:func:`_cover_plan`), to compute once for many regions.
+    :returns: ``{"class_map": (h, w) int16, "probability": (K, h, w) float32}`` (and ``"image_index"`` ``(h, w)``
+        for a mosaic), ``h, w`` the region's size.
+    """
+    from hvaeseg.data.regions import tiles_touching
+    from hvaeseg.data.store import open_cube
+
+    ds = cube if isinstance(cube, xr.Dataset) else open_cube(cube, validate=False)
+    ids = _class_ids(num_classes, class_ids)
+    plan = _cover_plan(ds, patch_size, dates) if plan is None else plan
+    rows = np.asarray(tiles_touching(region, list(zip(plan.y.tolist(), plan.x.tolist())), patch_size),
+                      dtype=np.int64)
+    if rows.size == 0:  # pragma: no cover - the tiles cover the cube
+        raise RuntimeError(f"{region}: no tile covers it")
+    box = (int(plan.y[rows].min()), int(plan.y[rows].max()) + patch_size,
+           int(plan.x[rows].min()), int(plan.x[rows].max()) + patch_size)
+    prob = _probabilities(predict_proba, cube, plan, rows, box, num_classes, patch_size=patch_size,
+                          batch_size=batch_size, device=device, desc=None)
+    cut = (slice(region.y0 - box[0], region.y1 - box[0]), slice(region.x0 - box[2], region.x1 - box[2]))
+    prob = prob[(slice(None), *cut)]
+    out = {"class_map": ids[prob.argmax(0).numpy()].astype(np.int16), "probability": prob.numpy()}
+    if "image" in ds.sizes and "image_index" in ds:
+        out["image_index"] = np.asarray(ds["image_index"].isel(region.slices).transpose("y", "x").values)
+    return out
+
+
+def write_prediction(pred: xr.Dataset, path: str, *, overwrite: bool = False,
+                     chunks: Mapping[str, int | None] | None = None) -> str:
+    """Write a prediction to Zarr atomically (temporary name, then rename).
+
+    :param chunks: chunk sizes by dimension (default :data:`hvaeseg.data.store.DEFAULT_CHUNKS`: 256 x 256 pixels).
+    """
     from hvaeseg.data.store import write_dataset
 
-    return write_dataset(pred, path, overwrite=overwrite)
+    return write_dataset(pred, path, overwrite=overwrite, chunks=chunks)

@@ -241,6 +241,11 @@ def _legend(ax, n: int) -> None:
                   borderaxespad=0.0, frameon=False)
 
 
+def _panel_other(ax, other: Series) -> None:
+    _lines(ax, other, "value")
+    _legend(ax, len(other))
+
+
 def _panel_losses(ax, losses: Series) -> None:
     _lines(ax, losses, "loss")
     _legend(ax, len(losses))
@@ -380,7 +385,7 @@ def plot_history(history: dict, config: dict | None = None):
         panels.append((PANEL_TITLES[key], lambda ax: _panel_validation(ax, validation, best_step, best_score, unit)))
     if other:
         title = f"validation {next(iter(other))}" if len(other) == 1 else PANEL_TITLES["other"]
-        panels.append((title, lambda ax: (_lines(ax, other, "value"), _legend(ax, len(other)))))
+        panels.append((title, lambda ax: _panel_other(ax, other)))
     if kl:
         panels.append((PANEL_TITLES["kl"], lambda ax: _panel_kl(ax, kl, entropy, active)))
     if active:

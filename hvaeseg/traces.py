@@ -27,7 +27,7 @@ import torch.distributions as tdist
 from pyro.distributions import Independent, MaskedDistribution
 from pyro.distributions.torch_distribution import ExpandedDistribution
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.runtime import NonlocalExit
+from pyro.poutine.runtime import Message, NonlocalExit
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
@@ -53,10 +53,11 @@ Wrapper = tuple[str, Any]
 
 
 # ----------------------------------------------------------------------------------------------- wrappers
-def peel(fn: tdist.Distribution) -> tuple[tdist.Distribution, list[Wrapper]]:
+def peel(fn: tdist.Distribution | Callable[..., Any]) -> tuple[tdist.Distribution, list[Wrapper]]:
     """Strip ``Independent`` / ``MaskedDistribution`` / ``ExpandedDistribution`` wrappers.
 
-    :param fn: a (possibly wrapped) distribution, e.g. ``Categorical(logits).to_event(2).mask(m)``.
+    :param fn: a (possibly wrapped) distribution, e.g. ``Categorical(logits).to_event(2).mask(m)`` (the ``fn`` of a
+        trace's sample site, which Pyro types as any callable).
     :returns: ``(base, wrappers)``; ``wrappers`` lists the stripped layers outermost first, so that
         ``rewrap(base, wrappers)`` rebuilds an equivalent distribution around ``base`` (or around a
         replacement with the same batch and event shape, e.g. a straight-through version of ``base``).
@@ -73,10 +74,11 @@ def peel(fn: tdist.Distribution) -> tuple[tdist.Distribution, list[Wrapper]]:
             wrappers.append(("expanded", fn.batch_shape))
             fn = fn.base_dist
         else:
-            return fn, wrappers
+            # a torch distribution; or another of Pyro's (a plate's _Subsample), which Pyro types as a callable
+            return fn, wrappers  # type: ignore[return-value]
 
 
-def unwrap(fn: tdist.Distribution) -> tdist.Distribution:
+def unwrap(fn: tdist.Distribution | Callable[..., Any]) -> tdist.Distribution:
     """The innermost distribution of ``fn`` once ``Independent`` / masking / expansion wrappers are removed.
 
     The ``"s"`` site of a conventions-following guide unwraps to a distribution with ``.logits`` of shape
@@ -127,12 +129,14 @@ def _parameters_used(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple
     tracer = poutine.trace(fn)
     with recorder:
         trace = tracer.get_trace(*args, **kwargs)
-    found: dict[int, nn.Parameter] = dict(recorder.seen)
+    found: dict[int, Tensor] = dict(recorder.seen)
     # pyro.param sites (global store or PyroParams): the unconstrained leaf is the optimised parameter
     for site in trace.nodes.values():
         if site["type"] != "param":
             continue
         value = site["value"]
+        if value is None:
+            continue
         leaf = value.unconstrained() if hasattr(value, "unconstrained") else value
         # Pyro's global parameter store holds plain leaf tensors (requires_grad), not nn.Parameters
         if torch.is_tensor(leaf) and leaf.is_leaf and leaf.requires_grad and id(leaf) not in found:
@@ -169,7 +173,7 @@ def split_parameters(
 
 
 # ------------------------------------------------------------------------------------------ site access
-def site_distribution(fn: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> tdist.Distribution:
+def site_distribution(fn: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
     """Run ``fn`` up to its sample site ``name`` and return that site's distribution (as the trace would
     record it, i.e. after plates have broadcast it). Nothing after the site runs, so for a guide this costs
     the bottom-up pass and the ``s`` head only. Gradients flow as usual (wrap in ``torch.no_grad()`` if none
@@ -228,7 +232,7 @@ def per_image_log_prob(
     *,
     exclude: Iterable[str] = (),
     include_observed: bool = True,
-    site_filter: Callable[[str, dict[str, Any]], bool] | None = None,
+    site_filter: Callable[[str, Any], bool] | None = None,
 ) -> Tensor:
     """Sum of the trace's site log-probabilities per image of the ``"batch"`` plate.
 
@@ -243,7 +247,7 @@ def per_image_log_prob(
     """
     excluded = set(exclude)
 
-    def counts(name: str, site: dict[str, Any]) -> bool:
+    def counts(name: str, site: Message) -> bool:
         if site["type"] != "sample" or site_is_subsample(site) or name in excluded:
             return False
         if site["is_observed"] and not include_observed:

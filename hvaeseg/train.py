@@ -7,6 +7,12 @@ optimizers and losses.
 Determinism: before every step the global torch generator is re-seeded from ``(seed, step)``, and every data
 stream yields the batch of a step as a function of ``(seed, step)`` only. So a run resumed from the checkpoint of
 step ``k`` takes exactly the steps an uninterrupted run takes, and ends with identical parameters.
+
+Several processes (:mod:`hvaeseg.distributed`, started by ``torchrun``): each process takes its slice of the
+step's global batch and seeds its step from ``(seed, step, rank)``, the method averages each player's gradients
+over the processes, and process 0 alone validates, checkpoints and writes files. Process 0 decides when to stop
+(time budget, Ctrl-C) and broadcasts it after every step, so all processes stop at the same step; a checkpoint
+records the number of processes, and only that number may resume it. With one process none of this runs.
 """
 
 from __future__ import annotations
@@ -27,6 +33,14 @@ import torch
 
 from hvaeseg._progress import progress
 from hvaeseg._temporary import stale_pid
+from hvaeseg.distributed import (
+    DistributedContext,
+    barrier,
+    broadcast_flag,
+    broadcast_modules,
+    broadcast_object,
+    mean_over_processes,
+)
 from hvaeseg.methods.base import Method, StepBatch
 from hvaeseg.metrics import ConfusionMatrix
 from hvaeseg.nets.precision import PRECISIONS, autocast
@@ -56,18 +70,24 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
+def _deferred_interrupt(grace_s: float = 0.0) -> Iterator[Callable[[], bool]]:
     """Within the block, a first SIGINT only sets a flag (the returned callable reads it), so a step is never
-    cut in half; a second one interrupts at once. Outside the main thread (where Python delivers signals)
-    nothing changes and the flag stays false."""
+    cut in half; a second one interrupts at once, unless it comes within ``grace_s`` seconds of the first
+    (under torchrun a Ctrl-C reaches each process twice: from the terminal and forwarded by torchrun). Outside
+    the main thread (where Python delivers signals) nothing changes and the flag stays false."""
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
     hits = [0]
+    first = [0.0]
     previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum, frame):
+        now = time.monotonic()
+        if hits[0] and now - first[0] < grace_s:
+            return
         hits[0] += 1
+        first[0] = first[0] or now
         if hits[0] > 1:
             raise KeyboardInterrupt
 
@@ -136,6 +156,16 @@ def step_seed(seed: int, step: int) -> int:
     return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
+def rank_step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of ``step`` for process ``rank`` of a data-parallel run: a function of ``(seed, step, rank)``, so
+    the processes draw different noise and a resumed run draws what an uninterrupted one draws."""
+    return step_seed(step_seed(seed, step), rank)
+
+
+#: what the main process tells the others after a step (:func:`hvaeseg.distributed.broadcast_flag`)
+_GO_ON, _OUT_OF_TIME, _INTERRUPTED = 0, 1, 2
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary sibling, then rename: a crash never leaves a half-written file; the
     temporaries a killed process left beside ``path`` are removed first."""
@@ -196,8 +226,12 @@ class Trainer:
         see :data:`StreamFactory`.
     :param validation: a callable returning the validation batches (called at each validation), or None.
     :param num_classes: K, for the validation metrics.
-    :param run_dir: folder for ``checkpoint.pt``, ``best.pt`` and ``history.json``.
+    :param run_dir: folder for ``checkpoint.pt``, ``best.pt`` and ``history.json`` (written by the main process
+        only).
     :param config: the loop's settings.
+    :param distributed: this process's place among the processes of a data-parallel run
+        (:mod:`hvaeseg.distributed`; the streams must already yield this process's slice of each batch); None
+        or a single process: a plain run.
     """
 
     def __init__(
@@ -208,6 +242,7 @@ class Trainer:
         num_classes: int,
         run_dir: str | os.PathLike,
         config: LoopConfig,
+        distributed: DistributedContext | None = None,
     ) -> None:
         missing = [s for s in method.streams if s not in streams]
         if missing:
@@ -220,6 +255,9 @@ class Trainer:
         self.config = config
         self.history = History()
         self.step = 0
+        self.distributed = distributed if distributed is not None else DistributedContext()
+        if self.distributed.is_distributed:
+            method.distribute(self.distributed)
         params = (p for module in method.modules().values() for p in module.parameters())
         self._device = next(params, torch.empty(0)).device  # where the forward passes run (autocast)
 
@@ -229,20 +267,39 @@ class Trainer:
             "step": self.step,
             "method": self.method.state_dict(),
             "history": json.loads(json.dumps(asdict(self.history))),
+            "world_size": self.distributed.world_size,
         }
 
     def save(self, name: str = CHECKPOINT) -> Path:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Write the state to ``run_dir / name`` (the main process only; the others return the path)."""
         path = self.run_dir / name
+        if not self.distributed.is_main:
+            return path
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_save(self._state(), path)
         return path
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
-        """Load ``checkpoint.pt`` from the run folder (or ``path``) if it exists; True when resumed."""
+        """Load ``checkpoint.pt`` from the run folder (or ``path``) if it exists; True when resumed. Under several
+        processes the main process reads it and sends it to the others (they need no access to the run folder).
+
+        :raises ValueError: the checkpoint was written by another number of processes.
+        """
         path = Path(path) if path is not None else self.run_dir / CHECKPOINT
-        if not path.exists():
+        ctx = self.distributed
+        state = (load_checkpoint(path) if path.exists() else None) if ctx.is_main else None
+        state = broadcast_object(state, ctx)
+        if state is None:
             return False
-        state = load_checkpoint(path)
+        saved = int(state.get("world_size", 1))
+        if saved != ctx.world_size:
+            how = ("one process (plain `hvaeseg train`, or torchrun with 1 process in all)" if saved == 1 else
+                   f"{saved} processes in all (e.g. torchrun --nproc_per_node {saved}, or --nnodes x --nproc_per_node "
+                   f"= {saved})")
+            raise ValueError(
+                f"{path} was trained by {saved} process(es), this run has {ctx.world_size}: the number of processes "
+                f"sets the global batch, so resume it with {how}, or train afresh (--no-resume or a new --out)"
+            )
         self.method.load_state_dict(state["method"])
         self.step = int(state["step"])
         self.history = History(**state["history"])
@@ -256,6 +313,8 @@ class Trainer:
         return {"step": self.step, "accuracy": cm.accuracy(), "mean_iou": cm.mean_iou()}
 
     def _record_validation(self, batch: StepBatch | None = None) -> None:
+        if not self.distributed.is_main:
+            return
         metrics = self.validate()
         if not metrics:
             return
@@ -271,23 +330,34 @@ class Trainer:
 
     def fit(self, log_every: int = 10) -> History:
         """Run (or continue) training up to ``config.steps``; returns the history, also saved as JSON."""
-        cfg = self.config
+        cfg, ctx = self.config, self.distributed
         iters = {name: self.streams[name](self.step) for name in self.method.streams}
         start_step, batch = self.step, None
+        if ctx.is_distributed:  # every process starts from the main process's weights
+            broadcast_modules(list(self.method.modules().values()), ctx)
         self.method.train(True)
         start_time = time.perf_counter() - self.history.train_seconds
         # a run resumed with its time budget spent takes no further step (the budget caps its total training time)
         spent = cfg.time_budget_s is not None and self.history.train_seconds >= cfg.time_budget_s
         end = self.step if spent else cfg.steps
         bar = progress(range(self.step, end), desc=f"training {self.method.name}", total=end - self.step,
-                       status=self._status)
-        with _deferred_interrupt() as interrupted:
+                       enabled=None if ctx.is_main else False, status=self._status)
+        with _deferred_interrupt(grace_s=1.0 if ctx.is_distributed else 0.0) as interrupted:
             for step in bar:
-                torch.manual_seed(step_seed(cfg.seed, step))
+                if ctx.is_distributed:  # each process draws its own noise and augmentations, resumably
+                    seed = rank_step_seed(cfg.seed, step, ctx.rank)
+                    torch.manual_seed(seed)
+                    self.method.seed_step(step_seed(seed, 0))
+                else:
+                    torch.manual_seed(step_seed(cfg.seed, step))
                 batch = StepBatch(**{name: next(it) for name, it in iters.items()})
                 with autocast(self.config.precision, self._device):
                     losses = self.method.losses(batch, step)
-                bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
+                if ctx.is_distributed:  # the average over the processes: logged, and NaN on one is NaN on all
+                    values = mean_over_processes(losses, ctx)
+                    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+                else:
+                    bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
                 if bad:
                     last = self.run_dir / CHECKPOINT
                     raise NonFiniteLossError(
@@ -299,23 +369,28 @@ class Trainer:
                 self.step = step + 1
                 self.history.train_seconds = time.perf_counter() - start_time
                 if step % log_every == 0 or self.step == cfg.steps:
-                    self.history.losses.append({"step": step, **{k: float(v.detach()) for k, v in losses.items()},
-                                                **self.method.step_statistics()})
+                    logged = values if ctx.is_distributed else {k: float(v.detach()) for k, v in losses.items()}
+                    self.history.losses.append({"step": step, **logged, **self.method.step_statistics()})
                 out_of_time = cfg.time_budget_s is not None and self.history.train_seconds >= cfg.time_budget_s
                 if cfg.val_every and self.step % cfg.val_every == 0:
                     self._record_validation(batch)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save()
-                if interrupted():
+                stop = _INTERRUPTED if interrupted() else _OUT_OF_TIME if out_of_time else _GO_ON
+                if ctx.is_distributed:  # the main process decides, so that every process stops at this step
+                    stop = broadcast_flag(stop, ctx)
+                if stop == _INTERRUPTED:
                     path = self.save()
                     self.write_history()
+                    barrier(ctx)  # the others wait for the checkpoint (torchrun stops all once one exits)
                     raise TrainingInterrupted(self.step, path)
-                if out_of_time:
+                if stop == _OUT_OF_TIME:
                     break
         if not self.history.validation or self.history.validation[-1].get("step") != self.step:
             self._record_validation(batch if self.step > start_step else None)
         self.save()
         self.write_history()
+        barrier(ctx)  # no process returns before the run folder is complete
         return self.history
 
     def _status(self) -> str:
@@ -332,7 +407,10 @@ class Trainer:
         return ", ".join(parts)
 
     def write_history(self) -> Path:
+        """Write ``history.json`` (the main process only; the others return the path)."""
         path = self.run_dir / "history.json"
+        if not self.distributed.is_main:
+            return path
         tmp = path.with_name(".history.json.tmp")
         tmp.write_text(json.dumps(asdict(self.history), indent=1))
         os.replace(tmp, path)

@@ -14,7 +14,7 @@ EXPECTED = {
         "prior_trained.png", "losses.png", "layer_rates.png", "prior_predictive.png",
     ],
     "02_elbo_vs_symmetric": ["losses.png", "metrics.png", "maps.png"],
-    "03_posterior_inpainting": ["inpainting.png", "scores.png", "calibration.png"],
+    "03_posterior_inpainting": ["hierarchy.png", "quicklook.png", "inpainting.png", "scores.png", "calibration.png"],
 }
 
 

@@ -16,6 +16,8 @@ import inspect
 import json
 import time
 
+from hvaeseg.commands._storage import add_storage_options
+
 __all__ = ["register", "parse_size", "parse_bands", "parse_clouds", "compare_quicklook"]
 
 PRESETS = ("tiny", "small", "large")
@@ -57,7 +59,7 @@ def parse_clouds(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(
             f"expected three non-negative shares CLEAR,PARTLY,OVERCAST summing to 1 (e.g. 0.5,0.3,0.2), got {text!r}"
         )
-    return values  # type: ignore[return-value]
+    return values
 
 
 # --------------------------------------------------------------------------------------------- commands
@@ -190,7 +192,8 @@ def compare_quicklook(ds, filled, date: int | str | None = None, *, max_pixels: 
     for c in range(3):
         ref = after[..., c][np.isfinite(after[..., c])]
         a, b = np.percentile(ref, [2, 98]) if ref.size else (0.0, 1.0)
-        lo.append(a), hi.append(max(b - a, 1e-6))
+        lo.append(a)
+        hi.append(max(b - a, 1e-6))
     lo_a, span = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
 
     def show(img: np.ndarray) -> np.ndarray:
@@ -262,6 +265,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
         help="shares of clear, partly cloudy and overcast dates, e.g. 0.5,0.3,0.2",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    add_storage_options(p)
     p.set_defaults(func=_synth)
 
     p = sub.add_parser(
@@ -273,6 +277,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-validate", action="store_true",
                    help="skip the schema check and the check for missing chunks (damaged ones are still errors)")
+    add_storage_options(p)
     p.set_defaults(func=_info)
 
     p = sub.add_parser(

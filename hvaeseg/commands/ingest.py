@@ -48,6 +48,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hvaeseg.commands._storage import add_storage_options
+
 __all__ = ["add_ingest_parser", "run_ingest"]
 
 
@@ -140,6 +142,7 @@ def _add(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser
                    "pixels, y decreasing from the top, no CRS), recorded as grid=local in the cube attributes")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT if it is an existing cube store (never another file or folder, nor an input)")
+    add_storage_options(p)
     p.set_defaults(func=run_ingest)
     return p
 

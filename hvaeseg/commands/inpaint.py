@@ -12,6 +12,8 @@ import argparse
 import os
 import time
 
+from hvaeseg.commands._storage import add_storage_options
+
 __all__ = ["register", "HVAE_METHODS"]
 
 #: run methods with a generative model to sample
@@ -54,6 +56,19 @@ def _inpaint(args: argparse.Namespace) -> int:
         raise ValueError("--data CUBE is required without RUN (a store path, URL or synthetic:PRESET)")
     if not data.startswith(SYNTHETIC_PREFIX) and _same_store(data, args.out):
         raise ValueError(f"--out {args.out} is the input cube: write the filled cube to another path")
+    from hvaeseg.commands.train import _output_chunks
+    from hvaeseg.parallel import parallel_part
+
+    chunks = _output_chunks(args.chunk)
+    part = parallel_part(args.part)
+    if part is not None:  # one part of a fill in parallel (--part, or torchrun's RANK/WORLD_SIZE)
+        from hvaeseg.parallel import InpaintJob, run_part
+
+        job = InpaintJob(out=args.out, run=args.run, data=data, method=args.method, samples=args.samples,
+                         window=args.window, batch_size=args.batch_size, patch_size=args.patch_size, seed=args.seed,
+                         device=args.device, chunk=args.chunk, overwrite=args.overwrite)
+        print(run_part(job, *part).summary("filled", args.out))
+        return 0
     check_output_free(args.out, args.overwrite)  # before any work; checked again when committing
     device = args.device or (config.device if config is not None else "cpu")
 
@@ -83,7 +98,7 @@ def _inpaint(args: argparse.Namespace) -> int:
                           num_samples=args.samples, batch_size=args.batch_size, device=device, seed=args.seed,
                           run=args.run)
     filled.attrs["inpaint_data"] = str(data)
-    write_filled(filled, args.out, overwrite=args.overwrite)
+    write_filled(filled, args.out, overwrite=args.overwrite, chunks=chunks)
     seconds = time.perf_counter() - start
     print(_summary(filled, args, seconds))
     return 0
@@ -133,4 +148,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"tile side (default: the run's patch size; {DEFAULT_INTERPOLATION_PATCH} without a run)")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior sampling (default 0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
+    add_storage_options(p)
+    from hvaeseg.commands.train import add_parallel_options
+
+    add_parallel_options(p)
     p.set_defaults(func=_inpaint)

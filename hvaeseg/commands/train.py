@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from hvaeseg._dataclass_io import from_dict
+from hvaeseg.commands._storage import add_storage_options
 from hvaeseg.commands._table import format_metrics
 from hvaeseg.run_config import LoaderOptions, RunConfig, default, field_help, flag, read_config_file
 
@@ -24,7 +25,7 @@ class _MethodNames(Sequence):
 
         return tuple(METHODS)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         return self._names()[i]
 
     def __len__(self) -> int:
@@ -85,6 +86,9 @@ def _run_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """``hvaeseg train``; under torchrun (``RANK``, ``WORLD_SIZE`` set) one of several data-parallel processes
+    (:mod:`hvaeseg.distributed`), of which process 0 alone prints, writes the run folder and evaluates."""
+    from hvaeseg.distributed import DistributedContext, session
     from hvaeseg.experiment import cube_shape, evaluate_run, fit_sizes, train_run
 
     given = _run_fields(args)
@@ -92,19 +96,24 @@ def _train(args: argparse.Namespace) -> int:
     patch, block = _given_sizes(patch_size, block_size)
     # everything but the sizes checked first: a bad flag is named before the cube is opened
     config = from_dict(RunConfig, {**given, "patch_size": patch, "block": block})
+    context = DistributedContext.from_env(config.device)  # one process, or one of torchrun's
     if patch_size is None or block_size is None:
         shape = cube_shape(config.data)
         patch, block = fit_sizes(shape, config.labels, patch_size=patch_size, block=block_size,
                                  fractions=config.fractions, data_seed=config.data_seed)
-        if (patch, block) != (config.patch_size, config.block):
+        if (patch, block) != (config.patch_size, config.block) and context.is_main:
             print(f"note: --patch-size {patch} --block {block}, to fit the {shape['y']}x{shape['x']} cube with "
                   f"--labels {config.labels} (pass them to choose others)", file=sys.stderr)
         config = replace(config, patch_size=patch, block=block)
     loader = LoaderOptions(workers=args.loader_workers, processes=args.loader_processes)
-    trainer = train_run(config, args.out, resume=not args.no_resume, loader=loader)
+    with session(context):
+        trainer = train_run(config, args.out, resume=not args.no_resume, loader=loader, distributed=context)
+    if not context.is_main:
+        return 0
     h = trainer.history
-    print(f"trained {config.method} for {trainer.step} {trainer.method.step_unit} in {h.train_seconds:.0f} s; "
-          f"best validation mean IoU {h.best_score:.3f} at step {h.best_step}; run folder {args.out}")
+    processes = f" by {context.world_size} processes" if context.is_distributed else ""
+    print(f"trained {config.method}{processes} for {trainer.step} {trainer.method.step_unit} in {h.train_seconds:.0f} "
+          f"s; best validation mean IoU {h.best_score:.3f} at step {h.best_step}; run folder {args.out}")
     if args.evaluate:
         print(format_metrics(evaluate_run(args.out, "test")))
     return 0
@@ -122,8 +131,18 @@ def _predict(args: argparse.Namespace) -> int:
     from hvaeseg.data.store import check_output_free
     from hvaeseg.experiment import check_cube, load_run, open_data
     from hvaeseg.nets.precision import autocast
+    from hvaeseg.parallel import parallel_part
     from hvaeseg.predict import predict_cube, write_prediction
 
+    chunks = _output_chunks(args.chunk)
+    part = parallel_part(args.part)
+    if part is not None:  # one part of a prediction in parallel (--part, or torchrun's RANK/WORLD_SIZE)
+        from hvaeseg.parallel import PredictJob, run_part
+
+        job = PredictJob(run=args.run, out=args.out, data=args.data, device=args.device, chunk=args.chunk,
+                         overwrite=args.overwrite)
+        print(run_part(job, *part).summary("predicted", args.out))
+        return 0
     check_output_free(args.out, args.overwrite)  # before the prediction runs
     config, data, method = load_run(args.run, device=args.device)
     cube = open_data(args.data, config.data_seed) if args.data else data.cube
@@ -133,11 +152,31 @@ def _predict(args: argparse.Namespace) -> int:
         pred = predict_cube(method.predict_proba, cube, data.num_classes, patch_size=config.patch_size,
                             dates=config.dates, batch_size=config.batch_size, device=config.device,
                             class_attrs=class_attrs, class_ids=class_ids)
-    write_prediction(pred, args.out, overwrite=args.overwrite)
+    write_prediction(pred, args.out, overwrite=args.overwrite, chunks=chunks)
     mapped = "" if class_ids is None else f", numbered as the labels of {args.data} (mapped by name)"
     print(f"wrote class map and probabilities ({pred.sizes['y']}x{pred.sizes['x']}, {data.num_classes} classes"
           f"{mapped}) to {args.out}")
     return 0
+
+
+def _output_chunks(chunk: int | None) -> dict[str, int] | None:
+    """``--chunk PIXELS``: the output's y/x chunks (None: the store's default)."""
+    if chunk is None:
+        return None
+    if chunk < 1:
+        raise ValueError(f"--chunk: expected a positive number of pixels, got {chunk}")
+    return {"y": chunk, "x": chunk}
+
+
+def add_parallel_options(p: argparse.ArgumentParser) -> None:
+    """``--part I/N`` and ``--chunk PIXELS`` (``hvaeseg predict`` and ``hvaeseg inpaint``)."""
+    p.add_argument("--part", default=None, metavar="I/N",
+                   help="compute part I of N (0 <= I < N) of the output's regions (one per output chunk, "
+                        "i %% N == I) into OUT.partial, which the last part to finish renames to OUT; run the N "
+                        "parts at once, anywhere that sees OUT; a rerun fills only the regions not done. Under "
+                        "torchrun the part is RANK/WORLD_SIZE. See docs/scaling.md")
+    p.add_argument("--chunk", type=int, default=None, metavar="PIXELS",
+                   help="y/x chunk side of the output store (default 256); with --part, one region per chunk")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -225,6 +264,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loader-processes", action="store_true",
                    help="read batches in worker processes (needs the cube in a store; for GPU training)")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split when done")
+    add_storage_options(p)
     p.set_defaults(func=_train, given_fields=frozenset())
 
     e = sub.add_parser("evaluate", help="evaluate a trained run", formatter_class=HelpFormatter,
@@ -236,6 +276,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="importance samples per image of the IWAE bound (HVAE methods)")
     e.add_argument("--device", default=None, help="cpu or cuda (default: the device the run was trained on)")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    add_storage_options(e)
     e.set_defaults(func=_evaluate)
 
     q = sub.add_parser("predict", help="predict a class map for a whole cube", formatter_class=HelpFormatter,
@@ -248,4 +289,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--device", default=None, help="cpu or cuda (default: the device the run was trained on)")
     q.add_argument("--out", required=True, metavar="PRED.zarr", help="Zarr store to write")
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_storage_options(q)
+    add_parallel_options(q)
     q.set_defaults(func=_predict)

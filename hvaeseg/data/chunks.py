@@ -4,9 +4,11 @@ processes).
 
 * Chunk readers give whole chunks by chunk coordinates (``get(key)``, ``release(chunk)``): a numpy array
   (:class:`InMemoryChunks`), a lazily indexed xarray variable (:class:`LazyChunks`), or a Zarr array
-  (:class:`ZarrChunks`, which reads local v3 chunk files and decodes them with numcodecs directly; a chunk
-  that does not decode, or that is missing from a store written complete, is a
-  :class:`~hvaeseg.data.integrity.ChunkError` naming it).
+  (:class:`ZarrChunks`, which reads v3 chunk files, local or behind an fsspec URL such as ``s3://``, and
+  decodes them with numcodecs directly; a chunk that does not decode, or that is missing from a store written
+  complete, is a :class:`~hvaeseg.data.integrity.ChunkError` naming it). A reader may also have
+  ``fetch(keys)``: :func:`gather` announces the chunks it is about to read, a window at a time, and a remote
+  :class:`ZarrChunks` downloads them all in one concurrent ``cat`` (one GET per chunk, all in flight together).
 * :class:`CubeSource`: ``reflectance`` / ``valid`` / ``labels`` of a cube behind chunk readers. Reflectance
   always comes out as uint16 DN: float reflectance is encoded chunk by chunk (:class:`DNChunks`,
   :func:`dn_encoding`) at the 1e-4 step of Sentinel-2 L2A products, NaN becoming DN 0 (no data).
@@ -130,16 +132,53 @@ def _warn_direct_path_off(err: BaseException) -> None:
     )
 
 
+#: store classes :func:`_warn_store_not_direct` has warned about in this process (once each)
+_STORE_WARNED: set[str] = set()
+
+
+def _warn_store_not_direct(store: Any) -> None:
+    """Warn, once per store class and process, that chunks of ``store`` are read through zarr itself (one
+    request per chunk, no :meth:`ZarrChunks.fetch` batching): the direct reader knows local and fsspec stores."""
+    name = type(store).__name__
+    if name in _STORE_WARNED:
+        return
+    _STORE_WARNED.add(name)
+    warnings.warn(
+        f"reading Zarr chunks of a {name} through zarr itself (slower: no batched fetches); the direct chunk reader "
+        "handles local paths and fsspec URLs (s3://...): open the cube by its path or URL",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _sync_filesystem(fs: Any) -> Any:
+    """A blocking twin of the file system of a zarr ``FsspecStore`` (which is made asynchronous)."""
+    inner = getattr(fs, "sync_fs", None)  # zarr's wrapper of a synchronous file system (memory://)
+    if inner is not None:
+        return inner
+    if getattr(fs, "asynchronous", False):
+        options = {k: v for k, v in fs.storage_options.items() if k not in ("asynchronous", "loop")}
+        return type(fs)(*getattr(fs, "storage_args", ()), **options)
+    return fs
+
+
 class ZarrChunks:
-    """A zarr array read one whole chunk at a time; direct file read + numcodecs decode when possible.
+    """A zarr array read one whole chunk at a time; direct chunk read + numcodecs decode when possible.
 
     The direct path reads the chunk file into a per-thread buffer and decodes into a per-thread pool of
     chunk buffers (:meth:`release` gives a chunk back), so steady-state reading allocates nothing: on
     this kind of machine fresh allocations (page faults) cost as much as the decoding itself.
+
+    A store behind an fsspec URL (``s3://``...) is read the same way, its chunk objects fetched with the file
+    system's ``cat``: :meth:`fetch` downloads the chunks :func:`gather` is about to read all at once
+    (concurrently), and :meth:`get` decodes them from there (a chunk not fetched first is one ``cat_file``).
+    Other zarr stores are read through zarr, with a warning (once).
     """
 
     #: chunk buffers kept per thread for reuse
     POOL = 16
+    #: chunks :func:`gather` announces to :meth:`fetch` at a time (bounds the bytes held: ~a chunk each)
+    FETCH_WINDOW = 32
 
     def __init__(self, arr: Any, *, complete: bool = False) -> None:
         """:param complete: the store holds every chunk (:data:`~hvaeseg.data.integrity.CHUNKS_ATTR`), so a
@@ -158,13 +197,14 @@ class ZarrChunks:
         try:
             from zarr.codecs import BytesCodec
             from zarr.core.chunk_grids import RegularChunkGrid
-            from zarr.storage import LocalStore
+            from zarr.storage import FsspecStore, LocalStore
 
             md = arr.metadata
             if md.zarr_format != 3 or not isinstance(md.chunk_grid, RegularChunkGrid):
                 return None
             store = arr.store_path.store
-            if not isinstance(store, LocalStore):
+            if not isinstance(store, (LocalStore, FsspecStore)):
+                _warn_store_not_direct(store)
                 return None
             codecs = list(md.codecs)
             if not codecs or not isinstance(codecs[0], BytesCodec):
@@ -176,9 +216,14 @@ class ZarrChunks:
             decoders = [numcodecs_decoder(c) for c in codecs[1:]]
             if any(d is None for d in decoders) or len(decoders) > 1:
                 return None
-            root = os.path.join(str(store.root), arr.store_path.path)
+            if isinstance(store, LocalStore):
+                fs, root = None, os.path.join(str(store.root), arr.store_path.path)
+            else:
+                fs = _sync_filesystem(store.fs)
+                root = "/".join(p for p in (str(store.path).rstrip("/"), arr.store_path.path) if p)
             fill = np.asarray(md.fill_value, dtype=dtype)
-            return root, md.chunk_key_encoding, decoders[0] if decoders else None, dtype.newbyteorder("<"), fill
+            decoder = decoders[0] if decoders else None
+            return fs, root, md.chunk_key_encoding, decoder, dtype.newbyteorder("<"), fill
         except Exception as err:  # noqa: BLE001 - any surprise: use zarr itself, and say so (once)
             _warn_direct_path_off(err)
             return None
@@ -188,6 +233,7 @@ class ZarrChunks:
         if not hasattr(tls, "free"):
             tls.free = []
             tls.raw = bytearray(0)
+            tls.fetched = {}
         return tls
 
     def _read_file(self, path: str, tls) -> memoryview | None:
@@ -210,15 +256,56 @@ class ZarrChunks:
         finally:
             os.close(fd)
 
+    @property
+    def remote(self) -> bool:
+        """Whether chunks come through an fsspec file system (:meth:`fetch` batches them)."""
+        return self._direct is not None and self._direct[0] is not None
+
+    def _path(self, key: tuple[int, ...]) -> tuple[str, str]:
+        fs, root, enc = self._direct[:3]
+        name = enc.encode_chunk_key(key)
+        return name, (os.path.join(root, name) if fs is None else f"{root}/{name}")
+
+    def fetch(self, keys: Sequence[tuple[int, ...]]) -> None:
+        """Download the chunks ``keys`` (of a remote store) in one concurrent ``cat``, for :meth:`get` to decode
+        (kept per thread until then; each is used once). Local stores: nothing to do."""
+        if not self.remote:
+            return
+        fs = self._direct[0]
+        paths = [self._path(k)[1] for k in keys]
+        tls = self._local()
+        tls.fetched.clear()  # what an interrupted gather left
+        if not paths:
+            return
+        got = fs.cat(paths, on_error="return")  # {path: bytes or the exception}, one request per chunk, concurrent
+        for path in paths:
+            if path in got:  # else get() reads it alone
+                value = got[path]
+                tls.fetched[path] = None if isinstance(value, FileNotFoundError) else value
+
+    def _read_remote(self, path: str, tls) -> bytes | memoryview | None:
+        fs = self._direct[0]
+        if path in tls.fetched:
+            value = tls.fetched.pop(path)
+        else:
+            try:
+                value = fs.cat_file(path)
+            except FileNotFoundError:
+                value = None
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
     def get(self, key: tuple[int, ...]) -> np.ndarray:
         if self._direct is None:
             region = tuple(slice(k * c, min((k + 1) * c, n)) for k, c, n in zip(key, self.chunks, self.shape))
             return np.asarray(self.arr[region])
-        root, enc, decoder, dtype, fill = self._direct
+        fs, _, _, decoder, dtype, fill = self._direct
         tls = self._local()
-        name = enc.encode_chunk_key(key)
-        path = os.path.join(root, name)
-        raw = self._read_file(path, tls)
+        name, path = self._path(key)
+        raw = self._read_file(path, tls) if fs is None else self._read_remote(path, tls)
+        if fs is not None:
+            path = fs.unstrip_protocol(path)  # named as a URL in errors
         out = tls.free.pop() if tls.free else np.empty(self._count, dtype=dtype)
         try:
             if raw is None:
@@ -311,6 +398,8 @@ class DNChunks:
     def __init__(self, inner: Any, enc: DNEncoding) -> None:
         self.inner, self.enc = inner, enc
         self.shape, self.chunks = inner.shape, inner.chunks
+        if hasattr(inner, "fetch"):
+            self.fetch = inner.fetch
 
     def get(self, key: tuple[int, ...]) -> np.ndarray:
         chunk = self.inner.get(key)
@@ -479,13 +568,19 @@ def gather(reader: Any, requests: Sequence[Sequence[Any]], out: np.ndarray, rows
             ikey, iosl, icsl = zip(*combo) if combo else ((), (), ())
             for key, osl, csl in box:
                 pieces.setdefault(ikey + key, []).append((dst, iosl + osl, icsl + csl))
-    for key in sorted(pieces):
-        chunk = reader.get(key)
-        try:
-            for dst, osl, csl in pieces[key]:
-                dst[osl] = chunk[csl]
-        finally:
-            reader.release(chunk)
+    keys = sorted(pieces)
+    fetch = getattr(reader, "fetch", None)
+    window = getattr(reader, "FETCH_WINDOW", len(keys)) or len(keys)
+    for start in range(0, len(keys), window):
+        if fetch is not None:  # a remote reader downloads the window's chunks at once
+            fetch(keys[start:start + window])
+        for key in keys[start:start + window]:
+            chunk = reader.get(key)
+            try:
+                for dst, osl, csl in pieces[key]:
+                    dst[osl] = chunk[csl]
+            finally:
+                reader.release(chunk)
 
 
 def fill_patches(

@@ -172,13 +172,14 @@ def naming_errors() -> Iterator[None]:
 def _keys(fs: Any, root: str, local: bool) -> set[str]:
     """Every file of the store, as keys relative to ``root`` (one walk, no file opened)."""
     if local:
-        keys = set()
+        keys: set[str] = set()
         for parent, _, files in os.walk(root):
             rel = os.path.relpath(parent, root)
             prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
             keys.update(prefix + f for f in files)
         return keys
     base = root.rstrip("/") + "/"
+    fs.invalidate_cache(root)  # a listing cached before the store was (re)written would miss its keys
     return {p[len(base):] for p in fs.find(root) if p.startswith(base)}
 
 

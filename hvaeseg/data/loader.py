@@ -174,6 +174,12 @@ class PatchLoader:
     :param epoch: the (first) epoch; :meth:`set_epoch` changes it.
     :param drop_last: drop an incomplete last batch (always true with ``repeat``).
     :param storage_options: for fsspec URLs.
+    :param shard: ``(index, count)``: one of ``count`` loaders (the processes of a data-parallel run) that share
+        each batch. The epoch's order is cut into global batches of ``count * batch_size`` patches, exactly as a
+        loader of that batch size cuts it, and this loader reads only the slice ``[index * batch_size,
+        (index + 1) * batch_size)`` of each: the ``count`` shards are disjoint, their union is the global batch,
+        and each is a function of ``(seed, batch number)`` only. Incomplete global batches are dropped.
+        ``(0, 1)`` (the default) is a plain loader.
     """
 
     def __init__(
@@ -194,6 +200,7 @@ class PatchLoader:
         drop_last: bool = False,
         storage_options: Mapping[str, Any] | None = None,
         processes: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if not isinstance(plan, PatchPlan):
             raise TypeError(f"expected a PatchPlan, got {type(plan).__name__}")
@@ -201,6 +208,11 @@ class PatchLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if prefetch < 0 or workers < 0:
             raise ValueError(f"prefetch and workers must be >= 0, got {prefetch} and {workers}")
+        index, count = (int(v) for v in shard)
+        if not (count >= 1 and 0 <= index < count):
+            raise ValueError(f"shard: expected (index, count) with 0 <= index < count, got {tuple(shard)}")
+        #: ``(index, count)``: this loader's slice of every global batch of ``count * batch_size`` patches
+        self.shard = (index, count)
         self.plan = plan
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
@@ -216,7 +228,7 @@ class PatchLoader:
         self.shuffle = self.repeat if shuffle is None else bool(shuffle)
         self.seed = int(seed)
         self.epoch = int(epoch)
-        self.drop_last = bool(drop_last) or self.repeat
+        self.drop_last = bool(drop_last) or self.repeat or count > 1
         self.processes = bool(processes)
         if self.processes:
             if not isinstance(cube, (str, os.PathLike)):
@@ -242,9 +254,10 @@ class PatchLoader:
         if dict(plan.cube_shape) != want:
             raise ValueError(f"the plan was made for a cube of {plan.cube_shape}, this cube is {want}")
         plan.check()
-        if self.repeat and len(plan) < self.batch_size:
+        if self.repeat and len(plan) < self.batch_size * count:
+            shards = "" if count == 1 else f" x {count} shards"
             raise ValueError(
-                f"repeat=True needs at least batch_size={self.batch_size} patches, the plan has {len(plan)}"
+                f"repeat=True needs at least batch_size={self.batch_size}{shards} patches, the plan has {len(plan)}"
             )
         scale, offset = dn_scaling(self.src.refl_attrs, self.src.dtype)  # the DN's: float reflectance is encoded
         #: ``(scale_factor, add_offset)`` of the DN the loader moves (``x`` with ``normalise=False``)
@@ -287,15 +300,22 @@ class PatchLoader:
         return np.lexsort((within, group_rank[inverse]))
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The patch indices of each batch of ``epoch`` (this loader's slice of each global batch, with a
+        :attr:`shard`)."""
         order = self.epoch_order(epoch)
-        B = self.batch_size
+        index, count = self.shard
+        B = self.batch_size * count
         n = len(order) // B * B if self.drop_last else len(order)
-        return [order[i : i + B] for i in range(0, n, B)]
+        batches = [order[i : i + B] for i in range(0, n, B)]
+        if count > 1:
+            b = self.batch_size
+            batches = [batch[index * b : (index + 1) * b] for batch in batches]
+        return batches
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        n = len(self.plan)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, B = len(self.plan), self.batch_size * self.shard[1]
+        return n // B if self.drop_last else -(-n // B)
 
     # -- reading -----------------------------------------------------------------------------------
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -146,8 +146,8 @@ class MosaicLayout:
         problems = mosaic_problems(ds)
         if problems:
             raise ValueError("; ".join(problems))
-        return cls(tuple(int(v) for v in np.ravel(attrs[SIZE_ATTR])), int(attrs[COLUMNS_ATTR]),
-                   int(ds.sizes[IMAGE_DIM]))
+        h, w = (int(v) for v in np.ravel(attrs[SIZE_ATTR]))  # mosaic_problems() checked: two numbers
+        return cls((h, w), int(attrs[COLUMNS_ATTR]), int(ds.sizes[IMAGE_DIM]))
 
 
 def mosaic_problems(ds: Any) -> list[str]:
@@ -168,7 +168,9 @@ def mosaic_problems(ds: Any) -> list[str]:
     try:
         size = tuple(int(v) for v in np.ravel(attrs[SIZE_ATTR]))
         columns = int(attrs[COLUMNS_ATTR])
-        layout = MosaicLayout(size, columns, int(ds.sizes[IMAGE_DIM]))
+        if len(size) != 2:
+            raise ValueError(f"expected [H, W], got {size}")
+        layout = MosaicLayout((size[0], size[1]), columns, int(ds.sizes[IMAGE_DIM]))
     except (TypeError, ValueError):
         return [f"mosaic attributes {SIZE_ATTR}={attrs[SIZE_ATTR]!r}, {COLUMNS_ATTR}={attrs[COLUMNS_ATTR]!r} are "
                 f"not [H, W] and a number of columns >= 1 (with >= 1 image). {fix}"]
@@ -191,14 +193,14 @@ def reserved_splits(ds: Any) -> np.ndarray:
 def split_counts(shares: Sequence[float], n: int) -> np.ndarray:
     """``n`` items shared in proportion to ``shares`` (rounded by largest remainder); every positive share gets at
     least one item when ``n`` allows (taken from the largest count)."""
-    shares = np.asarray(shares, dtype=np.float64)
-    want = shares / shares.sum() * n if shares.sum() > 0 else np.zeros_like(shares)
+    share = np.asarray(shares, dtype=np.float64)
+    want = share / share.sum() * n if share.sum() > 0 else np.zeros_like(share)
     want = np.round(want, 9)  # exact ties (0.6 : 0.2 of 6 is 4.5 : 1.5) go to the first split, not to rounding error
     counts = np.floor(want).astype(int)
     for i in np.argsort(-(want - counts), kind="stable")[: n - counts.sum()]:
         counts[i] += 1
-    if n >= int((shares > 0).sum()):
-        for i in np.flatnonzero((shares > 0) & (counts == 0)):
+    if n >= int((share > 0).sum()):
+        for i in np.flatnonzero((share > 0) & (counts == 0)):
             counts[int(np.argmax(counts))] -= 1
             counts[i] = 1
     return counts

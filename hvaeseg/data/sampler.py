@@ -533,13 +533,14 @@ class PatchSampler:
         shape = view.shape
         if view.mosaic is not None:  # the images are the blocks
             mine = view.mosaic.boxes()[self._image_splits(view) == SPLITS.index(split)]
-            return [tuple(int(v) for v in b) for b in mine]
+            return [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in mine]
         if self.split is None:
             return [(0, shape["y"], 0, shape["x"])] if split == "train" else []
         return self.split.blocks(shape, split)
 
     def _image_splits(self, view: _CubeView) -> np.ndarray:
         """``(N,)`` split code of every image of a mosaic: all train without a split (one training block)."""
+        assert view.mosaic is not None and view.reserved is not None  # called for mosaic cubes only
         if self.split is None:
             return np.zeros(view.mosaic.n_images, dtype=np.int8)
         return assign_splits(view.reserved, self.split.fractions, self.split.seed)
@@ -560,13 +561,13 @@ class PatchSampler:
             if lab is not None and len(boxes):
                 boxes = boxes[_box_sums(_integral(lab), boxes[:, 0], boxes[:, 2], h, w) > 0]
             return boxes[:, [0, 2]].copy()
-        tiles = []
+        found = []
         for y0, y1, x0, x1 in self._blocks(view, "train"):
             ys, xs = np.arange(y0, y1 - H + 1, H), np.arange(x0, x1 - W + 1, W)
             if len(ys) and len(xs):
                 gy, gx = np.meshgrid(ys, xs, indexing="ij")
-                tiles.append(np.stack([gy.ravel(), gx.ravel()], axis=1))
-        tiles = np.concatenate(tiles) if tiles else np.zeros((0, 2), dtype=np.int64)
+                found.append(np.stack([gy.ravel(), gx.ravel()], axis=1))
+        tiles = np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
         lab = view.labelled_pixels()
         if lab is not None and len(tiles):
             has = _box_sums(_integral(lab), tiles[:, 0], tiles[:, 1], H, W) > 0
@@ -634,8 +635,11 @@ class PatchSampler:
         if parts:
             cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         else:
-            cat = {"y": [], "x": [], "t": np.zeros((0, self.n_dates)), "split": [], "labelled": [], "group": []}
-        return PatchPlan(sizes=dict(self.sizes), cube_shape=shape, meta=self.to_dict(), **cat)
+            empty = np.zeros(0, dtype=np.int64)
+            cat = {"y": empty, "x": empty, "t": np.zeros((0, self.n_dates), dtype=np.int64), "split": empty,
+                   "labelled": empty, "group": empty}
+        return PatchPlan(sizes=dict(self.sizes), cube_shape=shape, meta=self.to_dict(), y=cat["y"], x=cat["x"],
+                         t=cat["t"], split=cat["split"], labelled=cat["labelled"], group=cat["group"])
 
     def to_dict(self) -> dict[str, Any]:
         """The sampler's settings as JSON-able data (recorded in every plan's ``meta``)."""

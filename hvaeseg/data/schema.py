@@ -38,9 +38,9 @@ stored cube: such variables are checked as the DN they decode from (:func:`valid
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import xarray as xr
@@ -196,7 +196,7 @@ class CubeValidationError(ValueError):
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _dims_str(dims: Iterable[str]) -> str:
+def _dims_str(dims: Iterable[Hashable]) -> str:
     return "(" + ", ".join(map(str, dims)) + ")"
 
 
@@ -219,12 +219,12 @@ def _sample(da: xr.DataArray) -> np.ndarray:
     return np.concatenate([np.asarray(da.isel(win).values).ravel() for win in windows])
 
 
-def _windows(da: xr.DataArray) -> list[dict[str, object]]:
+def _windows(da: xr.DataArray) -> list[dict[Hashable, Any]]:
     """The ``isel`` indexers of :func:`_sample` (``[{}]``: all of ``da``); by dimension name, so variables
     with the same time/y/x sizes are sampled at the same pixels."""
     if da.size <= CubeSchema.sample_limit:
         return [{}]
-    index: dict[str, object] = {}
+    index: dict[Hashable, Any] = {}
     if "time" in da.dims and da.sizes["time"] > 4:
         index["time"] = np.unique(np.linspace(0, da.sizes["time"] - 1, 4).round().astype(int))
     windows = []
@@ -512,6 +512,7 @@ def _check_mosaic(ds: xr.Dataset) -> list[str]:
                     "ds.attrs.update(MosaicLayout.for_images(N, (H, W)).attrs()) (hvaeseg.data.mosaic)"]
         return []
     layout = MosaicLayout.from_cube(ds)
+    assert layout is not None  # the cube has the image dimension (and no mosaic problems)
     if "image_split" in ds.data_vars and _is_int(ds["image_split"].dtype):
         codes = np.asarray(ds["image_split"].values)
         bad = np.unique(codes[(codes < -1) | (codes > 2)])
@@ -831,12 +832,11 @@ def valid_from_scl(scl, reflectance=None):
         valid = valid.rename("valid")
         valid.attrs = {"long_name": "observed and clear"}  # not the inputs' (scale_factor would make it float)
         return valid
-    valid = np.isin(np.asarray(scl), clear)
+    mask = np.isin(np.asarray(scl), clear)
     if reflectance is not None:
-        refl = np.asarray(reflectance)
-        present = (refl != 0) if _is_int(refl.dtype) else ~np.isnan(refl)
-        valid &= present.all(axis=-3)
-    return valid
+        values = np.asarray(reflectance)
+        mask &= ((values != 0) if _is_int(values.dtype) else ~np.isnan(values)).all(axis=-3)
+    return mask
 
 
 # --------------------------------------------------------------------------------------------- classes

@@ -123,7 +123,10 @@ def _attrs_and_bands(cube: Any, storage_options) -> tuple[dict, int]:
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         g = zarr.open_group(os.fspath(cube), mode="r", storage_options=storage_options)
-        return dict(g.attrs), int(g["reflectance"].shape[1])
+        refl = g["reflectance"]
+        if not isinstance(refl, zarr.Array):
+            raise ValueError(f"{cube}: expected the array `reflectance`, got a group")
+        return dict(g.attrs), int(refl.shape[1])
 
 
 def ensure_band_stats(

@@ -3,9 +3,13 @@
 :func:`write_cube` writes a whole in-memory cube; :class:`CubeWriter` streams a cube too big for memory
 date by date (region writes into a store whose metadata comes from a template). Both write into a
 temporary sibling (``PATH.tmp-<id>``) and only rename it to ``PATH`` once everything is written: locally an
-``os.replace`` of the directory, on fsspec file systems a move of every file with the root ``zarr.json``
-(the group, without which nothing opens) moved last. A crash never leaves a store at ``PATH`` that
+``os.replace`` of the directory, on fsspec file systems (object stores have no rename) a copy of every file with
+the root ``zarr.json`` (the group, without which nothing opens) copied last (see :func:`atomic_zarr_write` for
+the rule and what a reader sees when a writer dies). A crash never leaves a store at ``PATH`` that
 looks complete, and a cube that fails :func:`~hvaeseg.data.schema.validate_cube` writes nothing.
+:func:`atomic_zarr_write` is that rule for any writer (``with atomic_zarr_write(url) as pending: ...``).
+
+URLs (``s3://bucket/cube.zarr``) take ``storage_options``, or the defaults of :mod:`hvaeseg.data.remote`.
 
 :func:`open_cube` opens with ``chunks=None`` (lazy, no dask) and ``mask_and_scale=False``: reflectance
 stays raw uint16 DN with its ``scale_factor``/``add_offset`` attributes (decode with
@@ -62,8 +66,9 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import fsspec
 import numpy as np
@@ -72,6 +77,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from hvaeseg._temporary import is_temporary_name, stale_pid, target_of
 from hvaeseg.data.integrity import CHUNKS_ATTR, COMPLETE, check_chunks, naming_errors
+from hvaeseg.data.remote import protocol_of, remote_errors
 from hvaeseg.data.schema import SCHEMA_VERSION, validate_cube
 
 __all__ = [
@@ -84,6 +90,9 @@ __all__ = [
     "open_cube",
     "CubeWriter",
     "template_from_block",
+    "PendingStore",
+    "atomic_zarr_write",
+    "check_output_free",
 ]
 
 #: chunk size per dimension; -1 = the whole dimension. Variables use the entries of their own dims.
@@ -142,9 +151,16 @@ class _Location:
     def __init__(self, path: str | os.PathLike, storage_options: Mapping | None = None):
         self.given = os.fspath(path)
         self.storage_options = dict(storage_options or {})
-        self.fs, root = fsspec.core.url_to_fs(self.given, **self.storage_options)
+        with remote_errors(self.given):
+            try:
+                self.fs, root = fsspec.core.url_to_fs(self.given, **self.storage_options)
+            except ImportError as err:
+                raise ValueError(f"{self.given}: {protocol_of(self.given)}:// URLs need a package that is not "
+                                 f"installed ({err}); for s3:// pip install 'hvaeseg[s3]'") from None
         self.local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/") if root not in ("/", "") else root
+        if not self.local:  # listings cached by this (shared) file system may predate writes made by zarr's own
+            self.fs.invalidate_cache()
 
     def url(self, root: str | None = None) -> str:
         root = self.root if root is None else root
@@ -208,6 +224,10 @@ class _Location:
         """Refuse an existing location unless ``overwrite``, and, even with it, one that is not a Zarr store (a
         plain file, a folder holding other things: nothing but a store is ever replaced); first remove what
         killed writes to it left."""
+        with remote_errors(self.given):
+            self._check_free(overwrite)
+
+    def _check_free(self, overwrite: bool) -> None:
         self.remove_stale_siblings()
         if not overwrite and self.exists():
             raise FileExistsError(f"{self.given} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -226,7 +246,7 @@ class _Location:
                 return
             else:
                 kind = "an existing folder that is not a Zarr store"
-        elif self.fs.exists(f"{self.root}/zarr.json"):
+        elif self.fs.exists(f"{self.root}/zarr.json") or self.unfinished():
             return
         else:
             kind = "an existing path that is not a Zarr store"
@@ -252,17 +272,30 @@ class _Location:
             else:
                 os.replace(tmp, self.root)
             return
+        # no rename on object stores: copy (server-side on S3), the group metadata last (see atomic_zarr_write)
         fs = self.fs
+        fs.invalidate_cache()
+        marker, root_marker = f"{tmp}/zarr.json", f"{self.root}/zarr.json"
         if fs.exists(self.root):
+            if fs.exists(root_marker):
+                fs.rm_file(root_marker)  # first: the old store stops opening before any of it goes
             fs.rm(self.root, recursive=True)
-        marker = f"{tmp}/zarr.json"
         files = sorted(fs.find(tmp))
-        # the group metadata last: a store without it does not open, so a cut-off move looks incomplete
-        for f in [f for f in files if f != marker]:
-            fs.mv(f, self.root + f[len(tmp):])
-        fs.mv(marker, f"{self.root}/zarr.json")
-        if fs.exists(tmp):
-            fs.rm(tmp, recursive=True)
+        if marker not in files:
+            raise FileNotFoundError(f"{self.url(tmp)} holds no zarr.json: nothing to commit")
+        rest = [f for f in files if f != marker]
+        if rest:  # one batched call: the file system copies them concurrently
+            fs.copy(rest, [self.root + f[len(tmp):] for f in rest])
+        fs.copy(marker, root_marker)
+        fs.rm(tmp, recursive=True)
+        fs.invalidate_cache()
+
+    def unfinished(self) -> bool:
+        """(Object stores.) Whether the location holds what a commit cut off left: arrays (``*/zarr.json``)
+        without the group's ``zarr.json``. Such a store never opens, and ``overwrite`` may replace it."""
+        return not self.local and not self.fs.exists(f"{self.root}/zarr.json") and bool(
+            self.fs.glob(f"{self.root}/*/zarr.json")
+        )
 
 
 # --------------------------------------------------------------------------------------------- encoding
@@ -385,16 +418,90 @@ def write_dataset(
     for var in out.variables.values():
         var.encoding = {}
     encoding = _encoding(out, merged, codec)
+    with atomic_zarr_write(loc, overwrite=overwrite, checked=True) as pending, _quiet_zarr():
+        out.to_zarr(pending.url, mode="w-", zarr_format=3, consolidated=True, encoding=encoding,
+                    write_empty_chunks=True, **pending.xr_kwargs())
+    return loc.given
+
+
+@dataclass(frozen=True)
+class PendingStore:
+    """A store being written by :func:`atomic_zarr_write`: write it at :attr:`url` (a temporary sibling of
+    :attr:`target`), with :attr:`storage_options`."""
+
+    #: where to write: ``TARGET.tmp-PID-HEX``, a local path or a URL
+    url: str
+    #: where the store appears once the ``with`` block ends without error
+    target: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def xr_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``Dataset.to_zarr(self.url, ...)``."""
+        return {"storage_options": self.storage_options} if "://" in self.url and self.storage_options else {}
+
+    def zarr_store(self) -> Any:
+        """A zarr store of :attr:`url` (``zarr.open_group(pending.zarr_store(), mode="r+")``, region writes...)."""
+        loc = _Location(self.url, self.storage_options)
+        return loc.zarr_store(loc.root)
+
+
+@contextlib.contextmanager
+def atomic_zarr_write(
+    path: str | os.PathLike | _Location,
+    *,
+    overwrite: bool = False,
+    storage_options: Mapping | None = None,
+    checked: bool = False,
+) -> Iterator[PendingStore]:
+    """Write a Zarr store so that it appears at ``path`` whole or not at all (as far as the storage allows)::
+
+        with atomic_zarr_write("s3://bucket/pred.zarr", overwrite=True) as pending:
+            ds.to_zarr(pending.url, mode="w-", zarr_format=3, **pending.xr_kwargs())
+            # ... any number of writes into pending.url, from any thread or process ...
+
+    **Rule.** Everything is written into a temporary sibling ``PATH.tmp-PID-HEX``; when the block ends without
+    error it is committed to ``PATH``, and on any error (or Ctrl-C) it is deleted and ``PATH`` is left as it was.
+
+    * Local paths: the commit is an ``os.replace`` of the directory (an existing store is first renamed aside to
+      ``PATH.old-PID-HEX`` and deleted afterwards): atomic.
+    * Object stores (``s3://``..., no rename): the commit first deletes an existing store at ``PATH`` (its
+      group ``zarr.json`` first, so that it stops opening before any of it goes), then copies every object of the
+      sibling to ``PATH`` (server-side copies, concurrently), the group ``zarr.json`` last, then deletes the
+      sibling. Readers only accept a store with the group ``zarr.json`` (:func:`open_cube`, zarr, xarray), and
+      it holds the consolidated metadata of every array written before it.
+
+    **What a reader sees if the writer dies** (object stores):
+
+    * while writing the sibling: ``PATH`` as it was (the old store, or nothing); a ``PATH.tmp-PID-HEX/`` prefix
+      stays behind: :func:`open_cube` refuses it by name, and it is *not* removed automatically (no process can
+      tell whether its writer, maybe on another machine, still runs): delete it (``aws s3 rm --recursive``);
+    * during the commit: ``PATH`` without its group ``zarr.json`` (the old store partly deleted, the new one
+      partly copied): :func:`open_cube` says there is no cube there, ``xarray.open_zarr`` fails; a later write
+      with ``overwrite`` replaces it;
+    * after the group ``zarr.json`` is copied: the complete new store (the sibling may remain, as above).
+
+    With ``overwrite`` on an object store there is thus a window in which neither the old nor the new store
+    opens, never one in which a mixture does.
+
+    :param path: local path or fsspec URL (or a location made by this module).
+    :param overwrite: replace an existing Zarr store at ``path`` (never anything else).
+    :param storage_options: for URLs (default: those of :mod:`hvaeseg.data.remote`).
+    :param checked: ``path`` was already checked by :func:`check_output_free` (skip the check before writing;
+        the commit checks again).
+    :raises FileExistsError: ``path`` exists and ``overwrite`` is false, or it is not a Zarr store.
+    """
+    loc = path if isinstance(path, _Location) else _Location(path, storage_options)
+    if not checked:
+        loc.check_free(overwrite)
     tmp = loc.sibling("tmp")
     try:
-        with _quiet_zarr():
-            out.to_zarr(loc.url(tmp), mode="w-", zarr_format=3, consolidated=True, encoding=encoding,
-                        write_empty_chunks=True, **loc.xr_kwargs())
-        loc.commit(tmp, overwrite)
+        yield PendingStore(loc.url(tmp), loc.given, dict(loc.storage_options))
+        with remote_errors(loc.given):
+            loc.commit(tmp, overwrite)
     except BaseException:
-        loc.remove(tmp)
+        with contextlib.suppress(Exception):  # the error that got us here is the one to report
+            loc.remove(tmp)
         raise
-    return loc.given
 
 
 def open_cube(
@@ -416,7 +523,11 @@ def open_cube(
     :raises FileNotFoundError: nothing (complete) at ``path``.
     :raises MissingChunkError: a chunk the store must hold is missing (see :mod:`hvaeseg.data.integrity`).
     """
-    loc = _Location(path, storage_options)
+    with remote_errors(path):
+        return _open_cube(_Location(path, storage_options), storage_options, validate, check)
+
+
+def _open_cube(loc: _Location, storage_options: Mapping | None, validate: bool, check: bool | None) -> xr.Dataset:
     if is_temporary_name(loc.root):
         raise ValueError(
             f"{loc.given} is the temporary store of a write that did not finish (or is still running), not a "
@@ -524,7 +635,7 @@ class CubeWriter:
         self._create()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc_type is None:
             self.commit()
         else:

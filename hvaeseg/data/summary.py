@@ -7,7 +7,7 @@ lazily opened cubes of any size; :func:`quicklook` reads one date, subsampled to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -19,11 +19,11 @@ from hvaeseg.data.schema import DEFAULT_CLASS_COLORS, class_colors, class_names,
 __all__ = ["summarise", "format_summary", "quicklook", "date_index"]
 
 
-def _iso(t: np.datetime64, unit: str) -> str:
-    return str(np.datetime_as_string(np.datetime64(t, "ns"), unit=unit))
+def _iso(t: np.datetime64, unit: Literal["D", "s"]) -> str:
+    return str(np.datetime_as_string(np.asarray(t, dtype="datetime64[ns]"), unit=unit))
 
 
-def _time_unit(times: np.ndarray) -> str:
+def _time_unit(times: np.ndarray) -> Literal["D", "s"]:
     """``"D"`` when every time is midnight, else seconds."""
     t = np.asarray(times).astype("datetime64[ns]")
     return "D" if (t == t.astype("datetime64[D]")).all() else "s"
@@ -293,7 +293,7 @@ def quicklook(ds: xr.Dataset, date: int | str | None = None, *, max_pixels: int 
             colors = class_colors(ds)
         except ValueError:
             k = int(lab.max()) + 1 if (lab >= 0).any() else 1
-            names, colors = [f"class_{j}" for j in range(k)], [None] * k
+            names, colors = [f"class_{j}" for j in range(k)], [""] * k  # "": the default colour below
         k = len(names)
         colors = [c or DEFAULT_CLASS_COLORS[j % len(DEFAULT_CLASS_COLORS)] for j, c in enumerate(colors)]
         cmap = ListedColormap(colors).with_extremes(bad=(1.0, 1.0, 1.0, 0.0))

@@ -221,7 +221,10 @@ class ProcessWorkers:
         ctx = mp.get_context("spawn")
         self.tasks = ctx.Queue()
         self.results = ctx.Queue()
-        args = (os.fspath(cube), dict(storage_options or {}), self.tasks, self.results)
+        from hvaeseg.data.remote import storage_options_for
+
+        # a spawned process does not inherit this one's defaults for URLs (hvaeseg.data.remote): hand them over
+        args = (os.fspath(cube), storage_options_for(cube, storage_options), self.tasks, self.results)
         self.procs = [
             ctx.Process(target=_worker_main, args=args, name=f"hvaeseg-loader-{i}", daemon=True) for i in range(n)
         ]

@@ -188,9 +188,9 @@ class HVAE(PyroModule):
         else:
             raise ValueError("expected at least one of x, s, valid or shape=(B, H, W) to size the batch")
         if valid is not None:
-            want = (B, T, H, W) if temporal else (B, H, W)
-            if tuple(valid.shape) != want or valid.dtype != torch.bool:
-                raise ValueError(f"expected valid of shape {want} (bool), got {valid.dtype} {_shape_str(valid)}")
+            want_shape = (B, T, H, W) if temporal else (B, H, W)
+            if tuple(valid.shape) != want_shape or valid.dtype != torch.bool:
+                raise ValueError(f"expected valid of shape {want_shape} (bool), got {valid.dtype} {_shape_str(valid)}")
         if s is not None:
             hw = tuple(s.shape[1:3]) if s.dim() in (3, 4) else None
             ok = (s.dim() == 3 and not s.is_floating_point()) or (s.dim() == 4 and s.is_floating_point())
@@ -396,7 +396,7 @@ class HVAE(PyroModule):
                 if s.shape[0] != 1:
                     raise ValueError(f"expected n equal to the batch of s ({s.shape[0]}) or s with batch 1, got n={n}")
                 s = s.expand(n, *s.shape[1:])
-            shape = (s.shape[0], dates) if spec.temporal else None
+            shape: tuple[int, ...] | None = (s.shape[0], dates) if spec.temporal else None
         else:
             if spec.s_prior == "empirical" and self._label_pool is None:
                 raise ValueError(
@@ -409,7 +409,11 @@ class HVAE(PyroModule):
             h, w = (size, size) if isinstance(size, int) else tuple(size)
             shape = (n, dates, h, w) if spec.temporal else (n, h, w)
         trace = poutine.trace(self.model).get_trace(None, s, None, shape=shape, doy=doy)
-        out = {name: trace.nodes[name]["value"] for name in spec.site_names}
+        out: dict[str, torch.Tensor] = {}
+        for name in spec.site_names:
+            value = trace.nodes[name]["value"]
+            assert value is not None  # a sampled site (Pyro types site values Optional)
+            out[name] = value
         if spec.temporal:
             out["s"] = out["s"].squeeze(1)
         return out
@@ -475,7 +479,7 @@ class HVAE(PyroModule):
             q = unwrap(guide_trace.nodes[name]["fn"])
             p = unwrap(model_trace.nodes[name]["fn"])
             if isinstance(p, EmpiricalPrior):
-                lq = q.logits
+                lq = q.logits  # type: ignore[attr-defined]  # the guide's s: a categorical (has .logits)
                 ent = -(lq.exp() * lq).sum(-1).reshape(B, -1)
                 stats[name] = {"entropy": float(ent.sum(-1).mean()), "entropy_per_dim": float(ent.mean())}
                 continue

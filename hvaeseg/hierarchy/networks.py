@@ -72,12 +72,15 @@ def parent_input(spec: HierarchySpec, name: str, value: torch.Tensor, dtype: tor
     if value.is_floating_point():  # (..., C, h, w, Kc)
         onehot = value.movedim(-1, -3)  # (..., C, Kc, h, w)
     else:
+        assert layer.categories is not None  # LatentLayerSpec checks it for categorical layers
         onehot = one_hot_channels(value, layer.categories, dtype, dim=-3)
     return onehot.flatten(-4, -3)
 
 
 class Decoder(nn.Module):
     """The generative networks p(z_t | parents) and p(x | parents) of a hierarchy (theta)."""
+
+    x_scale_offset: torch.Tensor  # a buffer (per-pixel scales), registered in __init__
 
     def __init__(self, spec: HierarchySpec):
         super().__init__()

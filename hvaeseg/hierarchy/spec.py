@@ -24,6 +24,7 @@ Every spec is checked on construction; each error names the layer and says how t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import warnings
@@ -344,6 +345,15 @@ class HierarchySpec:
                 stacklevel=3,
             )
 
+    # derived, not fields (__post_init__ fills both, so that a cycle in the parent graph raises there)
+    @functools.cached_property
+    def _by_name(self) -> dict[str, LatentLayerSpec]:
+        return {layer.name: layer for layer in self.layers}
+
+    @functools.cached_property
+    def _order(self) -> tuple[str, ...]:
+        return self._topological_order()
+
     def _topological_order(self) -> tuple[str, ...]:
         by_name = {layer.name: layer for layer in self.layers}
         done: list[str] = []
@@ -472,7 +482,7 @@ class HierarchySpec:
         """
         widths = tuple(encoder_widths)
         doy = ("doy",) if day_of_year else ()
-        shared = ()
+        shared: tuple[LatentLayerSpec, ...] = ()
         if temporal and shared_channels > 0:
             shared = (LatentLayerSpec("u", "gaussian", shared_channels, 1, ("s",), shared=True),)
         return cls(

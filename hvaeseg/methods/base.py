@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from hvaeseg.distributed import DistributedContext, average_gradients
+
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Self
 
@@ -138,10 +140,16 @@ class Method(SegmentationMethod):
     they consume), implement :meth:`build`, :meth:`losses`, :meth:`predict_proba`, :meth:`modules` and
     :meth:`optimizers`. The default :meth:`update` back-propagates the sum of the losses through every module and
     steps every optimizer; methods with several players (symmetric learning: decoder and encoder) override it.
+
+    Data-parallel training (:mod:`hvaeseg.distributed`): the loop calls :meth:`distribute` once; from then on an
+    update averages every player's gradients over the processes (:meth:`average_gradients`) after its backward
+    pass and before clipping and its optimizer step, so every process takes the same step.
     """
 
     #: gradient-norm clipping applied by the default :meth:`update` (None = off)
     clip_norm: float | None = 100.0
+    #: the processes of a data-parallel run whose gradients an update averages (:meth:`distribute`); None: one
+    distributed: DistributedContext | None = None
 
     @abc.abstractmethod
     def modules(self) -> dict[str, nn.Module]:
@@ -156,16 +164,42 @@ class Method(SegmentationMethod):
         """Differentiable scalar losses for one step (names are logged)."""
 
     def update(self, losses: dict[str, Tensor]) -> None:
-        """Back-propagate the summed losses and step every optimizer."""
+        """Back-propagate the summed losses (averaging the gradients over the processes of a data-parallel run)
+        and step every optimizer."""
         optimizers = list(self.optimizers().values())
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
+        if self.distributed is not None:
+            self.average_gradients([p for opt in optimizers for g in opt.param_groups for p in g["params"]])
         if self.clip_norm is not None:
             params = [p for m in self.modules().values() for p in m.parameters() if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
         for opt in optimizers:
             opt.step()
+
+    def distribute(self, context: DistributedContext) -> None:
+        """Average the gradients of every later update over the processes of ``context`` (called once by the loop
+        of a data-parallel run; a single-process ``context`` changes nothing)."""
+        self.distributed = context if context.is_distributed else None
+
+    def average_gradients(self, params: Sequence[nn.Parameter]) -> None:
+        """Average the gradients of ``params`` (one player's) over the processes (:meth:`distribute`), weighted by
+        :meth:`gradient_weight`; nothing in a single process."""
+        if self.distributed is not None:
+            average_gradients(params, self.distributed, self.gradient_weight())
+
+    def gradient_weight(self) -> float | Tensor | None:
+        """This process's weight in the average of the gradients of the last :meth:`losses` (None: every process
+        alike). Equal weights give the gradient of the global batch when each process's loss is a mean over the
+        same number of items (images); a loss that is a mean over a number that varies (labelled pixels) returns
+        that number, and the weighted average is then the gradient of the mean over every process's items."""
+        return None
+
+    def seed_step(self, seed: int) -> None:  # noqa: B027 - an optional hook, a no-op by default
+        """Re-seed the method's own random draws for a step (a data-parallel run does this before every step,
+        with a seed of ``(seed, step, rank)``, so that the processes draw differently and resume exactly);
+        nothing by default."""
 
     def to(self, device: str | torch.device | None) -> Self:
         """Move every module to ``device`` (in place, so optimizers keep their parameters); returns the method."""
@@ -224,6 +258,10 @@ class SeededMethod(Method):
         super().load_state_dict(state)
         if "generator" in state:
             self.generator.set_state(state["generator"])
+
+    def seed_step(self, seed: int) -> None:
+        """Re-seed :attr:`generator` (a data-parallel run does this before every step)."""
+        self.generator.manual_seed(seed)
 
 
 class FittedMethod(SegmentationMethod):

@@ -42,6 +42,7 @@ from hvaeseg.objectives.stepper import SymmetricStepper, grad_norm
 
 if TYPE_CHECKING:  # pragma: no cover
     from hvaeseg.data.loader import PatchBatch
+    from hvaeseg.distributed import DistributedContext
 
 __all__ = ["ELBOMethod", "HVAEConfig", "SymmetricMethod"]
 
@@ -305,7 +306,8 @@ class _HVAEMethod(SeededMethod):
                     labelled += n
                 if bool(batch.valid.any()):
                     rec = reconstruction_error(hvae.model, hvae.guide, batch.x, batch.valid, batch.doy)
-                    mae.append(rec["mae"]), rmse.append(rec["rmse"])
+                    mae.append(rec["mae"])
+                    rmse.append(rec["rmse"])
         return {
             "iwae_nats_per_value": iwae_sum / observed if observed else None,
             "iwae_samples": k,
@@ -385,6 +387,12 @@ class SymmetricMethod(_HVAEMethod):
         )
         self.last_grad_norms = self.stepper.last_grad_norms  # the stepper measures them
 
+    def distribute(self, context: DistributedContext) -> None:
+        """Average each player's gradients over the processes of ``context``, before its clipping and step (the
+        losses are means per image, so equal weights give the gradient of the global batch)."""
+        super().distribute(context)
+        self.stepper.reduce_gradients = self.average_gradients if self.distributed is not None else None
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self.stepper.optimizers
 
@@ -462,5 +470,6 @@ class ELBOMethod(_HVAEMethod):
         opt = self._optimizers["all"]
         opt.zero_grad(set_to_none=True)
         losses["elbo"].backward()
+        self.average_gradients(self.params)  # over the processes of a data-parallel run (means per image)
         self._clip_and_measure("all", self.params)
         opt.step()

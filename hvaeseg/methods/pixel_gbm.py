@@ -271,8 +271,10 @@ class _Subsample:
 
     def add(self, feats: np.ndarray, labels: np.ndarray) -> None:
         n = len(labels)
-        self.feats.append(feats), self.labels.append(labels)
-        self.keys.append(self.rng.random(n)), self.order.append(np.arange(self.seen, self.seen + n))
+        self.feats.append(feats)
+        self.labels.append(labels)
+        self.keys.append(self.rng.random(n))
+        self.order.append(np.arange(self.seen, self.seen + n))
         self.seen += n
         if self.limit is not None and sum(len(k) for k in self.keys) > 2 * self.limit:
             self._shrink()

@@ -80,7 +80,8 @@ class SupervisedConfig:
 def decay_param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two optimizer parameter groups: weight tensors (2 or more dims: conv and linear kernels) with
     ``weight_decay``, and everything else (biases, normalisation scales and shifts) without."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in module.parameters():
         if p.requires_grad:
             (decay if p.dim() > 1 else no_decay).append(p)
@@ -181,7 +182,14 @@ class SupervisedMethod(AugmentingMethod):
         labelled = self.labelled_batch(batch)
         x, valid, labels = self.augmentation(labelled.x, labelled.valid, labelled.labels, self.generator)
         logits = call_net(self.net, x, valid, labelled.doy)
+        if self.distributed is not None:
+            self._labelled_pixels = (labels != -1).sum()
         return {"ce": cross_entropy(logits, labels)}
+
+    def gradient_weight(self) -> Tensor | None:
+        """The labelled pixels of the last batch: the cross-entropy is a mean over them, so the weighted average
+        over the processes is the gradient of the mean over every process's labelled pixels."""
+        return getattr(self, "_labelled_pixels", None) if self.distributed is not None else None
 
     def predict_proba(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> Tensor:
         with eval_mode(self.net):

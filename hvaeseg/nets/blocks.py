@@ -112,7 +112,7 @@ class ConditionalConvNet(nn.Module):
 
         :param size: ``(h, w)``; needed only when there are no spatial parents.
         """
-        h = None
+        h: torch.Tensor | None = None
         for conv, p in zip(self.spatial, spatial):
             if p.dim() == 5:
                 B, T = p.shape[:2]
@@ -127,6 +127,8 @@ class ConditionalConvNet(nn.Module):
             elif y.dim() == 4 and h is not None and h.dim() == 5:
                 y = y.unsqueeze(1)
             h = y if h is None else h + y
+        if h is None:
+            raise ValueError("expected at least one parent (spatial or global), got none")
         if spatial:
             h = h + self.bias[:, None, None]
         else:  # only global parents: tile to the requested size

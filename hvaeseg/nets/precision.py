@@ -66,5 +66,5 @@ def prepare_modules(modules: Iterable[nn.Module], precision: str) -> None:
     ``"fp32"``. Only the layout of 4-d weights changes; state dicts load either way."""
     if precision == "bf16":
         for module in modules:
-            module.to(memory_format=torch.channels_last)
+            module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted at run time; not in torch's stubs
 

@@ -170,6 +170,7 @@ class SegmentationUNet(nn.Module):
                 f"{' and date' if self.temporal else ''}), got {got}"
             )
         f = doy_features(doy.reshape(-1), x.dtype)
+        assert self.doy is not None  # day_of_year nets have them (checked by the caller)
         return [lin(f)[:, :, None, None] for lin in self.doy]
 
     def bottom_up(

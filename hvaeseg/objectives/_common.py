@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import torch
 from torch import Tensor
@@ -115,6 +115,12 @@ def check_labels(s: Any, batch_size: int | None, what: str) -> None:
         raise ValueError(f"expected {what} class ids >= 0 or -1 (void), got values below -1")
 
 
+@overload
+def repeat(t: Tensor, times: int) -> Tensor: ...
+@overload
+def repeat(t: None, times: int) -> None: ...
+@overload
+def repeat(t: Tensor | None, times: int) -> Tensor | None: ...
 def repeat(t: Tensor | None, times: int) -> Tensor | None:
     """``t`` repeated ``times`` times along the batch dim (particle-major): one particle per copy.
 

@@ -136,9 +136,10 @@ class SemiSupervisedELBO:
         if lab is None and unl is None:
             raise ValueError("expected a labelled and/or an unlabelled batch, got neither")
         out: dict[str, Tensor] = {}
-        total = None
+        total: Tensor | None = None
         if lab is not None:
             elbo, surrogate, sup = self._elbo(model, guide, lab.x, lab.s, lab.valid, lab.doy)
+            assert sup is not None  # _elbo returns it when given s
             out["labelled_elbo"] = keep(surrogate.mean() if differentiable else elbo.mean())
             out["supervised_q"] = keep(sup.mean())
             total = surrogate.mean() + self.alpha * sup.mean()
@@ -146,6 +147,7 @@ class SemiSupervisedELBO:
             elbo, surrogate, _ = self._elbo(model, guide, unl.x, None, unl.valid, unl.doy)
             out["unlabelled_elbo"] = keep(surrogate.mean() if differentiable else elbo.mean())
             total = surrogate.mean() if total is None else total + surrogate.mean()
+        assert total is not None  # a labelled or an unlabelled batch (checked above)
         out["loss"] = -total
         return out
 
@@ -181,7 +183,7 @@ class SemiSupervisedELBO:
                 baseline = torch.zeros_like(signal)
             surrogate = elbo + (signal - baseline) * (log_q_nr - log_q_nr.detach())
         sup = None
-        if s is not None:
+        if sr is not None:  # s is given
             s_value(guide_trace, "guide")
             sup = labelled_log_prob(s_logits(guide_trace.nodes["s"]["fn"], sr.shape), sr)
         return elbo, surrogate, sup

@@ -120,7 +120,7 @@ def _as_maps(maps: Tensor | Sequence[Tensor], what: str) -> Tensor:
 
 def _byte_addresses(t: Tensor) -> tuple[str, Tensor]:
     """(device, sorted int64 addresses of every byte of every element ``t`` refers to)."""
-    idx = torch.full((), t.storage_offset(), dtype=torch.int64)
+    idx = torch.full((), int(t.storage_offset()), dtype=torch.int64)
     for size, stride in zip(t.shape, t.stride(), strict=True):
         idx = idx.unsqueeze(-1) + torch.arange(size, dtype=torch.int64) * stride
     start = t.untyped_storage().data_ptr() + idx.flatten() * t.element_size()
@@ -254,7 +254,7 @@ class LabelPool:
     @property
     def shape(self) -> tuple[int, int]:
         """(H, W) of the maps."""
-        return tuple(self.maps.shape[-2:])
+        return int(self.maps.shape[-2]), int(self.maps.shape[-1])
 
     def all_maps(self) -> Tensor:
         """Every map of the pool with every transform, ``(len(self), H, W)`` int64."""

@@ -17,7 +17,7 @@ halves of :meth:`~SymmetricStepper.step` itself: :meth:`~SymmetricStepper.differ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -59,6 +59,9 @@ class SymmetricStepper:
         whose gradients are taken, in this order, and the optimizer must hold exactly them.
     :param encoder: likewise for the encoder; no parameter may belong to both players.
     :param clip_norm: clip each player's gradient norm to this (None: no clipping).
+    :param reduce_gradients: called with each player's parameters once their gradients are set, before they are
+        measured, clipped and stepped (data-parallel training averages them over processes there:
+        :meth:`hvaeseg.methods.Method.average_gradients`); None: nothing.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class SymmetricStepper:
         decoder: tuple[Sequence[nn.Parameter], torch.optim.Optimizer],
         encoder: tuple[Sequence[nn.Parameter], torch.optim.Optimizer],
         clip_norm: float | None = None,
+        reduce_gradients: Callable[[list[nn.Parameter]], None] | None = None,
     ) -> None:
         if not isinstance(objective, SymmetricEquilibrium):
             raise TypeError(f"expected a SymmetricEquilibrium objective, got {type(objective).__name__}")
@@ -85,6 +89,7 @@ class SymmetricStepper:
             raise ValueError(f"expected the decoder and the encoder to own disjoint parameters, got {len(shared)} "
                              "shared: each player steps only its own (see HVAE.parameter_groups)")
         self.clip_norm = clip_norm
+        self.reduce_gradients = reduce_gradients
         #: the gradient norm of each player at the last update, before clipping
         self.last_grad_norms: dict[str, float] = {}
 
@@ -113,6 +118,8 @@ class SymmetricStepper:
                 p.grad = g
         for name, _ in steps:
             params, optimizer = self.players[name]
+            if self.reduce_gradients is not None:
+                self.reduce_gradients(params)
             self.last_grad_norms[name] = grad_norm(params)
             if self.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.clip_norm)

@@ -48,6 +48,8 @@ def relabel_maps(maps: Tensor, rho: float, num_classes: int | None) -> Tensor:
     """
     if rho <= 0:
         return maps
+    if num_classes is None:
+        raise ValueError("relabel_maps: expected num_classes (the number of classes K >= 1) when rho > 0, got None")
     B = maps.shape[0]
     chosen = torch.rand(B, device=maps.device) < rho
     perm = torch.randint(num_classes, (B, num_classes), device=maps.device)
@@ -273,7 +275,7 @@ class SymmetricEquilibrium:
             out["supervised_q"] = labelled_log_prob(s_logits(fn, lab.s.shape), lab.s).mean()
         if w.sleep_q > 0:
             # the real batch whose cloud masks and dates the generated images borrow
-            real = next((b for b in (unl, lab) if b is not None), None)
+            real = next(b for b in (unl, lab) if b is not None)
             template = next((b.valid for b in (unl, lab) if b is not None and b.valid is not None), None)
             masks = template if self.sleep_masks else None
             if template is None:
@@ -282,13 +284,13 @@ class SymmetricEquilibrium:
             if pool is not None:
                 out["sleep_q"] = self._sleep(model, guide, pool, template, None, context)
             elif lab is None:
-                out["sleep_q"] = self._sleep(model, guide, None, template, unl.x.shape[0], context)
+                out["sleep_q"] = self._sleep(model, guide, None, template, real.x.shape[0], context)  # real is unl
             else:
                 raise ValueError(
                     "expected a label pool batch (pool=LabelPool.sample(n)) with a labelled batch: the sleep "
                     "term generates images from pool maps; pass pool=... or set weights.sleep_q=0"
                 )
-        ref = (lab or unl).x
+        ref = next(b for b in (lab, unl) if b is not None).x
         zero = torch.zeros((), dtype=ref.dtype, device=ref.device)
         out["decoder_loss"] = -(
             w.labelled_p * out.get("labelled_p", zero) + w.unlabelled_p * out.get("unlabelled_p", zero)
@@ -335,7 +337,7 @@ class SymmetricEquilibrium:
                     "(docs/conventions.md), got an 's' value that differs at labelled pixels"
                 )
         model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=s_full, valid=vr, **kw)
-        return model_trace.log_prob_sum() / xr.shape[0], s_fn
+        return torch.as_tensor(model_trace.log_prob_sum(), device=xr.device) / xr.shape[0], s_fn
 
     def _sleep(
         self,
@@ -354,7 +356,10 @@ class SymmetricEquilibrium:
         p = self.num_particles
         masks, doy = context
         with torch.no_grad():
-            rows = (pool.shape[0] if pool is not None else prior_batch) * p
+            batch = pool.shape[0] if pool is not None else prior_batch
+            if batch is None:
+                raise ValueError("expected pool maps or prior_batch (the number of prior maps), got neither")
+            rows = batch * p
             ref = masks if masks is not None else doy
             pick = None if ref is None else torch.randint(ref.shape[0], (rows,), device=ref.device)
             kw = covariates(None if doy is None else doy[pick])

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+import hvaeseg.data.schema as schema
+import hvaeseg.data.synthetic as synthetic
 from hvaeseg.methods import MixMatchConfig, MixMatchMethod, StepBatch, SupervisedConfig, SupervisedMethod
 from hvaeseg.metrics import ConfusionMatrix
 from tests.methods.standin import PatchBatch
-
-synthetic = pytest.importorskip("hvaeseg.data.synthetic")
-schema = pytest.importorskip("hvaeseg.data.schema")
 
 PATCH = 32
 

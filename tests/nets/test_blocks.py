@@ -49,3 +49,10 @@ def test_conditional_net_with_only_global_parents_needs_size():
         net([], [torch.randn(3, 4)])
     with pytest.raises(ValueError, match="expected at least one parent"):
         ConditionalConvNet([], [], 8, 1, 2)
+
+
+def test_conditional_net_called_without_parent_values_says_so():
+    # found by mypy (h: Tensor | None): no parent tensors at all ended in `None + Tensor`, a TypeError
+    net = ConditionalConvNet([3], [4], width=8, depth=0, out_channels=2)
+    with pytest.raises(ValueError, match="expected at least one parent"):
+        net([], [], size=(5, 7))

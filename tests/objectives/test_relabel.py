@@ -77,3 +77,11 @@ def test_bad_settings_are_named():
         HVAEConfig(sleep_relabel=-0.1)
     with pytest.raises(ValueError, match="sleep_relabel"):
         HVAEConfig(sleep_relabel=True)
+
+
+def test_relabelling_needs_the_number_of_classes():
+    # found by mypy (num_classes: int | None): None with rho > 0 reached torch.randint(None, ...), a TypeError
+    maps = torch.zeros(2, 3, 3, dtype=torch.long)
+    assert relabel_maps(maps, 0.0, None) is maps  # nothing drawn, nothing needed
+    with pytest.raises(ValueError, match="expected num_classes"):
+        relabel_maps(maps, 0.5, None)

@@ -95,9 +95,9 @@ def _normalise_crs(*candidates: Any) -> str | None:
         m = re.search(r"(?:epsg|EPSG)[:=](\d+)", s)
         if m:
             return f"EPSG:{m.group(1)}"
-        m = re.findall(r'AUTHORITY\["EPSG","(\d+)"\]', s)
-        if m:  # WKT: the last authority is the projected CRS itself
-            return f"EPSG:{m[-1]}"
+        authorities = re.findall(r'AUTHORITY\["EPSG","(\d+)"\]', s)
+        if authorities:  # WKT: the last authority is the projected CRS itself
+            return f"EPSG:{authorities[-1]}"
     return first
 
 

@@ -158,9 +158,7 @@ class _LabelMap:
     nodata: float | None = None
 
 
-def _int_codes(values: Sequence[Any] | None, what: str) -> list[int] | None:
-    if values is None:
-        return None
+def _int_codes(values: Sequence[Any], what: str) -> list[int]:
     if isinstance(values, (str, bytes)):
         raise IngestError(f"{what}: expected a list of integer codes, got the string {values!r}")
     out = []

@@ -151,17 +151,18 @@ def _stack_names(stacks: Sequence[_GeoTiff], stack_bands: Sequence[str] | None) 
     found: list[str] | None = None
     for g in stacks:
         descs = list(g.descriptions) + [None] * (g.count - len(g.descriptions))
-        names = [_band_from_description(d) for d in descs]
+        described = [_band_from_description(d) for d in descs]
         if all(d is None or not str(d).strip() for d in descs):
             raise IngestError(
                 f"{g.path} has {g.count} layers and no band descriptions, so the band order is unknown; {fix}"
             )
-        bad = [f"layer {i + 1} {d!r}" for i, (d, n) in enumerate(zip(descs, names)) if n is None]
+        bad = [f"layer {i + 1} {d!r}" for i, (d, n) in enumerate(zip(descs, described)) if n is None]
         if bad:
             raise IngestError(
                 f"{g.path}: the band descriptions do not all name a Sentinel-2 band ({', '.join(bad)}; expected "
                 f"e.g. B02, B2, blue or SCL), so the band order is unknown; {fix}"
             )
+        names = [n for n in described if n is not None]  # all of them (bad is empty)
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise IngestError(f"{g.path}: the band descriptions name {', '.join(dup)} more than once; {fix}")
@@ -225,9 +226,11 @@ def _geotiff_layer(
     index: int | None = None,
 ) -> _Layer:
     """One band (or SCL) from ``files``: every layer of each (``index`` None) or its layer ``index`` (a stack)."""
-    times = np.asarray(times, dtype="datetime64[ns]")
-    planes, y = [], None
-    crs = x = None
+    dates = np.asarray(times, dtype="datetime64[ns]")
+    planes = []
+    y: np.ndarray | None = None
+    x: np.ndarray | None = None
+    crs = None
     for f in files:
         g = opened[str(f)]
         da = g.da
@@ -237,23 +240,25 @@ def _geotiff_layer(
         else:
             fy, fx = np.asarray(da["y"].values, np.float64), np.asarray(da["x"].values, np.float64)
             fcrs = g.crs
-        if y is None:
+        if y is None or x is None:
             y, x, crs = fy, fx, fcrs
         elif not (_same_coords(fy, y) and _same_coords(fx, x)) or fcrs != crs:
             raise IngestError(
                 f"{name}: {f} is not on the grid of {files[0]} (every file of one band must share a grid)"
             )
         planes.append(np.asarray((da if index is None else da.isel(band=slice(index, index + 1))).values))
+    if y is None or x is None:
+        raise IngestError(f"{name}: expected at least one file, got none")
     src = str(files[0]) if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more)"
     data = np.concatenate(planes, axis=0)
     _check_regular(y, "y", src)
     _check_regular(x, "x", src)
-    if data.shape[0] != len(times):
+    if data.shape[0] != len(dates):
         raise IngestError(
-            f"the timestamps differ: {name} has {data.shape[0]} layers in {src} but {len(times)} dates were given"
+            f"the timestamps differ: {name} has {data.shape[0]} layers in {src} but {len(dates)} dates were given"
         )
     attrs = dict(opened[str(files[0])].layer_attrs[index or 0]) if opened[str(files[0])].layer_attrs else {}
-    return _Layer(name=name, source=src, data=data, times=times, y=y, x=x, crs=crs, attrs=attrs)
+    return _Layer(name=name, source=src, data=data, times=dates, y=y, x=x, crs=crs, attrs=attrs)
 
 
 def _label_geotiff(g: _GeoTiff, local: bool) -> _LabelMap:

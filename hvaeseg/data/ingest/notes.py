@@ -49,8 +49,8 @@ def _image_notes(ds: xr.Dataset) -> list[str]:
     if "labels" in ds:
         la = ds["labels"].attrs
         names = str(la.get("flag_meanings", "")).split()
-        counts = list(la.get("class_pixels", []))
-        listed = ", ".join(f"{i} {name}" + (f" ({counts[i]:,} px)" if i < len(counts) else "")
+        pixels = list(la.get("class_pixels", []))
+        listed = ", ".join(f"{i} {name}" + (f" ({pixels[i]:,} px)" if i < len(pixels) else "")
                            for i, name in enumerate(names))
         lines.append(f"labels: {len(names)} classes: {listed} (names from {la.get('class_names_source', '?')})")
         if "label_ids" in la:

@@ -235,7 +235,7 @@ class SyntheticCube:
         gain = plan.illumination / SCALE_FACTOR
         table_a = torch.from_numpy(np.ascontiguousarray((mean[:, self._band_index] * gain + (DN_OFFSET + 0.5)).T))
         table_d = torch.from_numpy(np.ascontiguousarray((tex[:, self._band_index] * gain).T))
-        scl_lut = torch.from_numpy(scl_lut)
+        scl_table = torch.from_numpy(scl_lut)
         offsets = plan.noise_offsets[self._band_index]
         composite = _Composite(plan, self._band_index) if plan.has_atmosphere else None
 
@@ -254,7 +254,7 @@ class SyntheticCube:
             texture = self._texture[p0:p1]
             a, d = buf_a[:n], buf_d[:n]
             scl_blk = scl[p0:p1]
-            torch.index_select(scl_lut, 0, unit, out=torch.from_numpy(scl_blk))
+            torch.index_select(scl_table, 0, unit, out=torch.from_numpy(scl_blk))
             layers = composite.layers(r0, r1, w, unit, self._snow_weight) if composite is not None else None
             if layers is not None:
                 layers.classify(scl_blk)
@@ -288,7 +288,9 @@ class SyntheticCube:
 
 
 def _check_out(out: DateArrays, nb: int, size: tuple[int, int]) -> None:
-    want = {"reflectance": ((nb, *size), np.uint16), "clean": ((nb, *size), np.uint16)}
+    want: dict[str, tuple[tuple[int, ...], type[np.generic]]] = {
+        "reflectance": ((nb, *size), np.uint16), "clean": ((nb, *size), np.uint16)
+    }
     want.update(scl=(size, np.uint8), valid=(size, np.bool_))
     for name, (shape, dtype) in want.items():
         arr = getattr(out, name)
@@ -352,15 +354,20 @@ class _BlockLayers:
         """``r`` = band ``i`` seen through the layers, from the noise-free surface DN (with the +1000.5 offset)."""
         comp = self.comp
         torch.sub(surface, DN_OFFSET + 0.5, out=r)
+        # a block has a layer only on dates whose plan has it, and so its per-band constants (not None)
         if self.snow is not None:
+            assert comp.snow is not None
             r.lerp_(comp.snow[i], self.snow)
         if self.shadow is not None:
+            assert comp.shadow_depth is not None
             torch.mul(self.shadow, -float(comp.shadow_depth[i]), out=tmp)
             tmp.add_(1.0)
             r.mul_(tmp)
         if self.cloud is not None:
+            assert comp.cloud is not None
             r.lerp_(comp.cloud[i], self.cloud)
         if self.cirrus is not None:
+            assert self.cirrus_keep is not None
             r.mul_(self.cirrus_keep)
             r.add_(self.cirrus, alpha=float(comp.cirrus[i]))
         r.add_(DN_OFFSET + 0.5)
