@@ -23,6 +23,7 @@ parts.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -95,7 +96,7 @@ class PartResult:
         return f"{head}; {out} is complete once every part has finished (rerun a part to fill what it left)"
 
 
-class RegionJob:
+class RegionJob(abc.ABC):
     """The steps shared by :class:`PredictJob` and :class:`InpaintJob` (see the module doc). Subclasses define
     :meth:`_load` (the run and cube, once per process), :meth:`_identity`, :meth:`_template` and
     :meth:`_compute`."""
@@ -105,17 +106,21 @@ class RegionJob:
     overwrite: bool
 
     # what subclasses define ------------------------------------------------------------------------
-    def _identity(self) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _identity(self) -> dict[str, Any]:
+        """Defined by each job (see the class docstring)."""
 
-    def _load(self) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _load(self) -> Any:
+        """Defined by each job (see the class docstring)."""
 
-    def _template(self, state: Any) -> xr.Dataset:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _template(self, state: Any) -> xr.Dataset:
+        """Defined by each job (see the class docstring)."""
 
-    def _compute(self, state: Any, index: int) -> tuple[dict[str, np.ndarray], int]:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _compute(self, state: Any, index: int) -> tuple[dict[str, np.ndarray], int]:
+        """Defined by each job (see the class docstring)."""
 
     def _final_attrs(self, store: RegionStore) -> Mapping[str, Any]:
         return {}
