@@ -192,17 +192,19 @@ def average_gradients(
     present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
     dist.all_reduce(present)
     w = torch.as_tensor(1.0 if weight is None else weight, dtype=torch.float64, device=device).reshape(1)
-    groups: dict[tuple[torch.dtype, torch.device], list[nn.Parameter]] = {}
+    # each parameter's gradient (the tensor ``p.grad`` holds, written in place below), by dtype and device
+    groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
     for p, n in zip(params, present.tolist()):
         if n == 0:
             continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        groups.setdefault((p.grad.dtype, p.grad.device), []).append(p)
+        grad = p.grad
+        groups.setdefault((grad.dtype, grad.device), []).append(grad)
     if not groups:
         return
     for (dtype, _), group in groups.items():
-        flat = torch.cat([p.grad.reshape(-1) for p in group]).to(device=device)
+        flat = torch.cat([g.reshape(-1) for g in group]).to(device=device)
         # the weight travels with the gradients (in float64), so one all-reduce gives both sums
         buf = torch.cat([flat.double() * w, w]) if weight is not None else flat
         dist.all_reduce(buf)
@@ -211,9 +213,9 @@ def average_gradients(
         else:
             flat = buf / context.world_size
         offset = 0
-        for p in group:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        for g in group:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
             offset += n
 
 

@@ -13,10 +13,11 @@ A fitted method (:class:`~hvaeseg.methods.FittedMethod`: ``pixel-gbm``) is not t
 once on every labelled training patch, choosing its size on the validation tiles, and the same files are written
 (``best.pt`` and ``checkpoint.pt`` then hold the one fitted state, ``history.json`` its validation curve).
 
-Protocol (DESIGN.md section 7): a fixed spatial split and labelled subset drawn by ``data_seed`` (the same for
+Protocol (docs/protocols.md): a fixed spatial split and labelled subset drawn by ``data_seed`` (the same for
 every method and every training seed), the checkpoint chosen on validation, the test split reported once.
 Labelled locations are ``patch_size`` tiles of the training blocks; every date of a labelled location on which
-at least ``min_valid`` of its pixels are clear is a labelled patch (labels are time-invariant).
+at least ``min_valid`` of its pixels are clear is a labelled patch (labels are time-invariant: the sampler's
+``labelled_dates="every"``, :mod:`hvaeseg.data.sampler`); a temporal run draws one stack per labelled location.
 """
 
 from __future__ import annotations
@@ -118,33 +119,6 @@ class RunData:
             return compute_band_stats(self.cube)
 
 
-def _expand_labelled_dates(plan: PatchPlan, ds: xr.Dataset, min_valid: float) -> PatchPlan:
-    """One labelled single-date patch per (labelled location, qualifying date)."""
-    lab = plan.select(labelled=True)
-    if len(lab) == 0 or plan.temporal:
-        return plan
-    P, Q = plan.sizes["y"], plan.sizes["x"]
-    rows: dict[str, list] = {k: [] for k in ("y", "x", "t", "split", "labelled", "group")}
-    for i in range(len(lab)):
-        y, x = int(lab.y[i]), int(lab.x[i])
-        # only the location's box is read (a store opens lazily): never the whole valid array
-        frac = ds["valid"][:, y:y + P, x:x + Q].values.mean(axis=(1, 2))
-        dates = np.flatnonzero((frac >= min_valid) & (frac > 0))
-        if len(dates) == 0:
-            dates = np.array([int(np.argmax(frac))])
-        for t in dates:
-            rows["y"].append(y)
-            rows["x"].append(x)
-            rows["t"].append([int(t)])
-            rows["split"].append(int(lab.split[i]))
-            rows["labelled"].append(True)
-            rows["group"].append(int(lab.group[i]))
-    unl = plan.select(labelled=False)
-    cat = {k: np.concatenate([np.asarray(v), getattr(unl, k)]) if k != "t" else
-           np.concatenate([np.asarray(v, dtype=np.int64).reshape(-1, 1), unl.t]) for k, v in rows.items()}
-    return PatchPlan(sizes=plan.sizes, cube_shape=plan.cube_shape, meta=plan.meta, **cat)
-
-
 def prepare_data(config: RunConfig, plans_from: str | os.PathLike | None = None) -> RunData:
     """Open the cube and draw the plans (everything seeded by ``config.data_seed``).
 
@@ -171,7 +145,8 @@ def _draw_plans(config: RunConfig, cube: xr.Dataset | str, ds: xr.Dataset) -> tu
     split = _split(config.block, config.fractions, config.data_seed)
     sampler = PatchSampler(
         config.sizes, mode="random", n_patches={"train": config.unlabelled_patches}, split=split,
-        n_labelled=config.labels, min_valid=config.min_valid, splits=("train",), seed=config.data_seed,
+        n_labelled=config.labels, labelled_dates="every" if config.dates == 1 else "draw",
+        min_valid=config.min_valid, splits=("train",), seed=config.data_seed,
     )
     if config.labels:
         have = len(sampler.labelled_candidates(cube))
@@ -187,7 +162,6 @@ def _draw_plans(config: RunConfig, cube: xr.Dataset | str, ds: xr.Dataset) -> tu
                 f"--labels {have} or fewer, or a smaller --patch-size"
             )
     train = sampler.plan(cube)
-    train = _expand_labelled_dates(train, ds, config.min_valid)
     evaluation = PatchSampler(
         config.sizes, mode="grid", split=split, splits=("val", "test"), min_valid=config.min_valid,
         grid_remainder="shift", seed=config.data_seed,
@@ -366,21 +340,19 @@ class _Streams:
         self.pool: LabelPool | None = None
         loader = loader or LoaderOptions()
         loader.check(data, config)
-        common = dict(batch_size=config.batch_size, device=config.device, repeat=True, workers=loader.workers,
-                      prefetch=2, processes=loader.processes)
-        if world > 1:
-            common["shard"] = shard
+        stream = functools.partial(PatchLoader, batch_size=config.batch_size, device=config.device, repeat=True,
+                                   workers=loader.workers, prefetch=2, processes=loader.processes, shard=shard)
         lab = data.train_plan.select(labelled=True)
         if "labelled" in method.streams and len(lab):
             if len(lab) < world:
                 raise ValueError(f"the run has {len(lab)} labelled patches, fewer than its {world} processes: each "
                                  "process needs one; use fewer processes, or more --labels")
-            self.loaders["labelled"] = PatchLoader(
-                data.cube, lab, **{**common, "batch_size": min(config.batch_size, len(lab) // world)}, seed=config.seed
+            self.loaders["labelled"] = stream(
+                data.cube, lab, batch_size=min(config.batch_size, len(lab) // world), seed=config.seed
             )
         if "unlabelled" in method.streams:
-            self.loaders["unlabelled"] = PatchLoader(
-                data.cube, data.train_plan.select(labelled=False), **common, seed=config.seed + 1
+            self.loaders["unlabelled"] = stream(
+                data.cube, data.train_plan.select(labelled=False), seed=config.seed + 1
             )
         if "pool" in method.streams and len(lab):
             # one map per labelled location (the plan repeats a location once per qualifying date)
@@ -402,6 +374,7 @@ class _Streams:
 
     def _pool_stream(self, start: int):
         pool, cfg = self.pool, self.config
+        assert pool is not None  # the stream of a run with a label pool only (factories)
         rank, world = self.shard
         B = cfg.batch_size
         for step in itertools.count(start):
@@ -433,7 +406,7 @@ def build_method(config: RunConfig, data: RunData) -> SegmentationMethod:
     method = build(config.method, data.num_bands, data.num_classes, config.dates > 1, config.options,
                    seed=config.seed, patch_size=config.patch_size, device=config.device,
                    band_names=data.band_names or None, band_stats=band_stats)
-    if not method.fitted:
+    if isinstance(method, Method):  # trained by the loop (not fitted)
         prepare_modules(method.modules().values(), config.precision)  # channels-last weights for bf16
     return method
 
@@ -519,9 +492,10 @@ def train_run(
         barrier(ctx)
     method = build_method(config, data)
     with _removed_on_failure(out) if ctx.is_main else contextlib.nullcontext():
-        if method.fitted:
+        if isinstance(method, FittedMethod):
             _write_run_files(config, data, out)
             return fit_run(config, data, method, out, resume=resume, loader=loader)
+        assert isinstance(method, Method)  # the registry holds Method and FittedMethod classes only
         streams = _Streams(data, config, method, loader, shard=ctx.shard)
         try:
             validation = None
@@ -634,10 +608,11 @@ def fit_run(
         return FitResult(int(state["step"]), History(**state["history"]), method, dict(getattr(method, "stats", {})))
     lab = data.train_plan.select(labelled=True)
     val = data.eval_plan.select(split="val")
-    common = dict(batch_size=config.batch_size, workers=loader.workers, processes=loader.processes)
+    reader = functools.partial(PatchLoader, batch_size=config.batch_size, workers=loader.workers,
+                               processes=loader.processes)
     with contextlib.ExitStack() as stack:
-        lab_loader = stack.enter_context(PatchLoader(data.cube, lab, **common))
-        val_loader = stack.enter_context(PatchLoader(data.cube, val, **common)) if len(val) else None
+        lab_loader = stack.enter_context(reader(data.cube, lab))
+        val_loader = stack.enter_context(reader(data.cube, val)) if len(val) else None
         stats = method.fit(lab_loader.batches(0), val_loader.batches(0) if val_loader is not None else None)
         method.train(False)
         history = History(train_seconds=float(stats.get("fit_seconds", 0.0)))

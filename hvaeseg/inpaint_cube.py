@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -324,6 +325,8 @@ def _fill(cube: xr.Dataset | str | os.PathLike, ds: xr.Dataset, valid: np.ndarra
     plan = _plan(rows_y, rows_x, rows_t, sizes, {"time": T, "y": ds.sizes["y"], "x": ds.sizes["x"]})
 
     scale, offset = dn_scaling(refl.attrs, refl.dtype)
+    a_t: torch.Tensor | None = None  # the posterior's normaliser, as tensors
+    b_t: torch.Tensor | None = None
     if method == "posterior":
         if stats is None:  # pragma: no cover - the callers pass them
             raise ValueError("posterior filling needs the cube's band statistics")
@@ -331,7 +334,6 @@ def _fill(cube: xr.Dataset | str | os.PathLike, ds: xr.Dataset, valid: np.ndarra
         a, b = a_t.double().numpy(), b_t.double().numpy()
         band_std = np.asarray(stats[1], dtype=np.float64)
     else:  # interpolation works on the DN themselves
-        a_t = b_t = None
         a, b, band_std = np.ones(C), np.zeros(C), None
     acc = _Accumulator(ds, valid, expected, a, b, band_std, with_std=method == "posterior", box=box)
 
@@ -352,17 +354,18 @@ def _fill(cube: xr.Dataset | str | os.PathLike, ds: xr.Dataset, valid: np.ndarra
             for batch in _progress.progress(batches, desc=desc, total=total, enabled=None if progress else False):
                 n = batch.valid.shape[0]
                 if method == "interpolation":
-                    x = batch.x.to(torch.float64)
-                    filled = temporal_linear_interpolation(x, batch.valid, day_gaps.to(x.device)).cpu().numpy()
+                    dn = batch.x.to(torch.float64)
+                    filled = temporal_linear_interpolation(dn, batch.valid, day_gaps.to(dn.device)).cpu().numpy()
                     for i in range(n):
                         for t in range(T):
                             acc.add(t, int(plan.y[row]) - y0, int(plan.x[row]) - x0, filled[i, t], None)
                         row += 1
                     continue
-                x = normalise_dn(batch.x, a_t, b_t)
+                assert a_t is not None and b_t is not None  # the posterior's normaliser, set above
+                xn = normalise_dn(batch.x, a_t, b_t)
                 doy = batch.doy if use_doy else None
-                mean, std, _ = posterior_inpaint(hvae, x, batch.valid, int(num_samples), doy=doy)
-                mean, var = mean.double().cpu().numpy(), std.double().square().cpu().numpy()
+                mean_t, std_t, _ = posterior_inpaint(hvae, xn, batch.valid, int(num_samples), doy=doy)
+                mean, var = mean_t.double().cpu().numpy(), std_t.double().square().cpu().numpy()
                 for i in range(n):
                     m, v = (mean[i], var[i]) if dates == 1 else (mean[i, pos[row]], var[i, pos[row]])
                     acc.add(target[row], int(plan.y[row]) - y0, int(plan.x[row]) - x0, m, v)
@@ -598,7 +601,7 @@ def inpaint_region(
 
 
 def write_filled(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False,
-                 chunks: dict[str, int | None] | None = None) -> str:
+                 chunks: Mapping[str, int | None] | None = None) -> str:
     """Validate the filled cube and write it to a Zarr store atomically (:func:`hvaeseg.data.store.write_cube`:
     temporary sibling, renamed last; nothing is left at ``path`` on error).
 

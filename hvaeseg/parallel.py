@@ -28,7 +28,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import xarray as xr
@@ -49,6 +49,14 @@ def _where(data: str) -> str:
     if "://" in data or data.startswith("synthetic:"):
         return data
     return os.path.realpath(data)
+
+
+@overload
+def _device(device: str) -> str: ...
+
+
+@overload
+def _device(device: None) -> None: ...
 
 
 def _device(device: str | None) -> str | None:
@@ -332,27 +340,13 @@ class InpaintJob(RegionJob):
                 "seed": self.seed}
 
     def _load(self) -> dict[str, Any]:
-        from hvaeseg.commands.inpaint import DEFAULT_INTERPOLATION_PATCH
-        from hvaeseg.experiment import load_run, open_data
+        from hvaeseg.commands.inpaint import inpaint_inputs
         from hvaeseg.inpaint_cube import _band_stats, _open
 
         config = self._config()
         data = self.data if self.data is not None else config.data
         device = _device(self.device or (config.device if config is not None else "cpu"))
-        hvae, dates = None, 1
-        data_seed = config.data_seed if config is not None else 0
-        if self.method == "posterior":
-            if self.run is None:
-                raise ValueError("RUN is required with --method posterior (a trained symmetric or elbo run); "
-                                 "without a run use --method interpolation")
-            config, run_data, method = load_run(self.run)
-            hvae = method.hvae.to(device)
-            dates = config.dates
-            cube = run_data.cube if data == config.data else open_data(data, data_seed)
-            patch = self.patch_size or config.patch_size
-        else:
-            cube = open_data(data, data_seed)
-            patch = self.patch_size or (config.patch_size if config is not None else DEFAULT_INTERPOLATION_PATCH)
+        cube, hvae, dates, patch = inpaint_inputs(self.method, self.run, data, config, self.patch_size, device)
         ds = _open(cube)
         if self.patch_size is None and config is None:
             patch = min(patch, ds.sizes["y"], ds.sizes["x"])

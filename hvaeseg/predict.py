@@ -1,10 +1,11 @@
 """Whole-cube prediction: a class map and class probabilities with the input's coordinates.
 
 The cube is tiled with ``patch_size`` tiles that cover every pixel (the last row/column of tiles is shifted
-back to end at the border, never padded); overlapping tiles are averaged. A single-date model predicts every
-date of a tile and the per-pixel probabilities are averaged over the dates weighted by whether the pixel is
-clear on that date (a pixel never clear gets the plain average over dates). A temporal model (T-date stacks)
-sees the T clearest dates of each tile.
+back to end at the border, never padded): the plan is the sampler's cover mode (:mod:`hvaeseg.data.sampler`,
+``PatchSampler(mode="cover")``). Overlapping tiles are averaged. A single-date model predicts every date of a tile
+and the per-pixel probabilities are averaged over the dates weighted by whether the pixel is clear on that date (a
+pixel never clear gets the plain average over dates). A temporal model (T-date stacks) sees the T clearest dates of
+each tile.
 
 A mosaic of camera images (:mod:`hvaeseg.data.mosaic`) is tiled image by image (every cell of its grid, the
 last row / column of tiles shifted back to end at the image border), so that no tile crosses from one image
@@ -23,44 +24,18 @@ from torch import Tensor
 from hvaeseg._progress import progress
 from hvaeseg.data.loader import PatchLoader
 from hvaeseg.data.regions import Region
-from hvaeseg.data.sampler import PatchPlan
-from hvaeseg.data.tiles import tile_starts
+from hvaeseg.data.sampler import PatchPlan, PatchSampler
 from hvaeseg.train import predict_batch
 
 PredictFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 def _cover_plan(ds: xr.Dataset, patch_size: int, dates: int) -> PatchPlan:
-    """Tiles that cover the cube: for single dates one row per (tile, date), for stacks the clearest dates."""
-    from hvaeseg.data.mosaic import MosaicLayout
-
-    T, Y, X = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
-    layout = MosaicLayout.from_cube(ds)
-    if layout is None:
-        corners = [(y, x) for y in tile_starts(Y, patch_size) for x in tile_starts(X, patch_size)]
-    else:  # cell by cell: no tile crosses an image border
-        h, w = layout.image_size
-        corners = [(y0 + y, x0 + x) for y0, _, x0, _ in layout.boxes(cells=True).tolist()
-                   for y in tile_starts(h, patch_size) for x in tile_starts(w, patch_size)]
-    rows_y, rows_x, rows_t = [], [], []
-    for y, x in corners:
-        if dates == 1:
-            for t in range(T):
-                rows_y.append(y)
-                rows_x.append(x)
-                rows_t.append([t])
-        else:
-            frac = ds["valid"][:, y:y + patch_size, x:x + patch_size].values.mean(axis=(1, 2))
-            best = np.sort(np.argsort(-frac, kind="stable")[:dates])
-            rows_y.append(y)
-            rows_x.append(x)
-            rows_t.append(best.tolist())
-    n = len(rows_y)
+    """The tiles that cover the cube, in prediction order: the sampler's cover mode
+    (:class:`~hvaeseg.data.sampler.PatchSampler` ``mode="cover"``): for single dates one row per (tile, date), for
+    ``dates``-date stacks each tile's clearest dates."""
     sizes = {"y": patch_size, "x": patch_size, **({"time": dates} if dates > 1 else {})}
-    return PatchPlan(
-        sizes=sizes, cube_shape={"time": T, "y": Y, "x": X}, y=rows_y, x=rows_x, t=rows_t,
-        split=np.zeros(n), labelled=np.zeros(n, dtype=bool), group=np.arange(n),
-    )
+    return PatchSampler(sizes, mode="cover").plan(ds)
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ from hvaeseg.distributed import (
     broadcast_object,
     mean_over_processes,
 )
-from hvaeseg.methods.base import Method, StepBatch
+from hvaeseg.methods.base import Method, SegmentationMethod, StepBatch
 from hvaeseg.metrics import ConfusionMatrix
 from hvaeseg.nets.precision import PRECISIONS, autocast
 
@@ -203,7 +203,7 @@ def predict_batch(predict_proba: Callable[..., Any], batch: Any) -> torch.Tensor
 
 
 def evaluate_segmentation(
-    method: Method, batches: Iterable[PatchBatch], num_classes: int, precision: str = "fp32"
+    method: SegmentationMethod, batches: Iterable[PatchBatch], num_classes: int, precision: str = "fp32"
 ) -> ConfusionMatrix:
     """Accumulate a confusion matrix of ``method``'s argmax predictions over ``batches`` (void excluded),
     predicted in ``precision`` (:func:`hvaeseg.nets.precision.autocast`)."""
@@ -315,7 +315,7 @@ class Trainer:
     def _record_validation(self, batch: StepBatch | None = None) -> None:
         if not self.distributed.is_main:
             return
-        metrics = self.validate()
+        metrics: dict[str, Any] = self.validate()  # with the diagnostics added below
         if not metrics:
             return
         if batch is not None:

@@ -32,3 +32,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def symmetric_run(tmp_path_factory) -> str:
+    """A symmetric HVAE trained for 2 steps on synthetic:tiny (predicts, and inpaints by its posterior); one per
+    test module."""
+    from hvaeseg.cli import main
+
+    out = tmp_path_factory.mktemp("symmetric") / "run"
+    args = ["train", "--method", "symmetric", "--data", "synthetic:tiny", "--labels", "2", "--steps", "2",
+            "--patch-size", "32", "--block", "64", "--unlabelled-patches", "16", "--batch-size", "4",
+            "--val-every", "2", "--checkpoint-every", "2", "--out", str(out)]
+    assert main(args) == 0
+    return str(out)

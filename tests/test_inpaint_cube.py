@@ -243,17 +243,6 @@ def test_window_dates_examples():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> str:
-    """A symmetric HVAE trained for 2 steps on synthetic:tiny."""
-    out = tmp_path_factory.mktemp("inpaint") / "run"
-    args = ["train", "--method", "symmetric", "--data", "synthetic:tiny", "--labels", "2", "--steps", "2",
-            "--patch-size", "32", "--block", "64", "--unlabelled-patches", "16", "--batch-size", "4",
-            "--val-every", "2", "--checkpoint-every", "2", "--out", str(out)]
-    assert main(args) == 0
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("cube") / "cube.zarr")
     write_cube(make_cube("tiny", seed=0, size=64, n_dates=4), path)
@@ -265,16 +254,16 @@ def _nothing_at(path) -> bool:
     return not any(f.startswith(name) for f in os.listdir(parent))
 
 
-def test_cli_fills_the_runs_cube(run, tmp_path, capsys):
+def test_cli_fills_the_runs_cube(symmetric_run, tmp_path, capsys):
     out = tmp_path / "filled.zarr"
-    assert main(["inpaint", run, "--data", "synthetic:tiny", "--out", str(out), "--samples", "2"]) == 0
+    assert main(["inpaint", symmetric_run, "--data", "synthetic:tiny", "--out", str(out), "--samples", "2"]) == 0
     text = capsys.readouterr().out
     assert "filled" in text and "2021-" in text and " s;" in text
     filled = open_cube(str(out))  # a valid cube
     _check_contract(make_cube("tiny", seed=0), filled.load(), posterior=True)
-    assert filled.attrs["inpaint_run"] == run and filled.attrs["inpaint_samples"] == 2
+    assert filled.attrs["inpaint_run"] == symmetric_run and filled.attrs["inpaint_samples"] == 2
     # an existing --out is refused without --overwrite
-    assert main(["inpaint", run, "--out", str(out), "--samples", "1"]) == 2
+    assert main(["inpaint", symmetric_run, "--out", str(out), "--samples", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
 
 

@@ -75,21 +75,10 @@ def test_parts_from_the_flag_and_the_environment():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> str:
-    """A symmetric HVAE trained for 2 steps on synthetic:tiny (predicts, and inpaints by its posterior)."""
-    out = tmp_path_factory.mktemp("parallel") / "run"
-    args = ["train", "--method", "symmetric", "--data", "synthetic:tiny", "--labels", "2", "--steps", "2",
-            "--patch-size", "32", "--block", "64", "--unlabelled-patches", "16", "--batch-size", "4",
-            "--val-every", "2", "--checkpoint-every", "2", "--out", str(out)]
-    assert main(args) == 0
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def plain(run, tmp_path_factory) -> str:
+def plain(symmetric_run, tmp_path_factory) -> str:
     """The prediction of one plain process (no parts)."""
     out = str(tmp_path_factory.mktemp("plain") / "pred.zarr")
-    assert main(["predict", run, "--out", out, "--chunk", CHUNK]) == 0
+    assert main(["predict", symmetric_run, "--out", out, "--chunk", CHUNK]) == 0
     return out
 
 
@@ -122,11 +111,11 @@ def _chunk_files(path: str, region) -> dict[str, tuple[int, int]]:
     return out
 
 
-def test_two_processes_at_once_write_the_store_one_process_writes(run, plain, tmp_path):
+def test_two_processes_at_once_write_the_store_one_process_writes(symmetric_run, plain, tmp_path):
     out = str(tmp_path / "pred.zarr")
     env = {**os.environ, "HVAESEG_NO_PROGRESS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "hvaeseg", "predict", run, "--out", out, "--chunk", CHUNK,
-                               "--part", f"{p}/2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "hvaeseg", "predict", symmetric_run, "--out", out, "--chunk",
+                               CHUNK, "--part", f"{p}/2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for p in range(2)]
     results = [proc.communicate(timeout=600) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], results
@@ -140,10 +129,10 @@ def test_two_processes_at_once_write_the_store_one_process_writes(run, plain, tm
     assert identity["command"] == "predict" and identity["regions"] == 9 and identity["chunks"] == [48, 48]
 
 
-def test_a_rerun_fills_only_the_missing_regions(run, plain, tmp_path, capsys, monkeypatch):
+def test_a_rerun_fills_only_the_missing_regions(symmetric_run, plain, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "pred.zarr")
     partial = out + PARTIAL_SUFFIX
-    assert main(["predict", run, "--out", out, "--chunk", CHUNK, "--part", "0/2"]) == 0  # part 1 never ran
+    assert main(["predict", symmetric_run, "--out", out, "--chunk", CHUNK, "--part", "0/2"]) == 0  # part 1 never ran
     assert "predicted 5 of 9 regions" in capsys.readouterr().out
     assert not os.path.exists(out) and os.path.isdir(partial)  # readers see nothing at OUT meanwhile
     done = np.asarray(zarr.open_group(partial, mode="r")[DONE_ARRAY][:])
@@ -153,39 +142,39 @@ def test_a_rerun_fills_only_the_missing_regions(run, plain, tmp_path, capsys, mo
     # the same command again, as one process under a launcher's RANK/WORLD_SIZE: only the 4 missing regions
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert main(["predict", run, "--out", out, "--chunk", CHUNK]) == 0
+    assert main(["predict", symmetric_run, "--out", out, "--chunk", CHUNK]) == 0
     text = capsys.readouterr().out
     assert "part 0/1: predicted 4 of 9 regions (5 of its 9 already done); all regions done" in text
     after = {k: v for i in range(0, 9, 2) for k, v in _chunk_files(out, regions[i]).items()}
     assert after == before  # the regions done before were not written again
     _assert_same_store(out, plain, ignore_attrs=(REGIONS_ATTR,))
     # once complete, the same command has nothing to do; another refuses the finished store
-    assert main(["predict", run, "--out", out, "--chunk", CHUNK]) == 0
+    assert main(["predict", symmetric_run, "--out", out, "--chunk", CHUNK]) == 0
     assert "predicted 0 of 9 regions (9 of its 9 already done)" in capsys.readouterr().out
     monkeypatch.delenv("WORLD_SIZE")
-    assert main(["predict", run, "--out", out]) == 2
+    assert main(["predict", symmetric_run, "--out", out]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
-def test_parts_of_another_command_are_refused(run, tmp_path, capsys):
+def test_parts_of_another_command_are_refused(symmetric_run, tmp_path, capsys):
     out = str(tmp_path / "filled.zarr")
-    base = ["inpaint", run, "--out", out, "--chunk", CHUNK, "--samples", "1"]
+    base = ["inpaint", symmetric_run, "--out", out, "--chunk", CHUNK, "--samples", "1"]
     assert main([*base, "--part", "3/2"]) == 2
     assert "--part: expected I/N with 0 <= I < N" in capsys.readouterr().err
     assert main([*base, "--chunk", "0", "--part", "0/2"]) == 2
     assert "--chunk: expected a positive number" in capsys.readouterr().err
-    job = InpaintJob(out=out, run=run, samples=1, chunk=48)
+    job = InpaintJob(out=out, run=symmetric_run, samples=1, chunk=48)
     job.open()  # the create step alone: OUT.partial of this command, no region done
     assert os.path.isdir(out + PARTIAL_SUFFIX) and job.pending(1, 2) == [1, 3, 5, 7]
     assert main([*base, "--seed", "7", "--part", "1/2"]) == 2  # another seed: another command
     err = capsys.readouterr().err
     assert "is being written by another run or command" in err and "seed 0 there, 7 here" in err
-    assert main(["predict", run, "--out", out, "--chunk", CHUNK, "--part", "1/2"]) == 2
+    assert main(["predict", symmetric_run, "--out", out, "--chunk", CHUNK, "--part", "1/2"]) == 2
     assert "another run or command" in capsys.readouterr().err
     assert not os.path.exists(out)
 
 
-def test_parallel_inpainting_equals_one_process(run, tmp_path, capsys, monkeypatch):
+def test_parallel_inpainting_equals_one_process(symmetric_run, tmp_path, capsys, monkeypatch):
     # interpolation: the same pixels as a plain run
     store = str(tmp_path / "cube.zarr")
     from hvaeseg.data.store import write_cube
@@ -203,7 +192,7 @@ def test_parallel_inpainting_equals_one_process(run, tmp_path, capsys, monkeypat
     _assert_same_store(out, plain, ignore_attrs=(REGIONS_ATTR, "inpaint_created"))
     # the posterior: draws seeded per region, so any split gives the same store
     monkeypatch.delenv("WORLD_SIZE")
-    post = ["inpaint", run, "--samples", "1", "--chunk", CHUNK]
+    post = ["inpaint", symmetric_run, "--samples", "1", "--chunk", CHUNK]
     one, two = str(tmp_path / "one.zarr"), str(tmp_path / "two.zarr")
     assert main([*post, "--out", one, "--part", "0/1"]) == 0
     assert main([*post, "--out", two, "--part", "1/2"]) == 0
@@ -215,18 +204,18 @@ def test_parallel_inpainting_equals_one_process(run, tmp_path, capsys, monkeypat
     assert filled["filled"].values.any() and filled.attrs["inpaint_samples"] == 1
 
 
-def test_map_regions_with_an_executor(run, plain, tmp_path):
+def test_map_regions_with_an_executor(symmetric_run, plain, tmp_path):
     out = str(tmp_path / "pred.zarr")
-    job = PredictJob(run=run, out=out, chunk=48)
+    job = PredictJob(run=symmetric_run, out=out, chunk=48)
     with ThreadPoolExecutor(2) as pool:
         assert map_regions(job, pool.map)
     _assert_same_store(out, plain, ignore_attrs=(REGIONS_ATTR,))
 
 
-def test_map_regions_with_dask(run, plain, tmp_path):
+def test_map_regions_with_dask(symmetric_run, plain, tmp_path):
     dask = pytest.importorskip("dask")
     out = str(tmp_path / "pred.zarr")
-    job = PredictJob(run=run, out=out, chunk=48)
+    job = PredictJob(run=symmetric_run, out=out, chunk=48)
     job.open()
     tasks = [dask.delayed(job.compute)(i) for i in job.pending()]
     dask.compute(*tasks, scheduler="threads")

@@ -11,10 +11,17 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
 from hvaeseg.commands._storage import add_storage_options
 
-__all__ = ["register", "HVAE_METHODS"]
+if TYPE_CHECKING:
+    import torch
+
+    from hvaeseg.hierarchy import HVAE
+    from hvaeseg.run_config import RunConfig
+
+__all__ = ["register", "HVAE_METHODS", "inpaint_inputs"]
 
 #: run methods with a generative model to sample
 HVAE_METHODS = ("symmetric", "elbo")
@@ -28,6 +35,36 @@ def _same_store(a: str, b: str) -> bool:
     if "://" in a or "://" in b:
         return a.rstrip("/") == b.rstrip("/")
     return os.path.realpath(os.path.abspath(a)) == os.path.realpath(os.path.abspath(b))
+
+
+def inpaint_inputs(
+    method: str, run: str | os.PathLike | None, data: str, config: RunConfig | None, patch_size: int | None,
+    device: str | torch.device,
+) -> tuple[Any, HVAE | None, int, int]:
+    """What an inpainting of ``data`` by ``method`` works with (this command's, and its parallel parts',
+    :class:`hvaeseg.parallel.InpaintJob`): ``(cube, hvae, dates, patch)``, the cube (a Dataset, or a store path or
+    URL), the run's HVAE on ``device`` (``None`` for interpolation), the dates per stack and the tile side.
+
+    :param config: the run's configuration (``RunConfig.load(run)``), ``None`` without a run.
+    :param patch_size: the tile side asked for (``None``: the run's, or :data:`DEFAULT_INTERPOLATION_PATCH`).
+    :raises ValueError: ``posterior`` without a run, or with a run whose method has no generative model.
+    """
+    from hvaeseg.experiment import load_run, open_data
+    from hvaeseg.methods.hvae import GenerativeMethod
+
+    data_seed = config.data_seed if config is not None else 0
+    if method == "posterior":
+        if run is None:
+            raise ValueError("RUN is required with --method posterior (a trained symmetric or elbo run); "
+                             "without a run use --method interpolation")
+        config, run_data, trained = load_run(run)
+        if not isinstance(trained, GenerativeMethod):
+            raise ValueError(f"{run} was trained with {config.method}, which has no generative model: inpaint with "
+                             "an HVAE run (symmetric or elbo) or --method interpolation")
+        cube = run_data.cube if data == config.data else open_data(data, data_seed)
+        return cube, trained.hvae.to(device), config.dates, patch_size or config.patch_size
+    cube = open_data(data, data_seed)
+    return cube, None, 1, patch_size or (config.patch_size if config is not None else DEFAULT_INTERPOLATION_PATCH)
 
 
 def _inpaint(args: argparse.Namespace) -> int:
@@ -73,27 +110,14 @@ def _inpaint(args: argparse.Namespace) -> int:
     device = args.device or (config.device if config is not None else "cpu")
 
     start = time.perf_counter()
-    from hvaeseg.experiment import open_data
     from hvaeseg.inpaint_cube import inpaint_cube, write_filled
 
-    hvae, dates = None, 1
-    data_seed = config.data_seed if config is not None else 0
-    if args.method == "posterior":
-        from hvaeseg.experiment import load_run
+    cube, hvae, dates, patch = inpaint_inputs(args.method, args.run, data, config, args.patch_size, device)
+    if args.patch_size is None and config is None:
+        from hvaeseg.inpaint_cube import _open
 
-        config, run_data, method = load_run(args.run)
-        hvae = method.hvae.to(device)
-        dates = config.dates
-        cube = run_data.cube if data == config.data else open_data(data, data_seed)
-        patch = args.patch_size or config.patch_size
-    else:
-        cube = open_data(data, data_seed)
-        patch = args.patch_size or (config.patch_size if config is not None else DEFAULT_INTERPOLATION_PATCH)
-        if args.patch_size is None and config is None:
-            from hvaeseg.inpaint_cube import _open
-
-            ds = _open(cube)
-            patch = min(patch, ds.sizes["y"], ds.sizes["x"])
+        ds = _open(cube)
+        patch = min(patch, ds.sizes["y"], ds.sizes["x"])
     filled = inpaint_cube(cube, method=args.method, hvae=hvae, patch_size=patch, dates=dates, window=args.window,
                           num_samples=args.samples, batch_size=args.batch_size, device=device, seed=args.seed,
                           run=args.run)

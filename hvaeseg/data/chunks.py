@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import xarray as xr
 
 from hvaeseg.data.integrity import CHUNKS_ATTR, COMPLETE, corrupt_chunk_error, missing_chunk_error, naming_errors
@@ -457,6 +458,7 @@ class CubeSource:
 
     def _from_store(self, path: str, storage_options) -> None:
         import zarr
+        from zarr.core.metadata import ArrayV3Metadata
 
         with warnings.catch_warnings(), naming_errors():
             warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
@@ -469,13 +471,19 @@ class CubeSource:
             names = set(g.array_keys())
             if "reflectance" not in names:
                 raise ValueError(f"{path}: the store has no `reflectance` array")
-            arrays = {}
+            arrays: dict[str, zarr.Array] = {}
             for name, dims in (
                 ("reflectance", ("time", "band", "y", "x")), ("valid", ("time", "y", "x")), ("labels", ("y", "x"))
             ):
                 if name in names:
-                    arrays[name] = g[name]
-                    have = tuple(arrays[name].metadata.dimension_names or ())
+                    node = g[name]
+                    assert isinstance(node, zarr.Array), name  # a name from array_keys()
+                    arrays[name] = node
+                    md = node.metadata
+                    if not isinstance(md, ArrayV3Metadata):
+                        raise ValueError(f"{path}: `{name}` is a Zarr v{md.zarr_format} array; cubes are Zarr v3 "
+                                         "stores (hvaeseg data ingest, or write_cube, writes them)")
+                    have = tuple(md.dimension_names or ())
                     if have and have != dims:  # an unusual dim order: let xarray transpose
                         self._from_dataset(open_dataset(path, storage_options))
                         return
@@ -526,7 +534,7 @@ _FIRST = slice(0, 1)
 def index_pieces(idx: np.ndarray, c: int) -> list[tuple[int, Any, Any]]:
     if c == 1:
         return [(t, slice(i, i + 1), _FIRST) for i, t in enumerate(idx.tolist())]
-    out = []
+    out: list[tuple[int, Any, Any]] = []
     ks = idx // c
     for k in np.unique(ks):
         pos = np.nonzero(ks == k)[0]
@@ -656,7 +664,7 @@ class HostBuffers:
         self._arrays: dict[tuple, list[np.ndarray]] = {}
         self._free_refs = _refcounts([np.empty(0)])[0]
 
-    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    def empty(self, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
         """An array of ``shape`` and ``dtype`` that nothing else refers to (contents undefined)."""
         key = (tuple(shape), np.dtype(dtype))
         with self._lock:

@@ -28,9 +28,12 @@ import itertools
 import math
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from zarr.core.metadata import ArrayV3Metadata
 
 __all__ = [
     "CHUNKS_ATTR",
@@ -217,7 +220,7 @@ def check_chunks(path: str | os.PathLike, *, storage_options: Mapping | None = N
     root = root.rstrip("/") or root
     with naming_errors():
         group = zarr.open_group(os.fspath(path), mode="r", zarr_format=3,
-                                storage_options=storage_options if not local else None)
+                                storage_options=None if local or storage_options is None else dict(storage_options))
         arrays = dict(group.arrays())
         complete = group.attrs.get(CHUNKS_ATTR) == COMPLETE
         if not complete and "reflectance" not in arrays:
@@ -225,7 +228,8 @@ def check_chunks(path: str | os.PathLike, *, storage_options: Mapping | None = N
         keys = _keys(fs, root, local)
 
         def where(name: str, coords: tuple[int, ...]) -> tuple[str, str]:
-            key = arrays[name].metadata.chunk_key_encoding.encode_chunk_key(coords)
+            metadata = cast("ArrayV3Metadata", arrays[name].metadata)  # the group is opened as zarr v3
+            key = metadata.chunk_key_encoding.encode_chunk_key(coords)
             full = f"{root}/{name}/{key}"
             return key, (os.path.normpath(full) if local else fs.unstrip_protocol(full))
 

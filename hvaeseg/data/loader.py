@@ -108,11 +108,11 @@ def normaliser(
         a = np.full(n_bands, scale, dtype=np.float64)
         b = np.full(n_bands, offset, dtype=np.float64)
     else:
-        mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-        if mean.shape != (n_bands,) or std.shape != (n_bands,):
-            raise ValueError(f"expected {n_bands} band statistics, got mean {mean.shape} and std {std.shape}")
-        a = scale / std
-        b = (offset - mean) / std
+        m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        if m.shape != (n_bands,) or s.shape != (n_bands,):
+            raise ValueError(f"expected {n_bands} band statistics, got mean {m.shape} and std {s.shape}")
+        a = scale / s
+        b = (offset - m) / s
     return torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
 
 
@@ -423,6 +423,7 @@ class PatchLoader:
                           stacklevel=2)
 
     def _acquire_slot(self, nbytes: int) -> tuple[np.ndarray, str]:
+        assert self._slots is not None  # set by _start_processes, before any slot is acquired
         raw, path = self._slots.acquire(nbytes)
         event = self._slot_events.pop(id(raw), None)
         if event is not None:  # the asynchronous copy out of this slot must be over before it is refilled
@@ -432,7 +433,7 @@ class PatchLoader:
     def _run_processes(self, jobs: Iterator[tuple[int, np.ndarray]]) -> Iterator[PatchBatch]:
         pool, layout = self._start_processes(), self._layout()
         norm = (self._a.numpy(), self._b.numpy()) if layout.normalised else None
-        pending: collections.deque[tuple[int, np.ndarray, int]] = collections.deque()
+        pending: collections.deque[tuple[int, np.ndarray, np.ndarray]] = collections.deque()  # (job, slot, index)
 
         def submit(index: np.ndarray) -> None:
             raw, path = self._acquire_slot(layout.nbytes)

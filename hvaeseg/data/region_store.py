@@ -42,7 +42,15 @@ import numpy as np
 import xarray as xr
 
 from hvaeseg.data.regions import Region, region_grid
-from hvaeseg.data.store import _encoding, _Location, _merge_chunks, _quiet_zarr, _stamped, _var_chunks
+from hvaeseg.data.store import (
+    _encoding,
+    _full_metadata,
+    _Location,
+    _merge_chunks,
+    _quiet_zarr,
+    _stamped,
+    _writable_arrays,
+)
 
 __all__ = ["RegionStore", "REGIONS_ATTR", "PARTIAL_SUFFIX", "DONE_ARRAY"]
 
@@ -89,7 +97,7 @@ class RegionStore:
         self._codec = codec
         self.overwrite = overwrite
         self.identity = json.loads(json.dumps(dict(identity), sort_keys=True))
-        self.regions: list[Region] = region_grid(template.sizes, self._chunks)
+        self.regions: list[Region] = region_grid({str(d): n for d, n in template.sizes.items()}, self._chunks)
         self.identity["regions"] = len(self.regions)
         self.identity["chunks"] = [self._chunks["y"], self._chunks["x"]]
         tpl = _stamped(template)
@@ -125,7 +133,7 @@ class RegionStore:
         import zarr
 
         group = zarr.open_group(loc.zarr_store(self.partial), mode="r+", zarr_format=3)
-        self._arrays = {name: group[name].with_config({"write_empty_chunks": True}) for name in self.region_vars}
+        self._arrays = _writable_arrays(group, self.region_vars)
         self._done_array = group[DONE_ARRAY]
         return self
 
@@ -215,13 +223,7 @@ class RegionStore:
         try:
             proxy.to_zarr(f"memory://{root}", mode="w-", zarr_format=3, consolidated=False,
                           encoding=_encoding(proxy, self._chunks, self._codec))
-            out = {}
-            for name in self.region_vars:
-                meta = json.loads(mem.cat_file(f"{root}/{name}/zarr.json"))
-                var = tpl[name].variable
-                meta["shape"] = list(var.shape)
-                meta["chunk_grid"]["configuration"]["chunk_shape"] = list(_var_chunks(var, self._chunks))
-                out[name] = meta
+            out = _full_metadata(mem, root, tpl, self.region_vars, self._chunks)
             coordinates = {}
             for name in ["", *map(str, tpl.variables)]:
                 attrs = json.loads(mem.cat_file(f"{root}/{name}/zarr.json".replace("//", "/"))).get("attributes", {})

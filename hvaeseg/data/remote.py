@@ -110,7 +110,7 @@ def parse_storage_options(text: str | None, flag: str = "--storage-options") -> 
     return options
 
 
-def _named_parameters(cls: type) -> dict[str, inspect.Parameter] | None:
+def _named_parameters(cls: type[object]) -> dict[str, inspect.Parameter] | None:
     """The keyword parameters ``cls(...)`` names (``None``: it takes ``**kwargs`` only, so nothing can be checked)."""
     try:
         params = inspect.signature(cls.__init__).parameters

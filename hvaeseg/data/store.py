@@ -66,9 +66,9 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import fsspec
 import numpy as np
@@ -78,6 +78,9 @@ from fsspec.implementations.local import LocalFileSystem
 from hvaeseg._temporary import is_temporary_name, stale_pid, target_of
 from hvaeseg.data.integrity import CHUNKS_ATTR, COMPLETE, check_chunks, naming_errors
 from hvaeseg.data.remote import protocol_of, remote_errors
+
+if TYPE_CHECKING:
+    import zarr
 from hvaeseg.data.schema import SCHEMA_VERSION, validate_cube
 
 __all__ = [
@@ -315,9 +318,38 @@ def _merge_chunks(chunks: Mapping[str, int | None] | None) -> dict[str, int]:
 def _var_chunks(var: xr.Variable, chunks: Mapping[str, int]) -> tuple[int, ...]:
     out = []
     for dim, size in zip(var.dims, var.shape):
-        n = chunks.get(dim, -1)
+        n = chunks.get(str(dim), -1)
         out.append(max(1, size if n == -1 else min(n, size)))
     return tuple(out)
+
+
+def _full_metadata(proxy_fs: Any, proxy_root: str, template: xr.Dataset, names: Iterable[str],
+                   chunks: Mapping[str, int]) -> dict[str, dict]:
+    """The Zarr metadata (``zarr.json``) of each variable in ``names`` at its full shape in ``template``: read from a
+    proxy store (a slice of ``template`` written at ``proxy_root`` on ``proxy_fs``), with the shape and chunk shape
+    set from ``template`` and ``chunks``."""
+    out = {}
+    for name in names:
+        meta = json.loads(proxy_fs.cat_file(f"{proxy_root}/{name}/zarr.json"))
+        var = template[name].variable
+        meta["shape"] = list(var.shape)
+        meta["chunk_grid"]["configuration"]["chunk_shape"] = list(_var_chunks(var, chunks))
+        out[name] = meta
+    return out
+
+
+def _writable_arrays(group: zarr.Group, names: Iterable[str]) -> dict[str, zarr.Array]:
+    """The arrays ``names`` of ``group``, set to write every chunk, also all-fill ones (so that the store can be
+    stamped complete: :mod:`hvaeseg.data.integrity`)."""
+    import zarr
+
+    arrays = {}
+    for name in names:
+        node = group[name]
+        if not isinstance(node, zarr.Array):
+            raise ValueError(f"{name!r} in {group.store} is a group, expected an array")
+        arrays[name] = node.with_config({"write_empty_chunks": True})
+    return arrays
 
 
 def _encoding(ds: xr.Dataset, chunks: Mapping[str, int], codec) -> dict[str, dict]:
@@ -564,14 +596,14 @@ def template_from_block(block: xr.Dataset, time: Sequence | np.ndarray) -> xr.Da
     dataset attributes) is taken from ``block`` as it is.
     """
     time = np.asarray(time).astype("datetime64[ns]")
-    data_vars = {}
+    data_vars: dict[Hashable, xr.Variable | tuple] = {}
     for name, da in block.data_vars.items():
         if "time" in da.dims:
             shape = tuple(len(time) if d == "time" else da.sizes[d] for d in da.dims)
             data_vars[name] = (da.dims, np.broadcast_to(np.zeros((), dtype=da.dtype), shape), dict(da.attrs))
         else:
             data_vars[name] = da.variable
-    coords: dict[str, Any] = {k: v.variable for k, v in block.coords.items() if "time" not in v.dims}
+    coords: dict[Hashable, Any] = {k: v.variable for k, v in block.coords.items() if "time" not in v.dims}
     coords["time"] = ("time", time, dict(block["time"].attrs) if "time" in block.coords else {})
     return xr.Dataset(data_vars, coords=coords, attrs=dict(block.attrs))
 
@@ -665,8 +697,7 @@ class CubeWriter:
             import zarr
 
             group = zarr.open_group(loc.zarr_store(self._tmp), mode="r+", zarr_format=3)
-            # every chunk written, also all-fill ones: the store is stamped complete (hvaeseg.data.integrity)
-            self._arrays = {name: group[name].with_config({"write_empty_chunks": True}) for name in self.time_vars}
+            self._arrays = _writable_arrays(group, self.time_vars)
         except BaseException:
             self.abort()
             raise
@@ -689,14 +720,7 @@ class CubeWriter:
                 consolidated=False,
                 encoding=_encoding(proxy, self._chunks, self._codec),
             )
-            out = {}
-            for name in self.time_vars:
-                meta = json.loads(mem.cat_file(f"{root}/{name}/zarr.json"))
-                var = tpl[name].variable
-                meta["shape"] = list(var.shape)
-                meta["chunk_grid"]["configuration"]["chunk_shape"] = list(_var_chunks(var, self._chunks))
-                out[name] = meta
-            return out
+            return _full_metadata(mem, root, tpl, self.time_vars, self._chunks)
         finally:
             if mem.exists(root):
                 mem.rm(root, recursive=True)

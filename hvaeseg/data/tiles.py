@@ -1,6 +1,6 @@
-"""The tiling rule shared by prediction, inpainting and image mosaics: tiles of a fixed size with stride = size from
-the start of an extent, the last one shifted back to end at its border (overlapping its neighbour, never padded).
-Plain Python, no torch."""
+"""The tiling rule shared by the sampler's grid and cover modes (so prediction), inpainting and image mosaics: tiles
+of a fixed size with stride = size from the start of an extent, the last one shifted back to end at its border
+(overlapping its neighbour, never padded). Plain Python, no torch."""
 
 from __future__ import annotations
 

@@ -232,7 +232,7 @@ class ProcessWorkers:
             p.start()
         self._ids = itertools.count()
         self._running: dict[int, np.ndarray] = {}  # job id -> its slot (kept referenced until done)
-        self._done: dict[int, str | None] = {}
+        self._done: dict[int, tuple[str, str] | None] = {}  # job -> its error (_report), None: done
         self._forgotten: set[int] = set()
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _stop, self.procs, self.tasks)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import pyro
 import pyro.poutine as poutine
@@ -367,7 +367,10 @@ class HVAE(PyroModule):
         x = torch.zeros(*lead, spec.image.bands, side, side, dtype=self._dtype, device=self._device)
         valid = torch.ones(*lead, side, side, dtype=torch.bool, device=self._device)
         kwargs = {"doy": torch.ones(lead, dtype=self._dtype, device=self._device)} if spec.day_of_year else {}
-        return split_parameters(self.model, self.guide, x, valid=valid, **kwargs)
+        decoder, encoder = split_parameters(self.model, self.guide, x, valid=valid, **kwargs)
+        # every parameter the HVAE uses is one of its modules' nn.Parameters: outside SVI it records no pyro.param
+        # sites, and under SVI those sites hold the same nn.Parameters (_expose_parameters)
+        return cast("list[torch.nn.Parameter]", decoder), cast("list[torch.nn.Parameter]", encoder)
 
     @torch.no_grad()
     def sample_prior(

@@ -19,7 +19,7 @@ and one :func:`register` line below.
 """
 
 from hvaeseg.methods.base import FittedMethod, Method, SeededMethod, SegmentationMethod, StepBatch
-from hvaeseg.methods.hvae import ELBOMethod, HVAEConfig, SymmetricMethod
+from hvaeseg.methods.hvae import ELBOMethod, GenerativeMethod, HVAEConfig, SymmetricMethod
 from hvaeseg.methods.mixmatch import MixMatchConfig, MixMatchMethod
 from hvaeseg.methods.pixel_gbm import PixelGBMConfig, PixelGBMMethod
 from hvaeseg.methods.registry import (
@@ -43,6 +43,7 @@ register(PixelGBMMethod)
 __all__ = [
     "ELBOMethod",
     "FittedMethod",
+    "GenerativeMethod",
     "HVAEConfig",
     "METHODS",
     "Method",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -163,6 +164,18 @@ class Augmentation:
             gains = torch.exp(self.jitter * torch.randn(B, C, generator=generator))
         return AugmentationDraw(elements, shifts, gains)
 
+    @overload
+    @staticmethod
+    def apply_draw(
+        draw: AugmentationDraw, x: Tensor, valid: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    @overload
+    @staticmethod
+    def apply_draw(
+        draw: AugmentationDraw, x: Tensor, valid: Tensor, labels: None = None
+    ) -> tuple[Tensor, Tensor, None]: ...
+
     @staticmethod
     def apply_draw(
         draw: AugmentationDraw, x: Tensor, valid: Tensor, labels: Tensor | None = None
@@ -181,6 +194,16 @@ class Augmentation:
             if labels is not None:
                 labels = translate(labels, draw.shifts, 0.0 if labels.is_floating_point() else -1)
         return x, valid, labels
+
+    @overload
+    def __call__(
+        self, x: Tensor, valid: Tensor, labels: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    @overload
+    def __call__(
+        self, x: Tensor, valid: Tensor, labels: None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, None]: ...
 
     def __call__(
         self, x: Tensor, valid: Tensor, labels: Tensor | None = None, generator: torch.Generator | None = None

@@ -169,7 +169,10 @@ class Method(SegmentationMethod):
         optimizers = list(self.optimizers().values())
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
+        total = sum(losses.values())
+        if not isinstance(total, Tensor):  # sum's start, 0: no losses at all
+            raise ValueError(f"{type(self).__name__}.update: no losses to back-propagate")
+        total.backward()
         if self.distributed is not None:
             self.average_gradients([p for opt in optimizers for g in opt.param_groups for p in g["params"]])
         if self.clip_norm is not None:

@@ -23,7 +23,7 @@ import abc
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hvaeseg.data.loader import PatchBatch
     from hvaeseg.distributed import DistributedContext
 
-__all__ = ["ELBOMethod", "HVAEConfig", "SymmetricMethod"]
+__all__ = ["ELBOMethod", "GenerativeMethod", "HVAEConfig", "SymmetricMethod"]
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,15 @@ class HVAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@runtime_checkable
+class GenerativeMethod(Protocol):
+    """A trained method with a generative model, the HVAE, to sample (posterior inpainting): ``symmetric`` and
+    ``elbo``, or any registered method that exposes one as ``hvae``."""
+
+    @property
+    def hvae(self) -> HVAE: ...
 
 
 def _param_groups(params: list[nn.Parameter], global_params: set[int], config: HVAEConfig) -> list[dict]:

@@ -128,7 +128,8 @@ def _guess(
     ds = None if doy is None else doy.repeat((len(draws),) + (1,) * (doy.dim() - 1))
     with torch.no_grad():
         probs = torch.softmax(call_net(model, xs, vs, ds), dim=1).chunk(len(draws))
-        mean = sum(invert(p, d.elements) for p, d in zip(probs, draws)) / len(draws)
+        inverted = [invert(p, d.elements) for p, d in zip(probs, draws)]
+        mean = sum(inverted[1:], inverted[0]) / len(draws)
     return sharpen(mean, T)
 
 

@@ -277,11 +277,11 @@ class _Subsample:
         self.order.append(np.arange(self.seen, self.seen + n))
         self.seen += n
         if self.limit is not None and sum(len(k) for k in self.keys) > 2 * self.limit:
-            self._shrink()
+            self._shrink(self.limit)
 
-    def _shrink(self) -> None:
+    def _shrink(self, limit: int) -> None:
         keys = np.concatenate(self.keys)
-        keep = np.argpartition(keys, self.limit - 1)[: self.limit] if len(keys) > self.limit else np.arange(len(keys))
+        keep = np.argpartition(keys, limit - 1)[:limit] if len(keys) > limit else np.arange(len(keys))
         keep = np.sort(keep)
         self.feats = [np.concatenate(self.feats)[keep]]
         self.labels = [np.concatenate(self.labels)[keep]]
@@ -291,7 +291,7 @@ class _Subsample:
         if not self.labels:
             return np.zeros((0, n_features), np.float32), np.zeros(0, np.int64)
         if self.limit is not None:
-            self._shrink()
+            self._shrink(self.limit)
         feats, labels, order = np.concatenate(self.feats), np.concatenate(self.labels), np.concatenate(self.order)
         rank = np.argsort(order, kind="stable")
         return feats[rank], labels[rank]
@@ -430,6 +430,7 @@ class PixelGBMMethod(FittedMethod):
         X, y, n_train, names = self._collect(labelled, cfg.max_train_pixels, self.seed)
         if len(y) == 0:
             raise ValueError("pixel-gbm: the labelled patches hold no labelled (non-void) pixel to fit on")
+        assert names is not None  # named by the first batch: there was one, since y is not empty
         if validation is not None:
             Xv, yv, n_val, _ = self._collect(validation, cfg.max_val_pixels, self.seed + 1)
         else:
@@ -448,7 +449,8 @@ class PixelGBMMethod(FittedMethod):
         else:
             params = cfg.lightgbm_params(self.num_classes, self.seed)
             train_set = lgb.Dataset(X, label=y, feature_name=names, free_raw_data=True)
-            callbacks, valid_sets, evals = [], [], {}
+            callbacks, valid_sets = [], []
+            evals: dict[str, dict[str, list[float]]] = {}
             if len(yv):
                 valid_sets = [lgb.Dataset(Xv, label=yv, reference=train_set, free_raw_data=True)]
                 callbacks = [lgb.early_stopping(cfg.early_stopping_rounds, first_metric_only=True, verbose=False),

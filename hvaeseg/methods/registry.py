@@ -23,6 +23,7 @@ built-in methods are registered by :mod:`hvaeseg.methods`; another one is one cl
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,9 +56,11 @@ def register(cls: type[SegmentationMethod]) -> type[SegmentationMethod]:
     if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)):
         raise TypeError(f"{cls.__name__}: expected a dataclass as the class attribute `config_class`, got "
                         f"{config_class!r}")
-    if cls.build.__func__ is SegmentationMethod.build.__func__:
+    build = inspect.getattr_static(cls, "build")  # the classmethod object itself, from the class that defines it
+    inherited = build is inspect.getattr_static(SegmentationMethod, "build")
+    if inherited or not isinstance(build, classmethod):
         raise TypeError(f"{cls.__name__}: expected a classmethod `build` (SegmentationMethod.build's signature), "
-                        "got none")
+                        f"got {'none' if inherited else f'a {type(build).__name__}'}")
     unknown = [s for s in cls.streams if s not in STREAMS]
     if unknown:
         raise ValueError(f"{cls.__name__}.streams: expected some of {STREAMS}, got {unknown}")

@@ -270,6 +270,151 @@ def test_windowed_random_sampling_keeps_groups_in_their_super_tile():
     assert len(starts) + 1 == len(np.unique(plan.group))
 
 
+# ---------------------------------------------------------------------------------------------- cover mode
+# The expectations below are brute force, loop by loop, from the rules as the module docstring states them.
+
+
+def _starts(extent: int, size: int) -> list[int]:
+    """Stride = size from 0, the last tile shifted back to end at the border."""
+    out = list(range(0, extent - size + 1, size))
+    return out if out[-1] + size == extent else [*out, extent - size]
+
+
+def _fraction(valid: np.ndarray, t: int, y: int, x: int, h: int, w: int) -> float:
+    return float(valid[t, y : y + h, x : x + w].mean())
+
+
+def _qualifies(f: float, min_valid: float) -> bool:
+    return f >= min_valid and f > 0
+
+
+def _clearest(valid: np.ndarray, y: int, x: int, h: int, w: int, n: int) -> list[int]:
+    """The n dates of highest valid fraction, earliest first on ties, sorted by date."""
+    T = valid.shape[0]
+    return sorted(sorted(range(T), key=lambda t: (-_fraction(valid, t, y, x, h, w), t))[:n])
+
+
+def _mosaic_cube(T: int = 3, n_images: int = 5, size: tuple[int, int] = (20, 30), columns: int = 3, seed: int = 0):
+    """A mosaic of 5 images in 3 columns (one empty cell), random `valid` and `labels`."""
+    from hvaeseg.data.mosaic import MosaicLayout
+
+    layout = MosaicLayout(size, columns, n_images)
+    rng = np.random.default_rng(seed)
+    index = layout.image_index()
+    valid = (rng.random((T, *index.shape)) < rng.random((T, 1, 1))) & (index >= 0)
+    labels = np.where(index >= 0, rng.integers(-1, 3, index.shape), -1)
+    ds = grid_cube(T=T, Y=index.shape[0], X=index.shape[1], valid=valid, labels=labels)
+    ds["image_index"] = (("y", "x"), index)
+    ds["image_split"] = (("image",), np.full(n_images, -1, dtype=np.int8))
+    return ds.assign_attrs(layout.attrs()), layout
+
+
+def _blotchy_valid(T: int, Y: int, X: int, seed: int) -> np.ndarray:
+    """Clouds in 8-pixel blocks, a fully clear date 0 and a fully cloudy date 2 (ties between tiles and dates)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((T, Y // 8 + 1, X // 8 + 1)) < rng.random((T, 1, 1))
+    valid = np.repeat(np.repeat(coarse, 8, 1), 8, 2)[:, :Y, :X]
+    valid[0], valid[2] = True, False
+    return valid
+
+
+@pytest.mark.parametrize("patch, dates", [(16, 1), (16, 3), (20, 1), (20, 5), (50, 2)])
+def test_cover_mode_tiles_the_whole_cube_with_every_or_the_clearest_dates(patch, dates):
+    T, Y, X = 5, 50, 70
+    valid = _blotchy_valid(T, Y, X, seed=patch + dates)
+    sizes = {"y": patch, "x": patch, **({"time": dates} if dates > 1 else {})}
+    plan = PatchSampler(sizes, mode="cover").plan(grid_cube(T=T, Y=Y, X=X, valid=valid))
+    rows = []
+    for y in _starts(Y, patch):
+        for x in _starts(X, patch):
+            if dates == 1:
+                rows += [(y, x, [t]) for t in range(T)]
+            else:
+                rows.append((y, x, _clearest(valid, y, x, patch, patch, dates)))
+    assert [(int(y), int(x), t.tolist()) for y, x, t in zip(plan.y, plan.x, plan.t)] == rows
+    assert (plan.split == 0).all() and not plan.labelled.any() and plan.group.tolist() == list(range(len(rows)))
+    covered = np.zeros((Y, X), bool)
+    for y, x in zip(plan.y, plan.x):
+        covered[y : y + patch, x : x + patch] = True
+    assert covered.all()
+
+
+@pytest.mark.parametrize("patch, dates", [(16, 1), (16, 2), (20, 3), (7, 1)])
+def test_cover_mode_tiles_a_mosaic_cell_by_cell(patch, dates):
+    ds, layout = _mosaic_cube()
+    valid = ds["valid"].values
+    sizes = {"y": patch, "x": patch, **({"time": dates} if dates > 1 else {})}
+    plan = PatchSampler(sizes, mode="cover").plan(ds)
+    (h, w), rows = layout.image_size, []
+    for cell in range(layout.rows * layout.columns):  # the empty cell of the last row included
+        y0, x0 = (cell // layout.columns) * h, (cell % layout.columns) * w
+        for y in _starts(h, patch):
+            for x in _starts(w, patch):
+                ts = [[t] for t in range(3)] if dates == 1 else [_clearest(valid, y0 + y, x0 + x, patch, patch, dates)]
+                rows += [(y0 + y, x0 + x, t) for t in ts]
+    assert [(int(y), int(x), t.tolist()) for y, x, t in zip(plan.y, plan.x, plan.t)] == rows
+    with pytest.raises(ValueError, match="larger than the mosaic"):
+        PatchSampler({"y": 21, "x": 21}, mode="cover").plan(ds)
+
+
+def test_whole_cube_prediction_plans_with_the_cover_mode():
+    from hvaeseg.predict import _cover_plan
+
+    cube = grid_cube(T=4, Y=40, X=52, valid=_blotchy_valid(4, 40, 52, seed=1))
+    for dates in (1, 3):
+        plan = _cover_plan(cube, 16, dates)
+        sizes = {"y": 16, "x": 16, **({"time": dates} if dates > 1 else {})}
+        assert plan == PatchSampler(sizes, mode="cover").plan(cube)
+
+
+# ---------------------------------------------------------------------------------------------- labelled dates
+
+
+@pytest.mark.parametrize("min_valid", [0.0, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("mosaic", [False, True])
+def test_every_labelled_date_is_one_single_date_patch(min_valid, mosaic):
+    if mosaic:
+        cube, _ = _mosaic_cube(T=4, seed=2)
+        split, patch = SpatialSplit({"y": 8, "x": 8}, seed=1), 8
+    else:
+        labels = np.full((64, 80), -1)
+        labels[8:60, 4:50] = 1
+        cube = grid_cube(T=6, Y=64, X=80, valid=_blotchy_valid(6, 64, 80, seed=3), labels=labels)
+        split, patch = SpatialSplit({"y": 32, "x": 40}, seed=2), 10
+    valid = cube["valid"].values
+    kw = dict(sizes={"y": patch, "x": patch}, n_patches={"train": 9}, split=split, n_labelled=2,
+              min_valid=min_valid, splits=("train",), seed=4)
+    drawn = PatchSampler(**kw).plan(cube)  # one patch per location: the same locations and random patches
+    every = PatchSampler(**kw, labelled_dates="every").plan(cube)
+    lab = drawn.select(labelled=True)
+    rows = []
+    for y, x, g in zip(lab.y.tolist(), lab.x.tolist(), lab.group.tolist()):
+        fracs = [_fraction(valid, t, y, x, patch, patch) for t in range(valid.shape[0])]
+        dates = [t for t, f in enumerate(fracs) if _qualifies(f, min_valid)] or [int(np.argmax(fracs))]
+        rows += [(y, x, t, g) for t in dates]
+    unl = drawn.select(labelled=False)
+    rows += [(y, x, t, g) for y, x, (t,), g in zip(unl.y.tolist(), unl.x.tolist(), unl.t.tolist(), unl.group.tolist())]
+    got = [(int(y), int(x), int(t), int(g)) for y, x, (t,), g in zip(every.y, every.x, every.t, every.group)]
+    assert got == rows
+    assert every.labelled.tolist() == [True] * (len(rows) - len(unl)) + [False] * len(unl)
+    assert (every.split == 0).all() and PatchSampler.from_dict(every.meta).labelled_dates == "every"
+
+
+def test_a_run_plans_every_labelled_date_with_the_sampler():
+    from hvaeseg.experiment import _draw_plans, open_data
+    from hvaeseg.run_config import RunConfig
+
+    config = RunConfig(method="supervised", data="synthetic:tiny", labels=3, patch_size=16, block=64,
+                       unlabelled_patches=5, min_valid=0.6)
+    cube = open_data(config.data)
+    train, _ = _draw_plans(config, cube, cube)
+    sampler = PatchSampler({"y": 16, "x": 16}, n_patches={"train": 5}, split=SpatialSplit(
+        {"y": 64, "x": 64}, fractions={"train": 0.6, "val": 0.2, "test": 0.2}), n_labelled=3,
+        labelled_dates="every", min_valid=0.6, splits=("train",))
+    assert train == sampler.plan(cube)
+    assert len(train.select(labelled=True)) > 3  # a location on several dates
+
+
 def test_sampler_argument_errors():
     with pytest.raises(ValueError, match="unknown"):
         PatchSampler({"y": 8, "x": 8, "band": 2})
@@ -281,3 +426,7 @@ def test_sampler_argument_errors():
         PatchSampler({"y": 8, "x": 8}, per_window=4)
     with pytest.raises(ValueError, match="does not fit"):
         PatchSampler({"y": 80, "x": 8}).plan(grid_cube())
+    with pytest.raises(ValueError, match="single-date"):
+        PatchSampler({"time": 2, "y": 8, "x": 8}, labelled_dates="every")
+    with pytest.raises(ValueError, match="no split"):
+        PatchSampler({"y": 8, "x": 8}, mode="cover", split=SpatialSplit({"y": 32, "x": 32}))
