@@ -39,6 +39,7 @@ __all__ = [
     "PartiallyObservedCategorical",
     "StraightThroughBernoulli",
     "StraightThroughCategorical",
+    "bernoulli_kl",
     "check_label_pool",
     "sample_label_maps",
 ]
@@ -463,3 +464,13 @@ class StraightThroughCategorical(TorchDistribution):
         if self.labels is not None:
             lp = torch.where(self.labels < 0, lp, lp.new_zeros(()))
         return lp
+
+
+def bernoulli_kl(q_logits: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(Bernoulli(q_logits) || Bernoulli(p_logits)) from the logits, finite for every finite pair:
+
+    ``sigmoid(a) (softplus(-b) - softplus(-a)) + sigmoid(-a) (softplus(b) - softplus(a))`` with ``a = q_logits``,
+    ``b = p_logits`` (``log sigmoid(x) = -softplus(-x)``). Shapes broadcast.
+    """
+    a, b = q_logits, p_logits
+    return torch.sigmoid(a) * (F.softplus(-b) - F.softplus(-a)) + torch.sigmoid(-a) * (F.softplus(b) - F.softplus(a))

@@ -34,13 +34,14 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import Normal
 from pyro.nn import PyroModule
-from torch.distributions import kl_divergence
+from torch.distributions import Bernoulli, kl_divergence
 
 from hvaeseg.distributions import (
     EmpiricalPrior,
     FastBernoulli,
     FastCategorical,
     PartiallyObservedCategorical,
+    bernoulli_kl,
     check_label_pool,
 )
 from hvaeseg.hierarchy.networks import LATENT_MIN_SCALE, Decoder, LadderEncoder, parent_input
@@ -499,8 +500,13 @@ class HVAE(PyroModule):
 def _kl(q, p) -> torch.Tensor:
     """Elementwise KL(q || p) of a site's guide and model distributions (Bernoulli, categorical, Normal):
     :func:`torch.distributions.kl_divergence`, whose closed forms cover these families and their subclasses
-    (:class:`~hvaeseg.distributions.FastBernoulli`, :class:`~hvaeseg.distributions.FastCategorical`)."""
+    (:class:`~hvaeseg.distributions.FastBernoulli`, :class:`~hvaeseg.distributions.FastCategorical`), except
+    Bernoulli pairs, which :func:`~hvaeseg.distributions.bernoulli_kl` computes from the logits (torch's form
+    goes through the probabilities and returns ``inf`` once a logit saturates them to exactly 0 or 1)."""
+    if isinstance(q, Bernoulli) and isinstance(p, Bernoulli):
+        return bernoulli_kl(q.logits, p.logits)
     try:
         return kl_divergence(q, p)
     except NotImplementedError:  # pragma: no cover
         raise TypeError(f"no closed-form KL for {type(q).__name__} vs {type(p).__name__}") from None
+

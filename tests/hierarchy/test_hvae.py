@@ -345,6 +345,26 @@ def test_layer_kl_is_the_closed_form(dtype):
     torch.testing.assert_close(_kl(q, p), normal, **tol)
 
 
+
+def test_bernoulli_kl_stays_finite_when_logits_saturate():
+    """A trained prior can push a logit past float32's sigmoid range (|logit| > ~104: probability exactly 0 or
+    1), where torch's probability-based Bernoulli KL returns inf; the logit form stays finite and equals the
+    float64 value (``layer_statistics`` reported KL(z2) = inf on a real run before this)."""
+    from torch.distributions import kl_divergence
+
+    from hvaeseg.distributions import FastBernoulli
+    from hvaeseg.hierarchy.hvae import _kl
+
+    a = torch.tensor([2.0, -3.0, 0.5, 30.0, -200.0])
+    b = torch.tensor([-120.0, 150.0, -110.0, -130.0, -200.0])
+    exact = (torch.sigmoid(a.double()) * (F.logsigmoid(a.double()) - F.logsigmoid(b.double()))
+             + torch.sigmoid(-a.double()) * (F.logsigmoid(-a.double()) - F.logsigmoid(-b.double())))
+    assert torch.isinf(kl_divergence(FastBernoulli(a), FastBernoulli(b))).any()  # what the fix is for
+    kl = _kl(FastBernoulli(a), FastBernoulli(b))
+    assert torch.isfinite(kl).all()
+    torch.testing.assert_close(kl.double(), exact, rtol=1e-5, atol=1e-5)
+    assert kl[-1] == 0  # the same distribution, even saturated
+
 def test_input_errors_are_clear():
     spec = tiny_spec()
     hvae = HVAE(spec)
