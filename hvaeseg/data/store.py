@@ -78,10 +78,10 @@ from fsspec.implementations.local import LocalFileSystem
 from hvaeseg._temporary import is_temporary_name, stale_pid, target_of
 from hvaeseg.data.integrity import CHUNKS_ATTR, COMPLETE, check_chunks, naming_errors
 from hvaeseg.data.remote import protocol_of, remote_errors
+from hvaeseg.data.schema import SCHEMA_VERSION, validate_cube
 
 if TYPE_CHECKING:
     import zarr
-from hvaeseg.data.schema import SCHEMA_VERSION, validate_cube
 
 __all__ = [
     "DEFAULT_CHUNKS",
