@@ -23,6 +23,10 @@ Methods:
                      nearest the target among those at least half clear in the tile; ``--window season``: the
                      time range cut into T-1 groups of equal span, the clearest date of each group).
 ``temporal+labels``  the temporal run with the guide given the label map (``s=labels``).
+``window-interpolation``  no model: temporal linear interpolation (real day gaps) inside the stacks the temporal
+                     runs see (``--dates`` T, ``--window``, per tile), i.e. from the T-1 nearest at least half
+                     clear dates only. It is what the ``interp`` covariate of a temporal hierarchy holds
+                     (``"interpolation": true``), so it separates the gain of choosing dates from the decoder's.
 
 The HVAE methods work tile by tile (the run's patch size; tiles that cover the image, the last row and column
 shifted back to end at the border, each pixel taken from the last tile that covers it; only tiles holding
@@ -86,7 +90,7 @@ from scenes import cube as resolve_cube  # noqa: E402
 from scenes import label as scene_label  # noqa: E402
 
 #: the methods, in the order of the tables and the figure
-METHODS = ("interpolation", "single-date", "temporal", "temporal+labels")
+METHODS = ("interpolation", "window-interpolation", "single-date", "temporal", "temporal+labels")
 #: the methods that sample the HVAE's posterior (calibrated), and the run kind each needs
 HVAE_METHODS = {"single-date": "single", "temporal": "temporal", "temporal+labels": "temporal"}
 PROTOCOLS = {
@@ -396,7 +400,7 @@ class _Item:
 
 
 def hvae_fills(
-    hvae: Any,
+    hvae: Any | None,
     cube: Cube,
     tasks: Sequence[Task],
     *,
@@ -417,13 +421,19 @@ def hvae_fills(
     the interval coverage of the scored values against ``truths`` (each task's truth, default
     :func:`task_truth`).
 
-    :param hvae: an HVAE (conventions-following ``model`` and ``guide``), single-date (``dates=1``) or temporal.
+    :param hvae: an HVAE (conventions-following ``model`` and ``guide``), single-date (``dates=1``) or temporal;
+        None: each stack's target date is filled by temporal linear interpolation inside the stack (real day gaps;
+        the ``window-interpolation`` method), with no calibration.
     :param window: the stack rule of a temporal model (:func:`~hvaeseg.inpaint_cube.window_dates`).
     :param labels: give the guide the cube's label map (``s=labels``).
     """
     T, C, H, W = cube.shape
     if labels and cube.labels is None:
         raise ValueError(f"{cube.name} has no label map: the method needs one")
+    if hvae is None:
+        if dates < 2:
+            raise ValueError("window interpolation needs stacks of T >= 2 dates (--dates)")
+        calibration_samples = 0
     truths = list(truths) if truths is not None else [task_truth(cube, t) for t in tasks]
     ys, xs = tile_starts(H, patch), tile_starts(W, patch)
     owner = torch.full((H, W), -1, dtype=torch.int64)  # each pixel: the last tile that covers it
@@ -460,7 +470,11 @@ def hvae_fills(
         if dates == 1:
             xb, vb, doy = xb[:, 0], vb[:, 0], None if doy is None else doy[:, 0]
         s = torch.stack([cube.labels[sl(it)] for it in batch]) if labels else None
-        mean, _, _ = posterior_inpaint(hvae, xb, vb, samples, s=s, decoder_mean=True, doy=doy)
+        if hvae is None:
+            days = torch.stack([torch.from_numpy(cube.days[it.dates]) for it in batch])  # (B, T')
+            mean = temporal_linear_interpolation(xb, vb, days)
+        else:
+            mean, _, _ = posterior_inpaint(hvae, xb, vb, samples, s=s, decoder_mean=True, doy=doy)
         std = draws = None
         if calibration_samples:
             _, std, draws = posterior_inpaint(hvae, xb, vb, calibration_samples, s=s, decoder_mean=False, doy=doy)
@@ -820,6 +834,9 @@ def evaluate(cube: Cube, protocol: str, seed: int, methods: Sequence[str], hvaes
         run = None
         if method == "interpolation":
             fills = interpolation_fills(cube, tasks)
+        elif method == "window-interpolation":
+            fills = hvae_fills(None, cube, tasks, patch=args.patch_size, dates=args.dates, window=args.window,
+                               calibration_samples=0, batch_size=args.inference_batch, truths=truths)
         else:
             hvae, run, config = hvaes[HVAE_METHODS[method]]
             pyro.set_rng_seed(seed)

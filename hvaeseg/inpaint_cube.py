@@ -342,7 +342,7 @@ def _fill(cube: xr.Dataset | str | os.PathLike, ds: xr.Dataset, valid: np.ndarra
     was_training = bool(getattr(hvae, "training", False))
     if hvae is not None:
         hvae.train(False)
-    use_doy = method == "posterior" and bool(hvae.spec.day_of_year)
+    use_doy = method == "posterior" and bool(hvae.spec.needs_doy)
     day_gaps = torch.from_numpy(_days(times))
     row = 0
     try:

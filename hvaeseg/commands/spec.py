@@ -3,8 +3,8 @@
 - ``hvaeseg spec draw SPEC.yaml [-o OUT.png] [--dpi N]``: the hierarchy as a graph (one box per variable, one
   arrow per parent link; :meth:`HierarchySpec.draw`), written to a PNG (default: ``SPEC.png`` beside the spec).
 - ``hvaeseg spec draw default --classes K --bands B [--temporal] [--day-of-year] [--shared-channels N]
-  [--code-bits D] [--channels C] [--s-prior P] [-o OUT.png]``: the same for the built-in default hierarchy
-  (:meth:`HierarchySpec.default`; default output ``hierarchy_default.png``).
+  [--interpolation] [--code-bits D] [--channels C] [--s-prior P] [-o OUT.png]``: the same for the built-in
+  default hierarchy (:meth:`HierarchySpec.default`; default output ``hierarchy_default.png``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["register", "load_spec"]
 #: the SPEC argument naming the built-in default hierarchy
 DEFAULT = "default"
 _DEFAULT_OPTIONS = ("classes", "bands", "code_bits", "channels", "s_prior", "temporal", "day_of_year",
-                    "shared_channels")
+                    "shared_channels", "interpolation")
 
 
 def load_spec(path: str | Path):
@@ -60,6 +60,7 @@ def _default_spec(args: argparse.Namespace):
         channels=args.channels if args.channels is not None else 8, s_prior=args.s_prior or "empirical",
         temporal=args.temporal, day_of_year=args.day_of_year,
         shared_channels=args.shared_channels if args.shared_channels is not None else 0,
+        interpolation=args.interpolation,
     )
 
 
@@ -132,5 +133,7 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     d.add_argument("--day-of-year", action="store_true", help="condition the layers and image on the date")
     d.add_argument("--shared-channels", type=_non_negative, default=None, metavar="N",
                    help="temporal: channels of u, the layer shared by the dates (0: none)")
+    d.add_argument("--interpolation", action="store_true",
+                   help="temporal: the image takes interp, its interpolation from the other dates of the stack")
     p.set_defaults(func=_draw)
     return commands

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hvaeseg.hierarchy.spec import COVARIATES, HierarchySpec
+from hvaeseg.hierarchy.spec import COVARIATES as _VECTOR_COVARIATES
+from hvaeseg.hierarchy.spec import MAP_COVARIATES, HierarchySpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -41,9 +42,11 @@ _LEGEND = {
     "latent": "latent layer (per date)",
     "shared": "latent layer shared by the dates",
     "x": "image x",
-    "doy": "observed covariate (day of year)",
+    "doy": "observed covariate (day of year, interpolated x)",
 }
 _EDGE = "#404040"
+#: observed inputs, drawn as dashed boxes: the day of the year and the interpolation from the other dates
+COVARIATES = _VECTOR_COVARIATES + MAP_COVARIATES
 _COVARIATE_EDGE = "#8c8c8c"
 
 
@@ -66,6 +69,8 @@ def _label(spec: HierarchySpec, name: str) -> str:
         return f"l\nbernoulli, {spec.code_bits} bits\nglobal (per image)"
     if name == "x":
         return f"x\ngaussian, {spec.image.bands} bands\nfull res., {spec.image.scale} scale"
+    if name == "interp":
+        return f"{name}\nx of the other dates,\ninterpolated (observed)"
     if name in COVARIATES:
         return f"{name}\nday of the year\nobserved"
     layer = spec.layer(name)
@@ -80,14 +85,16 @@ def spec_graph(spec: HierarchySpec) -> tuple[tuple[str, ...], tuple[tuple[str, s
     """``(nodes, edges, depth)`` of a hierarchy.
 
     :returns: ``nodes``: ``("s", "l", *layers in sampling order, "x")`` plus ``"doy"`` when a layer or the image
-        lists it; ``edges``: one ``(parent, child)`` per parent link, layers first (in sampling order), then the
-        image's; ``depth``: row of each node (0 for ``s``, ``l``, ``doy``; one more than the deepest parent).
+        lists it and ``"interp"`` when the image does; ``edges``: one ``(parent, child)`` per parent link, layers
+        first (in sampling order), then the image's; ``depth``: row of each node (0 for ``s``, ``l``, ``doy``,
+        ``interp``; one more than the deepest parent).
     """
-    nodes = ("s", "l") + spec.order + ("x",) + (("doy",) if spec.day_of_year else ())
+    nodes = ("s", "l") + spec.order + ("x",) + (("doy",) if spec.day_of_year else ()) + (
+        ("interp",) if spec.interpolates else ())
     parents = {name: spec.layer(name).parents for name in spec.order}
     parents["x"] = spec.image.parents
     edges = tuple((p, child) for child in spec.order + ("x",) for p in parents[child])
-    depth = {"s": 0, "l": 0, "doy": 0}
+    depth = {"s": 0, "l": 0, "doy": 0, "interp": 0}
     for name in spec.order + ("x",):
         depth[name] = 1 + max(depth[p] for p in parents[name])
     return nodes, edges, {n: depth[n] for n in nodes}

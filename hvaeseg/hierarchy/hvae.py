@@ -7,6 +7,15 @@ Generative model, top-down (``z0 = (s, l)``, layers in topological order, then `
     z_t ~ p(z_t | parents)            (B, C_t, H/r_t, W/r_t)      temporal: (B, T, C_t, ...)
     x   ~ Normal(loc, scale)          (B, C, H, W), masked by valid  temporal: (B, T, C, H, W)
 
+With the ``interp`` covariate among the image's parents (temporal only), ``loc`` is the leave-one-out
+interpolation of each date from the stack's other clear dates plus the decoder's correction
+(:mod:`hvaeseg.hierarchy.interpolation`): the density of a date given the others' observations, so the model's
+``log p`` is a pseudo-likelihood over the dates (each date conditioned on the rest). Generating takes the
+observations to interpolate from ``interp_from=(x, valid)``; without them every date is generated from the latents
+alone (the covariate says "no clear neighbour"), which is what the symmetric objective's sleep images are. In
+training mode each date's covariate is hidden with probability ``spec.image.interp_dropout`` (like dropout), so
+the decoder also learns that case.
+
 Guide (ladder): one bottom-up U-Net pass over ``(x * valid, valid)``; q(s|x) from the U-Net's head,
 q(l|x) from the pooled coarsest features, and q(z_t | z_<t, x) with parameters = decoder prior
 parameters of z_t (theta, shared) + encoder head on the bottom-up features at z_t's resolution (phi).
@@ -44,6 +53,7 @@ from hvaeseg.distributions import (
     bernoulli_kl,
     check_label_pool,
 )
+from hvaeseg.hierarchy.interpolation import interpolation_input
 from hvaeseg.hierarchy.networks import LATENT_MIN_SCALE, Decoder, LadderEncoder, parent_input
 from hvaeseg.hierarchy.posterior import posterior_inpaint
 from hvaeseg.hierarchy.spec import HierarchySpec, LatentLayerSpec
@@ -219,6 +229,55 @@ class HVAE(PyroModule):
             )
         return doy_features(doy, self._dtype)
 
+    def _interp_input(
+        self,
+        x: torch.Tensor | None,
+        valid: torch.Tensor | None,
+        doy: torch.Tensor | None,
+        interp_from: tuple[torch.Tensor, torch.Tensor | None] | None,
+        B: int,
+        T: int | None,
+        H: int,
+        W: int,
+    ) -> torch.Tensor | None:
+        """The ``interp`` covariate ``(B, T, C + 4, H, W)`` from ``interp_from`` or else the observed stack (zeros,
+        "no clear neighbour", when neither is given), or None when the image does not take it. In training mode
+        each ``(b, t)`` is zeroed with probability ``spec.image.interp_dropout``."""
+        spec = self.spec
+        if not spec.interpolates:
+            return None
+        assert T is not None  # the spec checks that interp is only in temporal hierarchies
+        if interp_from is not None:
+            src, src_valid = interp_from
+            where = "interp_from"
+        elif x is not None:
+            src, src_valid = x, valid
+            where = "x"
+        else:
+            channels = spec.input_channels("interp")
+            return torch.zeros((B, T, channels, H, W), dtype=self._dtype, device=self._device)
+        want = (B, T, spec.image.bands, H, W)
+        if tuple(src.shape) != want:
+            raise ValueError(f"expected {where} of shape {want} to interpolate from, got {_shape_str(src)}")
+        if src_valid is None:
+            src_valid = torch.ones((B, T, H, W), dtype=torch.bool, device=src.device)
+        elif tuple(src_valid.shape) != (B, T, H, W) or src_valid.dtype != torch.bool:
+            raise ValueError(
+                f"expected the valid mask of {where} as bool {(B, T, H, W)}, got {src_valid.dtype} "
+                f"{_shape_str(src_valid)}"
+            )
+        if doy is None or tuple(doy.shape) != (B, T):
+            raise ValueError(
+                f"this hierarchy interpolates between the dates of a stack ('interp' is a parent of the image), "
+                f"which needs their days of the year: expected doy of shape {(B, T)}, got {_shape_str(doy)}"
+            )
+        out = interpolation_input(src, src_valid, doy, self._dtype)
+        p = spec.image.interp_dropout
+        if self.training and p > 0:
+            keep = torch.rand((B, T), device=out.device) >= p
+            out = out * keep[:, :, None, None, None].to(out.dtype)
+        return out
+
     def _s_site_value(self, s: torch.Tensor | None) -> torch.Tensor | None:
         """Labels as the s site stores them: int64 (or one-hot float), ``(B, 1, ...)`` when temporal."""
         if s is None:
@@ -265,6 +324,7 @@ class HVAE(PyroModule):
         *,
         doy: torch.Tensor | None = None,
         shape: Sequence[int] | None = None,
+        interp_from: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """p(s) p(l) prod_t p(z_t | parents) p(x | parents), observing ``x`` (where ``valid``) and ``s`` if given.
 
@@ -276,6 +336,9 @@ class HVAE(PyroModule):
         :param doy: ``(B,)`` (temporal ``(B, T)``) days of the year; required when the hierarchy uses ``doy``.
         :param shape: ``(B, H, W)`` (temporal ``(B, T, H, W)``) when none of x, s, valid is given, or the
             number of dates T when only ``s`` is.
+        :param interp_from: ``(x, valid)`` of a real stack, ``(B, T, C, H, W)`` and ``(B, T, H, W)``, to compute
+            the ``interp`` covariate from (hierarchies whose image takes it; default: the observed ``x`` and
+            ``valid``; with neither, "no clear neighbour"). Ignored by the others.
         :return: the value of the ``"x"`` site.
         """
         spec = self.spec
@@ -286,6 +349,9 @@ class HVAE(PyroModule):
         doy_in = self._doy_input(doy, B, T)
         if doy_in is not None:
             inputs["doy"] = doy_in
+        interp = self._interp_input(x, valid, doy, interp_from, B, T, H, W)
+        if interp is not None:
+            inputs["interp"] = interp
         with pyro.plate("batch", B, dim=-2 if T is not None else -1):
             s_val = pyro.sample("s", self._s_prior(B, T, H, W).to_event(2), obs=self._s_site_value(s))
             inputs["s"] = parent_input(spec, "s", s_val, dtype)
@@ -302,6 +368,8 @@ class HVAE(PyroModule):
                     z = pyro.sample(name, self._layer_dist(self._layers[name], out).to_event(3))
                     inputs[name] = parent_input(spec, name, z, dtype)
                 loc, scale = self.decoder.x_params(self._prior_out("x", inputs, H, W, B, T))
+                if interp is not None:  # a residual to the interpolation from the other dates
+                    loc = loc + interp[..., : spec.image.bands, :, :]
                 fn = Normal(loc, scale, validate_args=False)
                 if valid is not None:
                     fn = fn.mask(valid.unsqueeze(-3))
@@ -367,7 +435,7 @@ class HVAE(PyroModule):
         lead = (1, 1) if spec.temporal else (1,)
         x = torch.zeros(*lead, spec.image.bands, side, side, dtype=self._dtype, device=self._device)
         valid = torch.ones(*lead, side, side, dtype=torch.bool, device=self._device)
-        kwargs = {"doy": torch.ones(lead, dtype=self._dtype, device=self._device)} if spec.day_of_year else {}
+        kwargs = {"doy": torch.ones(lead, dtype=self._dtype, device=self._device)} if spec.needs_doy else {}
         decoder, encoder = split_parameters(self.model, self.guide, x, valid=valid, **kwargs)
         # every parameter the HVAE uses is one of its modules' nn.Parameters: outside SVI it records no pyro.param
         # sites, and under SVI those sites hold the same nn.Parameters (_expose_parameters)
@@ -382,6 +450,7 @@ class HVAE(PyroModule):
         *,
         dates: int = 1,
         doy: torch.Tensor | None = None,
+        interp_from: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Draw ``(s, l, z..., x)`` from the model (no gradient).
 
@@ -392,6 +461,8 @@ class HVAE(PyroModule):
         :param size: image side or ``(H, W)`` when ``s`` is not given.
         :param dates: T for temporal hierarchies.
         :param doy: ``(n,)`` (temporal ``(n, T)``) days of the year, for hierarchies that use ``doy``.
+        :param interp_from: ``(x, valid)`` of real stacks to interpolate from, for hierarchies whose image takes
+            ``interp`` (see :meth:`model`).
         :return: site name -> value (``"x"``: ``(n, C, H, W)``, temporal ``(n, T, C, H, W)``).
         """
         spec = self.spec
@@ -412,7 +483,7 @@ class HVAE(PyroModule):
                 raise ValueError("expected n and size (image side or (H, W)) when s is not given")
             h, w = (size, size) if isinstance(size, int) else tuple(size)
             shape = (n, dates, h, w) if spec.temporal else (n, h, w)
-        trace = poutine.trace(self.model).get_trace(None, s, None, shape=shape, doy=doy)
+        trace = poutine.trace(self.model).get_trace(None, s, None, shape=shape, doy=doy, interp_from=interp_from)
         out: dict[str, torch.Tensor] = {}
         for name in spec.site_names:
             value = trace.nodes[name]["value"]
@@ -437,7 +508,7 @@ class HVAE(PyroModule):
         shape = (B, H, W) if T is None else (B, T, H, W)
         guide_trace = poutine.trace(self.guide).get_trace(x, s, valid, doy=doy)
         trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
-            None, None, valid, shape=shape, doy=doy
+            None, None, valid, shape=shape, doy=doy, interp_from=(x, valid)
         )
 
         return unwrap(trace.nodes["x"]["fn"]).mean

@@ -52,12 +52,14 @@ def posterior_inpaint(
         )
     shape = tuple(x.shape[:-3]) + tuple(x.shape[-2:])
     keep = _valid_channels(valid, x)
+    # a hierarchy that interpolates between dates (the interp covariate) fills from the visible pixels of the stack
+    context = {"interp_from": (x, valid)} if getattr(getattr(hvae, "spec", None), "interpolates", False) else {}
     samples = []
     for _ in range(num_samples):
         kw = {} if doy is None else {"doy": doy}
         guide_trace = poutine.trace(hvae.guide).get_trace(x, s, valid, **kw)
         model = poutine.replay(hvae.model, trace=guide_trace)
-        trace = poutine.trace(model).get_trace(None, None, valid, shape=shape, **kw)
+        trace = poutine.trace(model).get_trace(None, None, valid, shape=shape, **kw, **context)
         site = trace.nodes["x"]
         filled = _site_mean(site["fn"]) if decoder_mean else site["value"]
         samples.append(torch.where(keep, x, filled))

@@ -18,6 +18,12 @@ Besides ``s``, ``l`` and the latent layers, a parent may be the observed covaria
 year of the image's date (phenology), given to the model and guide as ``doy=`` (``(B,)``, temporal ``(B, T)``).
 A hierarchy that uses it conditions those layers on the date, and its guide's U-Net takes the date too.
 
+In temporal hierarchies the image may also list the observed covariate ``interp``: each date's pixels linearly
+interpolated in time from the stack's *other* clear dates (leave-one-out; :mod:`hvaeseg.hierarchy.interpolation`),
+with the day gaps to them. The decoder takes it as a map and predicts the *correction* to it (the interpolated
+bands are added to the mean of ``x``), so a pixel's own trajectory between its clear dates reaches the fill. It is
+computed from the observed stack (or, to generate, from ``interp_from=(x, valid)`` of a real one) and needs ``doy``.
+
 Every spec is checked on construction; each error names the layer and says how to fix it.
 """
 
@@ -44,6 +50,7 @@ __all__ = [
     "IMAGE_SCALES",
     "RESERVED_NAMES",
     "COVARIATES",
+    "MAP_COVARIATES",
     "S_PRIORS",
     "HierarchySpec",
     "ImageLayerSpec",
@@ -55,10 +62,12 @@ FAMILIES = ("bernoulli", "categorical", "gaussian")
 S_PRIORS = ("empirical", "categorical")
 IMAGE_SCALES = ("band", "pixel")
 #: site names of the built-in variables: the segmentation s, the global code l and the image x
-RESERVED_NAMES = ("s", "l", "x", "doy")
+RESERVED_NAMES = ("s", "l", "x", "doy", "interp")
 _TOP = ("s", "l")
 #: observed covariates a layer or the image may list among its parents (vectors per image and date)
 COVARIATES = ("doy",)
+#: observed covariate maps the image of a temporal hierarchy may list among its parents
+MAP_COVARIATES = ("interp",)
 #: parents that enter a decoder net as a vector (a per-map bias), not as a map
 GLOBAL_PARENTS = ("l",) + COVARIATES
 _OPTIONAL = ("categories", "patch_size")  # left out of to_dict() when None
@@ -125,7 +134,8 @@ class LatentLayerSpec:
         where = f"layer {self.name!r}"
         if self.name in RESERVED_NAMES:
             raise ValueError(
-                f"{where}: the name is reserved (s, l, x are the built-in sites, doy the day of the year): rename "
+                f"{where}: the name is reserved (s, l, x are the built-in sites, doy and interp observed covariates): "
+                "rename "
                 "the layer, e.g. 'z1'"
             )
         if self.family not in FAMILIES:
@@ -181,6 +191,9 @@ class ImageLayerSpec:
         zero network). Inputs are normalised to unit variance per band, so the default 0.25 says "the
         parents will explain most of the variance"; starting at 1 left the scale near 0.9 for hundreds of
         steps (its optimum is about 0.27 on the synthetic cube), so generated images were mostly noise.
+    :param interp_dropout: with ``interp`` among the parents: the probability that, in training, a date's
+        covariate is hidden (as if no other date were clear), so that the decoder also learns to generate from
+        the latents alone, as the sleep images of symmetric learning are generated. In ``[0, 1)``.
     """
 
     bands: int
@@ -188,6 +201,7 @@ class ImageLayerSpec:
     scale: str = "band"
     min_scale: float = 1e-3
     init_scale: float = 0.25
+    interp_dropout: float = 0.25
 
     def __post_init__(self):
         _positive_int(self.bands, "image: bands", "give the number of spectral bands, e.g. 10")
@@ -208,6 +222,10 @@ class ImageLayerSpec:
                 "e.g. 0.25 (inputs are normalised to unit variance)"
             )
         object.__setattr__(self, "init_scale", float(self.init_scale))
+        p = self.interp_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"image: interp_dropout must be a probability in [0, 1), got {p!r}: e.g. 0.25")
+        object.__setattr__(self, "interp_dropout", float(p))
 
 
 @dataclass(frozen=True)
@@ -298,6 +316,12 @@ class HierarchySpec:
             if layer.name in seen:
                 raise ValueError(f"duplicate layer name {layer.name!r}: give each latent layer its own name")
             seen.add(layer.name)
+        for layer in layers:
+            if "interp" in layer.parents:
+                raise ValueError(
+                    f"layer {layer.name!r}: only the image may take the covariate 'interp' (the interpolation of x "
+                    "from the other dates): remove it from this layer's parents"
+                )
         known = set(_TOP) | set(COVARIATES) | seen
         names = ", ".join(["s", "l"] + [layer.name for layer in layers] + list(COVARIATES))
         for layer in layers:
@@ -307,8 +331,13 @@ class HierarchySpec:
                         f"layer {layer.name!r}: unknown parent {p!r}: parents must be among {names}"
                     )
         for p in self.image.parents:
-            if p not in known:
-                raise ValueError(f"image: unknown parent {p!r}: parents must be among {names}")
+            if p not in known | set(MAP_COVARIATES):
+                raise ValueError(f"image: unknown parent {p!r}: parents must be among {names}, interp")
+        if "interp" in self.image.parents and not self.temporal:
+            raise ValueError(
+                "image: the parent 'interp' interpolates x from the other dates of a stack, which needs "
+                "temporal: true: set it, or remove 'interp'"
+            )
         shared = {"s"} | {layer.name for layer in layers if layer.shared}
         for layer in layers:
             per_date = [p for p in layer.parents if p not in shared]
@@ -422,6 +451,10 @@ class HierarchySpec:
             from hvaeseg.nets.covariates import DOY_FEATURES
 
             return DOY_FEATURES
+        if name == "interp":
+            from hvaeseg.hierarchy.interpolation import INTERP_EXTRA_CHANNELS
+
+            return self.image.bands + INTERP_EXTRA_CHANNELS
         return self.layer(name).input_channels
 
     @property
@@ -429,6 +462,16 @@ class HierarchySpec:
         """Whether a layer or the image is conditioned on the day of the year (``doy`` among its parents): then
         the model and guide need ``doy=``."""
         return "doy" in self.image.parents or any("doy" in layer.parents for layer in self.layers)
+
+    @property
+    def interpolates(self) -> bool:
+        """Whether the image takes the ``interp`` covariate (then the model needs ``doy=`` for the day gaps)."""
+        return "interp" in self.image.parents
+
+    @property
+    def needs_doy(self) -> bool:
+        """Whether the model must be given ``doy=``: it conditions on it, or it interpolates between dates."""
+        return self.day_of_year or self.interpolates
 
     def check_patch(self, height: int, width: int) -> None:
         """Raise ``ValueError`` when an image of ``height x width`` does not fit this hierarchy."""
@@ -471,6 +514,7 @@ class HierarchySpec:
         init_scale: float = 0.25,
         image_scale: str = "band",
         shared_channels: int = 0,
+        interpolation: bool = False,
     ) -> HierarchySpec:
         """The default hierarchy: s, l -> z1 (Bernoulli, 1/4 resolution) -> z2 (Bernoulli, 1/2) -> x.
 
@@ -478,8 +522,12 @@ class HierarchySpec:
         ``doy`` with ``day_of_year``; about 0.3 M parameters for 10 bands and 6 classes (small enough to
         train on a CPU). A temporal hierarchy with ``shared_channels > 0`` adds ``u``: a Gaussian map of that
         many channels at full resolution, shared by the dates (parent ``s``), as a parent of ``x``: each
-        pixel's own departure from its class, the same on every date.
+        pixel's own departure from its class, the same on every date. A temporal hierarchy with ``interpolation``
+        gives the image the ``interp`` covariate (module doc): x's mean is the interpolation from the stack's other
+        dates plus the decoder's correction.
         """
+        if interpolation and not temporal:
+            raise ValueError("interpolation: the interp covariate needs a temporal hierarchy (temporal=True)")
         widths = tuple(encoder_widths)
         doy = ("doy",) if day_of_year else ()
         shared: tuple[LatentLayerSpec, ...] = ()
@@ -492,7 +540,8 @@ class HierarchySpec:
                 LatentLayerSpec("z1", "bernoulli", channels, 4, ("s", "l") + doy),
                 LatentLayerSpec("z2", "bernoulli", channels, 2, ("s", "l", "z1") + doy),
             ),
-            image=ImageLayerSpec(bands=bands, parents=("s", "l", "z2") + doy + tuple(la.name for la in shared),
+            image=ImageLayerSpec(bands=bands, parents=("s", "l", "z2") + doy + tuple(la.name for la in shared)
+                                 + (("interp",) if interpolation else ()),
                                  scale=image_scale, init_scale=init_scale),
             s_prior=s_prior,
             temporal=temporal,

@@ -86,6 +86,9 @@ class HVAEConfig:
     :param shared_channels: temporal default hierarchy: channels of ``u``, the per-pixel Gaussian latent
         shared by the dates of a stack (parent of ``x``), so filling an occluded pixel uses the same pixel's
         clear dates (0: no shared layer).
+    :param interpolation: temporal default hierarchy: the image takes the ``interp`` covariate, so the mean of a
+        date is its linear interpolation from the stack's other clear dates plus the decoder's correction
+        (:mod:`hvaeseg.hierarchy.interpolation`; ignored for single-date data).
     :param sleep_warmup: symmetric learning: the sleep term's weight rises linearly from 0 to
         ``weights.sleep_q`` over this many steps (0: full weight from the start), so that the encoder does not
         learn from generated images before the decoder has learned anything; the term is not computed while
@@ -121,6 +124,7 @@ class HVAEConfig:
     image_scale: str = "band"
     sleep_warmup: int = 0
     shared_channels: int = 4
+    interpolation: bool = False
     supervised_steps: int = 0
 
     def __post_init__(self) -> None:
@@ -235,7 +239,7 @@ class _HVAEMethod(SeededMethod):
                 num_classes, in_channels, config.code_bits, channels=config.channels,
                 s_prior=config.s_prior, temporal=temporal, patch_size=patch_size,
                 day_of_year=config.day_of_year, init_scale=config.init_scale, image_scale=config.image_scale,
-                shared_channels=config.shared_channels,
+                shared_channels=config.shared_channels, interpolation=config.interpolation and temporal,
             )
         return cls(HVAE(spec), config, seed=seed).to(device)
 
@@ -282,7 +286,7 @@ class _HVAEMethod(SeededMethod):
 
     def _doy(self, batch: Any) -> Tensor | None:
         """The batch's days of the year when the hierarchy uses them (else None)."""
-        return batch.doy if self.hvae.spec.day_of_year else None
+        return batch.doy if self.hvae.spec.needs_doy else None
 
     def _clip_and_measure(self, name: str, params: list[nn.Parameter]) -> None:
         self.last_grad_norms[name] = grad_norm(params)

@@ -275,6 +275,32 @@ def test_stacks_take_the_packages_window_of_dates(inpaint):
     assert torch.equal(fake.calls[0]["valid"][0], stack[want])
 
 
+def test_window_interpolation_fills_from_the_stacks_dates_only(inpaint):
+    """window-interpolation: the target's hidden pixels interpolated (real day gaps) between the nearest clear
+    dates *of its window*, checked pixel by pixel; no hidden value is read."""
+    for cube, tasks in _secret_cubes(inpaint):
+        fills = inpaint.hvae_fills(None, cube, tasks, patch=8, dates=3, calibration_samples=0)
+        refl = cube.reflectance()
+        for task, fill in zip(tasks, fills):
+            assert bool((fill.mean[:, task.scored] < 1.0).all())  # a secret would read 5.9
+            stack = task.valid_stack(cube.valid)
+            ds = inpaint.window_dates(task.target, stack.double().mean((1, 2)).numpy(), cube.days, 3)
+            for y, x in torch.nonzero(task.scored).tolist():
+                before = [d for d in ds if d < task.target and stack[d, y, x]]
+                after = [d for d in ds if d > task.target and stack[d, y, x]]
+                if before and after:
+                    p, n = before[-1], after[0]
+                    w = (cube.days[task.target] - cube.days[p]) / (cube.days[n] - cube.days[p])
+                    want = refl[p, :, y, x] + float(w) * (refl[n, :, y, x] - refl[p, :, y, x])
+                elif before or after:
+                    want = refl[(before or after)[-1 if before else 0], :, y, x]
+                else:
+                    continue
+                torch.testing.assert_close(fill.mean[:, y, x], want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="T >= 2"):
+        inpaint.hvae_fills(None, cube, tasks, patch=8, dates=1, calibration_samples=0)
+
+
 def test_tile_starts(inpaint):
     assert inpaint.tile_starts(64, 32) == [0, 32]
     assert inpaint.tile_starts(70, 32) == [0, 32, 38]

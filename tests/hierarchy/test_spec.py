@@ -34,7 +34,7 @@ def test_round_trip_default(fmt, tmp_path):
     assert HierarchySpec.load(path) == spec
 
 
-@pytest.mark.parametrize("name", ["default", "gaussian", "temporal"])
+@pytest.mark.parametrize("name", ["default", "gaussian", "temporal", "temporal_interp"])
 def test_example_specs_load(name):
     spec = HierarchySpec.load(SPECS_DIR / f"{name}.yaml")
     assert HierarchySpec.from_yaml(spec.to_yaml()) == spec
@@ -206,13 +206,15 @@ def valid_specs(draw):
             )
         )
     drawn = draw(st.permutations(layers))  # listing order is free
-    image_pool = ["s", "l"] + [la.name for la in layers]
+    temporal = draw(st.booleans())
+    image_pool = ["s", "l"] + [la.name for la in layers] + (["interp"] if temporal else [])
     image = ImageLayerSpec(
         bands=draw(st.integers(1, 13)),
         parents=tuple(draw(st.lists(st.sampled_from(image_pool), min_size=1, max_size=len(image_pool), unique=True))),
         scale=draw(st.sampled_from(["band", "pixel"])),
         min_scale=(min_scale := draw(st.floats(1e-6, 1.0, allow_nan=False))),
         init_scale=min_scale + draw(st.floats(1e-3, 2.0, allow_nan=False)),
+        interp_dropout=draw(st.floats(0.0, 0.99)),
     )
     network = NetworkSpec(
         encoder_widths=tuple(draw(st.lists(st.integers(1, 128), min_size=n_levels, max_size=n_levels))),
@@ -228,7 +230,7 @@ def valid_specs(draw):
             layers=tuple(drawn),
             image=image,
             s_prior=draw(st.sampled_from(["empirical", "categorical"])),
-            temporal=draw(st.booleans()),
+            temporal=temporal,
             network=network,
             patch_size=draw(st.one_of(st.none(), st.integers(1, 8).map(lambda k: k * factors[-1]))),
         )

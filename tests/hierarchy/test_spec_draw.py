@@ -11,7 +11,7 @@ from hvaeseg.hierarchy.draw import NODE_COLORS, spec_graph
 from tests.hierarchy.helpers import SPECS_DIR, load_example, tiny_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-EXAMPLES = ["default", "gaussian", "temporal", "temporal_shared"]
+EXAMPLES = ["default", "gaussian", "temporal", "temporal_shared", "temporal_interp"]
 
 
 def drawn(ax) -> tuple[dict, dict]:
@@ -37,8 +37,9 @@ def test_one_box_per_variable_and_one_arrow_per_parent_link(name):
     spec = load_example(name)
     ax = spec.draw()
     nodes, edges = drawn(ax)
-    variables = {"s", "l", "x"} | {layer.name for layer in spec.layers} | ({"doy"} if spec.day_of_year else set())
-    assert set(nodes) == variables and len(nodes) == len(spec.layers) + 3 + spec.day_of_year
+    observed = ({"doy"} if spec.day_of_year else set()) | ({"interp"} if spec.interpolates else set())
+    variables = {"s", "l", "x"} | {layer.name for layer in spec.layers} | observed
+    assert set(nodes) == variables and len(nodes) == len(spec.layers) + 3 + len(observed)
     n_links = sum(len(layer.parents) for layer in spec.layers) + len(spec.image.parents)
     assert len(edges) == n_links and set(edges) == parent_links(spec)
     for layer in spec.layers:  # the label says name, family, channels, resolution
