@@ -792,11 +792,13 @@ def pick_run(runs: dict[int, Path], seed: int) -> Path | None:
     return None
 
 
-def load_hvae(folder: Path) -> tuple[Any, Any]:
-    """``(config, hvae)`` of a run folder (its best checkpoint)."""
+def load_hvae(folder: Path, checkpoint: str = "best") -> tuple[Any, Any]:
+    """``(config, hvae)`` of a run folder: its ``best.pt`` (chosen on the validation segmentation) or, with
+    ``checkpoint="last"``, its ``checkpoint.pt`` (the last step trained)."""
     from hvaeseg.experiment import load_run
+    from hvaeseg.train import BEST, CHECKPOINT
 
-    config, _, method = load_run(folder)
+    config, _, method = load_run(folder, checkpoint={"best": BEST, "last": CHECKPOINT}[checkpoint])
     hvae = getattr(method, "hvae", None)
     if hvae is None:
         raise ValueError(f"run {folder} is a {config.method} run, not an HVAE: expected symmetric or elbo")
@@ -880,6 +882,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help='symmetric-learning options of the trained runs, e.g. \'{"shared_channels": 16}\' '
                    "(hvaeseg.methods.HVAEConfig; a folder trained with other options is trained again: use "
                    "another --out)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which state of each run fills: best.pt (chosen on the validation segmentation) or the "
+                        "last step trained (checkpoint.pt)")
     p.add_argument("--patch-size", type=int, default=32)
     p.add_argument("--block", type=int, default=None,
                    help="split block of the trained runs (default: 128 for cubes >= 512 px a side, else 32)")
@@ -964,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder, train = plan[(cube.name, kind, seed)]
                 if train:
                     trained_run(train_config(args, cube, 1 if kind == "single" else args.dates, seed), folder)
-                config, hvae = load_hvae(folder)
+                config, hvae = load_hvae(folder, args.checkpoint)
                 hvaes[kind] = (hvae, folder, config)
             for protocol in args.protocols:
                 rows.extend(evaluate(cube, protocol, seed, args.methods, hvaes, args, notes))
@@ -972,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "title": (f"Inpainting, protocols {' + '.join(args.protocols)}: mean ± sd over {len(args.seeds)} seed(s); "
                   f"HVAE: posterior mean of {args.samples} decoder means, spread and calibration from "
-                  f"{args.calibration_samples} samples of x"),
+                  f"{args.calibration_samples} samples of x, {args.checkpoint} checkpoint"),
         "protocols": {k: v for k, v in PROTOCOLS.items() if k in args.protocols},
         "cubes": [{"cube": c.name, "label": cube_label(c.name), "data": c.data, "shape": list(c.shape),
                    "bands": c.bands, "band_mean": c.mean.tolist(), "band_std": c.std.tolist()} for c in cubes],

@@ -89,6 +89,10 @@ class HVAEConfig:
     :param interpolation: temporal default hierarchy: the image takes the ``interp`` covariate, so the mean of a
         date is its linear interpolation from the stack's other clear dates plus the decoder's correction
         (:mod:`hvaeseg.hierarchy.interpolation`; ignored for single-date data).
+    :param wake_holdout: symmetric learning: probability that an unlabelled image (date of a stack) hides from
+        the guide the pixels under another image's cloud mask while the decoder still scores them
+        (:class:`~hvaeseg.objectives.SymmetricEquilibrium`): the decoder learns to predict unseen pixels, as
+        inpainting asks (0: off).
     :param sleep_warmup: symmetric learning: the sleep term's weight rises linearly from 0 to
         ``weights.sleep_q`` over this many steps (0: full weight from the start), so that the encoder does not
         learn from generated images before the decoder has learned anything; the term is not computed while
@@ -125,6 +129,7 @@ class HVAEConfig:
     sleep_warmup: int = 0
     shared_channels: int = 4
     interpolation: bool = False
+    wake_holdout: float = 0.0
     supervised_steps: int = 0
 
     def __post_init__(self) -> None:
@@ -134,6 +139,9 @@ class HVAEConfig:
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
         if self.s_prior not in ("categorical", "empirical"):
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
+        w = self.wake_holdout
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
+            raise ValueError(f"wake_holdout: expected a probability in [0, 1), got {w!r}")
         for name in ("sleep_warmup", "supervised_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -390,7 +398,7 @@ class SymmetricMethod(_HVAEMethod):
         #: the objective at full weight (the sleep warm-up ramps a copy of it, :meth:`objective_at`)
         self.objective = SymmetricEquilibrium(config.weights, num_particles=config.num_particles,
                                               sleep_masks=config.sleep_masks, sleep_relabel=config.sleep_relabel,
-                                              num_classes=hvae.spec.num_classes)
+                                              num_classes=hvae.spec.num_classes, wake_holdout=config.wake_holdout)
         self.decoder_params, self.encoder_params = hvae.parameter_groups()
         self.stepper = SymmetricStepper(
             hvae.model, hvae.guide, self.objective,
@@ -424,7 +432,8 @@ class SymmetricMethod(_HVAEMethod):
         else:
             weights = replace(w, sleep_q=w.sleep_q * step / self.config.sleep_warmup)
         return SymmetricEquilibrium(weights, num_particles=o.num_particles, sleep_masks=o.sleep_masks,
-                                    sleep_relabel=o.sleep_relabel, num_classes=o.num_classes)
+                                    sleep_relabel=o.sleep_relabel, num_classes=o.num_classes,
+                                    wake_holdout=o.wake_holdout)
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)

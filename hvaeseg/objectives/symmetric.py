@@ -167,6 +167,12 @@ class SymmetricEquilibrium:
     :param num_particles: samples per image for every expectation (>= 1).
     :param sleep_masks: show generated images to the guide under real cloud masks.
     :param sleep_relabel: probability that a sleep map is relabelled (see above), in ``[0, 1]``.
+    :param wake_holdout: probability, in ``[0, 1)``, that an image (temporal: a date of a stack) of the unlabelled
+        wake batch hides from the guide the pixels under the cloud mask of another image of the batch (drawn
+        with the global generator); the model still scores them, so the decoder learns to predict pixels the
+        posterior did not see, which is what inpainting asks of it. A model whose image takes the ``interp``
+        covariate computes it from the pixels the guide saw (``interp_from``). 0 (default): the guide sees every
+        valid pixel, as above.
 
     References:
 
@@ -181,6 +187,7 @@ class SymmetricEquilibrium:
         sleep_masks: bool = False,
         sleep_relabel: float = 0.0,
         num_classes: int | None = None,
+        wake_holdout: float = 0.0,
     ) -> None:
         if weights is None:
             weights = SymmetricWeights()
@@ -195,6 +202,11 @@ class SymmetricEquilibrium:
         if sleep_relabel > 0 and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                   or num_classes < 1):
             raise ValueError(f"sleep_relabel needs num_classes (the number of classes K >= 1), got {num_classes!r}")
+        if isinstance(wake_holdout, bool) or not isinstance(wake_holdout, (int, float)) or not (
+            0.0 <= wake_holdout < 1.0
+        ):
+            raise ValueError(f"expected wake_holdout as a probability in [0, 1), got {wake_holdout!r}")
+        self.wake_holdout = float(wake_holdout)
         self.weights = weights
         self.num_particles = num_particles
         self.sleep_masks = bool(sleep_masks)
@@ -268,7 +280,8 @@ class SymmetricEquilibrium:
             out["labelled_p"], fn = self._wake(model, guide, lab.x, lab.s, lab.valid, lab.doy,
                                                s_site=w.supervised_q > 0)
         if unl is not None and w.unlabelled_p > 0:
-            out["unlabelled_p"], _ = self._wake(model, guide, unl.x, None, unl.valid, unl.doy)
+            out["unlabelled_p"], _ = self._wake(model, guide, unl.x, None, unl.valid, unl.doy,
+                                                hide=self._holdout(unl.valid))
         if lab is not None and w.supervised_q > 0:
             if fn is None:
                 fn = site_distribution(guide, "s", lab.x, s=lab.s, valid=lab.valid, **lab.kwargs)
@@ -311,20 +324,29 @@ class SymmetricEquilibrium:
         doy: Tensor | None = None,
         *,
         s_site: bool = False,
+        hide: Tensor | None = None,
     ) -> tuple[Tensor, Any]:
         """Mean per image of log p(x, s, l, z) at samples of the guide (s completed at void pixels), and, with
         ``s_site``, the guide's ``"s"`` distribution of the first particle with its graph (for the
-        supervised term; the samples themselves carry no gradient either way), else None."""
+        supervised term; the samples themselves carry no gradient either way), else None. ``hide`` (``valid``'s
+        shape): valid pixels the guide does not see and the model scores (``wake_holdout``)."""
         p = self.num_particles
         xr, sr, vr = repeat(x, p), repeat(s, p), repeat(valid, p)
         kw = covariates(repeat(doy, p))
+        model_kw = dict(kw)
+        if hide is not None and vr is not None:
+            seen = vr & ~repeat(hide, p)
+            if _interpolates(model):
+                model_kw["interp_from"] = (xr, seen)
+        else:
+            seen = vr
         s_fn = None
         if s_site and p == 1:
-            guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=vr, **kw)
+            guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=seen, **kw)
             s_fn = guide_trace.nodes["s"]["fn"] if "s" in guide_trace.nodes else None
         else:
             with torch.no_grad():
-                guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=vr, **kw)
+                guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=seen, **kw)
         s_full = s_value(guide_trace, "guide")
         if s_full.is_floating_point():
             raise ValueError(f"expected the guide's 's' value as int64 class ids, got {s_full.dtype}")
@@ -336,8 +358,19 @@ class SymmetricEquilibrium:
                     "expected the guide given s to keep labelled pixels and sample void ones "
                     "(docs/conventions.md), got an 's' value that differs at labelled pixels"
                 )
-        model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=s_full, valid=vr, **kw)
+        model_trace = poutine.trace(replay(model, trace=guide_trace)).get_trace(x=xr, s=s_full, valid=vr, **model_kw)
         return torch.as_tensor(model_trace.log_prob_sum(), device=xr.device) / xr.shape[0], s_fn
+
+    def _holdout(self, valid: Tensor | None) -> Tensor | None:
+        """The pixels the guide does not see in a wake batch (``wake_holdout``), ``valid``'s shape, or None: each
+        image (date of a stack) with probability ``wake_holdout`` takes the cloud mask of a random image of the
+        batch; its valid pixels under it are hidden."""
+        if self.wake_holdout == 0 or valid is None:
+            return None
+        flat = valid.reshape(-1, *valid.shape[-2:])  # (B[*T], H, W)
+        donor = flat[torch.randint(flat.shape[0], (flat.shape[0],), device=valid.device)]
+        pick = torch.rand(flat.shape[0], device=valid.device) < self.wake_holdout
+        return (flat & ~donor & pick[:, None, None]).reshape(valid.shape)
 
     def _sleep(
         self,
@@ -409,3 +442,10 @@ class SymmetricEquilibrium:
         if not s_seen:
             raise ValueError("expected a sample site named 's' in the guide (docs/conventions.md), got none")
         return total / rows
+
+
+def _interpolates(model: Any) -> bool:
+    """Whether ``model`` is the model of an HVAE whose image takes the ``interp`` covariate (it then accepts
+    ``interp_from=``)."""
+    spec = getattr(getattr(model, "__self__", None), "spec", None)
+    return bool(getattr(spec, "interpolates", False))

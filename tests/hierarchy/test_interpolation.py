@@ -217,7 +217,7 @@ def test_generating_without_observations_uses_the_latents_alone_and_bad_context_
         poutine.trace(hvae.model).get_trace(x, None, valid)
 
 
-def test_an_interpolating_temporal_run_trains_and_inpaints(tmp_path):
+def test_an_interpolating_temporal_run_trains(tmp_path):
     from hvaeseg.experiment import RunConfig, train_run
 
     config = RunConfig(method="symmetric", labels=2, steps=2, dates=3, val_every=0, checkpoint_every=0,
