@@ -95,7 +95,9 @@ class Decoder(nn.Module):
         out = image.bands * (2 if image.scale == "pixel" else 1)
         self._add("x", image.parents, out, net.decoder_width, net.decoder_depth)
         if spec.interpolates:  # a residual to the interpolation: start from it (the correction, and scale, zero)
-            zero_init(self.nets["x"].head)
+            head = self.nets["x"].head
+            assert isinstance(head, nn.Module)  # ConditionalConvNet's output conv
+            zero_init(head)
         if image.scale == "band":
             init = _inverse_softplus(image.init_scale - image.min_scale)
             self.x_scale = nn.Parameter(torch.full((image.bands,), init))

@@ -333,13 +333,12 @@ class SymmetricEquilibrium:
         p = self.num_particles
         xr, sr, vr = repeat(x, p), repeat(s, p), repeat(valid, p)
         kw = covariates(repeat(doy, p))
-        model_kw = dict(kw)
+        model_kw: dict[str, Any] = dict(kw)
+        seen: Tensor | None = vr
         if hide is not None and vr is not None:
             seen = vr & ~repeat(hide, p)
             if _interpolates(model):
                 model_kw["interp_from"] = (xr, seen)
-        else:
-            seen = vr
         s_fn = None
         if s_site and p == 1:
             guide_trace = poutine.trace(guide).get_trace(xr, s=sr, valid=seen, **kw)

@@ -1,7 +1,12 @@
 """Diagnostic: the fill of an interp run with its image net's output zeroed = the in-window leave-one-out
 interpolation alone, against the full-series interpolation, on the same tasks."""
-import sys, json, torch, pyro
+import json
+import sys
+
 import inpaint as m
+import pyro
+import torch
+
 cube_spec, run, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 protocol = sys.argv[4] if len(sys.argv) > 4 else "pasted"
 torch.set_num_threads(1)

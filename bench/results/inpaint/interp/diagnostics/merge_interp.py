@@ -1,7 +1,10 @@
 """Merge the per-seed JSONs of the interp + wake_holdout runs on WorldCereal into one report (the benchmark's own
 summarise / table / plot_report)."""
-import json, sys
+import json
+import sys
+
 import inpaint as m
+
 WC = "runs/cubes/worldcereal.zarr"
 rows = {}
 def add(path, methods=None):
