@@ -140,8 +140,8 @@ class HVAEConfig:
         if self.s_prior not in ("categorical", "empirical"):
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
         w = self.wake_holdout
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
-            raise ValueError(f"wake_holdout: expected a probability in [0, 1), got {w!r}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            raise ValueError(f"wake_holdout: expected a probability in [0, 1], got {w!r}")
         for name in ("sleep_warmup", "supervised_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

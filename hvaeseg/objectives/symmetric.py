@@ -167,7 +167,7 @@ class SymmetricEquilibrium:
     :param num_particles: samples per image for every expectation (>= 1).
     :param sleep_masks: show generated images to the guide under real cloud masks.
     :param sleep_relabel: probability that a sleep map is relabelled (see above), in ``[0, 1]``.
-    :param wake_holdout: probability, in ``[0, 1)``, that an image (temporal: a date of a stack) of the unlabelled
+    :param wake_holdout: probability, in ``[0, 1]``, that an image (temporal: a date of a stack) of the unlabelled
         wake batch hides from the guide the pixels under the cloud mask of another image of the batch (drawn
         with the global generator); the model still scores them, so the decoder learns to predict pixels the
         posterior did not see, which is what inpainting asks of it. A model whose image takes the ``interp``
@@ -203,9 +203,9 @@ class SymmetricEquilibrium:
                                   or num_classes < 1):
             raise ValueError(f"sleep_relabel needs num_classes (the number of classes K >= 1), got {num_classes!r}")
         if isinstance(wake_holdout, bool) or not isinstance(wake_holdout, (int, float)) or not (
-            0.0 <= wake_holdout < 1.0
+            0.0 <= wake_holdout <= 1.0
         ):
-            raise ValueError(f"expected wake_holdout as a probability in [0, 1), got {wake_holdout!r}")
+            raise ValueError(f"expected wake_holdout as a probability in [0, 1], got {wake_holdout!r}")
         self.wake_holdout = float(wake_holdout)
         self.weights = weights
         self.num_particles = num_particles

@@ -27,12 +27,23 @@ def test_holdout_hides_valid_pixels_under_other_images_masks_at_the_asked_rate()
     assert 0.4 < float(touched.float().mean()) < 0.55  # p = 0.5, less the draws whose donor hides nothing new
     assert SymmetricEquilibrium()._holdout(valid) is None
     assert obj._holdout(None) is None
-    for bad in (1.0, -0.1, True):
+    for bad in (1.5, -0.1, True):
         with pytest.raises(ValueError, match="wake_holdout"):
             SymmetricEquilibrium(wake_holdout=bad)
 
 
-@pytest.mark.parametrize("holdout", [0.0, 0.9])
+def test_holdout_one_hides_on_every_date_exactly_what_a_donor_mask_of_the_batch_covers():
+    obj = SymmetricEquilibrium(wake_holdout=1.0)
+    torch.manual_seed(3)
+    valid = torch.rand(64, 2, 5, 5) < 0.5
+    flat = valid.reshape(-1, 5, 5)
+    hide = obj._holdout(valid).reshape(-1, 5, 5)
+    for i in range(flat.shape[0]):  # some image of the batch is the donor: hide == valid & ~donor
+        assert any(torch.equal(hide[i], flat[i] & ~flat[j]) for j in range(flat.shape[0]))
+    assert bool(hide.flatten(1).any(1).float().mean() > 0.9)  # p = 1: (nearly) every date hides something
+
+
+@pytest.mark.parametrize("holdout", [0.0, 0.9, 1.0])
 def test_the_guide_never_sees_hidden_pixels_and_the_model_scores_every_valid_one(holdout):
     m = TinyHVAE(K=2, H=3, W=4, D=1, C=2)
     model, guide, calls = _recording(m)
