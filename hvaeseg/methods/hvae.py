@@ -36,6 +36,7 @@ from hvaeseg.methods.base import SeededMethod, StepBatch
 from hvaeseg.methods.supervised import call_net, eval_mode
 from hvaeseg.nets.ema import ema_copy, ema_decay_at, ema_update
 from hvaeseg.objectives import SemiSupervisedELBO, SymmetricEquilibrium, SymmetricWeights
+from hvaeseg.objectives._common import check_probability
 from hvaeseg.objectives.elbo import ESTIMATORS
 from hvaeseg.objectives.estimators import consistency, iwae_bound, reconstruction_error
 from hvaeseg.objectives.stepper import SymmetricStepper, grad_norm
@@ -139,9 +140,7 @@ class HVAEConfig:
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
         if self.s_prior not in ("categorical", "empirical"):
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
-        w = self.wake_holdout
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
-            raise ValueError(f"wake_holdout: expected a probability in [0, 1], got {w!r}")
+        check_probability(self.wake_holdout, "wake_holdout")
         for name in ("sleep_warmup", "supervised_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -161,10 +160,7 @@ class HVAEConfig:
             raise ValueError(f"weight_decay: expected a number >= 0, got {self.weight_decay!r}")
         if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float)) and self.clip_norm > 0):
             raise ValueError(f"clip_norm: expected a positive number or None, got {self.clip_norm!r}")
-        if isinstance(self.sleep_relabel, bool) or not (
-            isinstance(self.sleep_relabel, (int, float)) and 0 <= self.sleep_relabel <= 1
-        ):
-            raise ValueError(f"sleep_relabel: expected a probability in [0, 1], got {self.sleep_relabel!r}")
+        check_probability(self.sleep_relabel, "sleep_relabel")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
         for name in ("augment", "sleep_masks", "day_of_year"):

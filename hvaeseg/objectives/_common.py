@@ -37,6 +37,13 @@ class Unlabelled(NamedTuple):
         return covariates(self.doy)
 
 
+def check_probability(value: Any, name: str) -> float:
+    """``value`` as a float if it is a probability in ``[0, 1]`` (a bool is not); else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: expected a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
 def covariates(doy: Tensor | None) -> dict[str, Tensor]:
     """The covariate keywords of a model / guide call: ``{"doy": doy}``, or none when the day of the year is
     unknown (so models without covariates are called exactly as before)."""

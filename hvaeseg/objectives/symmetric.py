@@ -26,6 +26,7 @@ from hvaeseg.objectives._common import (
     as_labelled,
     as_unlabelled,
     check_labels,
+    check_probability,
     covariates,
     is_empirical,
     repeat,
@@ -195,18 +196,11 @@ class SymmetricEquilibrium:
             raise TypeError(f"expected weights as SymmetricWeights, got {type(weights).__name__}")
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"expected num_particles as an int >= 1, got {num_particles!r}")
-        if isinstance(sleep_relabel, bool) or not isinstance(sleep_relabel, (int, float)) or not (
-            0.0 <= sleep_relabel <= 1.0
-        ):
-            raise ValueError(f"expected sleep_relabel as a probability in [0, 1], got {sleep_relabel!r}")
+        check_probability(sleep_relabel, "sleep_relabel")
         if sleep_relabel > 0 and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                   or num_classes < 1):
             raise ValueError(f"sleep_relabel needs num_classes (the number of classes K >= 1), got {num_classes!r}")
-        if isinstance(wake_holdout, bool) or not isinstance(wake_holdout, (int, float)) or not (
-            0.0 <= wake_holdout <= 1.0
-        ):
-            raise ValueError(f"expected wake_holdout as a probability in [0, 1], got {wake_holdout!r}")
-        self.wake_holdout = float(wake_holdout)
+        self.wake_holdout = check_probability(wake_holdout, "wake_holdout")
         self.weights = weights
         self.num_particles = num_particles
         self.sleep_masks = bool(sleep_masks)
