@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import inpaint as m
+import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -26,7 +27,7 @@ pyro.set_rng_seed(seed)
 cube = m.load_cube(cube_spec, "runs/cubes")
 if protocol == "cloudyvalid":  # valid pixels of the partly cloudy dates, hidden
     occ, _ = m.protocol_tasks(cube, "occluded", seed)
-    rng_t = __import__("numpy").random.default_rng(seed)
+    rng_t = np.random.default_rng(seed)
     tasks = []
     for tk in occ:
         donor = int(rng_t.choice([o.target for o in occ if o.target != tk.target]))
