@@ -4,9 +4,11 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
+import torch.distributions as td
 import torch.nn.functional as F
 
 from hvaeseg.distributions import (
+    BandCorrelatedNormal,
     EmpiricalPrior,
     FastBernoulli,
     FastCategorical,
@@ -285,3 +287,64 @@ def test_void_and_relaxed_values_are_scored_with_pyro_validation_on():
     torch.testing.assert_close(tr.nodes["s"]["log_prob"], want_s)
     want_b = (relaxed * math.log(0.5) + (1 - relaxed) * math.log(0.5)).sum()
     torch.testing.assert_close(tr.nodes["b"]["log_prob"], want_b.expand(2))
+
+
+# ----------------------------------------------------------------------------- BandCorrelatedNormal
+def _band_correlated(seed=0, B=2, C=4, r=2, H=3, W=5, masked=True):
+    g = torch.Generator().manual_seed(seed)
+    loc = torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
+    scale = 0.2 + torch.rand(C, 1, 1, generator=g, dtype=torch.float64)
+    factor = torch.randn(B, C * r, H, W, generator=g, dtype=torch.float64)
+    mask = torch.rand(B, H, W, generator=g) > 0.3 if masked else None
+    return BandCorrelatedNormal(loc, scale, factor, mask), (loc, scale, factor, mask)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_band_correlated_log_prob_is_the_sum_of_per_pixel_low_rank_gaussians(rank):
+    """Against torch's LowRankMultivariateNormal, pixel by pixel, masked pixels left out."""
+    d, (loc, scale, factor, mask) = _band_correlated(r=rank)
+    x = torch.randn(loc.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    B, C, H, W = loc.shape
+    want = torch.zeros(B, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            for w in range(W):
+                if mask[b, h, w]:
+                    F_ = factor[b, :, h, w].reshape(C, rank)  # band c, factor k at channel c * r + k
+                    want[b] += td.LowRankMultivariateNormal(loc[b, :, h, w], F_, scale[:, 0, 0] ** 2).log_prob(
+                        x[b, :, h, w])
+    torch.testing.assert_close(d.log_prob(x), want)
+    assert d.batch_shape == (B,) and d.event_shape == (C, H, W)
+
+
+def test_band_correlated_with_a_zero_factor_is_the_masked_normal():
+    d, (loc, scale, factor, mask) = _band_correlated()
+    zero = BandCorrelatedNormal(loc, scale, torch.zeros_like(factor), mask)
+    x = loc + 0.5
+    want = (td.Normal(loc, scale).log_prob(x) * mask.unsqueeze(1)).sum((1, 2, 3))
+    torch.testing.assert_close(zero.log_prob(x), want)
+
+
+def test_band_correlated_samples_have_the_declared_mean_and_covariance():
+    torch.manual_seed(0)
+    d, (loc, scale, factor, _) = _band_correlated(B=1, H=1, W=2, masked=False)
+    x = d.sample((40000,))  # (n, 1, C, 1, 2)
+    assert x.shape == (40000, 1, 4, 1, 2)
+    for w in range(2):
+        px = x[:, 0, :, 0, w]
+        F_ = factor[0, :, 0, w].reshape(4, 2)
+        cov = F_ @ F_.T + torch.diag(scale[:, 0, 0] ** 2)
+        torch.testing.assert_close(px.mean(0), loc[0, :, 0, w], atol=0.05, rtol=0)
+        torch.testing.assert_close(torch.cov(px.T), cov, atol=0.08 * float(cov.abs().max()), rtol=0)
+        torch.testing.assert_close(d.variance[0, :, 0, w], torch.diagonal(cov))
+    # pixels are independent of one another
+    assert abs(float(torch.corrcoef(torch.stack([x[:, 0, 0, 0, 0], x[:, 0, 0, 0, 1]]))[0, 1])) < 0.02
+
+
+def test_band_correlated_is_differentiable_in_every_parameter_and_rejects_a_bad_factor():
+    d, (loc, scale, factor, mask) = _band_correlated()
+    params = [loc.clone().requires_grad_(), scale.clone().requires_grad_(), factor.clone().requires_grad_()]
+    BandCorrelatedNormal(*params, mask).log_prob(loc + 0.3).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    with pytest.raises(ValueError, match=r"factor: expected \(\.\.\., C \* r, 3, 5\) with C = 4"):
+        BandCorrelatedNormal(loc, scale, factor[:, :5], mask)

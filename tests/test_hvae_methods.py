@@ -62,6 +62,7 @@ def snapshot(params) -> list[torch.Tensor]:
     ("augment", "yes"), ("sleep_masks", 1), ("day_of_year", None),
     ("s_prior", "uniform"),
     ("alpha", -1.0), ("alpha", float("nan")),
+    ("image_cov_rank", -1), ("image_cov_rank", 1.5), ("decoder_interactions", "yes"),
 ])
 def test_config_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field}: expected") as err:
@@ -84,6 +85,32 @@ def test_config_boundaries_are_accepted():
                         weights={"sleep_q": 0, "labelled_p": 2})
     assert config.weights == SymmetricWeights(sleep_q=0.0, labelled_p=2.0)
     assert HVAEConfig(estimator="score_function", clip_norm=1e-3).clip_norm == 1e-3
+
+
+def test_correlated_bands_and_interactions_reach_the_default_hierarchy():
+    method = SymmetricMethod.build(C, K, config=HVAEConfig(image_cov_rank=2, decoder_interactions=True), patch_size=P)
+    spec = method.hvae.spec
+    assert spec.image.cov_rank == 2 and spec.network.decoder_interactions
+    assert method.hvae.decoder.nets["x"].head.out_channels == C * (1 + 2)
+    with pytest.raises(ValueError, match=rf"image: cov_rank must be an integer in \[0, bands = {C}\)"):
+        SymmetricMethod.build(C, K, config=HVAEConfig(image_cov_rank=C), patch_size=P)
+
+
+@pytest.mark.parametrize("cls", [SymmetricMethod, ELBOMethod])
+def test_both_objectives_train_the_band_factors_of_a_correlated_image(cls):
+    """One step of each objective with a rank-2 band covariance: finite losses, and the decoder's factor
+    channels (the x head's last C * 2 outputs) move; the sleep images of symmetric learning are drawn from it."""
+    torch.manual_seed(0)
+    spec = HierarchySpec.default(K, C, 2, channels=2, s_prior="categorical", encoder_widths=(4, 4, 4),
+                                 decoder_width=4, patch_size=P, day_of_year=True, image_cov_rank=2,
+                                 decoder_interactions=True)
+    method = build(cls, spec)
+    head = method.hvae.decoder.nets["x"].head
+    before = head.weight[C:].detach().clone()
+    losses = method.losses(step_batch(), 0)
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    method.update(losses)
+    assert not torch.equal(head.weight[C:], before)
 
 
 def test_config_spec_must_match_the_data():

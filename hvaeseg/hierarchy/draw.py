@@ -68,7 +68,8 @@ def _label(spec: HierarchySpec, name: str) -> str:
     if name == "l":
         return f"l\nbernoulli, {spec.code_bits} bits\nglobal (per image)"
     if name == "x":
-        return f"x\ngaussian, {spec.image.bands} bands\nfull res., {spec.image.scale} scale"
+        bands = f"rank-{spec.image.cov_rank} band covariance" if spec.image.cov_rank else "independent bands"
+        return f"x\ngaussian, {spec.image.bands} bands\nfull res., {spec.image.scale} scale,\n{bands}"
     if name == "interp":
         return f"{name}\nx of the other dates,\ninterpolated (observed)"
     if name in COVARIATES:

@@ -7,6 +7,9 @@ Generative model, top-down (``z0 = (s, l)``, layers in topological order, then `
     z_t ~ p(z_t | parents)            (B, C_t, H/r_t, W/r_t)      temporal: (B, T, C_t, ...)
     x   ~ Normal(loc, scale)          (B, C, H, W), masked by valid  temporal: (B, T, C, H, W)
 
+With the image's ``cov_rank > 0`` a pixel's bands are correlated: ``x ~ BandCorrelatedNormal(loc, scale,
+factor)``, covariance ``diag(scale^2) + F F^T`` per pixel with the ``(C, r)`` factor F from the decoder.
+
 With the ``interp`` covariate among the image's parents (temporal only), ``loc`` is the leave-one-out
 interpolation of each date from the stack's other clear dates plus the decoder's correction
 (:mod:`hvaeseg.hierarchy.interpolation`): the density of a date given the others' observations, so the model's
@@ -46,6 +49,7 @@ from pyro.nn import PyroModule
 from torch.distributions import Bernoulli, kl_divergence
 
 from hvaeseg.distributions import (
+    BandCorrelatedNormal,
     EmpiricalPrior,
     FastBernoulli,
     FastCategorical,
@@ -367,9 +371,11 @@ class HVAE(PyroModule):
                     out = self._prior_out(name, inputs, H, W, B, T)
                     z = pyro.sample(name, self._layer_dist(self._layers[name], out).to_event(3))
                     inputs[name] = parent_input(spec, name, z, dtype)
-                loc, scale = self.decoder.x_params(self._prior_out("x", inputs, H, W, B, T))
+                loc, scale, factor = self.decoder.x_params(self._prior_out("x", inputs, H, W, B, T))
                 if interp is not None:  # a residual to the interpolation from the other dates
                     loc = loc + interp[..., : spec.image.bands, :, :]
+                if factor is not None:  # bands correlated within a pixel
+                    return pyro.sample("x", BandCorrelatedNormal(loc, scale, factor, valid), obs=x)
                 fn = Normal(loc, scale, validate_args=False)
                 if valid is not None:
                     fn = fn.mask(valid.unsqueeze(-3))

@@ -93,11 +93,13 @@ class Decoder(nn.Module):
             self._add(layer.name, layer.parents, layer.param_channels, net.decoder_width, net.decoder_depth)
         image = spec.image
         out = image.bands * (2 if image.scale == "pixel" else 1)
-        self._add("x", image.parents, out, net.decoder_width, net.decoder_depth)
+        self._add("x", image.parents, out + image.bands * image.cov_rank, net.decoder_width, net.decoder_depth)
         if spec.interpolates:  # a residual to the interpolation: start from it (the correction, and scale, zero)
             head = self.nets["x"].head
-            assert isinstance(head, nn.Module)  # ConditionalConvNet's output conv
+            assert isinstance(head, nn.Conv2d)  # ConditionalConvNet's output conv
             zero_init(head)
+            if image.cov_rank:  # not the factors: F = 0 is a stationary point of the likelihood (its gradient is 0)
+                nn.init.normal_(head.weight[out:], std=0.01)
         if image.scale == "band":
             init = _inverse_softplus(image.init_scale - image.min_scale)
             self.x_scale = nn.Parameter(torch.full((image.bands,), init))
@@ -122,6 +124,7 @@ class Decoder(nn.Module):
             width,
             depth,
             out_channels,
+            interactions=self.spec.network.decoder_interactions,
         )
 
     def net_output(self, name: str, inputs: dict[str, torch.Tensor], size) -> torch.Tensor:
@@ -133,14 +136,26 @@ class Decoder(nn.Module):
         glob = [inputs[p] for p in self.global_parents[name]]
         return self.nets[name](spatial, glob, size=size)
 
-    def x_params(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loc, scale)`` of p(x | parents) from the net output; loc unconstrained, scale positive."""
+    def band_scales(self) -> torch.Tensor | None:
+        """The image's learned per-band scale ``(C,)`` (None when it is predicted per pixel)."""
+        if self.x_scale is None:
+            return None
+        return self.spec.image.min_scale + F.softplus(self.x_scale)
+
+    def x_params(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(loc, scale, factor)`` of p(x | parents) from the net output: loc unconstrained ``(..., C, H, W)``,
+        scale positive (``(C, 1, 1)`` or ``(..., C, H, W)``), and the band covariance factor ``(..., C * r, H, W)``
+        (None when the image's ``cov_rank`` is 0)."""
         image = self.spec.image
-        if image.scale == "band":
-            scale = image.min_scale + F.softplus(self.x_scale)
-            return out, scale[:, None, None]
+        factor = None
+        if image.cov_rank:
+            out, factor = out.split([out.shape[-3] - image.bands * image.cov_rank, image.bands * image.cov_rank],
+                                    dim=-3)
+        scale = self.band_scales()
+        if scale is not None:
+            return out, scale[:, None, None], factor
         loc, raw = out.chunk(2, dim=-3)
-        return loc, image.min_scale + F.softplus(raw + self.x_scale_offset)
+        return loc, image.min_scale + F.softplus(raw + self.x_scale_offset), factor
 
 
 class LadderEncoder(nn.Module):

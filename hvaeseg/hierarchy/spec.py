@@ -191,6 +191,10 @@ class ImageLayerSpec:
         zero network). Inputs are normalised to unit variance per band, so the default 0.25 says "the
         parents will explain most of the variance"; starting at 1 left the scale near 0.9 for hundreds of
         steps (its optimum is about 0.27 on the synthetic cube), so generated images were mostly noise.
+    :param cov_rank: rank of each pixel's covariance between bands beyond the diagonal scale: 0 (default)
+        makes the bands of a pixel independent given the parents; ``r > 0`` adds ``r`` factors per band
+        predicted by the decoder (:class:`~hvaeseg.distributions.BandCorrelatedNormal`), so that a class's
+        pixels may vary together across bands (brightness, greenness), as real land cover does.
     :param interp_dropout: with ``interp`` among the parents: the probability that, in training, a date's
         covariate is hidden (as if no other date were clear), so that the decoder also learns to generate from
         the latents alone, as the sleep images of symmetric learning are generated. In ``[0, 1)``.
@@ -202,6 +206,7 @@ class ImageLayerSpec:
     min_scale: float = 1e-3
     init_scale: float = 0.25
     interp_dropout: float = 0.25
+    cov_rank: int = 0
 
     def __post_init__(self):
         _positive_int(self.bands, "image: bands", "give the number of spectral bands, e.g. 10")
@@ -226,6 +231,10 @@ class ImageLayerSpec:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
             raise ValueError(f"image: interp_dropout must be a probability in [0, 1), got {p!r}: e.g. 0.25")
         object.__setattr__(self, "interp_dropout", float(p))
+        r = self.cov_rank
+        if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < self.bands:
+            raise ValueError(f"image: cov_rank must be an integer in [0, bands = {self.bands}), got {r!r}: e.g. 2 "
+                             "(0: independent bands)")
 
 
 @dataclass(frozen=True)
@@ -237,12 +246,16 @@ class NetworkSpec:
     :param encoder_depths: residual blocks per U-Net level.
     :param decoder_width: channels of every decoder net between layers.
     :param decoder_depth: residual blocks of every decoder net.
+    :param decoder_interactions: every decoder net with both spatial and global parents (``doy``, ``l``) also
+        projects their products (:class:`~hvaeseg.nets.ConditionalConvNet`), so that a class's spectrum can
+        follow the day of the year (default: the global parents only shift each map).
     """
 
     encoder_widths: tuple[int, ...] = (32, 48, 64)
     encoder_depths: tuple[int, ...] = (1, 1, 1)
     decoder_width: int = 32
     decoder_depth: int = 1
+    decoder_interactions: bool = False
 
     def __post_init__(self):
         widths = _int_tuple(self.encoder_widths, "network: encoder_widths")
@@ -261,6 +274,8 @@ class NetworkSpec:
         _positive_int(self.decoder_width, "network: decoder_width", "e.g. 32")
         if isinstance(self.decoder_depth, bool) or not isinstance(self.decoder_depth, int) or self.decoder_depth < 0:
             raise ValueError(f"network: decoder_depth must be a non-negative integer, got {self.decoder_depth!r}")
+        if not isinstance(self.decoder_interactions, bool):
+            raise ValueError(f"network: decoder_interactions must be true or false, got {self.decoder_interactions!r}")
 
     @property
     def factors(self) -> tuple[int, ...]:
@@ -515,6 +530,8 @@ class HierarchySpec:
         image_scale: str = "band",
         shared_channels: int = 0,
         interpolation: bool = False,
+        image_cov_rank: int = 0,
+        decoder_interactions: bool = False,
     ) -> HierarchySpec:
         """The default hierarchy: s, l -> z1 (Bernoulli, 1/4 resolution) -> z2 (Bernoulli, 1/2) -> x.
 
@@ -524,7 +541,8 @@ class HierarchySpec:
         many channels at full resolution, shared by the dates (parent ``s``), as a parent of ``x``: each
         pixel's own departure from its class, the same on every date. A temporal hierarchy with ``interpolation``
         gives the image the ``interp`` covariate (module doc): x's mean is the interpolation from the stack's other
-        dates plus the decoder's correction.
+        dates plus the decoder's correction. ``image_cov_rank`` is the image's ``cov_rank`` (:class:`ImageLayerSpec`),
+        ``decoder_interactions`` the network's (:class:`NetworkSpec`).
         """
         if interpolation and not temporal:
             raise ValueError("interpolation: the interp covariate needs a temporal hierarchy (temporal=True)")
@@ -542,10 +560,10 @@ class HierarchySpec:
             ),
             image=ImageLayerSpec(bands=bands, parents=("s", "l", "z2") + doy + tuple(la.name for la in shared)
                                  + (("interp",) if interpolation else ()),
-                                 scale=image_scale, init_scale=init_scale),
+                                 scale=image_scale, init_scale=init_scale, cov_rank=image_cov_rank),
             s_prior=s_prior,
             temporal=temporal,
-            network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1),
+            network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1, decoder_interactions),
             patch_size=patch_size,
         )
 

@@ -105,6 +105,12 @@ class HVAEConfig:
     :param image_scale: the default hierarchy's image scale, ``"band"`` (one learned scale per band) or
         ``"pixel"`` (predicted per pixel and band by the decoder: heteroscedastic, e.g. water tighter than
         urban).
+    :param image_cov_rank: the default hierarchy's image ``cov_rank``: the rank of each pixel's covariance
+        between bands beyond the diagonal (0: independent bands given the latents; see
+        :class:`~hvaeseg.hierarchy.spec.ImageLayerSpec`).
+    :param decoder_interactions: the default hierarchy's decoder nets also project the products of their
+        spatial and global parents (``NetworkSpec.decoder_interactions``): class spectra that follow the day of
+        the year.
     """
 
     lr: float = 1e-3
@@ -132,6 +138,8 @@ class HVAEConfig:
     interpolation: bool = False
     wake_holdout: float = 0.0
     supervised_steps: int = 0
+    image_cov_rank: int = 0
+    decoder_interactions: bool = False
 
     def __post_init__(self) -> None:
         for name in ("lr", "global_lr", "temperature", "init_scale"):
@@ -141,13 +149,15 @@ class HVAEConfig:
         if self.s_prior not in ("categorical", "empirical"):
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
         check_probability(self.wake_holdout, "wake_holdout")
-        for name in ("sleep_warmup", "supervised_steps"):
+        for name in ("sleep_warmup", "supervised_steps", "image_cov_rank"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0 (steps), got {value!r}")
         if (isinstance(self.shared_channels, bool) or not isinstance(self.shared_channels, int)
                 or self.shared_channels < 0):
             raise ValueError(f"shared_channels: expected an int >= 0, got {self.shared_channels!r}")
+        if not isinstance(self.decoder_interactions, bool):
+            raise ValueError(f"decoder_interactions: expected true or false, got {self.decoder_interactions!r}")
         if self.image_scale not in IMAGE_SCALES:
             raise ValueError(f"image_scale: expected one of {IMAGE_SCALES}, got {self.image_scale!r}")
         if self.estimator not in ESTIMATORS:
@@ -243,6 +253,7 @@ class _HVAEMethod(SeededMethod):
                 num_classes, in_channels, config.code_bits, channels=config.channels,
                 s_prior=config.s_prior, temporal=temporal, patch_size=patch_size,
                 day_of_year=config.day_of_year, init_scale=config.init_scale, image_scale=config.image_scale,
+                image_cov_rank=config.image_cov_rank, decoder_interactions=config.decoder_interactions,
                 shared_channels=config.shared_channels, interpolation=config.interpolation and temporal,
             )
         return cls(HVAE(spec), config, seed=seed).to(device)
@@ -352,11 +363,9 @@ class _HVAEMethod(SeededMethod):
         """
         hvae = self.hvae
         out: dict[str, Any] = {}
-        if hvae.decoder.x_scale is not None:
-            with torch.no_grad():
-                _, scale = hvae.decoder.x_params(torch.zeros(1, hvae.spec.image.bands, 1, 1,
-                                                             device=hvae.decoder.x_scale.device))
-            out["sigma"] = [float(v) for v in scale.flatten()]
+        scale = hvae.decoder.band_scales()
+        if scale is not None:
+            out["sigma"] = [float(v) for v in scale.detach().flatten()]
         probe = batch.unlabelled if batch.unlabelled is not None else batch.labelled
         if probe is not None:
             out["layers"] = hvae.layer_statistics(probe.x, probe.valid, doy=self._doy(probe))

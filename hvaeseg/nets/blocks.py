@@ -63,6 +63,13 @@ class ResBlock(nn.Module):
         return x + h
 
 
+def _conv_any(conv: nn.Module, p: torch.Tensor) -> torch.Tensor:
+    """``conv`` of ``(N, C, h, w)``, or of ``(B, T, C, h, w)`` date by date."""
+    if p.dim() == 5:
+        return conv(p.flatten(0, 1)).unflatten(0, p.shape[:2])
+    return conv(p)
+
+
 def _stack(channels: int, depth: int) -> nn.Sequential:
     scale = 1.0 / max(depth, 1) ** 0.5
     return nn.Sequential(*[ResBlock(channels, residual_scale=scale) for _ in range(depth)])
@@ -77,11 +84,17 @@ class ConditionalConvNet(nn.Module):
     projections are summed (shared parents broadcast over dates without being copied), followed by
     ``depth`` residual blocks and a 1x1 head to ``out_channels``.
 
+    With ``interactions``, each spatial parent also gets a 3x3 projection of its products with the global
+    parents' features (``p_c * g_d`` for every channel ``c`` and feature ``d``), so that what a parent means may
+    change with a global one: a class's spectrum with the day of the year (its phenology), which a per-map bias
+    cannot say.
+
     :param spatial_channels: channels of each spatial parent, in call order.
     :param global_channels: size of each global (vector) parent, in call order.
     :param width: hidden channels.
     :param depth: residual blocks.
     :param out_channels: output channels.
+    :param interactions: add the projections of spatial x global products (needs both kinds of parent).
     """
 
     def __init__(
@@ -91,11 +104,16 @@ class ConditionalConvNet(nn.Module):
         width: int,
         depth: int,
         out_channels: int,
+        interactions: bool = False,
     ):
         super().__init__()
         if not spatial_channels and not global_channels:
             raise ValueError("expected at least one parent, got none")
         self.spatial = nn.ModuleList(nn.Conv2d(c, width, 3, padding=1, bias=False) for c in spatial_channels)
+        g = sum(global_channels)
+        self.interactions = nn.ModuleList(
+            nn.Conv2d(c * g, width, 3, padding=1, bias=False) for c in (spatial_channels if interactions and g else ())
+        )
         self.globals = nn.ModuleList(nn.Linear(d, width, bias=False) for d in global_channels)
         self.bias = nn.Parameter(torch.zeros(width))
         self.blocks = _stack(width, depth)
@@ -114,12 +132,19 @@ class ConditionalConvNet(nn.Module):
         """
         h: torch.Tensor | None = None
         for conv, p in zip(self.spatial, spatial):
-            if p.dim() == 5:
-                B, T = p.shape[:2]
-                y = conv(p.flatten(0, 1)).unflatten(0, (B, T))
-            else:
-                y = conv(p)
+            y = _conv_any(conv, p)
             h = y if h is None else h + y
+        if self.interactions:
+            g = torch.cat(list(globals_), -1)  # (B, G) or (B, T, G)
+            for conv, p in zip(self.interactions, spatial):
+                if p.dim() == 4 and g.dim() == 3:
+                    p = p.unsqueeze(1)
+                elif p.dim() == 5 and g.dim() == 2:
+                    g = g.unsqueeze(1)
+                prod = p.unsqueeze(-3) * g[..., None, :, None, None]  # (..., C, G, h, w)
+                y = _conv_any(conv, prod.flatten(-4, -3))
+                assert h is not None  # interactions are built only with spatial parents
+                h = (h.unsqueeze(1) if h.dim() < y.dim() else h) + y
         for lin, g in zip(self.globals, globals_):
             y = lin(g)[..., None, None]  # (B, W, 1, 1) or (B, T, W, 1, 1)
             if y.dim() == 5 and h is not None and h.dim() == 4:

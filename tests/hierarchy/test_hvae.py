@@ -130,6 +130,41 @@ def test_model_log_prob_equals_hand_computed_sum():
     torch.testing.assert_close(model_trace.log_prob_sum(), total, rtol=1e-5, atol=1e-3)
 
 
+def test_model_log_prob_with_correlated_bands_equals_hand_computed_image_term():
+    """cov_rank 2: the x site scores each valid pixel under N(loc, diag(scale^2) + F F^T), F from the x net."""
+    base = tiny_spec(s_prior="categorical")
+    spec = HierarchySpec.from_dict({**base.to_dict(), "image": {**base.image.__dict__, "bands": 3, "cov_rank": 2}})
+    hvae = HVAE(spec)
+    x, s, valid = batch(spec, B=2, size=8)
+    guide_trace = poutine.trace(hvae.guide).get_trace(x, s, valid)
+    model_trace = poutine.trace(replay(hvae.model, trace=guide_trace)).get_trace(x, s, valid)
+    site = model_trace.nodes["x"]
+    v = {n: guide_trace.nodes[n]["value"] for n in ("l", "g")}
+    out = hvae.decoder.nets["x"]([_onehot(s, 3).permute(0, 3, 1, 2), v["g"]], [v["l"]])  # (B, 3 + 3 * 2, H, W)
+    loc, factor = out[:, :3], out[:, 3:]
+    scale = 1e-3 + F.softplus(hvae.decoder.x_scale)
+    want = torch.zeros(2)
+    for b in range(2):
+        for h in range(8):
+            for w in range(8):
+                if valid[b, h, w]:
+                    F_ = factor[b, :, h, w].reshape(3, 2)
+                    want[b] += td.LowRankMultivariateNormal(loc[b, :, h, w], F_, scale**2).log_prob(x[b, :, h, w])
+    torch.testing.assert_close(site["fn"].log_prob(x), want, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(unwrap(site["fn"]).mean, loc)
+    # generating: an image of the declared shape, not only a density
+    prior = poutine.trace(hvae.model).get_trace(None, s, None, shape=(2, 8, 8))
+    assert prior.nodes["x"]["value"].shape == (2, 3, 8, 8)
+
+
+def test_an_interpolating_image_starts_as_the_interpolation_but_its_band_factors_can_learn():
+    """The correction head is zero at initialisation; the factors are not (zero is a stationary point)."""
+    spec = HierarchySpec.default(3, 4, temporal=True, interpolation=True, image_cov_rank=2)
+    head = HVAE(spec).decoder.nets["x"].head
+    assert torch.all(head.weight[:4] == 0) and torch.all(head.bias == 0)
+    assert head.weight[4:].abs().sum() > 0
+
+
 def test_guide_log_prob_counts_void_pixels_of_s_only():
     spec = tiny_spec()
     hvae = HVAE(spec)

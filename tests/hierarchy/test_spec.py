@@ -34,7 +34,7 @@ def test_round_trip_default(fmt, tmp_path):
     assert HierarchySpec.load(path) == spec
 
 
-@pytest.mark.parametrize("name", ["default", "gaussian", "temporal", "temporal_interp"])
+@pytest.mark.parametrize("name", ["default", "gaussian", "temporal", "temporal_interp", "pixel_mixture"])
 def test_example_specs_load(name):
     spec = HierarchySpec.load(SPECS_DIR / f"{name}.yaml")
     assert HierarchySpec.from_yaml(spec.to_yaml()) == spec
@@ -126,6 +126,8 @@ ERRORS = [
     ("min scale", lambda: ImageLayerSpec(3, min_scale=0.0), "image: min_scale must be a positive number"),
     ("init scale", lambda: ImageLayerSpec(3, min_scale=0.5, init_scale=0.25),
      "image: init_scale must be a number above"),
+    ("cov rank", lambda: ImageLayerSpec(3, cov_rank=3), "image: cov_rank must be an integer in [0, bands = 3), got 3"),
+    ("cov rank type", lambda: ImageLayerSpec(3, cov_rank=1.5), "image: cov_rank must be an integer"),
     ("num classes", lambda: HierarchySpec(0, 3, (), ImageLayerSpec(3)), "num_classes must be a positive integer"),
     ("code bits", lambda: HierarchySpec(3, 0, (), ImageLayerSpec(3)), "code_bits must be a positive integer"),
     (
@@ -134,6 +136,8 @@ ERRORS = [
         "s_prior: unknown prior 'uniform': choose one of empirical, categorical",
     ),
     ("widths", lambda: NetworkSpec(encoder_widths=(32, 0)), "network: encoder_widths must be positive integers"),
+    ("interactions", lambda: NetworkSpec(decoder_interactions="yes"),
+     "network: decoder_interactions must be true or false, got 'yes'"),
     ("depths", lambda: NetworkSpec(encoder_depths=(1,)), "network: encoder_depths must give one non-negative depth"),
     (
         "unknown field",
@@ -209,7 +213,8 @@ def valid_specs(draw):
     temporal = draw(st.booleans())
     image_pool = ["s", "l"] + [la.name for la in layers] + (["interp"] if temporal else [])
     image = ImageLayerSpec(
-        bands=draw(st.integers(1, 13)),
+        bands=(bands := draw(st.integers(1, 13))),
+        cov_rank=draw(st.integers(0, bands - 1)),
         parents=tuple(draw(st.lists(st.sampled_from(image_pool), min_size=1, max_size=len(image_pool), unique=True))),
         scale=draw(st.sampled_from(["band", "pixel"])),
         min_scale=(min_scale := draw(st.floats(1e-6, 1.0, allow_nan=False))),
@@ -221,6 +226,7 @@ def valid_specs(draw):
         encoder_depths=tuple(draw(st.lists(st.integers(0, 3), min_size=n_levels, max_size=n_levels))),
         decoder_width=draw(st.integers(1, 64)),
         decoder_depth=draw(st.integers(0, 3)),
+        decoder_interactions=draw(st.booleans()),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -56,3 +56,45 @@ def test_conditional_net_called_without_parent_values_says_so():
     net = ConditionalConvNet([3], [4], width=8, depth=0, out_channels=2)
     with pytest.raises(ValueError, match="expected at least one parent"):
         net([], [], size=(5, 7))
+
+
+def test_interactions_add_a_projection_of_the_products_of_spatial_and_global_parents():
+    """depth 0: out = head(conv(p) + conv_i(p x g) + lin(g) + bias), computed by hand."""
+    torch.manual_seed(0)
+    net = ConditionalConvNet([3], [2, 1], width=6, depth=0, out_channels=4, interactions=True)
+    p, g1, g2 = torch.randn(2, 3, 5, 5), torch.randn(2, 2), torch.randn(2, 1)
+    g = torch.cat([g1, g2], -1)
+    prod = torch.stack([p[:, c] * g[:, d, None, None] for c in range(3) for d in range(3)], 1)  # c-major
+    h = net.spatial[0](p) + net.interactions[0](prod) + (net.globals[0](g1) + net.globals[1](g2))[..., None, None]
+    want = net.head(h + net.bias[:, None, None])
+    torch.testing.assert_close(net([p], [g1, g2]), want)
+
+
+def test_interactions_let_a_class_change_its_output_with_a_global_parent():
+    """A linear net (depth 0) cannot map (class a, g=+1) -> +1, (a, -1) -> -1, (b, +1) -> -1, (b, -1) -> +1
+    with additive parents (the product is what it needs); with interactions it fits it exactly."""
+    s = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])[..., None, None].expand(4, 2, 3, 3)
+    g = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])
+    y = torch.tensor([1.0, -1.0, -1.0, 1.0])[:, None, None, None].expand(4, 1, 3, 3)
+    losses = {}
+    for interactions in (False, True):
+        torch.manual_seed(0)
+        net = ConditionalConvNet([2], [1], width=4, depth=0, out_channels=1, interactions=interactions)
+        opt = torch.optim.Adam(net.parameters(), lr=0.05)
+        for _ in range(400):
+            opt.zero_grad()
+            loss = (net([s], [g]) - y).pow(2).mean()
+            loss.backward()
+            opt.step()
+        losses[interactions] = float(loss)
+    assert losses[True] < 1e-3 and losses[False] > 0.5
+
+
+def test_interactions_broadcast_a_parent_shared_by_the_dates():
+    torch.manual_seed(0)
+    net = ConditionalConvNet([3], [2], width=6, depth=1, out_channels=4, interactions=True)
+    p, g = torch.randn(2, 1, 3, 5, 5), torch.randn(2, 4, 2)  # one map for 4 dates, a global per date
+    out = net([p], [g])
+    assert out.shape == (2, 4, 4, 5, 5)
+    for t in range(4):
+        torch.testing.assert_close(out[:, t], net([p[:, 0]], [g[:, t]]))
