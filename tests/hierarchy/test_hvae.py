@@ -157,6 +157,25 @@ def test_model_log_prob_with_correlated_bands_equals_hand_computed_image_term():
     assert prior.nodes["x"]["value"].shape == (2, 3, 8, 8)
 
 
+def test_a_temporal_stack_with_correlated_bands_scores_and_generates_every_date():
+    spec = HierarchySpec.default(3, 4, temporal=True, day_of_year=True, image_cov_rank=2, decoder_interactions=True,
+                                 channels=2, encoder_widths=(4, 4, 4), decoder_width=4)
+    hvae = HVAE(spec)
+    x, s, valid = batch(spec, B=2, T=3, size=8)
+    doy = torch.tensor([[30.0, 120.0, 250.0], [60.0, 150.0, 300.0]])
+    guide_trace = poutine.trace(hvae.guide).get_trace(x, s, valid, doy=doy)
+    model_trace = poutine.trace(replay(hvae.model, trace=guide_trace)).get_trace(x, s, valid, doy=doy)
+    fn = model_trace.nodes["x"]["fn"]
+    assert fn.batch_shape == (2, 3) and fn.log_prob(x).shape == (2, 3)
+    assert torch.isfinite(model_trace.log_prob_sum())
+    # a date's score counts its valid pixels only: changing an invalid pixel changes nothing
+    x2 = x.clone()
+    x2[~valid.unsqueeze(2).expand_as(x)] += 5.0
+    torch.testing.assert_close(fn.log_prob(x2), fn.log_prob(x))
+    prior = poutine.trace(hvae.model).get_trace(None, s, None, shape=(2, 3, 8, 8), doy=doy)
+    assert prior.nodes["x"]["value"].shape == (2, 3, 4, 8, 8)
+
+
 def test_an_interpolating_image_starts_as_the_interpolation_but_its_band_factors_can_learn():
     """The correction head is zero at initialisation; the factors are not (zero is a stationary point)."""
     spec = HierarchySpec.default(3, 4, temporal=True, interpolation=True, image_cov_rank=2)
