@@ -331,16 +331,16 @@ print("figures in", OUT)
 # | interpolation, each pixel's full series | 32.72 dB | 24.52 ± 0.17 dB |
 # | interpolation inside the model's 4-date window | 32.66 dB | 26.60 ± 0.12 dB |
 # | this notebook's model (default temporal hierarchy, 240 s) | 25.79 ± 0.74 dB | 24.05 ± 1.53 dB |
-# | `interp` hierarchy (`temporal_interp.yaml`) + `wake_holdout`, 480 steps | 30.01 ± 0.90 dB | 27.45 ± 0.31 dB |
-# | its 90% interval coverage | 0.829 | 0.867 |
+# | `interp` hierarchy (`temporal_interp.yaml`) + `wake_holdout`, 480 steps | 31.33 ± 0.44 dB | 27.80 ± 0.20 dB |
+# | its 90% interval coverage | 0.861 | 0.868 |
 #
 # So, honestly: the model of this notebook **does not beat** linear interpolation. A hierarchy whose image
 # takes the `interp` covariate (`examples/specs/temporal_interp.yaml`: the decoder predicts a correction to
-# each date's interpolation from the stack's other clear dates, with no latent layer), trained with
-# `wake_holdout`, is 2.9 dB above the full-series interpolation on the real site, and 0.85 dB above the
-# interpolation inside its own windows (the second row). On the synthetic cube it gains 1.5 dB on clear
-# dates under pasted masks but stays behind under the real clouds of its cloudy winter and spring dates,
-# where interpolation is already close (`bench/results/inpaint/interp/no_latents/`). What the posterior
+# each date's interpolation from the stack's other clear dates, by season, with no latent layer), trained
+# with `wake_holdout`, is 3.3 dB above the full-series interpolation on the real site, and 1.2 dB above the
+# interpolation inside its own windows (the second row). On the synthetic cube it stays 1.4 dB behind under
+# the real clouds of its cloudy winter and spring dates, where interpolation is already close
+# (`bench/results/inpaint/interp/interactions/`). What the posterior
 # does give is **uncertainty that tracks its
 # error**: its std is larger where its error is (right panel), which a deterministic interpolation cannot
 # tell you. In the benchmark's runs its 90% intervals hold 83-90% of the hidden values; a short run such as
