@@ -563,18 +563,19 @@ class BandCorrelatedNormal(TorchDistribution):
         fd = f * d_inv.unsqueeze(-3)
         r = self.rank
         b = (fd * z.unsqueeze(-3)).sum(-4)  # F^T D^-1 z: (..., r, H, W)
+
         def a(i: int, j: int) -> torch.Tensor:  # entry (i, j) of A, (..., H, W)
             return (i == j) + (fd[..., :, i, :, :] * f[..., :, j, :, :]).sum(-3)
 
         chol: dict[tuple[int, int], torch.Tensor] = {}  # L[i, j], i >= j
         w: list[torch.Tensor] = []  # L^-1 b, by forward substitution
-        log_diag = torch.zeros((), dtype=z.dtype, device=z.device)
+        log_diag: torch.Tensor | float = 0.0
         for j in range(r):
-            chol[j, j] = (a(j, j) - sum((chol[j, k].pow(2) for k in range(j)), torch.zeros(()))).sqrt()
+            chol[j, j] = (a(j, j) - sum(chol[j, k].pow(2) for k in range(j))).sqrt()
             for i in range(j + 1, r):
-                chol[i, j] = (a(i, j) - sum((chol[i, k] * chol[j, k] for k in range(j)), torch.zeros(()))) / chol[j, j]
+                chol[i, j] = (a(i, j) - sum(chol[i, k] * chol[j, k] for k in range(j))) / chol[j, j]
             log_diag = log_diag + chol[j, j].log()
-            w.append((b[..., j, :, :] - sum((chol[j, k] * w[k] for k in range(j)), torch.zeros(()))) / chol[j, j])
+            w.append((b[..., j, :, :] - sum(chol[j, k] * w[k] for k in range(j))) / chol[j, j])
         quad = (z.pow(2) * d_inv).sum(-3) - sum(wi.pow(2) for wi in w)  # (..., H, W)
         logdet = (-d_inv.log()).expand_as(z).sum(-3) + 2 * log_diag
         C = self.event_shape[0]

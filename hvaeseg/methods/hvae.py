@@ -149,13 +149,16 @@ class HVAEConfig:
         if self.s_prior not in ("categorical", "empirical"):
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
         check_probability(self.wake_holdout, "wake_holdout")
-        for name in ("sleep_warmup", "supervised_steps", "image_cov_rank"):
+        for name in ("sleep_warmup", "supervised_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0 (steps), got {value!r}")
         if (isinstance(self.shared_channels, bool) or not isinstance(self.shared_channels, int)
                 or self.shared_channels < 0):
             raise ValueError(f"shared_channels: expected an int >= 0, got {self.shared_channels!r}")
+        rank = self.image_cov_rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"image_cov_rank: expected an int >= 0 (0: independent bands), got {rank!r}")
         if not isinstance(self.decoder_interactions, bool):
             raise ValueError(f"decoder_interactions: expected true or false, got {self.decoder_interactions!r}")
         if self.image_scale not in IMAGE_SCALES:
