@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hvaeseg.hierarchy import HierarchySpec
+from hvaeseg.hierarchy import HierarchySpec, ImageLayerSpec, NetworkSpec
 from hvaeseg.methods.base import StepBatch
 from hvaeseg.methods.hvae import ELBOMethod, HVAEConfig, SymmetricMethod
 from hvaeseg.methods.registry import method_config
@@ -63,6 +63,7 @@ def snapshot(params) -> list[torch.Tensor]:
     ("s_prior", "uniform"),
     ("alpha", -1.0), ("alpha", float("nan")),
     ("image_cov_rank", -1), ("image_cov_rank", 1.5), ("decoder_interactions", "yes"),
+    ("exact_s", 1), ("decoder_lr", 0), ("decoder_lr", True), ("hierarchy", "deep"),
 ])
 def test_config_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field}: expected") as err:
@@ -111,6 +112,39 @@ def test_both_objectives_train_the_band_factors_of_a_correlated_image(cls):
     assert all(torch.isfinite(v).all() for v in losses.values())
     method.update(losses)
     assert not torch.equal(head.weight[C:], before)
+
+
+def exact_spec() -> HierarchySpec:
+    """A pixel mixture (s, doy -> x, 1x1 decoder): the posterior of s is exact."""
+    return HierarchySpec(K, 2, (), ImageLayerSpec(C, ("s", "doy"), cov_rank=1), s_prior="categorical",
+                         network=NetworkSpec((4, 4, 4), (1, 1, 1), 4, 1, decoder_interactions=True, decoder_kernel=1),
+                         patch_size=P)
+
+
+@pytest.mark.parametrize("cls", [SymmetricMethod, ELBOMethod])
+def test_exact_s_trains_a_pixel_mixture_and_names_a_hierarchy_without_it(cls):
+    """One step with ``exact_s``: the exact terms are the logged ones (symmetric: ``posterior_q``, the sleep term
+    off), both players move; the default hierarchy (latent layers) is refused with the reason and the fix."""
+    torch.manual_seed(0)
+    options = {"weights": {"sleep_q": 0.0}} if cls is SymmetricMethod else {}
+    method = build(cls, exact_spec(), exact_s=True, decoder_lr=0.01, **options)
+    decoder, encoder = method.hvae.parameter_groups()
+    before = snapshot(decoder), snapshot(encoder)
+    losses = method.losses(step_batch(), 0)
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    method.update(losses)
+    for group, old in zip((decoder, encoder), before):
+        assert any(not torch.equal(p, o) for p, o in zip(group, old))
+    terms = method.diagnostics(step_batch(1))["terms"]
+    assert ("posterior_q" in terms and "sleep_q" not in terms) if cls is SymmetricMethod else "unlabelled_elbo" in terms
+    lrs = sorted({g["lr"] for opt in method.optimizers().values() for g in opt.param_groups if g["params"]})
+    assert 0.01 in lrs and method.config.lr in lrs
+    built = cls.build(C, K, config=HVAEConfig(hierarchy="pixel_mixture", image_cov_rank=1, exact_s=True), patch_size=P)
+    spec = built.hvae.spec
+    assert spec.exact_s and spec.image.cov_rank == 1 and spec.network.decoder_kernel == 1 and not spec.layers
+    with pytest.raises(ValueError, match="exact_s: the posterior of s is not exact in this hierarchy: it has latent "
+                                         "layers .*pixel_mixture.yaml"):
+        cls.build(C, K, config=HVAEConfig(exact_s=True), patch_size=P)
 
 
 def test_config_spec_must_match_the_data():

@@ -212,6 +212,7 @@ def draw_spec(spec: HierarchySpec, ax: Axes | None = None, *, fontsize: float = 
               fontsize=fontsize, frameon=False)
     what = "temporal" if spec.temporal else "single-date"
     ax.set_title(f"{what} hierarchy, {spec.s_prior} s prior\n{spec.num_classes} classes, {spec.code_bits}-bit "
-                 f"code l, {len(spec.layers)} latent layer{'s' if len(spec.layers) != 1 else ''}",
+                 f"code l, {len(spec.layers)} latent layer{'s' if len(spec.layers) != 1 else ''}"
+                 + (", exact s posterior" if spec.exact_s else ""),
                  fontsize=fontsize + 1)
     return ax

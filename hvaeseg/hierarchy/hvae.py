@@ -381,6 +381,72 @@ class HVAE(PyroModule):
                     fn = fn.mask(valid.unsqueeze(-3))
                 return pyro.sample("x", fn.to_event(3), obs=x)
 
+    # ------------------------------------------------------------------------- the exact s posterior
+    def class_log_likelihood(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, *, doy: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``log p(x_i | s_i = k)`` for every pixel ``i`` and class ``k``: ``(B, H, W, K)``, summed over the dates
+        of a temporal stack (``s`` is shared by them); invalid pixels (dates) contribute 0.
+
+        Only for hierarchies where the image depends on ``s`` pixel by pixel and on nothing latent besides
+        (:attr:`HierarchySpec.exact_s`): then ``p(s | x)`` is ``softmax(log pi + class_log_likelihood)`` pixel by
+        pixel, and ``log p(x)`` its log-normaliser summed over the pixels, exactly (``l`` is not a parent of the
+        image, so it marginalises to 1). The image net is run once per class on constant class maps, at one
+        pixel when the image has no map-valued covariate (``interp``), else at full size.
+
+        :param x: ``(B, C, H, W)`` (temporal ``(B, T, C, H, W)``).
+        :param valid: ``(B, H, W)`` (temporal ``(B, T, H, W)``) bool, or None (every pixel).
+        :param doy: ``(B,)`` (temporal ``(B, T)``) days of the year, when the image takes ``doy``.
+        :raises ValueError: when the hierarchy's posterior of ``s`` is not exact (the message says why).
+        """
+        spec = self.spec
+        problem = spec.exact_s_problem
+        if problem is not None:
+            raise ValueError(f"the posterior of s is not exact in this hierarchy: {problem}")
+        B, T, H, W = self._dims(x, None, valid, None)
+        inputs: dict[str, torch.Tensor] = {}
+        doy_in = self._doy_input(doy, B, T)
+        if doy_in is not None:
+            inputs["doy"] = doy_in
+        interp = self._interp_input(x, valid, doy, None, B, T, H, W)
+        if interp is not None:
+            inputs["interp"] = interp
+        size = (H, W) if interp is not None else (1, 1)
+        K = spec.num_classes
+        eye = torch.eye(K, dtype=self._dtype, device=self._device)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        out = []
+        for k in range(K):
+            onehot = eye[k].view(K, 1, 1).expand(B, K, *size)
+            inputs["s"] = onehot.unsqueeze(1) if T is not None else onehot
+            loc, scale, factor = self.decoder.x_params(self.decoder.net_output("x", inputs, size))
+            if interp is not None:
+                loc = loc + interp[..., : spec.image.bands, :, :]
+            if factor is not None:
+                lp = BandCorrelatedNormal(loc, scale, factor).pixel_log_prob(x)
+            else:
+                lp = Normal(loc, scale, validate_args=False).log_prob(x).sum(-3)
+            if valid is not None:
+                lp = torch.where(valid, lp, zero)
+            out.append(lp.sum(1) if T is not None else lp)
+        return torch.stack(out, -1)
+
+    def s_prior_logits(self) -> torch.Tensor:
+        """``log pi``: the categorical s prior's normalised log-probabilities ``(K,)``.
+
+        :raises ValueError: with the empirical prior (no density)."""
+        if self.decoder.s_logits is None:
+            raise ValueError("the empirical s prior has no density: set s_prior: categorical in the HierarchySpec")
+        return torch.log_softmax(self.decoder.s_logits, -1)
+
+    def s_posterior_logits(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, *, doy: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``log pi_k + log p(x_i | s_i = k)``, ``(B, H, W, K)``: the exact posterior's logits (softmax over the
+        last dim gives ``p(s_i = k | x)``), for hierarchies with :attr:`HierarchySpec.exact_s`; arguments as in
+        :meth:`class_log_likelihood`."""
+        return self.s_prior_logits() + self.class_log_likelihood(x, valid, doy=doy)
+
     # ------------------------------------------------------------------------------------ guide
     def guide(
         self,

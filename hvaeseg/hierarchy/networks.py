@@ -125,6 +125,7 @@ class Decoder(nn.Module):
             depth,
             out_channels,
             interactions=self.spec.network.decoder_interactions,
+            kernel=self.spec.network.decoder_kernel,
         )
 
     def net_output(self, name: str, inputs: dict[str, torch.Tensor], size) -> torch.Tensor:

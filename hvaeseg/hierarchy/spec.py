@@ -256,6 +256,7 @@ class NetworkSpec:
     decoder_width: int = 32
     decoder_depth: int = 1
     decoder_interactions: bool = False
+    decoder_kernel: int = 3
 
     def __post_init__(self):
         widths = _int_tuple(self.encoder_widths, "network: encoder_widths")
@@ -276,6 +277,8 @@ class NetworkSpec:
             raise ValueError(f"network: decoder_depth must be a non-negative integer, got {self.decoder_depth!r}")
         if not isinstance(self.decoder_interactions, bool):
             raise ValueError(f"network: decoder_interactions must be true or false, got {self.decoder_interactions!r}")
+        if isinstance(self.decoder_kernel, bool) or self.decoder_kernel not in (1, 3):
+            raise ValueError(f"network: decoder_kernel must be 1 or 3, got {self.decoder_kernel!r}")
 
     @property
     def factors(self) -> tuple[int, ...]:
@@ -484,6 +487,31 @@ class HierarchySpec:
         return "interp" in self.image.parents
 
     @property
+    def exact_s_problem(self) -> str | None:
+        """Why the posterior of ``s`` given an image is not exact in this hierarchy (None when it is).
+
+        It is exact when the image depends on ``s`` pixel by pixel and on nothing latent besides: no latent
+        layers, the image's parents among ``s``, ``doy`` and ``interp``, a categorical s prior, and 1x1 decoder
+        convolutions. Then ``p(s | x)`` factorises over the pixels, each ``p(s_i = k | x) ~ pi_k p(x_i | s_i = k)``
+        with its K classes enumerated (:meth:`hvaeseg.HVAE.class_log_likelihood`)."""
+        if self.layers:
+            return f"it has latent layers ({', '.join(self.order)}) between s and the image: remove them"
+        extra = [p for p in self.image.parents if p not in ("s",) + COVARIATES + MAP_COVARIATES]
+        if extra or "s" not in self.image.parents:
+            return f"the image's parents are {list(self.image.parents)}: give it s, with doy / interp at most"
+        if self.s_prior != "categorical":
+            return f"its s prior is {self.s_prior!r}, which has no density: set s_prior: categorical"
+        if self.network.decoder_kernel != 1:
+            return "its decoder convolutions are 3x3, so a pixel's image depends on its neighbours' classes: set " \
+                   "network: decoder_kernel: 1"
+        return None
+
+    @property
+    def exact_s(self) -> bool:
+        """Whether the posterior of ``s`` is exact and factorised over pixels (see :attr:`exact_s_problem`)."""
+        return self.exact_s_problem is None
+
+    @property
     def needs_doy(self) -> bool:
         """Whether the model must be given ``doy=``: it conditions on it, or it interpolates between dates."""
         return self.day_of_year or self.interpolates
@@ -564,6 +592,49 @@ class HierarchySpec:
             s_prior=s_prior,
             temporal=temporal,
             network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1, decoder_interactions),
+            patch_size=patch_size,
+        )
+
+    @classmethod
+    def pixel_mixture(
+        cls,
+        num_classes: int,
+        bands: int,
+        code_bits: int = 8,
+        *,
+        cov_rank: int = 2,
+        image_scale: str = "pixel",
+        init_scale: float = 1.0,
+        temporal: bool = False,
+        encoder_widths: tuple[int, ...] = (32, 48, 64),
+        decoder_width: int = 32,
+        patch_size: int | None = None,
+        day_of_year: bool = True,
+        interpolation: bool = False,
+        decoder_interactions: bool = True,
+    ) -> HierarchySpec:
+        """A per-pixel mixture: ``s (, doy, interp) -> x``, no latent layer, 1x1 decoder nets, categorical s prior.
+
+        Each pixel's bands are Gaussian given its class (and the day of the year: with ``decoder_interactions``
+        the class spectra follow it), with a rank-``cov_rank`` covariance between bands; with ``image_scale =
+        "pixel"`` the diagonal is the class's own. The posterior of ``s`` is exact (:attr:`exact_s`), so both
+        objectives can use it (``HVAEConfig.exact_s``); the guide's U-Net still sees the whole patch. The image
+        starts broad (``init_scale`` 1 in normalised units): a class that no label holds then starts as a wide
+        component, as EM's mixtures do. ``examples/specs/pixel_mixture.yaml`` is its YAML form.
+        """
+        if interpolation and not temporal:
+            raise ValueError("interpolation: the interp covariate needs a temporal hierarchy (temporal=True)")
+        widths = tuple(encoder_widths)
+        parents = ("s",) + (("doy",) if day_of_year else ()) + (("interp",) if interpolation else ())
+        return cls(
+            num_classes=num_classes,
+            code_bits=code_bits,
+            layers=(),
+            image=ImageLayerSpec(bands=bands, parents=parents, scale=image_scale, init_scale=init_scale,
+                                 cov_rank=cov_rank),
+            s_prior="categorical",
+            temporal=temporal,
+            network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1, decoder_interactions, decoder_kernel=1),
             patch_size=patch_size,
         )
 

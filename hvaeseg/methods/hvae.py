@@ -47,6 +47,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ELBOMethod", "GenerativeMethod", "HVAEConfig", "SymmetricMethod"]
 
+#: the built-in hierarchies of :class:`HVAEConfig` (``hierarchy``)
+HIERARCHIES = ("default", "pixel_mixture")
+
 
 @dataclass(frozen=True)
 class HVAEConfig:
@@ -69,6 +72,8 @@ class HVAEConfig:
     :param init_scale: initial scale of the image likelihood (normalised units) of the default hierarchy.
     :param global_lr: learning rate of the global parameters (image scale per band, s prior logits); they
         are few, and at ``lr`` they move too slowly to follow the networks.
+    :param decoder_lr: learning rate of the decoder's networks (theta, but for the global parameters); None: ``lr``.
+        A small decoder (e.g. a pixel mixture's, ``exact_s``) can follow the data at a higher rate than the encoder.
     :param weight_decay: decoupled weight decay on weight tensors (conv and linear kernels) of both players.
     :param augment: random dihedral transforms of the labelled and unlabelled batches.
     :param sleep_masks: symmetric learning: generated images reach the encoder under real cloud masks.
@@ -111,6 +116,16 @@ class HVAEConfig:
     :param decoder_interactions: the default hierarchy's decoder nets also project the products of their
         spatial and global parents (``NetworkSpec.decoder_interactions``): class spectra that follow the day of
         the year.
+    :param exact_s: both objectives use the exact posterior of ``s``, which needs a hierarchy (``spec``) where the
+        image depends on ``s`` pixel by pixel (:attr:`~hvaeseg.hierarchy.spec.HierarchySpec.exact_s`, e.g.
+        ``examples/specs/pixel_mixture.yaml``): the ELBO enumerates each pixel's classes instead of estimating,
+        and symmetric learning's decoder steps along the exact log-likelihood (EM) while its encoder also
+        learns the exact posterior of the unlabelled images (:mod:`hvaeseg.objectives.exact`).
+    :param hierarchy: the built-in hierarchy when ``spec`` is not given: ``"default"``
+        (:meth:`~hvaeseg.hierarchy.spec.HierarchySpec.default`, Bernoulli feature maps between s and x) or
+        ``"pixel_mixture"`` (:meth:`~hvaeseg.hierarchy.spec.HierarchySpec.pixel_mixture`: s, doy -> x pixel by
+        pixel, whose s posterior is exact; it takes ``image_cov_rank``, ``image_scale``, ``init_scale``,
+        ``decoder_interactions``, ``day_of_year`` and ``interpolation`` from this config).
     """
 
     lr: float = 1e-3
@@ -125,6 +140,7 @@ class HVAEConfig:
     s_prior: str = "categorical"
     init_scale: float = 0.25
     global_lr: float = 1e-2
+    decoder_lr: float | None = None
     weight_decay: float = 0.02
     augment: bool = True
     sleep_masks: bool = True
@@ -140,6 +156,8 @@ class HVAEConfig:
     supervised_steps: int = 0
     image_cov_rank: int = 0
     decoder_interactions: bool = False
+    exact_s: bool = False
+    hierarchy: str = "default"
 
     def __post_init__(self) -> None:
         for name in ("lr", "global_lr", "temperature", "init_scale"):
@@ -149,6 +167,9 @@ class HVAEConfig:
         if self.s_prior not in ("categorical", "empirical"):
             raise ValueError(f"s_prior: expected 'categorical' or 'empirical', got {self.s_prior!r}")
         check_probability(self.wake_holdout, "wake_holdout")
+        lr = self.decoder_lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise ValueError(f"decoder_lr: expected a positive number or None (the encoder's lr), got {lr!r}")
         for name in ("sleep_warmup", "supervised_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -161,6 +182,8 @@ class HVAEConfig:
             raise ValueError(f"image_cov_rank: expected an int >= 0 (0: independent bands), got {rank!r}")
         if not isinstance(self.decoder_interactions, bool):
             raise ValueError(f"decoder_interactions: expected true or false, got {self.decoder_interactions!r}")
+        if self.hierarchy not in HIERARCHIES:
+            raise ValueError(f"hierarchy: expected one of {HIERARCHIES}, got {self.hierarchy!r}")
         if self.image_scale not in IMAGE_SCALES:
             raise ValueError(f"image_scale: expected one of {IMAGE_SCALES}, got {self.image_scale!r}")
         if self.estimator not in ESTIMATORS:
@@ -176,7 +199,7 @@ class HVAEConfig:
         check_probability(self.sleep_relabel, "sleep_relabel")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
-        for name in ("augment", "sleep_masks", "day_of_year"):
+        for name in ("augment", "sleep_masks", "day_of_year", "exact_s"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if isinstance(self.weights, dict):
@@ -195,16 +218,25 @@ class GenerativeMethod(Protocol):
     def hvae(self) -> HVAE: ...
 
 
-def _param_groups(params: list[nn.Parameter], global_params: set[int], config: HVAEConfig) -> list[dict]:
-    """AdamW groups: weight tensors with decay, other tensors without, global parameters at ``global_lr``."""
+def _param_groups(
+    params: list[nn.Parameter], global_params: set[int], decoder_params: set[int], config: HVAEConfig
+) -> list[dict]:
+    """AdamW groups: weight tensors with decay, other tensors without, global parameters at ``global_lr``; with
+    ``decoder_lr``, two more groups (weights, others) for the decoder's other parameters at that rate."""
     groups: dict[str, list[nn.Parameter]] = {"decay": [], "plain": [], "global": []}
+    if config.decoder_lr:
+        groups.update({"decoder_decay": [], "decoder_plain": []})
     for p in params:
-        key = "global" if id(p) in global_params else ("decay" if p.dim() > 1 else "plain")
+        key = "decay" if p.dim() > 1 else "plain"
+        if id(p) in global_params:
+            key = "global"
+        elif id(p) in decoder_params:
+            key = f"decoder_{key}"
         groups[key].append(p)
     return [
-        {"params": groups["decay"], "weight_decay": config.weight_decay},
-        {"params": groups["plain"], "weight_decay": 0.0},
-        {"params": groups["global"], "weight_decay": 0.0, "lr": config.global_lr},
+        {"params": group, "weight_decay": config.weight_decay if key.endswith("decay") else 0.0,
+         "lr": config.global_lr if key == "global" else config.decoder_lr if key.startswith("decoder") else config.lr}
+        for key, group in groups.items()
     ]
 
 
@@ -225,6 +257,7 @@ class _HVAEMethod(SeededMethod):
         self.last_grad_norms: dict[str, float] = {}
         decoder = hvae.decoder
         self._global = {id(p) for p in (decoder.x_scale, decoder.s_logits) if p is not None}
+        self._decoder = {id(p) for p in hvae.parameter_groups()[0]} if config.decoder_lr else set()
 
     @classmethod
     def build(
@@ -251,6 +284,13 @@ class _HVAEMethod(SeededMethod):
                     f"the hierarchy declares {spec.num_classes} classes, {spec.image.bands} bands, temporal="
                     f"{spec.temporal}; the data has {num_classes} classes, {in_channels} bands, temporal={temporal}"
                 )
+        elif config.hierarchy == "pixel_mixture":
+            spec = HierarchySpec.pixel_mixture(
+                num_classes, in_channels, config.code_bits, cov_rank=config.image_cov_rank,
+                image_scale=config.image_scale, init_scale=config.init_scale, temporal=temporal, patch_size=patch_size,
+                day_of_year=config.day_of_year, interpolation=config.interpolation and temporal,
+                decoder_interactions=config.decoder_interactions,
+            )
         else:
             spec = HierarchySpec.default(
                 num_classes, in_channels, config.code_bits, channels=config.channels,
@@ -259,10 +299,13 @@ class _HVAEMethod(SeededMethod):
                 image_cov_rank=config.image_cov_rank, decoder_interactions=config.decoder_interactions,
                 shared_channels=config.shared_channels, interpolation=config.interpolation and temporal,
             )
+        if config.exact_s and not spec.exact_s:
+            raise ValueError(f"exact_s: the posterior of s is not exact in this hierarchy: {spec.exact_s_problem} "
+                             "(e.g. examples/specs/pixel_mixture.yaml), or set exact_s: false")
         return cls(HVAE(spec), config, seed=seed).to(device)
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(_param_groups(params, self._global, self.config), lr=self.config.lr)
+        return torch.optim.AdamW(_param_groups(params, self._global, self._decoder, self.config), lr=self.config.lr)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"hvae": self.hvae} if self.ema is None else {"hvae": self.hvae, "ema": self.ema}
@@ -406,7 +449,8 @@ class SymmetricMethod(_HVAEMethod):
         #: the objective at full weight (the sleep warm-up ramps a copy of it, :meth:`objective_at`)
         self.objective = SymmetricEquilibrium(config.weights, num_particles=config.num_particles,
                                               sleep_masks=config.sleep_masks, sleep_relabel=config.sleep_relabel,
-                                              num_classes=hvae.spec.num_classes, wake_holdout=config.wake_holdout)
+                                              num_classes=hvae.spec.num_classes, wake_holdout=config.wake_holdout,
+                                              exact_s=config.exact_s)
         self.decoder_params, self.encoder_params = hvae.parameter_groups()
         self.stepper = SymmetricStepper(
             hvae.model, hvae.guide, self.objective,
@@ -434,14 +478,15 @@ class SymmetricMethod(_HVAEMethod):
         o, w = self.objective, self.objective.weights
         k = self.config.supervised_steps
         if k and step % (k + 1):
-            weights = SymmetricWeights(labelled_p=0.0, unlabelled_p=0.0, supervised_q=w.supervised_q, sleep_q=0.0)
+            weights = SymmetricWeights(labelled_p=0.0, unlabelled_p=0.0, supervised_q=w.supervised_q, sleep_q=0.0,
+                                       posterior_q=0.0)
         elif self.config.sleep_warmup == 0 or step >= self.config.sleep_warmup:
             return o
         else:
             weights = replace(w, sleep_q=w.sleep_q * step / self.config.sleep_warmup)
         return SymmetricEquilibrium(weights, num_particles=o.num_particles, sleep_masks=o.sleep_masks,
                                     sleep_relabel=o.sleep_relabel, num_classes=o.num_classes,
-                                    wake_holdout=o.wake_holdout)
+                                    wake_holdout=o.wake_holdout, exact_s=o.exact_s)
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)
@@ -473,7 +518,7 @@ class ELBOMethod(_HVAEMethod):
     def __init__(self, hvae: HVAE, config: HVAEConfig, seed: int = 0) -> None:
         super().__init__(hvae, config, seed)
         self.objective = SemiSupervisedELBO(config.alpha, config.estimator, config.temperature,
-                                            num_particles=config.num_particles)
+                                            num_particles=config.num_particles, exact_s=config.exact_s)
         self.params = list(hvae.parameters())
         self._optimizers = {"all": self._optimizer(self.params)}
 

@@ -42,18 +42,20 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    """``x + scale * conv(SiLU(conv(SiLU(x))))`` with 3x3 convolutions; the last conv starts at zero.
+    """``x + scale * conv(SiLU(conv(SiLU(x))))`` with 3x3 (or ``kernel`` x ``kernel``) convolutions; the last
+    conv starts at zero.
 
     :param channels: input = output channels.
     :param hidden: channels between the two convolutions (default ``channels``).
     :param residual_scale: factor on the residual branch (e.g. ``1 / sqrt(number of blocks)``).
+    :param kernel: odd side of the convolutions (1: the block acts on each pixel alone).
     """
 
-    def __init__(self, channels: int, hidden: int | None = None, residual_scale: float = 1.0):
+    def __init__(self, channels: int, hidden: int | None = None, residual_scale: float = 1.0, kernel: int = 3):
         super().__init__()
         hidden = hidden or channels
-        self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1)
-        self.conv2 = zero_init(nn.Conv2d(hidden, channels, 3, padding=1))
+        self.conv1 = nn.Conv2d(channels, hidden, kernel, padding=kernel // 2)
+        self.conv2 = zero_init(nn.Conv2d(hidden, channels, kernel, padding=kernel // 2))
         self.residual_scale = float(residual_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,9 +72,9 @@ def _conv_any(conv: nn.Module, p: torch.Tensor) -> torch.Tensor:
     return conv(p)
 
 
-def _stack(channels: int, depth: int) -> nn.Sequential:
+def _stack(channels: int, depth: int, kernel: int = 3) -> nn.Sequential:
     scale = 1.0 / max(depth, 1) ** 0.5
-    return nn.Sequential(*[ResBlock(channels, residual_scale=scale) for _ in range(depth)])
+    return nn.Sequential(*[ResBlock(channels, residual_scale=scale, kernel=kernel) for _ in range(depth)])
 
 
 class ConditionalConvNet(nn.Module):
@@ -89,12 +91,17 @@ class ConditionalConvNet(nn.Module):
     change with a global one: a class's spectrum with the day of the year (its phenology), which a per-map bias
     cannot say.
 
+    With ``kernel=1`` every convolution is 1x1: output pixel ``(h, w)`` depends on the spatial parents at
+    ``(h, w)`` only (and on the global parents), so a layer's parameters given a class map are computed pixel
+    by pixel, which is what lets :meth:`hvaeseg.HVAE.class_log_likelihood` enumerate each pixel's classes.
+
     :param spatial_channels: channels of each spatial parent, in call order.
     :param global_channels: size of each global (vector) parent, in call order.
     :param width: hidden channels.
     :param depth: residual blocks.
     :param out_channels: output channels.
     :param interactions: add the projections of spatial x global products (needs both kinds of parent).
+    :param kernel: side of every convolution, 3 (default) or 1 (pixel by pixel).
     """
 
     def __init__(
@@ -105,18 +112,23 @@ class ConditionalConvNet(nn.Module):
         depth: int,
         out_channels: int,
         interactions: bool = False,
+        kernel: int = 3,
     ):
         super().__init__()
         if not spatial_channels and not global_channels:
             raise ValueError("expected at least one parent, got none")
-        self.spatial = nn.ModuleList(nn.Conv2d(c, width, 3, padding=1, bias=False) for c in spatial_channels)
+        if kernel not in (1, 3):
+            raise ValueError(f"expected kernel 1 or 3, got {kernel!r}")
+        pad = kernel // 2
+        self.spatial = nn.ModuleList(nn.Conv2d(c, width, kernel, padding=pad, bias=False) for c in spatial_channels)
         g = sum(global_channels)
         self.interactions = nn.ModuleList(
-            nn.Conv2d(c * g, width, 3, padding=1, bias=False) for c in (spatial_channels if interactions and g else ())
+            nn.Conv2d(c * g, width, kernel, padding=pad, bias=False)
+            for c in (spatial_channels if interactions and g else ())
         )
         self.globals = nn.ModuleList(nn.Linear(d, width, bias=False) for d in global_channels)
         self.bias = nn.Parameter(torch.zeros(width))
-        self.blocks = _stack(width, depth)
+        self.blocks = _stack(width, depth, kernel)
         self.head = nn.Conv2d(width, out_channels, 1)
         self.width = width
 

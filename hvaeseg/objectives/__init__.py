@@ -5,6 +5,7 @@
   (:mod:`.stepper`) steps its two players, in the shape of ``pyro.infer.SVI``.
 - :class:`SemiSupervisedELBO` (:mod:`.elbo`): the semi-supervised ELBO with straight-through or
   score-function gradients through discrete latents (:class:`StraightThrough`, :mod:`.relax`).
+- :mod:`.exact`: both objectives' terms when the posterior of ``s`` is exact (``exact_s=True``).
 - :class:`LabelPool` (:mod:`.pool`): label maps for the sleep term; :func:`fill_void_nearest`.
 - :func:`iwae_bound`, :func:`consistency`, :func:`reconstruction_error` (:mod:`.estimators`).
 """

@@ -15,6 +15,7 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
+from hvaeseg.distributions import bernoulli_kl
 from hvaeseg.objectives._common import (
     NO_CLOSED_FORM_S_PRIOR,
     as_labelled,
@@ -25,8 +26,9 @@ from hvaeseg.objectives._common import (
     s_logits,
     s_value,
 )
+from hvaeseg.objectives.exact import enumerated_elbo, exact_log_joint
 from hvaeseg.objectives.relax import StraightThrough
-from hvaeseg.traces import labelled_log_prob, per_image_log_prob, replay
+from hvaeseg.traces import labelled_log_prob, per_image_log_prob, replay, unwrap
 
 __all__ = ["ESTIMATORS", "SemiSupervisedELBO"]
 
@@ -75,6 +77,11 @@ class SemiSupervisedELBO:
     :param estimator: ``"straight_through"`` or ``"score_function"``.
     :param temperature: relaxation temperature for ``"straight_through"`` (> 0).
     :param num_particles: samples per image (>= 1), drawn by repeating the batch.
+    :param exact_s: the model is an :class:`hvaeseg.HVAE` whose posterior of ``s`` is exact
+        (:attr:`hvaeseg.HierarchySpec.exact_s`): the expectation over ``s`` is then a sum over each pixel's K
+        classes (:func:`hvaeseg.objectives.exact.enumerated_elbo`), exact and without an estimator, and ``l``,
+        which is no parent of the image, adds its closed-form :math:`-KL(q(l|x) \| p(l))`. ``estimator``,
+        ``temperature`` and ``num_particles`` do not apply.
     :raises ValueError: from :meth:`differentiable_loss` when the model's ``"s"`` prior is the empirical prior
         ("ELBO needs a closed-form s prior: set s_prior='categorical' in the HierarchySpec").
 
@@ -94,6 +101,7 @@ class SemiSupervisedELBO:
         temperature: float = 0.5,
         *,
         num_particles: int = 1,
+        exact_s: bool = False,
     ) -> None:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"expected alpha as a finite number >= 0, got {alpha!r}")
@@ -107,6 +115,9 @@ class SemiSupervisedELBO:
         self.estimator = estimator
         self.temperature = float(temperature)
         self.num_particles = num_particles
+        if not isinstance(exact_s, bool):
+            raise ValueError(f"expected exact_s as true or false, got {exact_s!r}")
+        self.exact_s = exact_s
 
     def differentiable_loss(self, model: Any, guide: Any, *, labelled: Any = None, unlabelled: Any = None) -> Tensor:
         """The loss ``-(J_lab + J_unl)`` as a tensor to back-propagate (for ``"score_function"`` a surrogate
@@ -156,6 +167,8 @@ class SemiSupervisedELBO:
         self, model: Any, guide: Any, x: Tensor, s: Tensor | None, valid: Tensor | None, doy: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Per-row (image x particle) ELBO, its surrogate, and (labelled) log q(s_lab|x) per row."""
+        if self.exact_s:
+            return self._enumerated(model, guide, x, s, valid, doy)
         p = self.num_particles
         xr, sr, vr = repeat(x, p), repeat(s, p), repeat(valid, p)
         kw = covariates(repeat(doy, p))
@@ -187,3 +200,18 @@ class SemiSupervisedELBO:
             s_value(guide_trace, "guide")
             sup = labelled_log_prob(s_logits(guide_trace.nodes["s"]["fn"], sr.shape), sr)
         return elbo, surrogate, sup
+
+    def _enumerated(
+        self, model: Any, guide: Any, x: Tensor, s: Tensor | None, valid: Tensor | None, doy: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`_elbo` with ``exact_s``: one row per image, the ELBO exact (its own surrogate)."""
+        kw = covariates(doy)
+        guide_trace = poutine.trace(guide).get_trace(x, s=None, valid=valid, **kw)
+        shape = (x.shape[0], *x.shape[-2:])
+        q_logits = s_logits(guide_trace.nodes["s"]["fn"], shape)
+        elbo = enumerated_elbo(exact_log_joint(model, x, valid, doy), q_logits, s)
+        if "l" in guide_trace.nodes:  # -KL(q(l|x) || Bernoulli(1/2)) in closed form
+            q_l = unwrap(guide_trace.nodes["l"]["fn"]).logits  # type: ignore[attr-defined]
+            elbo = elbo - bernoulli_kl(q_l, torch.zeros_like(q_l)).flatten(1).sum(-1)
+        sup = None if s is None else labelled_log_prob(q_logits, s)
+        return elbo, elbo, sup

@@ -35,6 +35,7 @@ from hvaeseg.objectives._common import (
     squeeze_time,
     valid_from_x,
 )
+from hvaeseg.objectives.exact import exact_log_joint, marginal_log_prob, posterior_cross_entropy
 from hvaeseg.objectives.pool import fill_void_nearest
 from hvaeseg.traces import labelled_log_prob, replay, site_distribution
 
@@ -69,12 +70,15 @@ class SymmetricWeights:
     :param unlabelled_p: decoder, unlabelled batch: :math:`E_{x'} E_{q(s,l,z|x')} \log p(x',s,l,z)`.
     :param supervised_q: encoder, labelled batch: :math:`E_{(x,s)} \log q(s|x)` over labelled pixels.
     :param sleep_q: encoder, label pool: :math:`E_{s''} E_{p(l)p(z,\tilde x|s'',l)} \log q(s'',l,z|\tilde x)`.
+    :param posterior_q: encoder, unlabelled batch, with ``exact_s`` only:
+        :math:`E_{x'} \sum_i \sum_k p(s_i = k|x') \log q(s_i = k|x')`, the exact posterior held fixed.
     """
 
     labelled_p: float = 1.0
     unlabelled_p: float = 1.0
     supervised_q: float = 1.0
     sleep_q: float = 1.0
+    posterior_q: float = 1.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -168,6 +172,11 @@ class SymmetricEquilibrium:
     :param num_particles: samples per image for every expectation (>= 1).
     :param sleep_masks: show generated images to the guide under real cloud masks.
     :param sleep_relabel: probability that a sleep map is relabelled (see above), in ``[0, 1]``.
+    :param exact_s: the model is an :class:`hvaeseg.HVAE` whose posterior of ``s`` is exact
+        (:attr:`hvaeseg.HierarchySpec.exact_s`; :mod:`hvaeseg.objectives.exact`): the decoder's two terms are then
+        the exact log-likelihoods :math:`\log p(x, s_{lab})` and :math:`\log p(x')` (the classes of every
+        unlabelled pixel summed over, which is EM's gradient), and the encoder also learns the exact posterior of
+        the unlabelled images (weight ``posterior_q``). ``num_particles`` and ``wake_holdout`` do not apply.
     :param wake_holdout: probability, in ``[0, 1]``, that an image (temporal: a date of a stack) of the unlabelled
         wake batch hides from the guide the pixels under the cloud mask of another image of the batch (drawn
         with the global generator); the model still scores them, so the decoder learns to predict pixels the
@@ -189,6 +198,7 @@ class SymmetricEquilibrium:
         sleep_relabel: float = 0.0,
         num_classes: int | None = None,
         wake_holdout: float = 0.0,
+        exact_s: bool = False,
     ) -> None:
         if weights is None:
             weights = SymmetricWeights()
@@ -201,6 +211,12 @@ class SymmetricEquilibrium:
                                   or num_classes < 1):
             raise ValueError(f"sleep_relabel needs num_classes (the number of classes K >= 1), got {num_classes!r}")
         self.wake_holdout = check_probability(wake_holdout, "wake_holdout")
+        if not isinstance(exact_s, bool):
+            raise ValueError(f"expected exact_s as true or false, got {exact_s!r}")
+        if exact_s and self.wake_holdout > 0:
+            raise ValueError("wake_holdout hides pixels from the guide, which the exact posterior never uses: set "
+                             "wake_holdout=0 with exact_s")
+        self.exact_s = exact_s
         self.weights = weights
         self.num_particles = num_particles
         self.sleep_masks = bool(sleep_masks)
@@ -258,7 +274,8 @@ class SymmetricEquilibrium:
         """The two losses and every unweighted term (mean per image) by name, for logging.
 
         Keys: ``decoder_loss``, ``encoder_loss`` and those of the computed terms among ``labelled_p``,
-        ``unlabelled_p``, ``supervised_q``, ``sleep_q``. Arguments as in :meth:`differentiable_loss`.
+        ``unlabelled_p``, ``supervised_q``, ``sleep_q``, ``posterior_q`` (``exact_s``). Arguments as in
+        :meth:`differentiable_loss`.
         """
         lab = as_labelled(labelled)
         unl = as_unlabelled(unlabelled)
@@ -269,11 +286,13 @@ class SymmetricEquilibrium:
         w = self.weights
         out: dict[str, Tensor] = {}
         fn = None
-        if lab is not None and w.labelled_p > 0:
+        if self.exact_s:
+            self._exact(model, guide, lab, unl, out)
+        elif lab is not None and w.labelled_p > 0:
             # one guide pass serves both labelled terms: its samples (no gradient) for L_p, its q(s|x) for L_q
             out["labelled_p"], fn = self._wake(model, guide, lab.x, lab.s, lab.valid, lab.doy,
                                                s_site=w.supervised_q > 0)
-        if unl is not None and w.unlabelled_p > 0:
+        if unl is not None and w.unlabelled_p > 0 and not self.exact_s:
             out["unlabelled_p"], _ = self._wake(model, guide, unl.x, None, unl.valid, unl.doy,
                                                 hide=self._holdout(unl.valid))
         if lab is not None and w.supervised_q > 0:
@@ -304,8 +323,26 @@ class SymmetricEquilibrium:
         )
         out["encoder_loss"] = -(
             w.supervised_q * out.get("supervised_q", zero) + w.sleep_q * out.get("sleep_q", zero)
+            + w.posterior_q * out.get("posterior_q", zero)
         )
         return out
+
+    def _exact(self, model: Any, guide: Any, lab: Any, unl: Any, out: dict[str, Tensor]) -> None:
+        """The ``exact_s`` terms into ``out``: ``labelled_p``, ``unlabelled_p`` (exact log-likelihoods, mean per
+        image) and ``posterior_q`` (the guide's cross-entropy against the exact posterior on the unlabelled
+        batch)."""
+        w = self.weights
+        if lab is not None and w.labelled_p > 0:
+            out["labelled_p"] = marginal_log_prob(exact_log_joint(model, lab.x, lab.valid, lab.doy), lab.s).mean()
+        if unl is None or (w.unlabelled_p == 0 and w.posterior_q == 0):
+            return
+        log_joint = exact_log_joint(model, unl.x, unl.valid, unl.doy)
+        if w.unlabelled_p > 0:
+            out["unlabelled_p"] = marginal_log_prob(log_joint).mean()
+        if w.posterior_q > 0:
+            fn = site_distribution(guide, "s", unl.x, s=None, valid=unl.valid, **unl.kwargs)
+            shape = (unl.x.shape[0], *unl.x.shape[-2:])
+            out["posterior_q"] = posterior_cross_entropy(log_joint, s_logits(fn, shape)).mean()
 
     # ------------------------------------------------------------------------------------------ terms
     def _wake(

@@ -40,6 +40,8 @@ def test_example_specs_load(name):
     assert HierarchySpec.from_yaml(spec.to_yaml()) == spec
     if name == "default":
         assert spec == HierarchySpec.default(6, 10)
+    if name == "pixel_mixture":
+        assert spec == HierarchySpec.pixel_mixture(7, 10) and spec.exact_s
 
 
 def test_topological_order_follows_parents_not_listing():
@@ -138,6 +140,8 @@ ERRORS = [
     ("widths", lambda: NetworkSpec(encoder_widths=(32, 0)), "network: encoder_widths must be positive integers"),
     ("interactions", lambda: NetworkSpec(decoder_interactions="yes"),
      "network: decoder_interactions must be true or false, got 'yes'"),
+    ("kernel", lambda: NetworkSpec(decoder_kernel=5), "network: decoder_kernel must be 1 or 3, got 5"),
+    ("kernel type", lambda: NetworkSpec(decoder_kernel=True), "network: decoder_kernel must be 1 or 3, got True"),
     ("depths", lambda: NetworkSpec(encoder_depths=(1,)), "network: encoder_depths must give one non-negative depth"),
     (
         "unknown field",
@@ -227,6 +231,7 @@ def valid_specs(draw):
         decoder_width=draw(st.integers(1, 64)),
         decoder_depth=draw(st.integers(0, 3)),
         decoder_interactions=draw(st.booleans()),
+        decoder_kernel=draw(st.sampled_from([1, 3])),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

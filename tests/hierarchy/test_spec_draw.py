@@ -68,6 +68,13 @@ def test_rows_follow_depth_and_kinds_are_told_apart():
     assert len(legend) == len(NODE_COLORS) and "latent layer shared by the dates" in legend
 
 
+def test_the_title_says_when_the_s_posterior_is_exact():
+    from hvaeseg.hierarchy import HierarchySpec
+
+    assert HierarchySpec.pixel_mixture(3, 4).draw().get_title().endswith("0 latent layers, exact s posterior")
+    assert "exact" not in HierarchySpec.default(3, 4).draw().get_title()
+
+
 def test_draw_on_given_axes_and_save(tmp_path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

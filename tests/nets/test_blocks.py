@@ -98,3 +98,21 @@ def test_interactions_broadcast_a_parent_shared_by_the_dates():
     assert out.shape == (2, 4, 4, 5, 5)
     for t in range(4):
         torch.testing.assert_close(out[:, t], net([p[:, 0]], [g[:, t]]))
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_a_one_by_one_net_sees_each_pixel_alone(kernel):
+    """With kernel=1 a change of a spatial parent at one pixel changes the output at that pixel only; with 3x3
+    convolutions it reaches the neighbours too."""
+    torch.manual_seed(0)
+    net = ConditionalConvNet([3], [2], 8, 2, 4, interactions=True, kernel=kernel)
+    for block in net.blocks:  # away from the zero-initialised residual branch
+        torch.nn.init.normal_(block.conv2.weight, std=0.3)
+    p, g = torch.randn(1, 3, 5, 5), torch.randn(1, 2)
+    q = p.clone()
+    q[0, :, 2, 2] += 1.0
+    changed = (net([q], [g]) - net([p], [g])).abs().sum(1)[0] > 1e-6
+    assert changed[2, 2]
+    assert int(changed.sum()) == (1 if kernel == 1 else 25)
+    with pytest.raises(ValueError, match="expected kernel 1 or 3, got 5"):
+        ConditionalConvNet([3], [], 8, 1, 4, kernel=5)
