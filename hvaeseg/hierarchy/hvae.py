@@ -282,6 +282,18 @@ class HVAE(PyroModule):
             out = out * keep[:, :, None, None, None].to(out.dtype)
         return out
 
+    def _covariate_inputs(self, x, valid, doy, interp_from, B: int, T: int | None, H: int, W: int) -> dict:
+        """The observed parents of the decoder nets: ``"doy"`` (:meth:`_doy_input`) and ``"interp"``
+        (:meth:`_interp_input`), each only when the hierarchy takes it."""
+        inputs: dict[str, torch.Tensor] = {}
+        doy_in = self._doy_input(doy, B, T)
+        if doy_in is not None:
+            inputs["doy"] = doy_in
+        interp = self._interp_input(x, valid, doy, interp_from, B, T, H, W)
+        if interp is not None:
+            inputs["interp"] = interp
+        return inputs
+
     def _s_site_value(self, s: torch.Tensor | None) -> torch.Tensor | None:
         """Labels as the s site stores them: int64 (or one-hot float), ``(B, 1, ...)`` when temporal."""
         if s is None:
@@ -349,13 +361,8 @@ class HVAE(PyroModule):
         B, T, H, W = self._dims(x, s, valid, shape)
         self._expose_parameters("decoder")
         dtype = self._dtype
-        inputs: dict[str, torch.Tensor] = {}
-        doy_in = self._doy_input(doy, B, T)
-        if doy_in is not None:
-            inputs["doy"] = doy_in
-        interp = self._interp_input(x, valid, doy, interp_from, B, T, H, W)
-        if interp is not None:
-            inputs["interp"] = interp
+        inputs = self._covariate_inputs(x, valid, doy, interp_from, B, T, H, W)
+        interp = inputs.get("interp")
         with pyro.plate("batch", B, dim=-2 if T is not None else -1):
             s_val = pyro.sample("s", self._s_prior(B, T, H, W).to_event(2), obs=self._s_site_value(s))
             inputs["s"] = parent_input(spec, "s", s_val, dtype)
@@ -404,13 +411,8 @@ class HVAE(PyroModule):
         if problem is not None:
             raise ValueError(f"the posterior of s is not exact in this hierarchy: {problem}")
         B, T, H, W = self._dims(x, None, valid, None)
-        inputs: dict[str, torch.Tensor] = {}
-        doy_in = self._doy_input(doy, B, T)
-        if doy_in is not None:
-            inputs["doy"] = doy_in
-        interp = self._interp_input(x, valid, doy, None, B, T, H, W)
-        if interp is not None:
-            inputs["interp"] = interp
+        inputs = self._covariate_inputs(x, valid, doy, None, B, T, H, W)
+        interp = inputs.get("interp")
         size = (H, W) if interp is not None else (1, 1)
         K = spec.num_classes
         eye = torch.eye(K, dtype=self._dtype, device=self._device)

@@ -257,7 +257,9 @@ class _HVAEMethod(SeededMethod):
         self.last_grad_norms: dict[str, float] = {}
         decoder = hvae.decoder
         self._global = {id(p) for p in (decoder.x_scale, decoder.s_logits) if p is not None}
-        self._decoder = {id(p) for p in hvae.parameter_groups()[0]} if config.decoder_lr else set()
+        #: the two players' parameters (:meth:`HVAE.parameter_groups`): the decoder's (theta) and the encoder's (phi)
+        self.decoder_params, self.encoder_params = hvae.parameter_groups()
+        self._decoder = {id(p) for p in self.decoder_params} if config.decoder_lr else set()
 
     @classmethod
     def build(
@@ -391,9 +393,9 @@ class _HVAEMethod(SeededMethod):
         }
 
     # ------------------------------------------------------------------------------------ diagnostics
-    @abc.abstractmethod
     def _players(self) -> dict[str, list[nn.Parameter]]:
-        """The parameters of each player (optimised together), by name."""
+        """The parameters of each player, by name (the ELBO steps both together, with one optimizer)."""
+        return {"decoder": self.decoder_params, "encoder": self.encoder_params}
 
     @abc.abstractmethod
     def _terms(self, batch: StepBatch) -> dict[str, tuple[Tensor, float]]:
@@ -451,7 +453,6 @@ class SymmetricMethod(_HVAEMethod):
                                               sleep_masks=config.sleep_masks, sleep_relabel=config.sleep_relabel,
                                               num_classes=hvae.spec.num_classes, wake_holdout=config.wake_holdout,
                                               exact_s=config.exact_s)
-        self.decoder_params, self.encoder_params = hvae.parameter_groups()
         self.stepper = SymmetricStepper(
             hvae.model, hvae.guide, self.objective,
             decoder=(self.decoder_params, self._optimizer(self.decoder_params)),
@@ -468,9 +469,6 @@ class SymmetricMethod(_HVAEMethod):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self.stepper.optimizers
-
-    def _players(self) -> dict[str, list[nn.Parameter]]:
-        return {"decoder": self.decoder_params, "encoder": self.encoder_params}
 
     def objective_at(self, step: int) -> SymmetricEquilibrium:
         """The objective of ``step``: the supervised term alone on the ``supervised_steps`` steps that follow
@@ -524,10 +522,6 @@ class ELBOMethod(_HVAEMethod):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._optimizers
-
-    def _players(self) -> dict[str, list[nn.Parameter]]:
-        decoder, encoder = self.hvae.parameter_groups()
-        return {"decoder": decoder, "encoder": encoder}
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)
