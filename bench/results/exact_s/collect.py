@@ -1,9 +1,10 @@
 """Collect the runs of the exact-posterior study (issue 10) into ``runs.jsonl`` and print a summary table.
 
 Each argument is ``VARIANT=DIR``: every ``compare_row.json`` under ``DIR`` (a ``bench/compare.py --out`` folder)
-becomes a row of ``runs.jsonl`` tagged with ``VARIANT`` (rows already there for that variant are replaced); the
-table gives, per variant, cube and method, the mean and standard deviation over seeds (``bench/compare.py``'s
-``summarise``).
+becomes a row of ``runs.jsonl`` tagged with ``VARIANT`` (rows already there for that variant are replaced;
+``VARIANT+=DIR`` adds the folder's rows to the variant's, replacing only those of the same cube, method and seed:
+a seed run later); the table gives, per variant, cube and method, the mean and standard deviation over seeds
+(``bench/compare.py``'s ``summarise``).
 
     python bench/results/exact_s/collect.py exact_sym=runs/ex5 baselines=runs/base
 """
@@ -26,10 +27,13 @@ def main(args: list[str]) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     for arg in args:
         variant, folder = arg.split("=", 1)
-        rows = [r for r in rows if r["variant"] != variant]
-        for f in sorted(Path(folder).rglob("compare_row.json")):
-            row = json.loads(f.read_text())
-            rows.append({"variant": variant, **{k: row[k] for k in KEEP if k in row}})
+        add = variant.endswith("+")
+        variant = variant.rstrip("+")
+        new = [{"variant": variant, **{k: row[k] for k in KEEP if k in row}}
+               for row in (json.loads(f.read_text()) for f in sorted(Path(folder).rglob("compare_row.json")))]
+        keys = {(r["cube"], r["method"], r["seed"]) for r in new}
+        rows = [r for r in rows if r["variant"] != variant or (add and (r["cube"], r["method"], r["seed"]) not in keys)]
+        rows += new
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print("| variant | cube | method | seeds | accuracy | mean IoU | IWAE (nats/value) | steps/s |")
     print("|---|---|---|---|---|---|---|---|")
