@@ -18,7 +18,6 @@ from hvaeseg.objectives import (
     SymmetricStepper,
     SymmetricWeights,
 )
-from hvaeseg.objectives.exact import exact_log_likelihood
 from tests.methods.standin import random_batch
 
 C, K, P = 3, 3, 8  # bands, classes, patch side
@@ -146,54 +145,6 @@ def test_exact_s_trains_a_pixel_mixture_and_names_a_hierarchy_without_it(cls):
     with pytest.raises(ValueError, match="exact_s: the posterior of s is not exact in this hierarchy: it has latent "
                                          "layers .*pixel_mixture.yaml"):
         cls.build(C, K, config=HVAEConfig(exact_s=True), patch_size=P)
-
-
-@pytest.mark.parametrize("cls", [SymmetricMethod, ELBOMethod])
-def test_decoder_warmup_trains_the_decoder_alone_on_the_exact_log_likelihood(cls):
-    """The first ``decoder_warmup`` steps: one loss, the negative exact log-likelihood of both batches (checked
-    against the enumeration's log-normaliser); the decoder moves, the encoder and its EMA do not; then the full
-    objective, and the EMA's schedule starts from its first step."""
-    torch.manual_seed(0)
-    options = {"weights": {"sleep_q": 0.0}} if cls is SymmetricMethod else {}
-    method = build(cls, exact_spec(), exact_s=True, decoder_warmup=2, **options)
-    batch = step_batch()
-    hvae = method.hvae
-    for step, warm in ((0, True), (1, True), (2, False)):
-        dec, enc = snapshot(method.decoder_params), snapshot(method.encoder_params)
-        losses = method.losses(batch, step)
-        if warm:
-            (loss,) = losses.values()
-            with torch.no_grad():
-                lab, unl = batch.labelled, batch.unlabelled
-                a_lab = hvae.s_posterior_logits(lab.x, lab.valid, doy=lab.doy)
-                a_unl = hvae.s_posterior_logits(unl.x, unl.valid, doy=unl.doy)
-                picked = a_lab.gather(-1, lab.labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                ll_lab = torch.where(lab.labels >= 0, picked, a_lab.logsumexp(-1)).flatten(1).sum(1).mean()
-                ll_unl = a_unl.logsumexp(-1).flatten(1).sum(1).mean()
-            assert float(loss.detach()) == pytest.approx(-float(ll_lab + ll_unl), rel=1e-5)
-        else:
-            assert set(losses) == ({"decoder", "encoder"} if cls is SymmetricMethod else {"elbo"})
-        ema = snapshot(method.ema.parameters())
-        method.update(losses)
-        method.after_update(step)
-        assert any(not torch.equal(a, p) for a, p in zip(dec, method.decoder_params))
-        assert any(not torch.equal(a, p) for a, p in zip(enc, method.encoder_params)) == (not warm)
-        if warm:  # the EMA waits for the encoder
-            assert all(torch.equal(a, p) for a, p in zip(ema, method.ema.parameters()))
-        else:  # and then starts its schedule afresh: decay ema_decay_at(0) = 0.1
-            for a, p, e in zip(ema, method.hvae.encoder.unet.parameters(),
-                               method.ema.parameters()):
-                torch.testing.assert_close(e, 0.1 * a + 0.9 * p.detach())
-    with pytest.raises(ValueError, match="decoder_warmup: .*needs exact_s: true"):
-        HVAEConfig(decoder_warmup=5)
-    with pytest.raises(ValueError, match="decoder_warmup: expected an int >= 0"):
-        HVAEConfig(decoder_warmup=-1, exact_s=True)
-
-
-def test_exact_log_likelihood_needs_a_batch():
-    method = build(SymmetricMethod, exact_spec(), exact_s=True, weights={"sleep_q": 0.0})
-    with pytest.raises(ValueError, match="expected a labelled and/or an unlabelled batch"):
-        exact_log_likelihood(method.hvae.model)
 
 
 def test_config_spec_must_match_the_data():

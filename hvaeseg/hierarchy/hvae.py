@@ -17,9 +17,7 @@ interpolation of each date from the stack's other clear dates plus the decoder's
 observations to interpolate from ``interp_from=(x, valid)``; without them every date is generated from the latents
 alone (the covariate says "no clear neighbour"), which is what the symmetric objective's sleep images are. In
 training mode each date's covariate is hidden with probability ``spec.image.interp_dropout`` (like dropout), so
-the decoder also learns that case. With ``interp_anomaly`` the anomaly is interpolated instead: the mean is
-``interp(x) + m - interp(m)`` for the decoder's output ``m`` (a class's curve over the year, shifted by the pixel's
-own departure from it at the neighbouring dates).
+the decoder also learns that case.
 
 Guide (ladder): one bottom-up U-Net pass over ``(x * valid, valid)``; q(s|x) from the U-Net's head,
 q(l|x) from the pooled coarsest features, and q(z_t | z_<t, x) with parameters = decoder prior
@@ -39,7 +37,7 @@ Pyro runs the model alone once to find its plates) need label maps to draw from:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol, cast
 
 import pyro
@@ -59,7 +57,7 @@ from hvaeseg.distributions import (
     bernoulli_kl,
     check_label_pool,
 )
-from hvaeseg.hierarchy.interpolation import interpolation_input, neighbour_interpolation, stack_days
+from hvaeseg.hierarchy.interpolation import interpolation_input
 from hvaeseg.hierarchy.networks import LATENT_MIN_SCALE, Decoder, LadderEncoder, parent_input
 from hvaeseg.hierarchy.posterior import posterior_inpaint
 from hvaeseg.hierarchy.spec import HierarchySpec, LatentLayerSpec
@@ -245,16 +243,13 @@ class HVAE(PyroModule):
         T: int | None,
         H: int,
         W: int,
-    ) -> tuple[torch.Tensor | None, Callable[[torch.Tensor], torch.Tensor] | None]:
+    ) -> torch.Tensor | None:
         """The ``interp`` covariate ``(B, T, C + 4, H, W)`` from ``interp_from`` or else the observed stack (zeros,
         "no clear neighbour", when neither is given), or None when the image does not take it. In training mode
-        each ``(b, t)`` is zeroed with probability ``spec.image.interp_dropout``.
-
-        Second: the same leave-one-out interpolation as a function of any ``(B, T, C, H, W)`` stack (the same clear
-        dates, the same dropped ones; differentiable), for ``interp_anomaly``; None when there is none to apply."""
+        each ``(b, t)`` is zeroed with probability ``spec.image.interp_dropout``."""
         spec = self.spec
         if not spec.interpolates:
-            return None, None
+            return None
         assert T is not None  # the spec checks that interp is only in temporal hierarchies
         if interp_from is not None:
             src, src_valid = interp_from
@@ -264,7 +259,7 @@ class HVAE(PyroModule):
             where = "x"
         else:
             channels = spec.input_channels("interp")
-            return torch.zeros((B, T, channels, H, W), dtype=self._dtype, device=self._device), None
+            return torch.zeros((B, T, channels, H, W), dtype=self._dtype, device=self._device)
         want = (B, T, spec.image.bands, H, W)
         if tuple(src.shape) != want:
             raise ValueError(f"expected {where} of shape {want} to interpolate from, got {_shape_str(src)}")
@@ -282,45 +277,22 @@ class HVAE(PyroModule):
             )
         out = interpolation_input(src, src_valid, doy, self._dtype)
         p = spec.image.interp_dropout
-        keep = None
         if self.training and p > 0:
-            keep = (torch.rand((B, T), device=out.device) >= p)[:, :, None, None, None].to(out.dtype)
-            out = out * keep
-        times = stack_days(doy).to(src.device)
-
-        def loo(v: torch.Tensor) -> torch.Tensor:
-            value = neighbour_interpolation(v, src_valid, times, exclude_self=True).value
-            return value if keep is None else value * keep
-
-        return out, loo
-
-    def _image_loc(
-        self, loc: torch.Tensor, interp: torch.Tensor | None, loo: Callable[[torch.Tensor], torch.Tensor] | None
-    ) -> torch.Tensor:
-        """The image's mean from the decoder's output ``loc``: ``loc`` itself without the ``interp`` covariate, else
-        ``interp(x) + loc`` (a residual to the interpolation from the other dates), or with ``interp_anomaly``
-        ``interp(x) + loc - interp(loc)`` (the anomaly ``x - loc`` interpolated)."""
-        if interp is None:
-            return loc
-        out = loc + interp[..., : self.spec.image.bands, :, :]
-        if self.spec.image.interp_anomaly and loo is not None:
-            out = out - loo(loc)
+            keep = torch.rand((B, T), device=out.device) >= p
+            out = out * keep[:, :, None, None, None].to(out.dtype)
         return out
 
-    def _covariate_inputs(
-        self, x, valid, doy, interp_from, B: int, T: int | None, H: int, W: int
-    ) -> tuple[dict[str, torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None]:
+    def _covariate_inputs(self, x, valid, doy, interp_from, B: int, T: int | None, H: int, W: int) -> dict:
         """The observed parents of the decoder nets: ``"doy"`` (:meth:`_doy_input`) and ``"interp"``
-        (:meth:`_interp_input`), each only when the hierarchy takes it; and the interpolation as a function (for
-        :meth:`_image_loc`), or None."""
+        (:meth:`_interp_input`), each only when the hierarchy takes it."""
         inputs: dict[str, torch.Tensor] = {}
         doy_in = self._doy_input(doy, B, T)
         if doy_in is not None:
             inputs["doy"] = doy_in
-        interp, loo = self._interp_input(x, valid, doy, interp_from, B, T, H, W)
+        interp = self._interp_input(x, valid, doy, interp_from, B, T, H, W)
         if interp is not None:
             inputs["interp"] = interp
-        return inputs, loo
+        return inputs
 
     def _s_site_value(self, s: torch.Tensor | None) -> torch.Tensor | None:
         """Labels as the s site stores them: int64 (or one-hot float), ``(B, 1, ...)`` when temporal."""
@@ -389,7 +361,7 @@ class HVAE(PyroModule):
         B, T, H, W = self._dims(x, s, valid, shape)
         self._expose_parameters("decoder")
         dtype = self._dtype
-        inputs, loo = self._covariate_inputs(x, valid, doy, interp_from, B, T, H, W)
+        inputs = self._covariate_inputs(x, valid, doy, interp_from, B, T, H, W)
         interp = inputs.get("interp")
         with pyro.plate("batch", B, dim=-2 if T is not None else -1):
             s_val = pyro.sample("s", self._s_prior(B, T, H, W).to_event(2), obs=self._s_site_value(s))
@@ -407,7 +379,8 @@ class HVAE(PyroModule):
                     z = pyro.sample(name, self._layer_dist(self._layers[name], out).to_event(3))
                     inputs[name] = parent_input(spec, name, z, dtype)
                 loc, scale, factor = self.decoder.x_params(self._prior_out("x", inputs, H, W, B, T))
-                loc = self._image_loc(loc, interp, loo)
+                if interp is not None:  # a residual to the interpolation from the other dates
+                    loc = loc + interp[..., : spec.image.bands, :, :]
                 if factor is not None:  # bands correlated within a pixel
                     return pyro.sample("x", BandCorrelatedNormal(loc, scale, factor, valid), obs=x)
                 fn = Normal(loc, scale, validate_args=False)
@@ -438,7 +411,7 @@ class HVAE(PyroModule):
         if problem is not None:
             raise ValueError(f"the posterior of s is not exact in this hierarchy: {problem}")
         B, T, H, W = self._dims(x, None, valid, None)
-        inputs, loo = self._covariate_inputs(x, valid, doy, None, B, T, H, W)
+        inputs = self._covariate_inputs(x, valid, doy, None, B, T, H, W)
         interp = inputs.get("interp")
         size = (H, W) if interp is not None else (1, 1)
         K = spec.num_classes
@@ -449,7 +422,8 @@ class HVAE(PyroModule):
             onehot = eye[k].view(K, 1, 1).expand(B, K, *size)
             inputs["s"] = onehot.unsqueeze(1) if T is not None else onehot
             loc, scale, factor = self.decoder.x_params(self.decoder.net_output("x", inputs, size))
-            loc = self._image_loc(loc, interp, loo)
+            if interp is not None:
+                loc = loc + interp[..., : spec.image.bands, :, :]
             if factor is not None:
                 lp = BandCorrelatedNormal(loc, scale, factor).pixel_log_prob(x)
             else:

@@ -198,12 +198,6 @@ class ImageLayerSpec:
     :param interp_dropout: with ``interp`` among the parents: the probability that, in training, a date's
         covariate is hidden (as if no other date were clear), so that the decoder also learns to generate from
         the latents alone, as the sleep images of symmetric learning are generated. In ``[0, 1)``.
-    :param interp_anomaly: with ``interp`` among the parents: interpolate the anomaly ``x - m`` rather than ``x``,
-        where ``m`` is the decoder's output (the mean the image would have without the interpolation): a date's
-        mean is ``interp(x)_t + m_t - interp(m)_t``, with ``interp`` the same leave-one-out interpolation from the
-        stack's other clear dates. Between two clear dates it follows the decoder's curve (a class's phenology)
-        shifted by the pixel's own departure from it at those dates; with no clear neighbour it is ``m_t``.
-        False (default): ``interp(x)_t + m_t``, a correction added to the interpolation of ``x``.
     """
 
     bands: int
@@ -213,7 +207,6 @@ class ImageLayerSpec:
     init_scale: float = 0.25
     interp_dropout: float = 0.25
     cov_rank: int = 0
-    interp_anomaly: bool = False
 
     def __post_init__(self):
         _positive_int(self.bands, "image: bands", "give the number of spectral bands, e.g. 10")
@@ -238,12 +231,6 @@ class ImageLayerSpec:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
             raise ValueError(f"image: interp_dropout must be a probability in [0, 1), got {p!r}: e.g. 0.25")
         object.__setattr__(self, "interp_dropout", float(p))
-        if not isinstance(self.interp_anomaly, bool):
-            raise ValueError(f"image: interp_anomaly must be true or false, got {self.interp_anomaly!r}")
-        if self.interp_anomaly and "interp" not in self.parents:
-            raise ValueError("image: interp_anomaly interpolates the anomaly from the other dates, which needs the "
-                             "parent 'interp': add it to the image's parents (a temporal hierarchy) or set "
-                             "interp_anomaly: false")
         r = self.cov_rank
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < self.bands:
             raise ValueError(f"image: cov_rank must be an integer in [0, bands = {self.bands}), got {r!r}: e.g. 2 "

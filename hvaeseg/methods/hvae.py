@@ -35,11 +35,10 @@ from hvaeseg.methods.augment import Augmentation
 from hvaeseg.methods.base import SeededMethod, StepBatch
 from hvaeseg.methods.supervised import call_net, eval_mode
 from hvaeseg.nets.ema import ema_copy, ema_decay_at, ema_update
-from hvaeseg.objectives import DecoderReplay, SemiSupervisedELBO, SymmetricEquilibrium, SymmetricWeights
+from hvaeseg.objectives import SemiSupervisedELBO, SymmetricEquilibrium, SymmetricWeights
 from hvaeseg.objectives._common import check_probability
 from hvaeseg.objectives.elbo import ESTIMATORS
 from hvaeseg.objectives.estimators import consistency, iwae_bound, reconstruction_error
-from hvaeseg.objectives.exact import exact_log_likelihood
 from hvaeseg.objectives.stepper import SymmetricStepper, grad_norm
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -127,11 +126,6 @@ class HVAEConfig:
         ``"pixel_mixture"`` (:meth:`~hvaeseg.hierarchy.spec.HierarchySpec.pixel_mixture`: s, doy -> x pixel by
         pixel, whose s posterior is exact; it takes ``image_cov_rank``, ``image_scale``, ``init_scale``,
         ``decoder_interactions``, ``day_of_year`` and ``interpolation`` from this config).
-    :param decoder_warmup: with ``exact_s``, the first this many steps train the decoder alone, along the exact
-        log-likelihood of the labelled and unlabelled batches (EM's gradient,
-        :func:`~hvaeseg.objectives.exact.exact_log_likelihood`; the encoder rests), for both objectives, so that
-        the encoder starts from a fitted mixture: symmetric learning's encoder learns its exact posterior, the
-        ELBO's its own. A warm-up step costs no encoder pass (0: off).
     """
 
     lr: float = 1e-3
@@ -164,8 +158,6 @@ class HVAEConfig:
     decoder_interactions: bool = False
     exact_s: bool = False
     hierarchy: str = "default"
-    decoder_warmup: int = 0
-    decoder_replay: int = 0
 
     def __post_init__(self) -> None:
         for name in ("lr", "global_lr", "temperature", "init_scale"):
@@ -178,7 +170,7 @@ class HVAEConfig:
         lr = self.decoder_lr
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
             raise ValueError(f"decoder_lr: expected a positive number or None (the encoder's lr), got {lr!r}")
-        for name in ("sleep_warmup", "supervised_steps", "decoder_warmup", "decoder_replay"):
+        for name in ("sleep_warmup", "supervised_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0 (steps), got {value!r}")
@@ -190,11 +182,6 @@ class HVAEConfig:
             raise ValueError(f"image_cov_rank: expected an int >= 0 (0: independent bands), got {rank!r}")
         if not isinstance(self.decoder_interactions, bool):
             raise ValueError(f"decoder_interactions: expected true or false, got {self.decoder_interactions!r}")
-        for name in ("decoder_warmup", "decoder_replay"):
-            if getattr(self, name) and not self.exact_s:
-                raise ValueError(f"{name}: the decoder is trained on the exact log-likelihood, which needs exact_s: "
-                                 f"true (and a hierarchy with an exact s posterior), got {name}={getattr(self, name)} "
-                                 f"with exact_s: false; set exact_s: true or {name}: 0")
         if self.hierarchy not in HIERARCHIES:
             raise ValueError(f"hierarchy: expected one of {HIERARCHIES}, got {self.hierarchy!r}")
         if self.image_scale not in IMAGE_SCALES:
@@ -339,11 +326,8 @@ class _HVAEMethod(SeededMethod):
             return torch.softmax(call_net(self.ema, x, valid, doy), dim=1)
 
     def after_update(self, step: int) -> None:
-        """Move the EMA of the encoder's U-Net; its steps count from the end of the decoder warm-up (the encoder
-        rests until then), so the average does not hold on to the untrained weights."""
-        start = self.config.decoder_warmup
-        if self.ema is not None and step >= start:
-            ema_update(self.ema, self.hvae.encoder.unet, ema_decay_at(step - start, self.config.ema_decay))
+        if self.ema is not None:
+            ema_update(self.ema, self.hvae.encoder.unet, ema_decay_at(step, self.config.ema_decay))
 
     def augment(self, batch: StepBatch) -> StepBatch:
         """The batch with a random dihedral element applied to each labelled and unlabelled patch."""
@@ -476,8 +460,6 @@ class SymmetricMethod(_HVAEMethod):
             clip_norm=self.clip_norm,
         )
         self.last_grad_norms = self.stepper.last_grad_norms  # the stepper measures them
-        #: the decoder's replayed batches (``decoder_replay``), or None
-        self.replay = DecoderReplay(config.decoder_replay) if config.decoder_replay else None
 
     def distribute(self, context: DistributedContext) -> None:
         """Average each player's gradients over the processes of ``context``, before its clipping and step (the
@@ -489,14 +471,11 @@ class SymmetricMethod(_HVAEMethod):
         return self.stepper.optimizers
 
     def objective_at(self, step: int) -> SymmetricEquilibrium:
-        """The objective of ``step``: the decoder's terms alone on the first ``decoder_warmup`` steps, the
-        supervised term alone on the ``supervised_steps`` steps that follow each full step, else every term with
-        the sleep weight ramped over ``sleep_warmup`` steps."""
+        """The objective of ``step``: the supervised term alone on the ``supervised_steps`` steps that follow
+        each full step, else every term with the sleep weight ramped over ``sleep_warmup`` steps."""
         o, w = self.objective, self.objective.weights
         k = self.config.supervised_steps
-        if step < self.config.decoder_warmup:  # the decoder alone, on the exact log-likelihood
-            weights = replace(w, supervised_q=0.0, sleep_q=0.0, posterior_q=0.0)
-        elif k and step % (k + 1):
+        if k and step % (k + 1):
             weights = SymmetricWeights(labelled_p=0.0, unlabelled_p=0.0, supervised_q=w.supervised_q, sleep_q=0.0,
                                        posterior_q=0.0)
         elif self.config.sleep_warmup == 0 or step >= self.config.sleep_warmup:
@@ -512,12 +491,8 @@ class SymmetricMethod(_HVAEMethod):
         self.stepper.objective = self.objective_at(step)
         dec, enc = self.stepper.differentiable_loss(labelled=batch.labelled, unlabelled=batch.unlabelled,
                                                     pool=batch.pool)
-        if self.replay is not None and dec.requires_grad:
-            w = self.stepper.objective.weights
-            dec = self.replay.decoder_loss(self.hvae.model, dec, (w.labelled_p, w.unlabelled_p),
-                                           labelled=batch.labelled, unlabelled=batch.unlabelled)
-        # a resting player (the decoder on ``supervised_steps``, the encoder on ``decoder_warmup``): no loss logged
-        return {name: loss for name, loss in (("decoder", dec), ("encoder", enc)) if loss.requires_grad}
+        # a supervised-only step (``supervised_steps``): the decoder rests, and its loss is not logged
+        return {"decoder": dec, "encoder": enc} if dec.requires_grad else {"encoder": enc}
 
     def _terms(self, batch: StepBatch) -> dict[str, tuple[Tensor, float]]:
         terms = self.objective.terms(self.hvae.model, self.hvae.guide, labelled=batch.labelled,
@@ -525,22 +500,11 @@ class SymmetricMethod(_HVAEMethod):
         weights = self.objective.weights.to_dict()
         return {k: (v, weights[k]) for k, v in terms.items() if k in weights}
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self.replay is not None:
-            state["replay"] = self.replay.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if self.replay is not None and "replay" in state:
-            self.replay.load_state_dict(state["replay"])
-
     def update(self, losses: dict[str, Tensor]) -> None:
         """Each player descends its own loss on its own parameters only (both gradients are taken before
         either player steps, so neither sees the other's move within a step): :meth:`SymmetricStepper.apply`."""
-        zero = torch.zeros((), device=next(iter(losses.values())).device)
-        self.stepper.apply(losses.get("decoder", zero), losses.get("encoder", zero))
+        enc = losses["encoder"]
+        self.stepper.apply(losses.get("decoder", torch.zeros((), device=enc.device)), enc)
 
 
 class ELBOMethod(_HVAEMethod):
@@ -550,10 +514,6 @@ class ELBOMethod(_HVAEMethod):
     streams = ("labelled", "unlabelled")
 
     def __init__(self, hvae: HVAE, config: HVAEConfig, seed: int = 0) -> None:
-        if config.decoder_replay:
-            raise ValueError("decoder_replay: the ELBO's decoder gradient is weighted by q(s|x) of each image, so a "
-                             "replayed batch would need the encoder again; it is for symmetric learning only: set "
-                             "decoder_replay: 0 for the ELBO")
         super().__init__(hvae, config, seed)
         self.objective = SemiSupervisedELBO(config.alpha, config.estimator, config.temperature,
                                             num_particles=config.num_particles, exact_s=config.exact_s)
@@ -565,11 +525,8 @@ class ELBOMethod(_HVAEMethod):
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)
-        if step < self.config.decoder_warmup:  # the decoder alone, on the exact log-likelihood (the encoder rests)
-            return {"log_likelihood": -exact_log_likelihood(self.hvae.model, labelled=batch.labelled,
-                                                            unlabelled=batch.unlabelled)}
         loss = self.objective.differentiable_loss(self.hvae.model, self.hvae.guide, labelled=batch.labelled,
-                                                  unlabelled=batch.unlabelled)
+                                   unlabelled=batch.unlabelled)
         return {"elbo": loss}
 
     def _terms(self, batch: StepBatch) -> dict[str, tuple[Tensor, float]]:
@@ -581,8 +538,7 @@ class ELBOMethod(_HVAEMethod):
     def update(self, losses: dict[str, Tensor]) -> None:
         opt = self._optimizers["all"]
         opt.zero_grad(set_to_none=True)
-        (loss,) = losses.values()  # "elbo", or "log_likelihood" on a decoder warm-up step
-        loss.backward()
+        losses["elbo"].backward()
         self.average_gradients(self.params)  # over the processes of a data-parallel run (means per image)
         self._clip_and_measure("all", self.params)
         opt.step()

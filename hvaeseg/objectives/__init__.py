@@ -5,8 +5,7 @@
   (:mod:`.stepper`) steps its two players, in the shape of ``pyro.infer.SVI``.
 - :class:`SemiSupervisedELBO` (:mod:`.elbo`): the semi-supervised ELBO with straight-through or
   score-function gradients through discrete latents (:class:`StraightThrough`, :mod:`.relax`).
-- :mod:`.exact`: both objectives' terms when the posterior of ``s`` is exact (``exact_s=True``);
-  :class:`DecoderReplay` (:mod:`.replay`): past batches scored again by symmetric learning's exact decoder.
+- :mod:`.exact`: both objectives' terms when the posterior of ``s`` is exact (``exact_s=True``).
 - :class:`LabelPool` (:mod:`.pool`): label maps for the sleep term; :func:`fill_void_nearest`.
 - :func:`iwae_bound`, :func:`consistency`, :func:`reconstruction_error` (:mod:`.estimators`).
 """
@@ -15,12 +14,10 @@ from hvaeseg.objectives.elbo import SemiSupervisedELBO
 from hvaeseg.objectives.estimators import consistency, iwae_bound, reconstruction_error
 from hvaeseg.objectives.pool import LabelLeakError, LabelPool, dihedral_transforms, fill_void_nearest
 from hvaeseg.objectives.relax import StraightThrough, relax_distribution
-from hvaeseg.objectives.replay import DecoderReplay
 from hvaeseg.objectives.stepper import SymmetricStepper
 from hvaeseg.objectives.symmetric import SymmetricEquilibrium, SymmetricWeights
 
 __all__ = [
-    "DecoderReplay",
     "LabelLeakError",
     "LabelPool",
     "SemiSupervisedELBO",

@@ -20,15 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hvaeseg.objectives._common import as_labelled, as_unlabelled
-
-__all__ = [
-    "enumerated_elbo",
-    "exact_log_joint",
-    "exact_log_likelihood",
-    "marginal_log_prob",
-    "posterior_cross_entropy",
-]
+__all__ = ["enumerated_elbo", "exact_log_joint", "marginal_log_prob", "posterior_cross_entropy"]
 
 
 def exact_log_joint(model: Any, x: Tensor, valid: Tensor | None, doy: Tensor | None) -> Tensor:
@@ -57,24 +49,6 @@ def marginal_log_prob(log_joint: Tensor, s: Tensor | None = None) -> Tensor:
         chosen = log_joint.gather(-1, s.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         out = torch.where(s >= 0, chosen, out)
     return out.flatten(1).sum(-1)
-
-
-def exact_log_likelihood(model: Any, *, labelled: Any = None, unlabelled: Any = None) -> Tensor:
-    """The mean per image of ``log p(x, s_lab)`` over the labelled batch plus the mean per image of ``log p(x')``
-    over the unlabelled one: EM's objective, whose gradient is the decoder's exact gradient (both objectives'
-    decoder warm-up, ``HVAEConfig.decoder_warmup``).
-
-    :param model: the model of an :class:`hvaeseg.HVAE` whose posterior of ``s`` is exact.
-    :param labelled: ``(x, s, valid)`` or a ``PatchBatch``, or None.
-    :param unlabelled: ``(x', valid')`` or a ``PatchBatch`` (its labels ignored), or None.
-    :raises ValueError: when neither batch is given.
-    """
-    lab, unl = as_labelled(labelled), as_unlabelled(unlabelled)
-    if lab is None and unl is None:
-        raise ValueError("expected a labelled and/or an unlabelled batch, got neither")
-    total = [marginal_log_prob(exact_log_joint(model, b.x, b.valid, b.doy), s).mean()
-             for b, s in ((lab, None if lab is None else lab.s), (unl, None)) if b is not None]
-    return torch.stack(total).sum()
 
 
 def posterior_cross_entropy(log_joint: Tensor, q_logits: Tensor, s: Tensor | None = None) -> Tensor:

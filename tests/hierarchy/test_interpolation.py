@@ -175,33 +175,6 @@ def test_the_decoder_mean_is_the_interpolation_plus_the_net_output():
     torch.testing.assert_close(loc, expected)
 
 
-def test_with_interp_anomaly_the_mean_interpolates_the_anomaly_from_the_other_dates():
-    """Same weights, ``interp_anomaly`` off and on: with ``m`` the net's output (off: mean - interp(x)), the mean is
-    ``interp(x) + m - interp(m)``; where a pixel has no clear neighbour it is ``m``."""
-    plain = _interp_hvae().eval()
-    with torch.no_grad():  # away from the zero-initialised head, so that m varies with the class, date and pixel
-        for p in plain.decoder.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    spec = plain.spec.to_dict()
-    anomaly = HVAE(HierarchySpec.from_dict({**spec, "image": {**spec["image"], "interp_anomaly": True}})).eval()
-    anomaly.load_state_dict(plain.state_dict())
-    x, valid, doy = _stack()
-    valid[0, :, 0, 0] = False  # a pixel never clear: no neighbour on any date
-    s = torch.randint(0, 3, (2, 8, 8))
-
-    def mean(hvae, x):
-        torch.manual_seed(1)  # the same draw of the latent layer for both
-        return unwrap(poutine.trace(hvae.model).get_trace(x, s, valid, doy=doy).nodes["x"]["fn"]).mean
-
-    loo = neighbour_interpolation(x, valid, stack_days(doy), exclude_self=True)
-    m = mean(plain, x) - loo.value.float()
-    want = loo.value.float() + m - neighbour_interpolation(m, valid, stack_days(doy), exclude_self=True).value
-    got = mean(anomaly, x)
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(got[0, :, :, 0, 0], m[0, :, :, 0, 0])
-    assert m.std() > 0.1 and not torch.allclose(got, mean(plain, x))
-
-
 def test_posterior_mean_fills_hidden_pixels_from_the_other_dates():
     hvae = _interp_hvae().eval()
     _zero_image_net(hvae)
@@ -219,17 +192,15 @@ def test_interp_dropout_hides_whole_dates_in_training_only():
     x, valid, doy = _stack(B=50)
     valid[:] = True
     hvae.eval()
-    full, _ = hvae._interp_input(x, valid, doy, None, 50, 4, 8, 8)
+    full = hvae._interp_input(x, valid, doy, None, 50, 4, 8, 8)
     hvae.train()
     torch.manual_seed(0)
-    dropped, loo = hvae._interp_input(x, valid, doy, None, 50, 4, 8, 8)
+    dropped = hvae._interp_input(x, valid, doy, None, 50, 4, 8, 8)
     hidden = (dropped == 0).flatten(2).all(-1)  # (B, T): the whole covariate of that date is zero
     assert 0.35 < hidden.float().mean() < 0.65
     assert torch.equal(dropped[~hidden], full[~hidden])
-    assert torch.equal(loo(x)[~hidden], full[:, :, : x.shape[2]][~hidden])  # the function drops the same dates
-    assert bool((loo(x)[hidden] == 0).all())
     hvae.eval()
-    assert torch.equal(hvae._interp_input(x, valid, doy, None, 50, 4, 8, 8)[0], full)
+    assert torch.equal(hvae._interp_input(x, valid, doy, None, 50, 4, 8, 8), full)
 
 
 def test_generating_without_observations_uses_the_latents_alone_and_bad_context_is_named():

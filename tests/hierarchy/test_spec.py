@@ -130,10 +130,6 @@ ERRORS = [
      "image: init_scale must be a number above"),
     ("cov rank", lambda: ImageLayerSpec(3, cov_rank=3), "image: cov_rank must be an integer in [0, bands = 3), got 3"),
     ("cov rank type", lambda: ImageLayerSpec(3, cov_rank=1.5), "image: cov_rank must be an integer"),
-    ("anomaly without interp", lambda: ImageLayerSpec(3, interp_anomaly=True),
-     "image: interp_anomaly interpolates the anomaly from the other dates, which needs the parent 'interp'"),
-    ("anomaly type", lambda: ImageLayerSpec(3, ("s", "interp"), interp_anomaly=1),
-     "image: interp_anomaly must be true"),
     ("num classes", lambda: HierarchySpec(0, 3, (), ImageLayerSpec(3)), "num_classes must be a positive integer"),
     ("code bits", lambda: HierarchySpec(3, 0, (), ImageLayerSpec(3)), "code_bits must be a positive integer"),
     (
