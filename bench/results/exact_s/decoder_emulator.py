@@ -1,0 +1,73 @@
+"""Diagnostic for issue 10: the decoder of symmetric learning with ``exact_s``, emulated without the encoder.
+
+With ``exact_s`` the decoder's loss does not involve the encoder, so the game's decoder trajectory is that of a
+decoder-only run on the same streams (the run's options with every encoder term at weight 0, the same seeds), which
+costs a quarter of a game step. Prints, every EVERY steps, the decoder's Bayes accuracy and IoU per class on the
+test tiles and the learned class prior, one JSON line each.
+
+    python bench/results/exact_s/decoder_emulator.py RUN SEED STEPS EVERY ['{"option": value}']
+
+RUN: a finished run folder (its config and plans; its own ``decoder_warmup`` / ``decoder_replay`` are dropped);
+the JSON options are merged into the run's.
+"""
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+torch.set_num_threads(1)
+from hvaeseg.data.loader import PatchLoader  # noqa: E402
+from hvaeseg.experiment import _Streams, build_method, prepare_data  # noqa: E402
+from hvaeseg.methods.base import StepBatch  # noqa: E402
+from hvaeseg.run_config import RunConfig  # noqa: E402
+
+
+def main(argv: list[str]) -> None:
+    run, seed, steps, every = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    extra = json.loads(argv[4]) if len(argv) > 4 else {}
+    cfg = RunConfig.load(run)
+    opts = {k: v for k, v in cfg.options.items() if k not in ("decoder_warmup", "decoder_replay")}
+    opts.update(extra)
+    opts["weights"] = {**opts.get("weights", {}), "supervised_q": 0.0, "posterior_q": 0.0, "sleep_q": 0.0}
+    cfg = dataclasses.replace(cfg, seed=seed, options=opts)
+    data = prepare_data(cfg, plans_from=run)
+    torch.manual_seed(seed)
+    method = build_method(cfg, data)
+    streams = _Streams(data, cfg, method)
+    f = streams.factories()
+    lab, unl, pool = f["labelled"](0), f["unlabelled"](0), f["pool"](0)
+    test = list(PatchLoader(data.cube, data.eval_plan.select(split="test"), batch_size=16, workers=0).batches(0))
+    hvae, K = method.hvae, data.num_classes
+
+    def evaluate():
+        conf = torch.zeros(K, K)
+        with torch.no_grad():
+            for b in test:
+                pred = hvae.s_posterior_logits(b.x, b.valid, doy=b.doy if hvae.spec.needs_doy else None).argmax(-1)
+                m = b.valid & (b.labels >= 0) if b.valid.dim() == 3 else b.valid.any(1) & (b.labels >= 0)
+                conf += torch.bincount(b.labels[m] * K + pred[m], minlength=K * K).reshape(K, K).float()
+        iou = conf.diag() / (conf.sum(0) + conf.sum(1) - conf.diag()).clamp(min=1)
+        return float(conf.diag().sum() / conf.sum()), [round(float(v), 2) for v in iou]
+
+    t0 = time.time()
+    for k in range(steps + 1):
+        if k % every == 0:
+            a, iou = evaluate()
+            pri = torch.softmax(hvae.decoder.s_logits.detach(), -1)
+            row = {"step": k, "acc": round(a, 4), "iou": iou, "prior": [round(float(v), 3) for v in pri],
+                   "t": round(time.time() - t0, 1)}
+            print(json.dumps(row), flush=True)
+        if k == steps:
+            break
+        batch = StepBatch(labelled=next(lab), unlabelled=next(unl), pool=next(pool))
+        method.update(method.losses(batch, k))
+    streams.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
