@@ -5,12 +5,14 @@ decoder-only run on the same streams (the run's options with every encoder term 
 costs a quarter of a game step. Prints, every EVERY steps, the decoder's Bayes accuracy and IoU per class on the
 test tiles and the learned class prior, one JSON line each.
 
-    python bench/results/exact_s/decoder_emulator.py RUN SEED STEPS EVERY ['{"option": value}']
+    python bench/results/exact_s/decoder_emulator.py RUN SEED STEPS EVERY ['{"option": value}'] [--lr-drop STEP F]
 
 RUN: a finished run folder (its config and plans; its own ``decoder_warmup`` / ``decoder_replay`` are dropped);
-the JSON options are merged into the run's.
+the JSON options are merged into the run's. ``--lr-drop STEP F`` multiplies the decoder's learning rates by F from
+step STEP on (a probe of an annealed decoder; no such option exists in training).
 """
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -28,8 +30,15 @@ from hvaeseg.run_config import RunConfig  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
-    run, seed, steps, every = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
-    extra = json.loads(argv[4]) if len(argv) > 4 else {}
+    p = argparse.ArgumentParser()
+    p.add_argument("run")
+    p.add_argument("seed", type=int)
+    p.add_argument("steps", type=int)
+    p.add_argument("every", type=int)
+    p.add_argument("options", nargs="?", type=json.loads, default={})
+    p.add_argument("--lr-drop", nargs=2, type=float, default=None, metavar=("STEP", "FACTOR"))
+    args = p.parse_args(argv)
+    run, seed, steps, every, extra = args.run, args.seed, args.steps, args.every, args.options
     cfg = RunConfig.load(run)
     opts = {k: v for k, v in cfg.options.items() if k not in ("decoder_warmup", "decoder_replay")}
     opts.update(extra)
@@ -64,6 +73,9 @@ def main(argv: list[str]) -> None:
             print(json.dumps(row), flush=True)
         if k == steps:
             break
+        if args.lr_drop is not None and k == int(args.lr_drop[0]):
+            for group in method.optimizers()["decoder"].param_groups:
+                group["lr"] *= args.lr_drop[1]
         batch = StepBatch(labelled=next(lab), unlabelled=next(unl), pool=next(pool))
         method.update(method.losses(batch, k))
     streams.close()
