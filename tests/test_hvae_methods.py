@@ -64,8 +64,6 @@ def snapshot(params) -> list[torch.Tensor]:
     ("alpha", -1.0), ("alpha", float("nan")),
     ("image_cov_rank", -1), ("image_cov_rank", 1.5), ("decoder_interactions", "yes"),
     ("exact_s", 1), ("decoder_lr", 0), ("decoder_lr", True), ("hierarchy", "deep"),
-    ("decoder_lr_drop", 0), ("decoder_lr_drop", 1.5), ("decoder_lr_drop", True), ("decoder_lr_drop_at", -1),
-    ("decoder_lr_drop_at", 2.5),
 ])
 def test_config_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field}: expected") as err:
@@ -147,37 +145,6 @@ def test_exact_s_trains_a_pixel_mixture_and_names_a_hierarchy_without_it(cls):
     with pytest.raises(ValueError, match="exact_s: the posterior of s is not exact in this hierarchy: it has latent "
                                          "layers .*pixel_mixture.yaml"):
         cls.build(C, K, config=HVAEConfig(exact_s=True), patch_size=P)
-
-
-@pytest.mark.parametrize("cls", [SymmetricMethod, ELBOMethod])
-def test_decoder_lr_drop_scales_the_decoders_groups_only_from_its_step_and_survives_a_checkpoint(cls):
-    """``decoder_lr_drop_at``: from that step the groups that hold decoder parameters only run at ``decoder_lr_drop``
-    times their rate, every other group as before; a method loaded from a checkpoint taken after the drop keeps it,
-    and one before it restores the full rate."""
-    options = {"weights": {"sleep_q": 0.0}} if cls is SymmetricMethod else {}
-    method = build(cls, exact_spec(), exact_s=True, decoder_lr=0.01, decoder_lr_drop_at=2, decoder_lr_drop=0.25,
-                   **options)
-
-    def rates(m) -> list[tuple[bool, float]]:  # (decoder-only group, lr) of every non-empty group
-        decoder = {id(p) for p in m.decoder_params}
-        return [(all(id(p) in decoder for p in g["params"]), g["lr"]) for o in m.optimizers().values()
-                for g in o.param_groups if g["params"]]
-
-    before = rates(method)
-    assert any(dec for dec, _ in before) and any(not dec for dec, _ in before)
-    states = []
-    for step in range(3):
-        method.update(method.losses(step_batch(step), step))
-        states.append(method.state_dict())
-        factor = 0.25 if step >= 2 else 1.0
-        for (dec, lr), (dec0, lr0) in zip(rates(method), before):
-            assert dec == dec0 and lr == pytest.approx(lr0 * (factor if dec else 1.0))
-    resumed = build(cls, exact_spec(), exact_s=True, decoder_lr=0.01, decoder_lr_drop_at=2, decoder_lr_drop=0.25,
-                    **options)
-    resumed.load_state_dict(states[2])
-    assert rates(resumed) == rates(method)
-    resumed.losses(step_batch(5), 1)  # a step before the drop: the full rate again
-    assert rates(resumed) == before
 
 
 def test_config_spec_must_match_the_data():

@@ -74,13 +74,6 @@ class HVAEConfig:
         are few, and at ``lr`` they move too slowly to follow the networks.
     :param decoder_lr: learning rate of the decoder's networks (theta, but for the global parameters); None: ``lr``.
         A small decoder (e.g. a pixel mixture's, ``exact_s``) can follow the data at a higher rate than the encoder.
-    :param decoder_lr_drop_at: from this step on, every learning rate of the decoder's parameters (the parameter
-        groups that hold decoder parameters only: all of them for symmetric learning; for the ELBO, whose one
-        optimizer mixes the players, the global parameters and, with ``decoder_lr``, the decoder's networks) is
-        multiplied by ``decoder_lr_drop`` (0: never). With ``exact_s``
-        a decoder at a high rate finds a class that no label holds and then loses it again to the noise of its
-        small batches (``bench/results/exact_s/``); a lower rate once it has settled keeps it.
-    :param decoder_lr_drop: the factor of ``decoder_lr_drop_at``, in ``(0, 1]``.
     :param weight_decay: decoupled weight decay on weight tensors (conv and linear kernels) of both players.
     :param augment: random dihedral transforms of the labelled and unlabelled batches.
     :param sleep_masks: symmetric learning: generated images reach the encoder under real cloud masks.
@@ -148,8 +141,6 @@ class HVAEConfig:
     init_scale: float = 0.25
     global_lr: float = 1e-2
     decoder_lr: float | None = None
-    decoder_lr_drop_at: int = 0
-    decoder_lr_drop: float = 0.2
     weight_decay: float = 0.02
     augment: bool = True
     sleep_masks: bool = True
@@ -179,10 +170,7 @@ class HVAEConfig:
         lr = self.decoder_lr
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
             raise ValueError(f"decoder_lr: expected a positive number or None (the encoder's lr), got {lr!r}")
-        drop = self.decoder_lr_drop
-        if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 < drop <= 1:
-            raise ValueError(f"decoder_lr_drop: expected a factor in (0, 1], got {drop!r}")
-        for name in ("sleep_warmup", "supervised_steps", "decoder_lr_drop_at"):
+        for name in ("sleep_warmup", "supervised_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0 (steps), got {value!r}")
@@ -320,21 +308,6 @@ class _HVAEMethod(SeededMethod):
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(_param_groups(params, self._global, self._decoder, self.config), lr=self.config.lr)
-
-    def _schedule_decoder(self, step: int) -> None:
-        """Set the learning rate of every parameter group that holds decoder parameters only: its initial rate,
-        times ``decoder_lr_drop`` from step ``decoder_lr_drop_at`` on (a function of the step, so a resumed run
-        sets what an uninterrupted one has)."""
-        at = self.config.decoder_lr_drop_at
-        if not at:
-            return
-        decoder = {id(p) for p in self.decoder_params}
-        factor = self.config.decoder_lr_drop if step >= at else 1.0
-        for opt in self.optimizers().values():
-            for group in opt.param_groups:
-                if group["params"] and all(id(p) in decoder for p in group["params"]):
-                    group.setdefault("initial_lr", group["lr"])
-                    group["lr"] = group["initial_lr"] * factor
 
     def modules(self) -> dict[str, nn.Module]:
         return {"hvae": self.hvae} if self.ema is None else {"hvae": self.hvae, "ema": self.ema}
@@ -515,7 +488,6 @@ class SymmetricMethod(_HVAEMethod):
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)
-        self._schedule_decoder(step)
         self.stepper.objective = self.objective_at(step)
         dec, enc = self.stepper.differentiable_loss(labelled=batch.labelled, unlabelled=batch.unlabelled,
                                                     pool=batch.pool)
@@ -553,7 +525,6 @@ class ELBOMethod(_HVAEMethod):
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)
-        self._schedule_decoder(step)
         loss = self.objective.differentiable_loss(self.hvae.model, self.hvae.guide, labelled=batch.labelled,
                                    unlabelled=batch.unlabelled)
         return {"elbo": loss}
