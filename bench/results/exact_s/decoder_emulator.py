@@ -26,6 +26,7 @@ torch.set_num_threads(1)
 from hvaeseg.data.loader import PatchLoader  # noqa: E402
 from hvaeseg.experiment import _Streams, build_method, prepare_data  # noqa: E402
 from hvaeseg.methods.base import StepBatch  # noqa: E402
+from hvaeseg.metrics import ConfusionMatrix  # noqa: E402
 from hvaeseg.run_config import RunConfig  # noqa: E402
 
 
@@ -54,14 +55,12 @@ def main(argv: list[str]) -> None:
     hvae, K = method.hvae, data.num_classes
 
     def evaluate():
-        conf = torch.zeros(K, K)
+        conf = ConfusionMatrix(K)
         with torch.no_grad():
             for b in test:
                 pred = hvae.s_posterior_logits(b.x, b.valid, doy=b.doy if hvae.spec.needs_doy else None).argmax(-1)
-                m = b.valid & (b.labels >= 0) if b.valid.dim() == 3 else b.valid.any(1) & (b.labels >= 0)
-                conf += torch.bincount(b.labels[m] * K + pred[m], minlength=K * K).reshape(K, K).float()
-        iou = conf.diag() / (conf.sum(0) + conf.sum(1) - conf.diag()).clamp(min=1)
-        return float(conf.diag().sum() / conf.sum()), [round(float(v), 2) for v in iou]
+                conf.update(pred, b.labels, b.valid if b.valid.dim() == 3 else b.valid.any(1))
+        return conf.accuracy(), [None if v != v else round(float(v), 2) for v in conf.iou()]  # NaN: class absent
 
     t0 = time.time()
     for k in range(steps + 1):
