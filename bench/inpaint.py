@@ -27,6 +27,9 @@ Methods:
                      runs see (``--dates`` T, ``--window``, per tile), i.e. from the T-1 nearest at least half
                      clear dates only. It is what the ``interp`` covariate of a temporal hierarchy holds
                      (``"interpolation": true``), so it separates the gain of choosing dates from the decoder's.
+``window-transfer``  no model: ``window-interpolation`` plus the residual borrowed from similar clear pixels of the
+                     tile on the target date (:func:`hvaeseg.hierarchy.interpolation.residual_transfer`, settings
+                     ``--transfer``): what the ``interp`` covariate holds with ``image.transfer`` set.
 
 The HVAE methods work tile by tile (the run's patch size; tiles that cover the image, the last row and column
 shifted back to end at the border, each pixel taken from the last tile that covers it; only tiles holding
@@ -79,6 +82,8 @@ import torch
 from hvaeseg.data.loader import day_of_year, normalise_dn, normaliser
 from hvaeseg.data.stats import compute_band_stats, dn_scaling, ensure_band_stats, read_band_stats
 from hvaeseg.data.tiles import tile_starts
+from hvaeseg.hierarchy.interpolation import interpolation_input
+from hvaeseg.hierarchy.spec import TransferSpec
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
 from hvaeseg.inpaint_cube import WINDOWS, window_dates
 from hvaeseg.metrics import error_vs_spread, inpainting_errors, interval_coverage, per_band_rmse
@@ -90,7 +95,7 @@ from scenes import cube as resolve_cube  # noqa: E402
 from scenes import label as scene_label  # noqa: E402
 
 #: the methods, in the order of the tables and the figure
-METHODS = ("interpolation", "window-interpolation", "single-date", "temporal", "temporal+labels")
+METHODS = ("interpolation", "window-interpolation", "window-transfer", "single-date", "temporal", "temporal+labels")
 #: the methods that sample the HVAE's posterior (calibrated), and the run kind each needs
 HVAE_METHODS = {"single-date": "single", "temporal": "temporal", "temporal+labels": "temporal"}
 PROTOCOLS = {
@@ -413,6 +418,7 @@ def hvae_fills(
     levels: Sequence[float] = LEVELS,
     batch_size: int = 32,
     truths: Sequence[torch.Tensor] | None = None,
+    transfer: TransferSpec | None = None,
 ) -> list[Fill]:
     """Posterior inpainting of each task's target date by ``hvae``, tile by tile (see the module doc).
 
@@ -423,7 +429,8 @@ def hvae_fills(
 
     :param hvae: an HVAE (conventions-following ``model`` and ``guide``), single-date (``dates=1``) or temporal;
         None: each stack's target date is filled by temporal linear interpolation inside the stack (real day gaps;
-        the ``window-interpolation`` method), with no calibration.
+        the ``window-interpolation`` method), with no calibration; with ``transfer`` also the residual borrowed from
+        similar clear pixels (``window-transfer``).
     :param window: the stack rule of a temporal model (:func:`~hvaeseg.inpaint_cube.window_dates`).
     :param labels: give the guide the cube's label map (``s=labels``).
     """
@@ -470,7 +477,11 @@ def hvae_fills(
         if dates == 1:
             xb, vb, doy = xb[:, 0], vb[:, 0], None if doy is None else doy[:, 0]
         s = torch.stack([cube.labels[sl(it)] for it in batch]) if labels else None
-        if hvae is None:
+        if hvae is None and transfer is not None:
+            if doy is None:
+                raise ValueError(f"{cube.name}: window-transfer needs the dates' days of the year (datetime times)")
+            mean = interpolation_input(xb, vb, doy, transfer=transfer)[:, :, :C]
+        elif hvae is None:
             days = torch.stack([torch.from_numpy(cube.days[it.dates]) for it in batch])  # (B, T')
             mean = temporal_linear_interpolation(xb, vb, days)
         else:
@@ -609,7 +620,8 @@ def table(summary: Sequence[dict]) -> str:
 # figure (matplotlib on an Agg canvas; no pyplot)
 # --------------------------------------------------------------------------------------------------
 
-COLORS = {"interpolation": "tab:orange", "single-date": "tab:blue", "temporal": "tab:green",
+COLORS = {"interpolation": "tab:orange", "window-interpolation": "silver", "window-transfer": "tab:brown",
+          "single-date": "tab:blue", "temporal": "tab:green",
           "temporal+labels": "tab:purple"}
 
 
@@ -650,7 +662,7 @@ def figure(summary: Sequence[dict], title: str = ""):
                 ax.set_ylim(max(0.0, lo - 0.15 * (hi - lo) - 1), hi + 0.15 * (hi - lo) + 0.5)
             elif vals:
                 ax.set_ylim(0, max(v + s for _, v, s in vals) * 1.18)
-            ax.set_xticks(list(pos), [m for m, _, _ in vals], fontsize=8)
+            ax.set_xticks(list(pos), [m for m, _, _ in vals], fontsize=8, rotation=20, ha="right")
             ax.set_ylabel(label, fontsize=9)
             ax.set_title(name + detail, fontsize=10)
             ax.grid(True, axis="y", alpha=0.3)
@@ -836,9 +848,10 @@ def evaluate(cube: Cube, protocol: str, seed: int, methods: Sequence[str], hvaes
         run = None
         if method == "interpolation":
             fills = interpolation_fills(cube, tasks)
-        elif method == "window-interpolation":
+        elif method in ("window-interpolation", "window-transfer"):
             fills = hvae_fills(None, cube, tasks, patch=args.patch_size, dates=args.dates, window=args.window,
-                               calibration_samples=0, batch_size=args.inference_batch, truths=truths)
+                               calibration_samples=0, batch_size=args.inference_batch, truths=truths,
+                               transfer=args.transfer if method == "window-transfer" else None)
         else:
             hvae, run, config = hvaes[HVAE_METHODS[method]]
             pyro.set_rng_seed(seed)
@@ -891,6 +904,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", choices=WINDOWS, default="nearest",
                    help="the other dates of a temporal stack: the nearest half-clear dates of the target (nearest) "
                    "or the clearest date of each part of the season (season); hvaeseg.inpaint_cube.window_dates")
+    p.add_argument("--transfer", type=json.loads, default={}, metavar="JSON",
+                   help='window-transfer\'s settings (hvaeseg.hierarchy.spec.TransferSpec), e.g. \'{"radius": 16, '
+                        '"stride": 2, "bandwidth": 0.2}\' (default: its defaults)')
     p.add_argument("--samples", type=int, default=16, help="posterior samples of the mean (decoder_mean=True)")
     p.add_argument("--calibration-samples", type=int, default=32,
                    help="samples of x for the spread and the calibration (0: none)")
@@ -909,6 +925,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         method_config("symmetric", args.options)
     except (TypeError, ValueError) as err:
         p.error(f"--options: {err}")
+    try:
+        args.transfer = TransferSpec(**args.transfer)
+    except (TypeError, ValueError) as err:
+        p.error(f"--transfer: {err}")
     if args.dates < 2:
         p.error(f"--dates: expected T >= 2 dates per temporal stack, got {args.dates}")
     if args.steps is not None and args.steps < 1:

@@ -238,19 +238,28 @@ class HVAE(PyroModule):
         x: torch.Tensor | None,
         valid: torch.Tensor | None,
         doy: torch.Tensor | None,
-        interp_from: tuple[torch.Tensor, torch.Tensor | None] | None,
+        interp_from: tuple[torch.Tensor, torch.Tensor | None] | torch.Tensor | None,
         B: int,
         T: int | None,
         H: int,
         W: int,
+        dropout: bool = True,
     ) -> torch.Tensor | None:
-        """The ``interp`` covariate ``(B, T, C + 4, H, W)`` from ``interp_from`` or else the observed stack (zeros,
-        "no clear neighbour", when neither is given), or None when the image does not take it. In training mode
-        each ``(b, t)`` is zeroed with probability ``spec.image.interp_dropout``."""
+        """The ``interp`` covariate ``(B, T, channels, H, W)`` from ``interp_from`` (a stack ``(x, valid)``, or the
+        covariate itself, :meth:`interp_covariate`'s) or else the observed stack (zeros, "no clear neighbour", when
+        neither is given), or None when the image does not take it. In training mode, with ``dropout``, each
+        ``(b, t)`` is zeroed with probability ``spec.image.interp_dropout``."""
         spec = self.spec
+        drop = self._interp_dropout if dropout else (lambda v: v)
         if not spec.interpolates:
             return None
         assert T is not None  # the spec checks that interp is only in temporal hierarchies
+        if isinstance(interp_from, torch.Tensor):
+            want = (B, T, spec.input_channels("interp"), H, W)
+            if tuple(interp_from.shape) != want:
+                raise ValueError(f"expected the interp covariate given as interp_from of shape {want} "
+                                 f"(HVAE.interp_covariate), got {_shape_str(interp_from)}")
+            return drop(interp_from.to(self._dtype))
         if interp_from is not None:
             src, src_valid = interp_from
             where = "interp_from"
@@ -275,11 +284,31 @@ class HVAE(PyroModule):
                 f"this hierarchy interpolates between the dates of a stack ('interp' is a parent of the image), "
                 f"which needs their days of the year: expected doy of shape {(B, T)}, got {_shape_str(doy)}"
             )
-        out = interpolation_input(src, src_valid, doy, self._dtype)
-        p = spec.image.interp_dropout
+        return drop(interpolation_input(src, src_valid, doy, self._dtype, spec.image.transfer))
+
+    def _interp_dropout(self, out: torch.Tensor) -> torch.Tensor:
+        """``out`` with each ``(b, t)`` zeroed with probability ``spec.image.interp_dropout`` in training mode."""
+        p = self.spec.image.interp_dropout
         if self.training and p > 0:
-            keep = torch.rand((B, T), device=out.device) >= p
+            keep = torch.rand(out.shape[:2], device=out.device) >= p
             out = out * keep[:, :, None, None, None].to(out.dtype)
+        return out
+
+    def interp_covariate(self, x: torch.Tensor, valid: torch.Tensor, doy: torch.Tensor) -> torch.Tensor:
+        """The ``interp`` covariate of a stack, ``(B, T, channels, H, W)``, to pass as ``interp_from=`` when the
+        same stack is filled many times (:func:`~hvaeseg.hierarchy.posterior.posterior_inpaint` computes it once
+        for all its samples: with ``image.transfer`` it costs more than a pass of the nets).
+
+        :param x: ``(B, T, C, H, W)``; :param valid: ``(B, T, H, W)`` bool; :param doy: ``(B, T)``.
+        :raises ValueError: the hierarchy's image does not take ``interp``.
+        """
+        if not self.spec.interpolates:
+            raise ValueError("this hierarchy's image does not take the interp covariate (no 'interp' parent)")
+        if x.dim() != 5:
+            raise ValueError(f"expected x of shape (B, T, C, H, W), got {_shape_str(x)}")
+        B, T, _, H, W = x.shape
+        out = self._interp_input(x, valid, doy, (x, valid), B, T, H, W, dropout=False)
+        assert out is not None
         return out
 
     def _covariate_inputs(self, x, valid, doy, interp_from, B: int, T: int | None, H: int, W: int) -> dict:

@@ -18,8 +18,19 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["INTERP_EXTRA_CHANNELS", "Neighbours", "interpolation_input", "neighbour_interpolation", "stack_days"]
+from hvaeseg.hierarchy.spec import TransferSpec
+
+__all__ = [
+    "INTERP_EXTRA_CHANNELS",
+    "Neighbours",
+    "interp_channels",
+    "interpolation_input",
+    "neighbour_interpolation",
+    "residual_transfer",
+    "stack_days",
+]
 
 #: channels of the ``interp`` covariate besides the C interpolated bands: has a clear date before, has one after,
 #: and the two day gaps (as ``log1p(days / GAP_SCALE_DAYS)``, 0 where there is no neighbour)
@@ -112,27 +123,99 @@ def stack_days(doy: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(d[:, :1]), step.cumsum(1)], dim=1)
 
 
+def residual_transfer(
+    x: torch.Tensor, valid: torch.Tensor, base: torch.Tensor, transfer: TransferSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Borrow, for each date and pixel, the residual ``x - base`` of similar clear pixels of the same date.
+
+    For date ``t`` and pixel ``p``, every offset ``o`` of the window (``transfer``'s radius and stride; ``o = 0``
+    excluded) gives the pixel ``q = p + o`` the weight ``w = exp(-d / h^2)`` when ``q`` is clear on ``t``, with
+    ``d`` the mean over bands and over the *other* dates on which both ``p`` and ``q`` are clear of their squared
+    difference (no such date: ``w = 0``). The estimate is ``sum w (x_t(q) - base_t(q)) / sum w`` (0 where the
+    weights sum to 0). Neither ``x_t(p)`` nor anything of ``p`` on date ``t`` enters ``p``'s estimate on ``t``,
+    so with a leave-one-out ``base`` the result is leave-one-out too: a model may be scored on ``x_t(p)`` given it.
+    Pixels outside the image are never clear.
+
+    It is the "similar pixel" idea of gap filling: pixels of one field move together from date to date, so a
+    cloud's neighbours in the same field, told apart from the next field by their history, say how far the field
+    departs from its interpolation on the cloudy date.
+
+    :param x: ``(B, T, C, H, W)``; values at invalid pixels are never read. :param valid: ``(B, T, H, W)`` bool.
+    :param base: ``(B, T, C, H, W)``: what the residual is taken from (e.g. the leave-one-out interpolation).
+    :returns: ``estimate (B, T, C, H, W)`` and the summed weight ``(B, T, H, W)``.
+    """
+    if x.dim() != 5 or base.shape != x.shape:
+        raise ValueError(f"expected x and base of one shape (B, T, C, H, W), got {tuple(x.shape)} and "
+                         f"{tuple(base.shape)}")
+    B, T, C, H, W = x.shape
+    if valid.shape != (B, T, H, W):
+        raise ValueError(f"expected valid of shape {(B, T, H, W)}, got {tuple(valid.shape)}")
+    r, k = transfer.radius, transfer.stride
+    v = valid.to(x.dtype)
+    xm = x * v.unsqueeze(2)
+    res = (x - base) * v.unsqueeze(2)
+
+    def pad(a: torch.Tensor) -> torch.Tensor:  # zero padding: outside the image nothing is clear
+        return F.pad(a.reshape(-1, *a.shape[-2:]), (r, r, r, r)).view(*a.shape[:-2], H + 2 * r, W + 2 * r)
+
+    xp, vp, rp = pad(xm), pad(v), pad(res)
+    num = torch.zeros_like(x)
+    den = torch.zeros_like(v)
+    scale = 1.0 / (C * transfer.bandwidth**2)
+    others = 1.0 - torch.eye(T, dtype=x.dtype, device=x.device)  # sums over the other dates (not a difference of
+    # sums, so that date t's own terms cannot even round into its result)
+    for dy in range(-r, r + 1, k):
+        for dx in range(-r, r + 1, k):
+            if dy == 0 and dx == 0:
+                continue
+            win = (..., slice(r + dy, r + dy + H), slice(r + dx, r + dx + W))
+            vq = vp[win]
+            both = v * vq  # (B, T, H, W): p and q clear on that date
+            sq = (xp[win] - xm).square().sum(2) * both  # summed over bands
+            other_sq = torch.einsum("st,bshw->bthw", others, sq)
+            other_n = torch.einsum("st,bshw->bthw", others, both)
+            w = torch.exp(-other_sq * scale / other_n.clamp(min=1)) * (other_n > 0) * vq
+            num.addcmul_(w.unsqueeze(2), rp[win])
+            den.add_(w)
+    est = torch.where(den.unsqueeze(2) > 0, num / den.clamp(min=torch.finfo(x.dtype).tiny).unsqueeze(2), 0.0)
+    return est, den
+
+
+def interp_channels(bands: int, transfer: TransferSpec | None = None) -> int:
+    """Channels of the ``interp`` covariate (:func:`interpolation_input`) for ``bands`` bands."""
+    return bands + INTERP_EXTRA_CHANNELS + (1 if transfer is not None else 0)
+
+
 def interpolation_input(
-    x: torch.Tensor, valid: torch.Tensor, doy: torch.Tensor, dtype: torch.dtype | None = None
+    x: torch.Tensor,
+    valid: torch.Tensor,
+    doy: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    transfer: TransferSpec | None = None,
 ) -> torch.Tensor:
-    """The ``interp`` covariate: ``(B, T, C + INTERP_EXTRA_CHANNELS, H, W)``.
+    """The ``interp`` covariate: ``(B, T, interp_channels(C, transfer), H, W)``.
 
     Channels: the leave-one-out interpolation of each band (0 where no other date is clear), then ``has_prev``,
     ``has_next``, ``log1p(gap_prev / 10)`` and ``log1p(gap_next / 10)`` (days; 0 without that neighbour). The
     decoder takes it as a parent and adds the interpolated bands to its mean (a residual to interpolation).
+    With ``transfer``, the bands hold the interpolation plus :func:`residual_transfer`'s estimate of its residual
+    (still leave-one-out), and a last channel ``log1p`` of the transfer's summed weight (0: nothing borrowed).
 
     :param x: ``(B, T, C, H, W)``; :param valid: ``(B, T, H, W)`` bool; :param doy: ``(B, T)`` days of the year.
     """
     dtype = dtype or x.dtype
     with torch.no_grad():
-        nb = neighbour_interpolation(x.to(dtype), valid, stack_days(doy).to(x.device), exclude_self=True)
-        extra = torch.stack(
-            [
-                nb.has_prev.to(dtype),
-                nb.has_next.to(dtype),
-                torch.log1p(nb.gap_prev.to(dtype) / GAP_SCALE_DAYS),
-                torch.log1p(nb.gap_next.to(dtype) / GAP_SCALE_DAYS),
-            ],
-            dim=2,
-        )
-        return torch.cat([nb.value, extra], dim=2)
+        x = x.to(dtype)
+        nb = neighbour_interpolation(x, valid, stack_days(doy).to(x.device), exclude_self=True)
+        extra = [
+            nb.has_prev.to(dtype),
+            nb.has_next.to(dtype),
+            torch.log1p(nb.gap_prev.to(dtype) / GAP_SCALE_DAYS),
+            torch.log1p(nb.gap_next.to(dtype) / GAP_SCALE_DAYS),
+        ]
+        value = nb.value
+        if transfer is not None:
+            est, weight = residual_transfer(x, valid, nb.value, transfer)
+            value = value + est
+            extra.append(torch.log1p(weight))
+        return torch.cat([value, torch.stack(extra, dim=2)], dim=2)

@@ -53,7 +53,11 @@ def posterior_inpaint(
     shape = tuple(x.shape[:-3]) + tuple(x.shape[-2:])
     keep = _valid_channels(valid, x)
     # a hierarchy that interpolates between dates (the interp covariate) fills from the visible pixels of the stack
-    context = {"interp_from": (x, valid)} if getattr(getattr(hvae, "spec", None), "interpolates", False) else {}
+    # (computed once for all samples when the HVAE can, as the covariate itself)
+    context = {}
+    if getattr(getattr(hvae, "spec", None), "interpolates", False):
+        covariate = getattr(hvae, "interp_covariate", None)
+        context["interp_from"] = covariate(x, valid, doy) if covariate is not None and doy is not None else (x, valid)
     samples = []
     for _ in range(num_samples):
         kw = {} if doy is None else {"doy": doy}

@@ -23,6 +23,9 @@ interpolated in time from the stack's *other* clear dates (leave-one-out; :mod:`
 with the day gaps to them. The decoder takes it as a map and predicts the *correction* to it (the interpolated
 bands are added to the mean of ``x``), so a pixel's own trajectory between its clear dates reaches the fill. It is
 computed from the observed stack (or, to generate, from ``interp_from=(x, valid)`` of a real one) and needs ``doy``.
+With ``image.transfer`` (a :class:`TransferSpec`) the covariate also borrows space: each date's interpolation is
+corrected by its residual at nearby clear pixels of the same date whose other dates look alike (pixels of one field),
+so a cloud's fill follows its field on the cloudy date.
 
 Every spec is checked on construction; each error names the layer and says how to fix it.
 """
@@ -56,6 +59,7 @@ __all__ = [
     "ImageLayerSpec",
     "LatentLayerSpec",
     "NetworkSpec",
+    "TransferSpec",
 ]
 
 FAMILIES = ("bernoulli", "categorical", "gaussian")
@@ -70,7 +74,7 @@ COVARIATES = ("doy",)
 MAP_COVARIATES = ("interp",)
 #: parents that enter a decoder net as a vector (a per-map bias), not as a map
 GLOBAL_PARENTS = ("l",) + COVARIATES
-_OPTIONAL = ("categories", "patch_size")  # left out of to_dict() when None
+_OPTIONAL = ("categories", "patch_size", "transfer")  # left out of to_dict() when None
 
 
 def _positive_int(value: Any, what: str, fix: str) -> int:
@@ -180,6 +184,43 @@ class LatentLayerSpec:
 
 
 @dataclass(frozen=True)
+class TransferSpec:
+    """Spatial borrowing for the ``interp`` covariate (:func:`hvaeseg.hierarchy.interpolation.residual_transfer`):
+    the residual of a date's interpolation at nearby clear pixels whose other dates look alike.
+
+    :param radius: the farthest offset, in pixels, at which a clear pixel may lend its residual (> 0).
+    :param stride: the spacing of the offsets tried (1: every pixel of the ``(2 radius + 1)^2`` window; 2: every
+        other row and column, a quarter of the cost).
+    :param bandwidth: ``h`` of the similarity weight ``exp(-d / h^2)``, ``d`` the mean squared difference of the
+        two pixels' values on the dates both are clear (normalised units, as the model's inputs).
+    """
+
+    radius: int = 16
+    stride: int = 2
+    bandwidth: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("radius", "stride"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(
+                    f"image: transfer {name}: expected a positive integer (pixels), got {v!r}: e.g. 16 and 2"
+                )
+        if self.stride > self.radius:
+            raise ValueError(
+                f"image: transfer stride {self.stride} exceeds radius {self.radius}, so no offset is tried: "
+                "use stride <= radius"
+            )
+        h = self.bandwidth
+        if isinstance(h, bool) or not isinstance(h, (int, float)) or not h > 0:
+            raise ValueError(
+                f"image: transfer bandwidth: expected a positive number (normalised units), got {h!r}: e.g. 0.2"
+            )
+        object.__setattr__(self, "bandwidth", float(h))
+
+
+
+@dataclass(frozen=True)
 class ImageLayerSpec:
     """The image x: Gaussian per band with a learned scale, observed where ``valid``.
 
@@ -198,6 +239,9 @@ class ImageLayerSpec:
     :param interp_dropout: with ``interp`` among the parents: the probability that, in training, a date's
         covariate is hidden (as if no other date were clear), so that the decoder also learns to generate from
         the latents alone, as the sleep images of symmetric learning are generated. In ``[0, 1)``.
+    :param transfer: with ``interp`` among the parents: a :class:`TransferSpec` adds to the interpolation the
+        residual borrowed from similar clear pixels of the same date (and a channel of its weight), so a cloud's
+        fill also follows its field on that date; None (default): the interpolation alone.
     """
 
     bands: int
@@ -207,6 +251,7 @@ class ImageLayerSpec:
     init_scale: float = 0.25
     interp_dropout: float = 0.25
     cov_rank: int = 0
+    transfer: TransferSpec | None = None
 
     def __post_init__(self):
         _positive_int(self.bands, "image: bands", "give the number of spectral bands, e.g. 10")
@@ -235,6 +280,11 @@ class ImageLayerSpec:
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < self.bands:
             raise ValueError(f"image: cov_rank must be an integer in [0, bands = {self.bands}), got {r!r}: e.g. 2 "
                              "(0: independent bands)")
+        if self.transfer is not None:
+            object.__setattr__(self, "transfer", from_dict(TransferSpec, self.transfer, "image: transfer"))
+            if "interp" not in self.parents:
+                raise ValueError("image: transfer borrows the residual of the interp covariate, which the image does "
+                                 "not take: add 'interp' to its parents, or remove transfer")
 
 
 @dataclass(frozen=True)
@@ -470,9 +520,9 @@ class HierarchySpec:
 
             return DOY_FEATURES
         if name == "interp":
-            from hvaeseg.hierarchy.interpolation import INTERP_EXTRA_CHANNELS
+            from hvaeseg.hierarchy.interpolation import interp_channels
 
-            return self.image.bands + INTERP_EXTRA_CHANNELS
+            return interp_channels(self.image.bands, self.image.transfer)
         return self.layer(name).input_channels
 
     @property

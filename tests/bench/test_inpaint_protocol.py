@@ -301,6 +301,27 @@ def test_window_interpolation_fills_from_the_stacks_dates_only(inpaint):
         inpaint.hvae_fills(None, cube, tasks, patch=8, dates=1, calibration_samples=0)
 
 
+def test_window_transfer_is_the_transfer_covariate_of_the_window_stack(inpaint):
+    """window-transfer: each tile's target date filled with the interp covariate's bands with image.transfer set,
+    computed on the window stack the models see (checked on one tile of each task); no hidden value is read."""
+    from hvaeseg.hierarchy.interpolation import interpolation_input
+    from hvaeseg.hierarchy.spec import TransferSpec
+
+    transfer = TransferSpec(radius=3, stride=1, bandwidth=0.5)
+    for cube, tasks in _secret_cubes(inpaint):
+        fills = inpaint.hvae_fills(None, cube, tasks, patch=8, dates=3, calibration_samples=0, transfer=transfer)
+        plain = inpaint.hvae_fills(None, cube, tasks, patch=8, dates=3, calibration_samples=0)
+        for task, fill, base in zip(tasks, fills, plain):
+            assert bool((fill.mean[:, task.scored] < 1.0).all())  # a secret would read 5.9
+            stack = task.valid_stack(cube.valid)
+            ds = inpaint.window_dates(task.target, stack.double().mean((1, 2)).numpy(), cube.days, 3)
+            x = cube.x[ds][None] * stack[ds][None, :, None]
+            want = interpolation_input(x, stack[ds][None], cube.doy[ds][None], transfer=transfer)
+            want = cube.denormalise(want[0, ds.index(task.target), : len(cube.bands)])
+            torch.testing.assert_close(fill.mean[:, task.scored], want[:, task.scored], rtol=1e-4, atol=1e-5)
+            assert not torch.allclose(fill.mean[:, task.scored], base.mean[:, task.scored])  # it borrows
+
+
 def test_tile_starts(inpaint):
     assert inpaint.tile_starts(64, 32) == [0, 32]
     assert inpaint.tile_starts(70, 32) == [0, 32, 38]

@@ -1,0 +1,26 @@
+"""Merge the per-seed JSONs of the residual-transfer runs (per_seed/*.json, one bench/inpaint.py call per cube, seed
+and design) into one report per cube and design.
+
+usage (from the repository root): PYTHONPATH=bench python bench/results/inpaint/transfer/merge.py"""
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "interp" / "no_latents" / "diagnostics"))
+from merge import merge_reports  # noqa: E402
+
+DESIGN = ("s, l, doy, interp -> x with image.transfer {radius 16, stride 2, bandwidth 0.2}, decoder_interactions, "
+          "interp_dropout 0, wake_holdout 0.5, 480 steps, last checkpoint")
+SEEDS = ("s0", "s1", "s2")
+merge_reports(str(HERE), [
+    ("inpaint_wc_band", [f"{HERE}/per_seed/tr_wc_{s}.json" for s in SEEDS],
+     f"WorldCereal, pasted masks: temporal = {DESIGN}, scale band"),
+    # seed 0's band run was evaluated for the temporal method alone: its no-model rows (deterministic, the same
+    # for any run) come from the pixel run's file, read first so that the band run's temporal row wins
+    ("inpaint_synth_band", [f"{HERE}/per_seed/trp_syn_s0.json"] + [f"{HERE}/per_seed/tr_syn_{s}.json" for s in SEEDS],
+     f"synthetic:small, occluded: temporal = {DESIGN}, scale band"),
+    ("inpaint_wc_pixel", [f"{HERE}/per_seed/trp_wc_{s}.json" for s in SEEDS],
+     f"WorldCereal, pasted masks: temporal = {DESIGN}, scale pixel"),
+    ("inpaint_synth_pixel", [f"{HERE}/per_seed/trp_syn_{s}.json" for s in SEEDS],
+     f"synthetic:small, occluded: temporal = {DESIGN}, scale pixel"),
+])
