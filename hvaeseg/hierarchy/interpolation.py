@@ -152,8 +152,9 @@ def residual_transfer(
         raise ValueError(f"expected valid of shape {(B, T, H, W)}, got {tuple(valid.shape)}")
     r, k = transfer.radius, transfer.stride
     v = valid.to(x.dtype)
-    xm = x * v.unsqueeze(2)
-    res = (x - base) * v.unsqueeze(2)
+    clear = valid.unsqueeze(2)
+    xm = torch.where(clear, x, 0.0)  # a where, not a product: NaN under a cloud must not leak either
+    res = torch.where(clear, x - base, 0.0)
 
     def pad(a: torch.Tensor) -> torch.Tensor:  # zero padding: outside the image nothing is clear
         return F.pad(a.reshape(-1, *a.shape[-2:]), (r, r, r, r)).view(*a.shape[:-2], H + 2 * r, W + 2 * r)
