@@ -9,18 +9,23 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "interp" / "no_latents" / "diagnostics"))
 from merge import merge_reports  # noqa: E402
 
-DESIGN = ("s, l, doy, interp -> x with image.transfer {radius 16, stride 2, bandwidth 0.2}, decoder_interactions, "
-          "interp_dropout 0, wake_holdout 0.5, 480 steps, last checkpoint")
+#: the figures' titles: the design of README.md in short
+DESIGN = "temporal_interp.yaml (transfer 16/2/0.2), wake_holdout 0.5, 480 steps"
 SEEDS = ("s0", "s1", "s2")
 merge_reports(str(HERE), [
     ("inpaint_wc_band", [f"{HERE}/per_seed/tr_wc_{s}.json" for s in SEEDS],
-     f"WorldCereal, pasted masks: temporal = {DESIGN}, scale band"),
+     f"WorldCereal, pasted: {DESIGN}, scale band"),
     # seed 0's band run was evaluated for the temporal method alone: its no-model rows (deterministic, the same
     # for any run) come from the pixel run's file, read first so that the band run's temporal row wins
     ("inpaint_synth_band", [f"{HERE}/per_seed/trp_syn_s0.json"] + [f"{HERE}/per_seed/tr_syn_{s}.json" for s in SEEDS],
-     f"synthetic:small, occluded: temporal = {DESIGN}, scale band"),
+     f"synthetic:small, occluded: {DESIGN}, scale band"),
     ("inpaint_wc_pixel", [f"{HERE}/per_seed/trp_wc_{s}.json" for s in SEEDS],
-     f"WorldCereal, pasted masks: temporal = {DESIGN}, scale pixel"),
+     f"WorldCereal, pasted: {DESIGN}, scale pixel (seed 0)"),
     ("inpaint_synth_pixel", [f"{HERE}/per_seed/trp_syn_{s}.json" for s in SEEDS],
-     f"synthetic:small, occluded: temporal = {DESIGN}, scale pixel"),
+     f"synthetic:small, occluded: {DESIGN}, scale pixel (seed 0)"),
+    # wake_holdout 0.9 (seed 0, evaluated for the temporal method alone: the no-model rows from the pixel runs)
+    ("inpaint_wc_holdout09", [f"{HERE}/per_seed/trp_wc_s0.json", f"{HERE}/per_seed/trh_wc_s0.json"],
+     f"WorldCereal, pasted: {DESIGN.replace('wake_holdout 0.5', 'wake_holdout 0.9')} (seed 0)"),
+    ("inpaint_synth_holdout09", [f"{HERE}/per_seed/trp_syn_s0.json", f"{HERE}/per_seed/trh_syn_s0.json"],
+     f"synthetic:small, occluded: {DESIGN.replace('wake_holdout 0.5', 'wake_holdout 0.9')} (seed 0)"),
 ])
