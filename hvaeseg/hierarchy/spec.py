@@ -200,12 +200,8 @@ class TransferSpec:
     bandwidth: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("radius", "stride"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(
-                    f"image: transfer {name}: expected a positive integer (pixels), got {v!r}: e.g. 16 and 2"
-                )
+        _positive_int(self.radius, "image: transfer radius", "e.g. 16 (pixels)")
+        _positive_int(self.stride, "image: transfer stride", "e.g. 2 (pixels)")
         if self.stride > self.radius:
             raise ValueError(
                 f"image: transfer stride {self.stride} exceeds radius {self.radius}, so no offset is tried: "
