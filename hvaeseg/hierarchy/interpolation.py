@@ -25,6 +25,7 @@ from hvaeseg.hierarchy.spec import TransferSpec
 __all__ = [
     "INTERP_EXTRA_CHANNELS",
     "Neighbours",
+    "clear_fraction",
     "interp_channels",
     "interpolation_input",
     "neighbour_interpolation",
@@ -184,7 +185,21 @@ def residual_transfer(
 
 def interp_channels(bands: int, transfer: TransferSpec | None = None) -> int:
     """Channels of the ``interp`` covariate (:func:`interpolation_input`) for ``bands`` bands."""
-    return bands + INTERP_EXTRA_CHANNELS + (1 if transfer is not None else 0)
+    if transfer is None:
+        return bands + INTERP_EXTRA_CHANNELS
+    return bands + INTERP_EXTRA_CHANNELS + 1 + (1 if transfer.clear_radius > 0 else 0)
+
+
+def clear_fraction(valid: torch.Tensor, radius: int) -> torch.Tensor:
+    """``(..., H, W)`` bool -> ``(..., H, W)``: the fraction of clear pixels in each pixel's ``(2 radius + 1)^2``
+    window, the pixel itself left out; pixels outside the image count as not clear."""
+    if radius < 1:
+        raise ValueError(f"expected radius >= 1, got {radius}")
+    H, W = valid.shape[-2:]
+    v = valid.reshape(-1, 1, H, W).to(torch.float64)
+    side = 2 * radius + 1
+    total = F.avg_pool2d(v, side, stride=1, padding=radius, count_include_pad=True) * side**2
+    return ((total - v) / (side**2 - 1)).view(valid.shape)
 
 
 def interpolation_input(
@@ -200,7 +215,8 @@ def interpolation_input(
     ``has_next``, ``log1p(gap_prev / 10)`` and ``log1p(gap_next / 10)`` (days; 0 without that neighbour). The
     decoder takes it as a parent and adds the interpolated bands to its mean (a residual to interpolation).
     With ``transfer``, the bands hold the interpolation plus :func:`residual_transfer`'s estimate of its residual
-    (still leave-one-out), and a last channel ``log1p`` of the transfer's summed weight (0: nothing borrowed).
+    (still leave-one-out), and a channel ``log1p`` of the transfer's summed weight (0: nothing borrowed); with
+    ``transfer.clear_radius`` a last channel, :func:`clear_fraction` of the date's valid mask.
 
     :param x: ``(B, T, C, H, W)``; :param valid: ``(B, T, H, W)`` bool; :param doy: ``(B, T)`` days of the year.
     """
@@ -219,4 +235,6 @@ def interpolation_input(
             est, weight = residual_transfer(x, valid, nb.value, transfer)
             value = value + est
             extra.append(torch.log1p(weight))
+            if transfer.clear_radius > 0:
+                extra.append(clear_fraction(valid, transfer.clear_radius).to(dtype))
         return torch.cat([value, torch.stack(extra, dim=2)], dim=2)

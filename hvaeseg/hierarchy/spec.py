@@ -193,15 +193,23 @@ class TransferSpec:
         other row and column, a quarter of the cost).
     :param bandwidth: ``h`` of the similarity weight ``exp(-d / h^2)``, ``d`` the mean squared difference of the
         two pixels' values on the dates both are clear (normalised units, as the model's inputs).
+    :param clear_radius: with ``r > 0``, one more channel: the fraction of clear pixels of the same date in the
+        ``(2 r + 1)^2`` window around each pixel, the pixel itself left out (pixels outside the image are not
+        clear). It tells a pixel deep inside a cloud, whose field may show nowhere on that date, from one at its
+        edge, so that a per-pixel scale (``image.scale: pixel``) can widen where borrowing is blind. 0: off.
     """
 
     radius: int = 16
     stride: int = 2
     bandwidth: float = 0.2
+    clear_radius: int = 0
 
     def __post_init__(self) -> None:
         _positive_int(self.radius, "image: transfer radius", "e.g. 16 (pixels)")
         _positive_int(self.stride, "image: transfer stride", "e.g. 2 (pixels)")
+        c = self.clear_radius
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ValueError(f"image: transfer clear_radius: expected an int >= 0 (pixels; 0: off), got {c!r}: e.g. 4")
         if self.stride > self.radius:
             raise ValueError(
                 f"image: transfer stride {self.stride} exceeds radius {self.radius}, so no offset is tried: "

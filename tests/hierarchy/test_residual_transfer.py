@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hvaeseg.hierarchy import HVAE, HierarchySpec
 from hvaeseg.hierarchy.interpolation import (
     INTERP_EXTRA_CHANNELS,
+    clear_fraction,
     interp_channels,
     interpolation_input,
     neighbour_interpolation,
@@ -119,6 +120,9 @@ def test_transfer_spec_validation():
         TransferSpec(radius=2, stride=3)
     with pytest.raises(ValueError, match="bandwidth"):
         TransferSpec(bandwidth=0.0)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="clear_radius: expected an int >= 0"):
+            TransferSpec(clear_radius=bad)
     with pytest.raises(ValueError, match="add 'interp' to its parents"):
         HierarchySpec(3, 2, layers=[{"name": "z1"}], image={"bands": 2, "transfer": {"radius": 4}}, temporal=True)
     spec = HierarchySpec.default(3, 2, temporal=True, interpolation=True)
@@ -129,6 +133,46 @@ def test_transfer_spec_validation():
     assert with_transfer.image.transfer == TransferSpec(4, 1, 0.3)
     assert with_transfer.input_channels("interp") == 2 + INTERP_EXTRA_CHANNELS + 1
     assert HierarchySpec.from_yaml(with_transfer.to_yaml()) == with_transfer
+    d["image"]["transfer"]["clear_radius"] = 3
+    with_clear = HierarchySpec.from_dict(d)
+    assert with_clear.input_channels("interp") == 2 + INTERP_EXTRA_CHANNELS + 2
+    assert HierarchySpec.from_yaml(with_clear.to_yaml()) == with_clear
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10**6), radius=st.integers(1, 3), share=st.floats(0.0, 1.0))
+def test_clear_fraction_counts_the_window_without_the_pixel(seed, radius, share):
+    rng = np.random.default_rng(seed)
+    valid = rng.random((2, 3, 5, 7)) < share
+    got = clear_fraction(torch.from_numpy(valid), radius).numpy()
+    want = np.zeros(valid.shape)
+    for y in range(5):
+        for w in range(7):
+            for dy in range(-radius, radius + 1):
+                for dx in range(-radius, radius + 1):
+                    qy, qx = y + dy, w + dx
+                    if (dy, dx) != (0, 0) and 0 <= qy < 5 and 0 <= qx < 7:
+                        want[..., y, w] += valid[..., qy, qx]
+    np.testing.assert_allclose(got, want / ((2 * radius + 1) ** 2 - 1), rtol=1e-12, atol=1e-12)
+
+
+def test_the_clear_fraction_channel_is_leave_one_out():
+    """With clear_radius, the last channel is the date's clear fraction around the pixel: whether the pixel itself
+    is clear on that date does not change it (it changes its neighbours' only)."""
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.normal(size=(1, 3, 2, 6, 6))).float()
+    valid = torch.from_numpy(rng.random((1, 3, 6, 6)) < 0.6)
+    doy = torch.tensor([[30.0, 80.0, 150.0]])
+    spec = TransferSpec(radius=2, stride=1, bandwidth=1.0, clear_radius=1)
+    assert interp_channels(2, spec) == 2 + INTERP_EXTRA_CHANNELS + 2
+    out = interpolation_input(x, valid, doy, transfer=spec)
+    assert out.shape[2] == interp_channels(2, spec)
+    torch.testing.assert_close(out[:, :, -1], clear_fraction(valid, 1).float())
+    flipped = valid.clone()
+    flipped[0, 1, 3, 3] = ~flipped[0, 1, 3, 3]
+    again = interpolation_input(x, flipped, doy, transfer=spec)
+    assert torch.equal(again[0, 1, -1, 3, 3], out[0, 1, -1, 3, 3])
+    assert not torch.equal(again[0, 1, -1, 2:5, 2:5], out[0, 1, -1, 2:5, 2:5])
 
 
 def test_an_hvae_with_transfer_builds_and_scores_a_stack():
