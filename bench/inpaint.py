@@ -484,14 +484,16 @@ def hvae_fills(
         elif hvae is None:
             days = torch.stack([torch.from_numpy(cube.days[it.dates]) for it in batch])  # (B, T')
             mean = temporal_linear_interpolation(xb, vb, days)
-        else:
-            mean, _, _ = posterior_inpaint(hvae, xb, vb, samples, s=s, decoder_mean=True, doy=doy)
+        else:  # a stack's decoder runs on its target date alone (date=)
+            date = None if dates == 1 else torch.tensor([it.slot for it in batch])
+            mean, _, _ = posterior_inpaint(hvae, xb, vb, samples, s=s, decoder_mean=True, doy=doy, date=date)
         std = draws = None
         if calibration_samples:
-            _, std, draws = posterior_inpaint(hvae, xb, vb, calibration_samples, s=s, decoder_mean=False, doy=doy)
+            _, std, draws = posterior_inpaint(hvae, xb, vb, calibration_samples, s=s, decoder_mean=False, doy=doy,
+                                              date=date)
         for j, it in enumerate(batch):
             ry, rx = sl(it)
-            pick = (j,) if dates == 1 else (j, it.slot)
+            pick = (j,) if dates == 1 or hvae is not None else (j, it.slot)  # the model's: the target date only
             fill = fills[it.task]
             own = owner[ry, rx] == tiles.index((it.y, it.x))
             fill.mean[:, ry, rx] = torch.where(own, cube.denormalise(mean[pick]), fill.mean[:, ry, rx])

@@ -24,7 +24,8 @@ other dates chosen by :func:`window_dates` under one of two rules (``window``):
   each group the date clearest in that tile is taken (ties: the one closest in time to ``t``, then the earlier
   one); a group without any date gives its place to the clearest remaining date. The stack spans the seasons.
 
-The stack is filled by ``posterior_inpaint`` and the values of date ``t`` are kept.
+The stack is filled by ``posterior_inpaint(..., date=t's place in the stack)``: the latents' posterior is the
+whole stack's, and the decoder runs on date ``t`` alone.
 
 **Interpolation** (``method="interpolation"``, no model): :func:`hvaeseg.inpaint.temporal_linear_interpolation`
 over the whole time axis of each tile, with the real day gaps (``time`` in days), on the DN values.
@@ -364,11 +365,12 @@ def _fill(cube: xr.Dataset | str | os.PathLike, ds: xr.Dataset, valid: np.ndarra
                 assert a_t is not None and b_t is not None  # the posterior's normaliser, set above
                 xn = normalise_dn(batch.x, a_t, b_t)
                 doy = batch.doy if use_doy else None
-                mean_t, std_t, _ = posterior_inpaint(hvae, xn, batch.valid, int(num_samples), doy=doy)
+                # a stack fills its target date only: the decoder runs on that date (the latents see the stack)
+                date = None if dates == 1 else torch.as_tensor(pos[row:row + n], device=xn.device)
+                mean_t, std_t, _ = posterior_inpaint(hvae, xn, batch.valid, int(num_samples), doy=doy, date=date)
                 mean, var = mean_t.double().cpu().numpy(), std_t.double().square().cpu().numpy()
                 for i in range(n):
-                    m, v = (mean[i], var[i]) if dates == 1 else (mean[i, pos[row]], var[i, pos[row]])
-                    acc.add(target[row], int(plan.y[row]) - y0, int(plan.x[row]) - x0, m, v)
+                    acc.add(target[row], int(plan.y[row]) - y0, int(plan.x[row]) - x0, mean[i], var[i])
                     row += 1
     finally:
         if loader is not None:

@@ -486,20 +486,22 @@ class HVAE(PyroModule):
         valid: torch.Tensor | None = None,
         *,
         doy: torch.Tensor | None = None,
+        encoded: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None,
         **_unused,
     ) -> None:
         """q(s|x) q(l|x) prod_t q(z_t | z_<t, x) (ladder), from ``(x * valid, valid)``.
 
         With ``s`` given, labelled pixels keep their label and void pixels (``-1``) are sampled; the ``"s"``
-        site's log-probability then counts the void pixels only. Extra keyword arguments of the model
-        (``shape``) are accepted and ignored.
+        site's log-probability then counts the void pixels only. ``encoded``: :meth:`encode`'s output for these
+        ``(x, valid, doy)``, when many samples are drawn for one batch (the encoder's U-Net then runs once). Extra
+        keyword arguments of the model (``shape``) are accepted and ignored.
         """
         spec = self.spec
         B, T, H, W = self._dims(x, s, valid, None)
         self._expose_parameters("encoder", "decoder")  # the ladder guide uses the decoder's prior nets too
         dtype = self._dtype
         doy_in = self._doy_input(doy, B, T)
-        logits, feats = self.encoder.unet.forward_features(x, valid, doy if doy_in is not None else None)
+        logits, feats = encoded if encoded is not None else self.encode(x, valid, doy)
         logits = logits.movedim(1, -1)  # (B, H, W, K)
         if T is not None:
             logits = logits.unsqueeze(1)
@@ -523,6 +525,16 @@ class HVAE(PyroModule):
                     out = self.decoder.net_output(name, inputs, (H // r, W // r)) + self.encoder.head(name, feats)
                     z = pyro.sample(name, self._layer_dist(self._layers[name], out).to_event(3))
                     inputs[name] = parent_input(spec, name, z, dtype)
+
+    def encode(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, doy: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The guide's deterministic part, the encoder U-Net on ``(x, valid[, doy])``: ``(logits, features)``
+        as :meth:`guide` takes them (``encoded=``). ``logits``: ``(B, K, H, W)`` (q(s|x)'s); ``features``:
+        ``{factor: (B[, T], C_f, H/f, W/f)}``, the U-Net's bottom-up maps (temporal: per date)."""
+        B, T, _, _ = self._dims(x, None, valid, None)
+        uses_doy = self._doy_input(doy, B, T) is not None
+        return self.encoder.unet.forward_features(x, valid, doy if uses_doy else None)
 
     # ---------------------------------------------------------------------------------- methods
     def parameter_groups(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:

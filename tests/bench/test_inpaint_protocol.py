@@ -5,6 +5,8 @@ figure. Nothing is trained here; the benchmark itself is checked by its smoke ru
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -147,6 +149,8 @@ class RecordingHVAE:
     def __init__(self, bands: int):
         self.bands = bands
         self.calls: list[dict] = []
+        # what posterior_inpaint(..., date=) reads of a temporal HVAE's spec (no latent layer, no interp covariate)
+        self.spec = SimpleNamespace(temporal=True, per_date_order=(), interpolates=False)
 
     def guide(self, x, s=None, valid=None, *, doy=None, **_):
         self.calls.append({"x": x.clone(), "valid": valid.clone(), "s": None if s is None else s.clone(),
