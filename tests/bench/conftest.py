@@ -44,3 +44,8 @@ def inpaint() -> Iterator[ModuleType]:
 @pytest.fixture(scope="module")
 def compare() -> Iterator[ModuleType]:
     yield from _bench_script("compare")
+
+
+@pytest.fixture(scope="module")
+def posterior_speed() -> Iterator[ModuleType]:
+    yield from _bench_script("posterior_speed")
