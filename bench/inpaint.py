@@ -85,7 +85,7 @@ from hvaeseg.data.tiles import tile_starts
 from hvaeseg.hierarchy.interpolation import interpolation_input
 from hvaeseg.hierarchy.spec import TransferSpec
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
-from hvaeseg.inpaint_cube import WINDOWS, window_dates
+from hvaeseg.inpaint_cube import WINDOWS, posterior_tile, window_dates
 from hvaeseg.metrics import error_vs_spread, inpainting_errors, interval_coverage, per_band_rmse
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/scenes.py, beside this script
@@ -847,22 +847,27 @@ def evaluate(cube: Cube, protocol: str, seed: int, methods: Sequence[str], hvaes
                 notes.append(msg)
             continue
         t0 = time.perf_counter()
-        run = None
+        run, tile = None, None
+        H, W = cube.valid.shape[-2:]
         if method == "interpolation":
             fills = interpolation_fills(cube, tasks)
         elif method in ("window-interpolation", "window-transfer"):
-            fills = hvae_fills(None, cube, tasks, patch=args.patch_size, dates=args.dates, window=args.window,
+            transfer = args.transfer if method == "window-transfer" else None
+            tile = args.inference_patch or posterior_tile(args.patch_size, transfer, H, W)  # as its model's
+            fills = hvae_fills(None, cube, tasks, patch=tile, dates=args.dates, window=args.window,
                                calibration_samples=0, batch_size=args.inference_batch, truths=truths,
-                               transfer=args.transfer if method == "window-transfer" else None)
+                               transfer=transfer)
         else:
             hvae, run, config = hvaes[HVAE_METHODS[method]]
             pyro.set_rng_seed(seed)
-            fills = hvae_fills(hvae, cube, tasks, patch=config.patch_size, dates=config.dates, window=args.window,
+            tile = args.inference_patch or posterior_tile(config.patch_size, hvae.spec.image.transfer, H, W)
+            fills = hvae_fills(hvae, cube, tasks, patch=tile, dates=config.dates, window=args.window,
                                labels=method == "temporal+labels", samples=args.samples,
                                calibration_samples=args.calibration_samples, batch_size=args.inference_batch,
                                truths=truths)
         row = {"cube": cube.name, "protocol": protocol, "method": method, "seed": seed,
                **score(cube, tasks, fills, truths),
+               **({"inference_patch": tile} if tile is not None else {}),
                "targets": [cube.times[t.target] for t in tasks],
                **({"donors": [cube.times[t.donor] for t in tasks]} if protocol == "pasted" else {}),
                "seconds": time.perf_counter() - t0}
@@ -900,7 +905,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which state of each run fills: best.pt (chosen on the validation segmentation) or the "
                         "last step trained (checkpoint.pt)")
-    p.add_argument("--patch-size", type=int, default=32)
+    p.add_argument("--patch-size", type=int, default=32, help="patch side of the trained runs and of the window-* "
+                   "baselines' tiles")
+    p.add_argument("--inference-patch", type=int, default=None,
+                   help="tile side at which the models and window-* baselines fill (default: "
+                        "hvaeseg.inpaint_cube.posterior_tile, as hvaeseg inpaint: each run's patch size, --patch-size "
+                        "for the baselines, at least 4 x the transfer radius with a transfer)")
     p.add_argument("--block", type=int, default=None,
                    help="split block of the trained runs (default: 128 for cubes >= 512 px a side, else 32)")
     p.add_argument("--window", choices=WINDOWS, default="nearest",
@@ -933,6 +943,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--transfer: {err}")
     if args.dates < 2:
         p.error(f"--dates: expected T >= 2 dates per temporal stack, got {args.dates}")
+    if args.inference_patch is not None and args.inference_patch < 1:
+        p.error(f"--inference-patch: expected a positive tile side, got {args.inference_patch}")
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps: expected a positive number of steps, got {args.steps}")
     if not args.budget > 0:

@@ -346,3 +346,34 @@ def test_a_crash_writes_nothing(store, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="killed"):
         write_filled(filled, out)
     assert _nothing_at(out)
+
+
+def test_posterior_tile_holds_the_transfer_window():
+    from hvaeseg.hierarchy.spec import TransferSpec
+    from hvaeseg.inpaint_cube import posterior_tile
+
+    assert posterior_tile(32, None, 512, 512) == 32  # no transfer: the run's patch
+    assert posterior_tile(32, TransferSpec(radius=16), 512, 512) == 64
+    assert posterior_tile(32, TransferSpec(radius=16), 48, 512) == 48  # within the cube
+    assert posterior_tile(128, TransferSpec(radius=16), 512, 512) == 128  # never below the run's patch
+
+
+@pytest.mark.slow
+def test_cli_fills_a_transfer_run_at_its_larger_tile(tmp_path):
+    """hvaeseg inpaint of a temporal run whose covariate borrows space fills at posterior_tile's side by default,
+    and at --patch-size when given."""
+    import json
+
+    spec = {"num_classes": 7, "code_bits": 4, "temporal": True, "patch_size": 32, "layers": [],
+            "image": {"bands": 10, "parents": ["s", "l", "doy", "interp"], "interp_dropout": 0.0,
+                      "transfer": {"radius": 16, "stride": 8}},
+            "network": {"encoder_widths": [8, 8, 8], "decoder_width": 8}}
+    run = str(tmp_path / "run")
+    assert main(["train", "--method", "symmetric", "--data", "synthetic:tiny", "--labels", "2", "--steps", "1",
+                 "--dates", "2", "--patch-size", "32", "--block", "64", "--unlabelled-patches", "8", "--batch-size",
+                 "2", "--val-every", "1", "--checkpoint-every", "1", "--options", json.dumps({"spec": spec}),
+                 "--out", run]) == 0
+    for extra, side in (([], 64), (["--patch-size", "32"], 32)):
+        out = tmp_path / f"filled{side}.zarr"
+        assert main(["inpaint", run, "--out", str(out), "--samples", "1", *extra]) == 0
+        assert open_cube(str(out)).attrs["inpaint_patch_size"] == side

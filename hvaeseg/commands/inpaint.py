@@ -46,7 +46,9 @@ def inpaint_inputs(
     URL), the run's HVAE on ``device`` (``None`` for interpolation), the dates per stack and the tile side.
 
     :param config: the run's configuration (``RunConfig.load(run)``), ``None`` without a run.
-    :param patch_size: the tile side asked for (``None``: the run's, or :data:`DEFAULT_INTERPOLATION_PATCH`).
+    :param patch_size: the tile side asked for (``None``: :func:`~hvaeseg.inpaint_cube.posterior_tile` of the run,
+        i.e. its patch size, larger for a hierarchy with ``image.transfer``; without a run
+        :data:`DEFAULT_INTERPOLATION_PATCH`).
     :raises ValueError: ``posterior`` without a run, or with a run whose method has no generative model.
     """
     from hvaeseg.experiment import load_run, open_data
@@ -62,7 +64,13 @@ def inpaint_inputs(
             raise ValueError(f"{run} was trained with {config.method}, which has no generative model: inpaint with "
                              "an HVAE run (symmetric or elbo) or --method interpolation")
         cube = run_data.cube if data == config.data else open_data(data, data_seed)
-        return cube, trained.hvae.to(device), config.dates, patch_size or config.patch_size
+        hvae = trained.hvae.to(device)
+        if patch_size is None:
+            from hvaeseg.inpaint_cube import _open, posterior_tile
+
+            sizes = _open(cube).sizes
+            patch_size = posterior_tile(config.patch_size, hvae.spec.image.transfer, sizes["y"], sizes["x"])
+        return cube, hvae, config.dates, patch_size
     cube = open_data(data, data_seed)
     return cube, None, 1, patch_size or (config.patch_size if config is not None else DEFAULT_INTERPOLATION_PATCH)
 
@@ -169,7 +177,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="tiles per model call (default 8)")
     p.add_argument("--patch-size", type=int, default=None, metavar="P",
-                   help=f"tile side (default: the run's patch size; {DEFAULT_INTERPOLATION_PATCH} without a run)")
+                   help="tile side (default: the run's patch size, at least 4 x the transfer radius for a hierarchy "
+                   f"with image.transfer; {DEFAULT_INTERPOLATION_PATCH} without a run)")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior sampling (default 0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
     add_storage_options(p)

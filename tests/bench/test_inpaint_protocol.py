@@ -405,3 +405,10 @@ def test_figure_from_hand_made_rows(inpaint, tmp_path):
             e["coverage"] = {f"{a:g}": min(1.0, a - 0.05) for a in inpaint.LEVELS}
     png = inpaint.plot_report({"summary": summary, "title": "test"}, tmp_path / "f.png")
     assert png.stat().st_size > 1000
+
+
+def test_inference_patch_is_checked_and_optional(inpaint):
+    assert inpaint.parse_args([]).inference_patch is None  # each run's own patch size
+    assert inpaint.parse_args(["--inference-patch", "64"]).inference_patch == 64
+    with pytest.raises(SystemExit):
+        inpaint.parse_args(["--inference-patch", "0"])
