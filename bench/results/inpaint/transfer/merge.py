@@ -28,4 +28,14 @@ merge_reports(str(HERE), [
      f"WorldCereal, pasted: {DESIGN.replace('wake_holdout 0.5', 'wake_holdout 0.9')} (seed 0)"),
     ("inpaint_synth_holdout09", [f"{HERE}/per_seed/trp_syn_s0.json", f"{HERE}/per_seed/trh_syn_s0.json"],
      f"synthetic:small, occluded: {DESIGN.replace('wake_holdout 0.5', 'wake_holdout 0.9')} (seed 0)"),
+    # clear_radius 4 with a per-pixel scale (2026-12-03, session from 17:34 UTC; seeds 0 and 1)
+    ("inpaint_wc_clear", [f"{HERE}/per_seed/trc_wc_{s}.json" for s in SEEDS[:2]],
+     f"WorldCereal, pasted: {DESIGN}, clear_radius 4, scale pixel (seeds 0, 1)"),
+    ("inpaint_synth_clear", [f"{HERE}/per_seed/trc_syn_{s}.json" for s in SEEDS[:2]],
+     f"synthetic:small, occluded: {DESIGN}, clear_radius 4, scale pixel (seeds 0, 1)"),
+    # the adopted runs (tr_*) filled at 64-px tiles (--inference-patch 64, now posterior_tile's default), same session
+    ("inpaint_wc_tile64", [f"{HERE}/per_seed/tr64_wc_{s}.json" for s in SEEDS],
+     f"WorldCereal, pasted: {DESIGN}, scale band, 64-px tiles"),
+    ("inpaint_synth_tile64", [f"{HERE}/per_seed/tr64_syn_{s}.json" for s in SEEDS],
+     f"synthetic:small, occluded: {DESIGN}, scale band, 64-px tiles"),
 ])
