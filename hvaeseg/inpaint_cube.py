@@ -69,6 +69,7 @@ from hvaeseg.data.sampler import PatchPlan
 from hvaeseg.data.schema import CubeSchema
 from hvaeseg.data.stats import compute_band_stats, dn_scaling, read_band_stats
 from hvaeseg.data.tiles import tile_starts
+from hvaeseg.hierarchy.spec import TransferSpec
 from hvaeseg.inpaint import posterior_inpaint, temporal_linear_interpolation
 
 __all__ = ["METHODS", "WINDOWS", "inpaint_cube", "write_filled", "window_dates", "dn_range", "inpaint_template",
@@ -98,7 +99,7 @@ def _days(times: np.ndarray) -> np.ndarray:
     return t.astype(np.float64)
 
 
-def posterior_tile(patch_size: int, transfer: Any, height: int, width: int) -> int:
+def posterior_tile(patch_size: int, transfer: TransferSpec | None, height: int, width: int) -> int:
     """The tile side posterior filling uses unless told otherwise: the run's ``patch_size``, and for a hierarchy
     whose ``interp`` covariate borrows space (``transfer``, its ``image.transfer``, or None) at least
     ``4 * transfer.radius``, within the cube's ``height`` and ``width``. A tile's edge cuts the borrowing window of
@@ -107,7 +108,7 @@ def posterior_tile(patch_size: int, transfer: Any, height: int, width: int) -> i
     is convolutional, so a tile larger than its training patch is filled by the same networks."""
     if transfer is None:
         return int(patch_size)
-    return max(int(patch_size), min(4 * int(transfer.radius), int(height), int(width)))
+    return max(int(patch_size), min(4 * transfer.radius, int(height), int(width)))
 
 
 def window_dates(target: int, clear: np.ndarray, times: np.ndarray, T: int, rule: str = "nearest") -> list[int]:
