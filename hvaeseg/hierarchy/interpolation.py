@@ -187,7 +187,7 @@ def interp_channels(bands: int, transfer: TransferSpec | None = None) -> int:
     """Channels of the ``interp`` covariate (:func:`interpolation_input`) for ``bands`` bands."""
     if transfer is None:
         return bands + INTERP_EXTRA_CHANNELS
-    return bands + INTERP_EXTRA_CHANNELS + 1 + (1 if transfer.clear_radius > 0 else 0)
+    return bands + INTERP_EXTRA_CHANNELS + 1 + (1 if transfer.clear_radius > 0 else 0) + (1 if transfer.seen else 0)
 
 
 def clear_fraction(valid: torch.Tensor, radius: int) -> torch.Tensor:
@@ -216,7 +216,8 @@ def interpolation_input(
     decoder takes it as a parent and adds the interpolated bands to its mean (a residual to interpolation).
     With ``transfer``, the bands hold the interpolation plus :func:`residual_transfer`'s estimate of its residual
     (still leave-one-out), and a channel ``log1p`` of the transfer's summed weight (0: nothing borrowed); with
-    ``transfer.clear_radius`` a last channel, :func:`clear_fraction` of the date's valid mask.
+    ``transfer.clear_radius`` a channel, :func:`clear_fraction` of the date's valid mask; with ``transfer.seen`` a
+    last channel, ``valid`` itself (whether the pixel is observed on the date).
 
     :param x: ``(B, T, C, H, W)``; :param valid: ``(B, T, H, W)`` bool; :param doy: ``(B, T)`` days of the year.
     """
@@ -237,4 +238,6 @@ def interpolation_input(
             extra.append(torch.log1p(weight))
             if transfer.clear_radius > 0:
                 extra.append(clear_fraction(valid, transfer.clear_radius).to(dtype))
+            if transfer.seen:  # whether the pixel itself is observed on the date (not its value)
+                extra.append(valid.to(dtype))
         return torch.cat([value, torch.stack(extra, dim=2)], dim=2)

@@ -197,12 +197,17 @@ class TransferSpec:
         ``(2 r + 1)^2`` window around each pixel, the pixel itself left out (pixels outside the image are not
         clear). It tells a pixel deep inside a cloud, whose field may show nowhere on that date, from one at its
         edge, so that a per-pixel scale (``image.scale: pixel``) can widen where borrowing is blind. 0: off.
+    :param seen: one more channel, the pixel's own visibility on the date (1: its value is observed, and in
+        training seen by the guide; 0: hidden, by a cloud or by ``wake_holdout``). Not its value, only whether it
+        is filled blind, so that the decoder can give filled pixels their own spread (bench/results/inpaint/
+        transfer/: better calibrated on synthetic, worse fills on the real site; off by default).
     """
 
     radius: int = 16
     stride: int = 2
     bandwidth: float = 0.2
     clear_radius: int = 0
+    seen: bool = False
 
     def __post_init__(self) -> None:
         _positive_int(self.radius, "image: transfer radius", "e.g. 16 (pixels)")
@@ -210,6 +215,8 @@ class TransferSpec:
         c = self.clear_radius
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
             raise ValueError(f"image: transfer clear_radius: expected an int >= 0 (pixels; 0: off), got {c!r}: e.g. 4")
+        if not isinstance(self.seen, bool):
+            raise ValueError(f"image: transfer seen: expected true or false, got {self.seen!r}")
         if self.stride > self.radius:
             raise ValueError(
                 f"image: transfer stride {self.stride} exceeds radius {self.radius}, so no offset is tried: "

@@ -137,6 +137,12 @@ def test_transfer_spec_validation():
     with_clear = HierarchySpec.from_dict(d)
     assert with_clear.input_channels("interp") == 2 + INTERP_EXTRA_CHANNELS + 2
     assert HierarchySpec.from_yaml(with_clear.to_yaml()) == with_clear
+    d["image"]["transfer"]["seen"] = True
+    with_seen = HierarchySpec.from_dict(d)
+    assert with_seen.input_channels("interp") == 2 + INTERP_EXTRA_CHANNELS + 3
+    assert HierarchySpec.from_yaml(with_seen.to_yaml()) == with_seen
+    with pytest.raises(ValueError, match="seen: expected true or false"):
+        TransferSpec(seen=1)
 
 
 @settings(max_examples=15, deadline=None)
@@ -173,6 +179,21 @@ def test_the_clear_fraction_channel_is_leave_one_out():
     again = interpolation_input(x, flipped, doy, transfer=spec)
     assert torch.equal(again[0, 1, -1, 3, 3], out[0, 1, -1, 3, 3])
     assert not torch.equal(again[0, 1, -1, 2:5, 2:5], out[0, 1, -1, 2:5, 2:5])
+
+
+def test_the_seen_channel_is_the_valid_mask_and_nothing_of_the_value():
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(1, 3, 2, 6, 6))).float()
+    valid = torch.from_numpy(rng.random((1, 3, 6, 6)) < 0.6)
+    doy = torch.tensor([[30.0, 80.0, 150.0]])
+    spec = TransferSpec(radius=2, stride=1, bandwidth=1.0, clear_radius=1, seen=True)
+    out = interpolation_input(x, valid, doy, transfer=spec)
+    assert out.shape[2] == interp_channels(2, spec) == 2 + INTERP_EXTRA_CHANNELS + 3
+    torch.testing.assert_close(out[:, :, -1], valid.float())
+    torch.testing.assert_close(out[:, :, -2], clear_fraction(valid, 1).float())
+    changed = x.clone()
+    changed[0, 1, :, 3, 3] += 50.0  # the value of a pixel on a date never enters its own covariate there
+    assert torch.equal(interpolation_input(changed, valid, doy, transfer=spec)[0, 1, :, 3, 3], out[0, 1, :, 3, 3])
 
 
 def test_an_hvae_with_transfer_builds_and_scores_a_stack():
