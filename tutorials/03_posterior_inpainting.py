@@ -153,7 +153,8 @@ ax.figure.savefig(OUT / "hierarchy.png", dpi=90)
 # For each date `t` and each 32 x 32 tile, the model sees a stack of 4 dates: `t` and the 3 dates nearest
 # in time that are at least half clear in that tile (`--window nearest`); it draws `K` posterior samples
 # of the latents from the whole stack and runs the decoder on date `t` (a hierarchy with `image.transfer`
-# fills 64 x 64 tiles by default, so that each pixel's borrowing window fits: `--patch-size` overrides). The filled store is the input cube with `reflectance` filled (same
+# fills 64 x 64 tiles by default, so that each pixel's borrowing window fits: `--patch-size` overrides).
+# The filled store is the input cube with `reflectance` filled (same
 # encoding), plus `std` (the spread of the samples, reflectance units, 0 where observed) and `filled`
 # (the mask of filled pixels). `--method interpolation` needs no run: each occluded pixel takes the
 # linear interpolation in time between its nearest clear dates before and after.
@@ -334,7 +335,7 @@ print("figures in", OUT)
 # | this notebook's model (default temporal hierarchy, 240 s) | 25.79 ± 0.74 dB | 24.05 ± 1.53 dB |
 # | `interp` hierarchy without transfer + `wake_holdout`, 480 steps | 31.33 ± 0.44 dB | 27.80 ± 0.20 dB |
 # | no model: window interpolation + transferred residual (`window-transfer`) | 34.32 dB | 30.22 ± 0.45 dB |
-# | `temporal_interp.yaml` (with `image.transfer`) + `wake_holdout`, 480 steps, 32-px tiles | 34.34 ± 0.03 dB | 30.97 ± 0.50 dB |
+# | `temporal_interp.yaml` (`image.transfer`) + `wake_holdout`, 480 steps, 32 px | 34.34 ± 0.03 dB | 30.97 ± 0.50 dB |
 # | the same runs filled at 64-px tiles (`hvaeseg inpaint`'s default for it) | 34.61 ± 0.03 dB | 31.74 ± 0.32 dB |
 # | its 90% interval coverage at 64 px | 0.678 | 0.879 |
 #
