@@ -185,9 +185,7 @@ def residual_transfer(
 
 def interp_channels(bands: int, transfer: TransferSpec | None = None) -> int:
     """Channels of the ``interp`` covariate (:func:`interpolation_input`) for ``bands`` bands."""
-    if transfer is None:
-        return bands + INTERP_EXTRA_CHANNELS
-    return bands + INTERP_EXTRA_CHANNELS + 1 + (1 if transfer.clear_radius > 0 else 0) + (1 if transfer.seen else 0)
+    return bands + INTERP_EXTRA_CHANNELS + (transfer.channels if transfer is not None else 0)
 
 
 def clear_fraction(valid: torch.Tensor, radius: int) -> torch.Tensor:

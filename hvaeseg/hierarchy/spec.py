@@ -229,6 +229,12 @@ class TransferSpec:
             )
         object.__setattr__(self, "bandwidth", float(h))
 
+    @property
+    def channels(self) -> int:
+        """Channels it adds to the ``interp`` covariate: the summed weight, the clear fraction (``clear_radius``)
+        and the visibility (``seen``)."""
+        return 1 + (self.clear_radius > 0) + self.seen
+
 
 
 @dataclass(frozen=True)
