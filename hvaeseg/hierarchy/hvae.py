@@ -37,7 +37,7 @@ Pyro runs the model alone once to find its plates) need label maps to draw from:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 import pyro
@@ -354,6 +354,25 @@ class HVAE(PyroModule):
             out = out.expand(B, T, *out.shape[2:])
         return out
 
+    def _image_params(
+        self, inputs: dict, net_output: Callable[[dict], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(loc, scale, factor)`` of p(x | parents) (:meth:`Decoder.x_params`) from ``net_output(inputs)``, the
+        image net's output, with the ``interp`` covariate's bands added to ``loc`` (a residual to interpolation).
+
+        With ``transfer.seen`` only the spread (scale and band factors) sees the visibility channel: the mean is
+        that of a blind fill, the net run a second time with the channel at 0. Observed pixels then teach the mean
+        of hidden ones, and hidden pixels (``wake_holdout``) their own spread."""
+        loc, scale, factor = self.decoder.x_params(net_output(inputs))
+        interp = inputs.get("interp")
+        if interp is None:
+            return loc, scale, factor
+        transfer = self.spec.image.transfer
+        if transfer is not None and transfer.seen:  # the visibility is the last channel
+            blind = torch.cat([interp[..., :-1, :, :], torch.zeros_like(interp[..., -1:, :, :])], dim=-3)
+            loc = self.decoder.x_params(net_output(dict(inputs, interp=blind)))[0]
+        return loc + interp[..., : self.spec.image.bands, :, :], scale, factor
+
     def _s_prior(self, B: int, T: int | None, H: int, W: int):
         batch = (B, 1, H, W) if T is not None else (B, H, W)
         if self.spec.s_prior == "empirical":
@@ -391,7 +410,6 @@ class HVAE(PyroModule):
         self._expose_parameters("decoder")
         dtype = self._dtype
         inputs = self._covariate_inputs(x, valid, doy, interp_from, B, T, H, W)
-        interp = inputs.get("interp")
         with pyro.plate("batch", B, dim=-2 if T is not None else -1):
             s_val = pyro.sample("s", self._s_prior(B, T, H, W).to_event(2), obs=self._s_site_value(s))
             inputs["s"] = parent_input(spec, "s", s_val, dtype)
@@ -407,9 +425,7 @@ class HVAE(PyroModule):
                     out = self._prior_out(name, inputs, H, W, B, T)
                     z = pyro.sample(name, self._layer_dist(self._layers[name], out).to_event(3))
                     inputs[name] = parent_input(spec, name, z, dtype)
-                loc, scale, factor = self.decoder.x_params(self._prior_out("x", inputs, H, W, B, T))
-                if interp is not None:  # a residual to the interpolation from the other dates
-                    loc = loc + interp[..., : spec.image.bands, :, :]
+                loc, scale, factor = self._image_params(inputs, lambda i: self._prior_out("x", i, H, W, B, T))
                 if factor is not None:  # bands correlated within a pixel
                     return pyro.sample("x", BandCorrelatedNormal(loc, scale, factor, valid), obs=x)
                 fn = Normal(loc, scale, validate_args=False)
@@ -441,8 +457,7 @@ class HVAE(PyroModule):
             raise ValueError(f"the posterior of s is not exact in this hierarchy: {problem}")
         B, T, H, W = self._dims(x, None, valid, None)
         inputs = self._covariate_inputs(x, valid, doy, None, B, T, H, W)
-        interp = inputs.get("interp")
-        size = (H, W) if interp is not None else (1, 1)
+        size = (H, W) if "interp" in inputs else (1, 1)
         K = spec.num_classes
         eye = torch.eye(K, dtype=self._dtype, device=self._device)
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
@@ -450,9 +465,7 @@ class HVAE(PyroModule):
         for k in range(K):
             onehot = eye[k].view(K, 1, 1).expand(B, K, *size)
             inputs["s"] = onehot.unsqueeze(1) if T is not None else onehot
-            loc, scale, factor = self.decoder.x_params(self.decoder.net_output("x", inputs, size))
-            if interp is not None:
-                loc = loc + interp[..., : spec.image.bands, :, :]
+            loc, scale, factor = self._image_params(inputs, lambda i: self.decoder.net_output("x", i, size))
             if factor is not None:
                 lp = BandCorrelatedNormal(loc, scale, factor).pixel_log_prob(x)
             else:

@@ -199,8 +199,10 @@ class TransferSpec:
         edge, so that a per-pixel scale (``image.scale: pixel``) can widen where borrowing is blind. 0: off.
     :param seen: one more channel, the pixel's own visibility on the date (1: its value is observed, and in
         training seen by the guide; 0: hidden, by a cloud or by ``wake_holdout``). Not its value, only whether it
-        is filled blind, so that the decoder can give filled pixels their own spread (bench/results/inpaint/
-        transfer/: better calibrated on synthetic, worse fills on the real site; off by default).
+        is filled blind, and it reaches the spread only: the mean is computed with the channel at 0 (the image
+        net runs twice), so filled pixels get their own spread, learnt on the ``wake_holdout`` pixels, and the
+        mean every pixel's. Needs a spread the net predicts (``image.scale: pixel`` or ``cov_rank > 0``).
+        Off by default (bench/results/inpaint/transfer/).
     """
 
     radius: int = 16
@@ -302,6 +304,9 @@ class ImageLayerSpec:
             if "interp" not in self.parents:
                 raise ValueError("image: transfer borrows the residual of the interp covariate, which the image does "
                                  "not take: add 'interp' to its parents, or remove transfer")
+            if self.transfer.seen and self.scale == "band" and not self.cov_rank:
+                raise ValueError("image: transfer seen reaches only the spread, and a band scale takes no input: "
+                                 "set image scale: pixel (or cov_rank > 0), or seen: false")
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,9 @@ def test_transfer_spec_validation():
     assert with_clear.input_channels("interp") == 2 + INTERP_EXTRA_CHANNELS + 2
     assert HierarchySpec.from_yaml(with_clear.to_yaml()) == with_clear
     d["image"]["transfer"]["seen"] = True
+    with pytest.raises(ValueError, match="seen reaches only the spread.*set image scale: pixel"):
+        HierarchySpec.from_dict(d)
+    d["image"]["scale"] = "pixel"
     with_seen = HierarchySpec.from_dict(d)
     assert with_seen.input_channels("interp") == 2 + INTERP_EXTRA_CHANNELS + 3
     assert HierarchySpec.from_yaml(with_seen.to_yaml()) == with_seen
@@ -245,3 +248,45 @@ def test_the_covariate_given_once_fills_as_the_stack_does():
         poutine.trace(hvae.model).get_trace(x, None, valid, doy=doy, interp_from=cov[:, :, :-1])
     assert torch.isfinite(mean).all() and torch.equal(mean[valid.unsqueeze(2).expand_as(x)],
                                                       x[valid.unsqueeze(2).expand_as(x)])
+
+
+def test_the_seen_channel_reaches_the_spread_and_not_the_mean():
+    """With transfer.seen the mean of p(x | parents) is a blind fill's: setting the visibility channel to 1 or 0
+    everywhere leaves it unchanged, and changes the scale (the net, perturbed off its zero start, reads it)."""
+    import pyro.poutine as poutine
+
+    spec = HierarchySpec.default(3, 2, 4, channels=2, temporal=True, interpolation=True, encoder_widths=(4, 4, 4),
+                                 decoder_width=4)
+    d = spec.to_dict()
+    d["image"]["transfer"] = {"radius": 2, "stride": 1, "seen": True}
+    d["image"]["scale"] = "pixel"
+    torch.manual_seed(0)
+    hvae = HVAE(HierarchySpec.from_dict(d)).eval()
+    with torch.no_grad():
+        for p in hvae.decoder.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 4, 2, 8, 8, generator=g)
+    valid = torch.rand(2, 4, 8, 8, generator=g) < 0.6
+    doy = torch.tensor([[20.0, 60.0, 130.0, 200.0]] * 2)
+    cov = hvae.interp_covariate(x, valid, doy)
+    assert torch.equal(cov[:, :, -1], valid.float())
+    guide_trace = poutine.trace(hvae.guide).get_trace(x, None, valid, doy=doy)
+
+    def x_normal(seen_value):
+        given = cov.clone()
+        given[:, :, -1] = seen_value
+        trace = poutine.trace(poutine.replay(hvae.model, trace=guide_trace)).get_trace(x, None, valid, doy=doy,
+                                                                                       interp_from=given)
+        fn = trace.nodes["x"]["fn"]
+        while not hasattr(fn, "loc"):
+            fn = fn.base_dist
+        return fn.loc, fn.scale
+
+    loc_seen, scale_seen = x_normal(1.0)
+    loc_blind, scale_blind = x_normal(0.0)
+    torch.testing.assert_close(loc_seen, loc_blind, rtol=0, atol=0)
+    assert (scale_seen - scale_blind).abs().max() > 1e-3
+    # and with the real mask
+    loc_real, _ = x_normal(valid.float())
+    torch.testing.assert_close(loc_real, loc_blind, rtol=0, atol=0)
