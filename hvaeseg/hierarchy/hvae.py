@@ -9,7 +9,6 @@ Generative model, top-down (``z0 = (s, l)``, layers in topological order, then `
 
 With the image's ``cov_rank > 0`` a pixel's bands are correlated: ``x ~ BandCorrelatedNormal(loc, scale,
 factor)``, covariance ``diag(scale^2) + F F^T`` per pixel with the ``(C, r)`` factor F from the decoder.
-With ``noise: student_t`` it is ``StudentT(df, loc, scale)`` instead, ``df`` learned per band.
 
 With the ``interp`` covariate among the image's parents (temporal only), ``loc`` is the leave-one-out
 interpolation of each date from the stack's other clear dates plus the decoder's correction
@@ -45,7 +44,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
-from pyro.distributions import Normal, StudentT
+from pyro.distributions import Normal
 from pyro.nn import PyroModule
 from torch.distributions import Bernoulli, kl_divergence
 
@@ -374,13 +373,6 @@ class HVAE(PyroModule):
             loc = self.decoder.x_params(net_output(dict(inputs, interp=blind)))[0]
         return loc + interp[..., : self.spec.image.bands, :, :], scale, factor
 
-    def _pixel_noise(self, loc: torch.Tensor, scale: torch.Tensor) -> Normal | StudentT:
-        """p(x | parents) band by band and pixel by pixel (``ImageLayerSpec.noise``), unmasked."""
-        df = self.decoder.degrees_of_freedom()
-        if df is None:
-            return Normal(loc, scale, validate_args=False)
-        return StudentT(df, loc, scale, validate_args=False)
-
     def _s_prior(self, B: int, T: int | None, H: int, W: int):
         batch = (B, 1, H, W) if T is not None else (B, H, W)
         if self.spec.s_prior == "empirical":
@@ -436,7 +428,7 @@ class HVAE(PyroModule):
                 loc, scale, factor = self._image_params(inputs, lambda i: self._prior_out("x", i, H, W, B, T))
                 if factor is not None:  # bands correlated within a pixel
                     return pyro.sample("x", BandCorrelatedNormal(loc, scale, factor, valid), obs=x)
-                fn = self._pixel_noise(loc, scale)
+                fn = Normal(loc, scale, validate_args=False)
                 if valid is not None:
                     fn = fn.mask(valid.unsqueeze(-3))
                 return pyro.sample("x", fn.to_event(3), obs=x)
@@ -477,7 +469,7 @@ class HVAE(PyroModule):
             if factor is not None:
                 lp = BandCorrelatedNormal(loc, scale, factor).pixel_log_prob(x)
             else:
-                lp = self._pixel_noise(loc, scale).log_prob(x).sum(-3)
+                lp = Normal(loc, scale, validate_args=False).log_prob(x).sum(-3)
             if valid is not None:
                 lp = torch.where(valid, lp, zero)
             out.append(lp.sum(1) if T is not None else lp)

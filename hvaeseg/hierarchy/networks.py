@@ -28,8 +28,6 @@ __all__ = ["Decoder", "LadderEncoder", "parent_input", "resize_any"]
 
 #: lower bound of the scale of Gaussian latent layers
 LATENT_MIN_SCALE = 1e-3
-#: degrees of freedom of a Student-t image noise (``ImageLayerSpec.noise``) at initialisation
-STUDENT_T_INIT_DF = 5.0
 
 
 def _inverse_softplus(y: float) -> float:
@@ -110,10 +108,6 @@ class Decoder(nn.Module):
             # a zero net output gives init_scale at every pixel
             self.register_buffer("x_scale_offset", torch.tensor(_inverse_softplus(image.init_scale - image.min_scale)),
                                  persistent=False)
-        if image.noise == "student_t":  # df = 2 + softplus(raw) per band, 5 at the start
-            self.x_df = nn.Parameter(torch.full((image.bands,), _inverse_softplus(STUDENT_T_INIT_DF - 2.0)))
-        else:
-            self.register_parameter("x_df", None)
         if spec.s_prior == "categorical":
             self.s_logits = nn.Parameter(torch.zeros(spec.num_classes))
         else:
@@ -148,13 +142,6 @@ class Decoder(nn.Module):
         if self.x_scale is None:
             return None
         return self.spec.image.min_scale + F.softplus(self.x_scale)
-
-    def degrees_of_freedom(self) -> torch.Tensor | None:
-        """The Student-t image noise's learned degrees of freedom per band, ``(C, 1, 1)`` (> 2, so its variance is
-        finite), or None for Gaussian noise."""
-        if self.x_df is None:
-            return None
-        return (2.0 + F.softplus(self.x_df))[:, None, None]
 
     def x_params(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(loc, scale, factor)`` of p(x | parents) from the net output: loc unconstrained ``(..., C, H, W)``,

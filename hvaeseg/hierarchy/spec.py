@@ -65,8 +65,6 @@ __all__ = [
 FAMILIES = ("bernoulli", "categorical", "gaussian")
 S_PRIORS = ("empirical", "categorical")
 IMAGE_SCALES = ("band", "pixel")
-#: the image's noise given its parents, per band and pixel (``ImageLayerSpec.noise``)
-IMAGE_NOISES = ("normal", "student_t")
 #: site names of the built-in variables: the segmentation s, the global code l and the image x
 RESERVED_NAMES = ("s", "l", "x", "doy", "interp")
 _TOP = ("s", "l")
@@ -263,10 +261,6 @@ class ImageLayerSpec:
     :param transfer: with ``interp`` among the parents: a :class:`TransferSpec` adds to the interpolation the
         residual borrowed from similar clear pixels of the same date (and a channel of its weight), so a cloud's
         fill also follows its field on that date; None (default): the interpolation alone.
-    :param noise: ``"normal"`` (default) or ``"student_t"``: a Student-t of the same location and scale with
-        ``df = 2 + softplus(.)`` degrees of freedom learned per band (starting at 5), whose heavier tails suit
-        pixels the parents explain badly, as a fill's errors are (bench/results/inpaint/transfer/). Not with
-        ``cov_rank > 0``.
     """
 
     bands: int
@@ -277,7 +271,6 @@ class ImageLayerSpec:
     interp_dropout: float = 0.25
     cov_rank: int = 0
     transfer: TransferSpec | None = None
-    noise: str = "normal"
 
     def __post_init__(self):
         _positive_int(self.bands, "image: bands", "give the number of spectral bands, e.g. 10")
@@ -306,10 +299,6 @@ class ImageLayerSpec:
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < self.bands:
             raise ValueError(f"image: cov_rank must be an integer in [0, bands = {self.bands}), got {r!r}: e.g. 2 "
                              "(0: independent bands)")
-        if self.noise not in IMAGE_NOISES:
-            raise ValueError(f"image: unknown noise {self.noise!r}: choose one of {', '.join(IMAGE_NOISES)}")
-        if self.noise != "normal" and self.cov_rank:
-            raise ValueError(f"image: noise {self.noise} has no band covariance: set cov_rank: 0, or noise: normal")
         if self.transfer is not None:
             object.__setattr__(self, "transfer", from_dict(TransferSpec, self.transfer, "image: transfer"))
             if "interp" not in self.parents:

@@ -70,8 +70,8 @@ class HVAEConfig:
         reported, and is required by the ELBO) or ``"empirical"`` (symmetric learning only: s comes from the
         data and the label pool, no density).
     :param init_scale: initial scale of the image likelihood (normalised units) of the default hierarchy.
-    :param global_lr: learning rate of the global parameters (image scale and Student-t degrees of freedom per
-        band, s prior logits); they are few, and at ``lr`` they move too slowly to follow the networks.
+    :param global_lr: learning rate of the global parameters (image scale per band, s prior logits); they
+        are few, and at ``lr`` they move too slowly to follow the networks.
     :param decoder_lr: learning rate of the decoder's networks (theta, but for the global parameters); None: ``lr``.
         A small decoder (e.g. a pixel mixture's, ``exact_s``) can follow the data at a higher rate than the encoder.
     :param weight_decay: decoupled weight decay on weight tensors (conv and linear kernels) of both players.
@@ -256,7 +256,7 @@ class _HVAEMethod(SeededMethod):
         self.clip_norm = config.clip_norm
         self.last_grad_norms: dict[str, float] = {}
         decoder = hvae.decoder
-        self._global = {id(p) for p in (decoder.x_scale, decoder.x_df, decoder.s_logits) if p is not None}
+        self._global = {id(p) for p in (decoder.x_scale, decoder.s_logits) if p is not None}
         #: the two players' parameters (:meth:`HVAE.parameter_groups`): the decoder's (theta) and the encoder's (phi)
         self.decoder_params, self.encoder_params = hvae.parameter_groups()
         self._decoder = {id(p) for p in self.decoder_params} if config.decoder_lr else set()
