@@ -38,4 +38,9 @@ merge_reports(str(HERE), [
      f"WorldCereal, pasted: {DESIGN}, scale band, 64-px tiles"),
     ("inpaint_synth_tile64", [f"{HERE}/per_seed/tr64_syn_{s}.json" for s in SEEDS],
      f"synthetic:small, occluded: {DESIGN}, scale band, 64-px tiles"),
+    # clear_radius 4, seen (reaching the spread only), scale pixel; 32 calibration samples (2026-12-03, from 21:02 UTC)
+    ("inpaint_wc_seen", [f"{HERE}/per_seed/trsb_wc_{s}.json" for s in SEEDS],
+     f"WorldCereal, pasted: {DESIGN}, clear_radius 4, seen, scale pixel"),
+    ("inpaint_synth_seen", [f"{HERE}/per_seed/trsb_syn_{s}.json" for s in SEEDS],
+     f"synthetic:small, occluded: {DESIGN}, clear_radius 4, seen, scale pixel"),
 ])
