@@ -57,7 +57,7 @@ from hvaeseg.distributions import (
     bernoulli_kl,
     check_label_pool,
 )
-from hvaeseg.hierarchy.interpolation import interpolation_input
+from hvaeseg.hierarchy.interpolation import interpolation_input, without_visibility
 from hvaeseg.hierarchy.networks import LATENT_MIN_SCALE, Decoder, LadderEncoder, parent_input
 from hvaeseg.hierarchy.posterior import posterior_inpaint
 from hvaeseg.hierarchy.spec import HierarchySpec, LatentLayerSpec
@@ -368,9 +368,8 @@ class HVAE(PyroModule):
         if interp is None:
             return loc, scale, factor
         transfer = self.spec.image.transfer
-        if transfer is not None and transfer.seen:  # the visibility is the last channel
-            blind = torch.cat([interp[..., :-1, :, :], torch.zeros_like(interp[..., -1:, :, :])], dim=-3)
-            loc = self.decoder.x_params(net_output(dict(inputs, interp=blind)))[0]
+        if transfer is not None and transfer.seen:
+            loc = self.decoder.x_params(net_output(dict(inputs, interp=without_visibility(interp))))[0]
         return loc + interp[..., : self.spec.image.bands, :, :], scale, factor
 
     def _s_prior(self, B: int, T: int | None, H: int, W: int):

@@ -31,6 +31,7 @@ __all__ = [
     "neighbour_interpolation",
     "residual_transfer",
     "stack_days",
+    "without_visibility",
 ]
 
 #: channels of the ``interp`` covariate besides the C interpolated bands: has a clear date before, has one after,
@@ -186,6 +187,12 @@ def residual_transfer(
 def interp_channels(bands: int, transfer: TransferSpec | None = None) -> int:
     """Channels of the ``interp`` covariate (:func:`interpolation_input`) for ``bands`` bands."""
     return bands + INTERP_EXTRA_CHANNELS + (transfer.channels if transfer is not None else 0)
+
+
+def without_visibility(covariate: torch.Tensor) -> torch.Tensor:
+    """The ``interp`` covariate of a ``transfer.seen`` hierarchy with its visibility channel (the last,
+    :func:`interpolation_input`) at 0, as if every pixel were filled blind: ``(..., channels, H, W)``."""
+    return torch.cat([covariate[..., :-1, :, :], torch.zeros_like(covariate[..., -1:, :, :])], dim=-3)
 
 
 def clear_fraction(valid: torch.Tensor, radius: int) -> torch.Tensor:

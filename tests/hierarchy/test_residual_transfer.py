@@ -22,6 +22,7 @@ from hvaeseg.hierarchy.interpolation import (
     stack_days,
 )
 from hvaeseg.hierarchy.spec import TransferSpec
+from hvaeseg.traces import unwrap
 
 
 def brute_force(x, valid, base, radius, stride, h):
@@ -278,9 +279,7 @@ def test_the_seen_channel_reaches_the_spread_and_not_the_mean():
         given[:, :, -1] = seen_value
         trace = poutine.trace(poutine.replay(hvae.model, trace=guide_trace)).get_trace(x, None, valid, doy=doy,
                                                                                        interp_from=given)
-        fn = trace.nodes["x"]["fn"]
-        while not hasattr(fn, "loc"):
-            fn = fn.base_dist
+        fn = unwrap(trace.nodes["x"]["fn"])
         return fn.loc, fn.scale
 
     loc_seen, scale_seen = x_normal(1.0)
