@@ -79,6 +79,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hvaeseg.calibration import rescale
 from hvaeseg.data.loader import day_of_year, normalise_dn, normaliser
 from hvaeseg.data.stats import compute_band_stats, dn_scaling, ensure_band_stats, read_band_stats
 from hvaeseg.data.tiles import tile_starts
@@ -113,6 +114,10 @@ TARGET_MIN_VALID = 0.95
 DONOR_VALID = (0.30, 0.80)
 #: nominal levels of the reliability diagram (coverage of the central sample intervals)
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+#: the level whose coverage ``--recalibrate`` fits (hvaeseg.calibration)
+CALIBRATION_LEVEL = 0.9
+#: added to the seed of the calibration items and draws (a stream apart from the protocol's)
+CALIBRATION_SEED_OFFSET = 10_000
 #: the scalar metrics of a row, summarised over seeds
 KEYS = ("mae", "rmse", "psnr", "ssim", "spectral_angle_deg")
 #: the file a finished training run gets in its folder (a folder without it holds an unfinished run)
@@ -152,6 +157,7 @@ class Cube:
     mean: np.ndarray
     std: np.ndarray
     clean_dn: np.ndarray | None = None
+    source: Any = field(default=None, repr=False)  # the Dataset it was read from
     _x: torch.Tensor | None = field(default=None, repr=False)
 
     @classmethod
@@ -188,7 +194,7 @@ class Cube:
             name=name, data=data, dn=np.asarray(refl.values), valid=torch.from_numpy(valid), labels=labels,
             days=np.asarray(days, dtype=np.float64), doy=doy, times=names, bands=[str(b) for b in ds["band"].values],
             scale=scale, offset=offset, mean=np.asarray(stats[0], np.float64), std=np.asarray(stats[1], np.float64),
-            clean_dn=clean,
+            clean_dn=clean, source=ds,
         )
 
     @property
@@ -368,6 +374,7 @@ class Fill:
     std: torch.Tensor | None = None
     inside: dict[float, float] = field(default_factory=dict)
     counted: int = 0
+    inside_raw: dict[float, float] = field(default_factory=dict)  # before the spread factor (when not 1)
 
 
 def interpolation_fills(cube: Cube, tasks: Sequence[Task]) -> list[Fill]:
@@ -419,6 +426,7 @@ def hvae_fills(
     batch_size: int = 32,
     truths: Sequence[torch.Tensor] | None = None,
     transfer: TransferSpec | None = None,
+    spread_factor: float = 1.0,
 ) -> list[Fill]:
     """Posterior inpainting of each task's target date by ``hvae``, tile by tile (see the module doc).
 
@@ -433,6 +441,9 @@ def hvae_fills(
         similar clear pixels (``window-transfer``).
     :param window: the stack rule of a temporal model (:func:`~hvaeseg.inpaint_cube.window_dates`).
     :param labels: give the guide the cube's label map (``s=labels``).
+    :param spread_factor: the samples of ``x`` are scaled about their mean by it
+        (:func:`hvaeseg.calibration.rescale`) before the spread and the coverage; with a factor other than 1 the
+        coverage of the unscaled samples is kept too (``Fill.inside_raw``).
     """
     T, C, H, W = cube.shape
     if labels and cube.labels is None:
@@ -489,8 +500,10 @@ def hvae_fills(
             mean, _, _ = posterior_inpaint(hvae, xb, vb, samples, s=s, decoder_mean=True, doy=doy, date=date)
         std = draws = None
         if calibration_samples:
-            _, std, draws = posterior_inpaint(hvae, xb, vb, calibration_samples, s=s, decoder_mean=False, doy=doy,
-                                              date=date)
+            _, std, raw = posterior_inpaint(hvae, xb, vb, calibration_samples, s=s, decoder_mean=False, doy=doy,
+                                            date=date)
+            draws = rescale(raw, spread_factor) if spread_factor != 1 else raw
+            std = std * spread_factor  # the spread of the rescaled draws (0 where observed)
         for j, it in enumerate(batch):
             ry, rx = sl(it)
             pick = (j,) if dates == 1 or hvae is not None else (j, it.slot)  # the model's: the target date only
@@ -502,11 +515,15 @@ def hvae_fills(
             fill.std[:, ry, rx] = torch.where(own, cube.spread(std[pick]), fill.std[:, ry, rx])
             scored = tasks[it.task].scored[ry, rx] & own
             if bool(scored.any()):
+                truth = truths[it.task][None, :, ry, rx]
                 smp = cube.denormalise(draws[(slice(None), *pick)])  # (K, C, P, P)
-                cov = interval_coverage(smp[:, None], truths[it.task][None, :, ry, rx], scored[None], levels)
                 n = int(scored.sum()) * C
-                for a, share in cov.items():
+                for a, share in interval_coverage(smp[:, None], truth, scored[None], levels).items():
                     fill.inside[a] += share * n
+                if spread_factor != 1:
+                    smp = cube.denormalise(raw[(slice(None), *pick)])
+                    for a, share in interval_coverage(smp[:, None], truth, scored[None], levels).items():
+                        fill.inside_raw[a] = fill.inside_raw.get(a, 0.0) + share * n
                 fill.counted += n
     return fills
 
@@ -532,6 +549,9 @@ def score(cube: Cube, tasks: Sequence[Task], fills: Sequence[Fill], truths: Sequ
     if fills and fills[0].std is not None:
         counted = sum(f.counted for f in fills)
         row["coverage"] = {f"{a:g}": sum(f.inside[a] for f in fills) / counted for a in fills[0].inside}
+        if any(f.inside_raw for f in fills):
+            row["coverage_raw"] = {f"{a:g}": sum(f.inside_raw.get(a, 0.0) for f in fills) / counted
+                                   for a in fills[0].inside}
         std = torch.stack([f.std for f in fills])
         row["error_vs_spread"] = error_vs_spread(pred, std, truth, mask, bins=bins)
         row["mean_std"] = float(std[mask.unsqueeze(1).expand_as(std)].mean())
@@ -582,13 +602,17 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
             vals = [r[k] for r in rs if r.get(k) is not None]
             if vals:
                 entry[k], entry[f"{k}_sd"] = mean_sd(vals)
-        levels = sorted({a for r in rs for a in (r.get("coverage") or {})}, key=float)
-        if levels:
-            entry["coverage"] = {}
-            entry["coverage_sd"] = {}
-            for a in levels:
-                vals = [r["coverage"][a] for r in rs if (r.get("coverage") or {}).get(a) is not None]
-                entry["coverage"][a], entry["coverage_sd"][a] = mean_sd(vals)
+        for cov in ("coverage", "coverage_raw"):
+            levels = sorted({a for r in rs for a in (r.get(cov) or {})}, key=float)
+            if levels:
+                entry[cov] = {}
+                entry[f"{cov}_sd"] = {}
+                for a in levels:
+                    vals = [r[cov][a] for r in rs if (r.get(cov) or {}).get(a) is not None]
+                    entry[cov][a], entry[f"{cov}_sd"][a] = mean_sd(vals)
+        factors = [r["spread_factor"] for r in rs if r.get("spread_factor") is not None]
+        if factors:
+            entry["spread_factor"], entry["spread_factor_sd"] = mean_sd(factors)
         if method != "interpolation":
             margins = [r["psnr"] - reference[(cube, protocol, r["seed"])]["psnr"] for r in rs
                        if (cube, protocol, r["seed"]) in reference and r.get("psnr") is not None
@@ -614,6 +638,8 @@ def table(summary: Sequence[dict]) -> str:
             f"{cube_label(e['cube'])[:28]:<28} {e['protocol']:<9} {e['method']:<16} {pm('psnr', '.2f'):>14} "
             f"{pm('mae', '.4f'):>15} {e.get('rmse', float('nan')):8.4f} {e.get('ssim', float('nan')):6.3f} "
             f"{e.get('spectral_angle_deg', float('nan')):7.2f} {c80:>6} {c90:>6} {pm('psnr_margin', '+.2f'):>13}"
+            + (f"  spread x{pm('spread_factor', '.3f')}, unscaled cov90 {e['coverage_raw']['0.9']:.3f}"
+               if e.get("spread_factor") is not None and "0.9" in (e.get("coverage_raw") or {}) else "")
         )
     return "\n".join(lines)
 
@@ -824,6 +850,30 @@ def load_hvae(folder: Path, checkpoint: str = "best") -> tuple[Any, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
+def spread_calibration(hvae: Any, cube: Cube, tasks: Sequence[Task], *, seed: int, patch: int, dates: int,
+                       args: argparse.Namespace) -> dict[str, Any]:
+    """``--recalibrate``: the spread factor of ``hvae`` fitted by :func:`hvaeseg.calibrate_cube.cube_spread_factor`
+    (what ``hvaeseg inpaint --recalibrate`` does) at :data:`CALIBRATION_LEVEL` on values the protocol does not
+    score: the dates with at least :data:`TARGET_MIN_VALID` valid pixels (those the pasted protocol targets) each
+    take the mask of the dates whose valid share the protocol takes its masks from (pasted: :data:`DONOR_VALID`;
+    occluded: the partly cloudy dates, :data:`PARTLY`), and the pixels the tasks score on a date are hidden there
+    and never used. ``--calibration-tiles`` items, drawn by ``seed`` + :data:`CALIBRATION_SEED_OFFSET`, and
+    ``--calibration-samples`` samples each. Returns the row's calibration fields."""
+    from hvaeseg.calibrate_cube import cube_spread_factor
+
+    hide = torch.zeros_like(cube.valid)
+    for task in tasks:
+        hide[task.target] |= task.scored
+    cal = cube_spread_factor(
+        cube.source, hvae=hvae, patch_size=patch, dates=dates, window=args.window,
+        num_samples=args.calibration_samples, max_tiles=args.calibration_tiles, batch_size=args.inference_batch,
+        level=CALIBRATION_LEVEL, seed=seed + CALIBRATION_SEED_OFFSET, stats=(cube.mean.tolist(), cube.std.tolist()),
+        min_target=TARGET_MIN_VALID, donor_range=DONOR_VALID if tasks[0].protocol == "pasted" else PARTLY,
+        hide=hide.numpy())
+    return {"spread_factor": cal.factor, "calibration_values": cal.values, "calibration_tiles": cal.tiles,
+            "calibration_coverage_raw": cal.coverage_before}
+
+
 def evaluate(cube: Cube, protocol: str, seed: int, methods: Sequence[str], hvaes: dict[str, tuple[Any, Path, Any]],
              args: argparse.Namespace, notes: list[str]) -> list[dict]:
     """The rows of one (cube, protocol, seed): one per method.
@@ -840,6 +890,7 @@ def evaluate(cube: Cube, protocol: str, seed: int, methods: Sequence[str], hvaes
         return []
     truths = [task_truth(cube, t) for t in tasks]
     rows = []
+    factors: dict[str, dict[str, Any]] = {}  # --recalibrate: each run kind's fitted factor
     for method in methods:
         if method == "temporal+labels" and cube.labels is None:
             msg = f"{cube.name}: temporal+labels skipped: the cube has no label map"
@@ -847,7 +898,7 @@ def evaluate(cube: Cube, protocol: str, seed: int, methods: Sequence[str], hvaes
                 notes.append(msg)
             continue
         t0 = time.perf_counter()
-        run, tile = None, None
+        run, tile, recal = None, None, {}
         H, W = cube.valid.shape[-2:]
         if method == "interpolation":
             fills = interpolation_fills(cube, tasks)
@@ -861,10 +912,14 @@ def evaluate(cube: Cube, protocol: str, seed: int, methods: Sequence[str], hvaes
             hvae, run, config = hvaes[HVAE_METHODS[method]]
             pyro.set_rng_seed(seed)
             tile = args.inference_patch or posterior_tile(config.patch_size, hvae.spec.image.transfer, H, W)
+            if args.recalibrate and HVAE_METHODS[method] not in factors:  # one factor per run (with labels too)
+                factors[HVAE_METHODS[method]] = spread_calibration(hvae, cube, tasks, seed=seed, patch=tile,
+                                                                   dates=config.dates, args=args)
+            recal = factors.get(HVAE_METHODS[method], {})
             fills = hvae_fills(hvae, cube, tasks, patch=tile, dates=config.dates, window=args.window,
                                labels=method == "temporal+labels", samples=args.samples,
                                calibration_samples=args.calibration_samples, batch_size=args.inference_batch,
-                               truths=truths)
+                               truths=truths, spread_factor=recal.get("spread_factor", 1.0))
         row = {"cube": cube.name, "protocol": protocol, "method": method, "seed": seed,
                **score(cube, tasks, fills, truths),
                **({"inference_patch": tile} if tile is not None else {}),
@@ -872,7 +927,7 @@ def evaluate(cube: Cube, protocol: str, seed: int, methods: Sequence[str], hvaes
                **({"donors": [cube.times[t.donor] for t in tasks]} if protocol == "pasted" else {}),
                "seconds": time.perf_counter() - t0}
         if run is not None:
-            row.update(run=str(run), run_seed=config.seed)
+            row.update(run=str(run), run_seed=config.seed, **recal)
         rows.append(_clean(row))
         print(f"{cube.name:<24} {protocol:<9} seed {seed} {method:<16} PSNR {row['psnr']:6.2f}  MAE "
               f"{row['mae']:.4f}  ({len(tasks)} dates, {row['scored_pixels']} px, {row['seconds']:.1f} s)",
@@ -922,6 +977,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=16, help="posterior samples of the mean (decoder_mean=True)")
     p.add_argument("--calibration-samples", type=int, default=32,
                    help="samples of x for the spread and the calibration (0: none)")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="scale each HVAE method's samples about their mean by a spread factor fitted to cover 90%% "
+                        "of clear values hidden on purpose where the protocol scores nothing "
+                        "(hvaeseg.calibrate_cube, as hvaeseg inpaint --recalibrate); the rows keep the unscaled "
+                        "coverage as coverage_raw")
+    p.add_argument("--calibration-tiles", type=int, default=64,
+                   help="--recalibrate: (date, mask, tile) items that fit the factor (default 64)")
     p.add_argument("--inference-batch", type=int, default=32, help="tiles per posterior_inpaint call")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default="runs/inpaint", help="folder of the trained runs")
@@ -951,6 +1013,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--budget: expected a positive number of seconds, got {args.budget}")
     if args.samples < 1 or args.calibration_samples < 0:
         p.error("--samples must be >= 1 and --calibration-samples >= 0")
+    if args.recalibrate and args.calibration_samples < 2:
+        p.error("--recalibrate fits the spread of the calibration samples: give --calibration-samples >= 2 "
+                "(e.g. 32)")
+    if args.calibration_tiles < 1:
+        p.error(f"--calibration-tiles: expected a positive number of tiles, got {args.calibration_tiles}")
     if len(set(args.cubes)) != len(args.cubes):
         p.error(f"--cubes repeats a cube: {args.cubes}")
     for c in args.cubes:
@@ -1017,6 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
                    "bands": c.bands, "band_mean": c.mean.tolist(), "band_std": c.std.tolist()} for c in cubes],
         "methods": args.methods, "seeds": args.seeds, "samples": args.samples, "window": args.window,
         "calibration_samples": args.calibration_samples, "levels": list(LEVELS),
+        "recalibrate": {"level": CALIBRATION_LEVEL, "tiles": args.calibration_tiles} if args.recalibrate else None,
         "train": {"budget_s": args.budget, "steps": args.steps, "dates": args.dates, "labels": args.labels,
                   "patch_size": args.patch_size,
                   "block": args.block, "options": args.options} if args.train else None,

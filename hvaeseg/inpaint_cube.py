@@ -37,14 +37,15 @@ band statistics, computed in memory if it has none: the input is never written t
 the exact inverse ``DN = (x - b) / a``, rounded, and clipped to the DN range that the dtype holds and that
 decodes inside the schema's physical range (:attr:`~hvaeseg.data.schema.CubeSchema.reflectance_range`), never
 below 1: a filled pixel is never DN 0 (no data). Observed pixels are copied bit for bit. ``std`` is in
-reflectance units (normalised spread times ``band_std``).
+reflectance units (normalised spread times ``band_std``), times ``spread_factor`` (1 unless the spread was
+recalibrated: :mod:`hvaeseg.calibrate_cube`, ``hvaeseg inpaint --recalibrate``).
 
 **Output.** The input Dataset (coordinates, attributes, ``valid``, ``labels`` and every other variable as they
 are) with ``reflectance`` filled (same dtype and attributes), ``std`` ``(time, band, y, x)`` float32 (0 where
 observed; all 0 for interpolation), ``filled`` ``(time, y, x)`` bool (``~valid``: True where a pixel was
 filled), and provenance attributes ``inpaint_method``, ``inpaint_run``, ``inpaint_samples``, ``inpaint_dates``,
 ``inpaint_window`` (the stack rule of a temporal model, else empty), ``inpaint_seed``, ``inpaint_patch_size``,
-``inpaint_batch_size``, ``inpaint_created``. It is a valid cube
+``inpaint_batch_size``, ``inpaint_spread_factor``, ``inpaint_created``. It is a valid cube
 (:func:`~hvaeseg.data.schema.validate_cube` allows variables beyond the schema's).
 
 **Seeds.** The sampling is seeded by ``seed`` (in a forked torch RNG: the caller's random state is left as it
@@ -297,12 +298,13 @@ def _seeded(seed: int, device: torch.device):
 def _fill(cube: xr.Dataset | str | os.PathLike, ds: xr.Dataset, valid: np.ndarray, ys: list[int], xs: list[int],
           box: tuple[int, int, int, int], *, method: str, hvae: Any, patch_size: int, dates: int, window: str,
           num_samples: int, batch_size: int, device: torch.device, seed: int,
-          stats: tuple[list[float], list[float]] | None, progress: bool) -> _Accumulator:
+          stats: tuple[list[float], list[float]] | None, progress: bool, spread_factor: float = 1.0) -> _Accumulator:
     """Fill the pixels of ``box = (y0, y1, x0, x1)`` from the tiles at ``ys x xs`` (all inside the box), in the
     whole cube's order: the accumulator holds the box's filled DN (``acc.out``) and spread (``acc.std``).
 
     :param valid: ``(T, y1 - y0, x1 - x0)`` bool, the box's ``valid``.
     :param stats: the whole cube's ``(band_mean, band_std)`` (``posterior``).
+    :param spread_factor: the posterior spread is multiplied by it (:mod:`hvaeseg.calibration`).
     """
     refl = ds["reflectance"]
     T, C = ds.sizes["time"], ds.sizes["band"]
@@ -381,7 +383,8 @@ def _fill(cube: xr.Dataset | str | os.PathLike, ds: xr.Dataset, valid: np.ndarra
                 # a stack fills its target date only: the decoder runs on that date (the latents see the stack)
                 date = None if dates == 1 else torch.as_tensor(pos[row:row + n], device=xn.device)
                 mean_t, std_t, _ = posterior_inpaint(hvae, xn, batch.valid, int(num_samples), doy=doy, date=date)
-                mean, var = mean_t.double().cpu().numpy(), std_t.double().square().cpu().numpy()
+                mean = mean_t.double().cpu().numpy()
+                var = (std_t.double() * spread_factor).square().cpu().numpy()
                 for i in range(n):
                     acc.add(target[row], int(plan.y[row]) - y0, int(plan.x[row]) - x0, mean[i], var[i])
                     row += 1
@@ -410,6 +413,7 @@ def inpaint_cube(
     seed: int = 0,
     progress: bool = True,
     run: str | os.PathLike | None = None,
+    spread_factor: float = 1.0,
 ) -> xr.Dataset:
     """The cube with every invalid pixel filled (see the module doc for the tiles, the stacks and the output).
 
@@ -427,10 +431,13 @@ def inpaint_cube(
     :param seed: seed of the posterior sampling.
     :param progress: show a progress bar over the tiles (on a terminal; ``HVAESEG_NO_PROGRESS=1`` silences it).
     :param run: the run folder the model comes from, recorded as ``inpaint_run``.
+    :param spread_factor: multiplies the posterior ``std`` (the samples' deviations from their mean; the values are
+        unchanged): a factor fitted by :func:`hvaeseg.calibrate_cube.cube_spread_factor`, recorded as
+        ``inpaint_spread_factor``.
     :raises ValueError, TypeError: bad arguments, a float reflectance cube, a model that does not fit.
     """
     ds = _checked(cube, method=method, hvae=hvae, patch_size=patch_size, dates=dates, window=window,
-                  num_samples=num_samples, batch_size=batch_size)
+                  num_samples=num_samples, batch_size=batch_size, spread_factor=spread_factor)
     device = torch.device(device)
     patch_size, dates, batch_size = int(patch_size), int(dates), int(batch_size)
     Y, X = ds.sizes["y"], ds.sizes["x"]
@@ -439,22 +446,27 @@ def inpaint_cube(
     stats = _band_stats(ds) if method == "posterior" else None
     acc = _fill(cube, ds, valid, ys, xs, (0, Y, 0, X), method=method, hvae=hvae, patch_size=patch_size, dates=dates,
                 window=window, num_samples=num_samples, batch_size=batch_size, device=device, seed=seed, stats=stats,
-                progress=progress)
+                progress=progress, spread_factor=float(spread_factor))
     refl = ds["reflectance"]
     out = _filled_dataset(ds, acc.out.transpose(*[("time", "band", "y", "x").index(d) for d in refl.dims]),
                           acc.std, ~valid)
     out.attrs.update(_provenance(ds, method=method, run=run, num_samples=num_samples, dates=dates, window=window,
-                                 seed=seed, patch_size=patch_size, batch_size=batch_size))
+                                 seed=seed, patch_size=patch_size, batch_size=batch_size,
+                                 spread_factor=spread_factor))
     if acc.nonfinite:
         out.attrs["inpaint_nonfinite_pixels"] = int(acc.nonfinite)
     return out
 
 
 def _checked(cube: xr.Dataset | str | os.PathLike, *, method: str, hvae: Any, patch_size: int, dates: int,
-             window: str, num_samples: int, batch_size: int) -> xr.Dataset:
+             window: str, num_samples: int, batch_size: int, spread_factor: float = 1.0) -> xr.Dataset:
     """The cube, opened, once the arguments are checked against it and the model."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if not (float(spread_factor) > 0 and np.isfinite(float(spread_factor))):
+        raise ValueError(f"spread_factor: expected a finite factor > 0, got {spread_factor}")
+    if float(spread_factor) != 1 and method != "posterior":
+        raise ValueError("spread_factor scales the posterior spread: it needs method='posterior'")
     patch_size, dates, batch_size = int(patch_size), int(dates), int(batch_size)
     if patch_size < 1 or dates < 1 or batch_size < 1:
         raise ValueError(f"expected positive patch_size, dates and batch_size, got {patch_size}, {dates}, {batch_size}")
@@ -511,7 +523,7 @@ def _filled_dataset(ds: xr.Dataset, reflectance: np.ndarray, std: np.ndarray, fi
 
 
 def _provenance(ds: xr.Dataset, *, method: str, run: str | os.PathLike | None, num_samples: int, dates: int,
-                window: str, seed: int, patch_size: int, batch_size: int) -> dict[str, Any]:
+                window: str, seed: int, patch_size: int, batch_size: int, spread_factor: float = 1.0) -> dict[str, Any]:
     return dict(
         inpaint_method=method,
         inpaint_run="" if run is None else str(run),
@@ -521,6 +533,7 @@ def _provenance(ds: xr.Dataset, *, method: str, run: str | os.PathLike | None, n
         inpaint_seed=int(seed),
         inpaint_patch_size=int(patch_size),
         inpaint_batch_size=int(batch_size),
+        inpaint_spread_factor=float(spread_factor),
         inpaint_created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
 
@@ -532,7 +545,8 @@ def _provenance(ds: xr.Dataset, *, method: str, run: str | os.PathLike | None, n
 
 def inpaint_template(cube: xr.Dataset | str | os.PathLike, *, method: str = "posterior", hvae: Any = None,
                      patch_size: int, dates: int = 1, window: str = "nearest", num_samples: int = 8,
-                     batch_size: int = 8, seed: int = 0, run: str | os.PathLike | None = None) -> xr.Dataset:
+                     batch_size: int = 8, seed: int = 0, run: str | os.PathLike | None = None,
+                     spread_factor: float = 1.0) -> xr.Dataset:
     """What :func:`inpaint_cube` returns for ``cube``, with zero-memory placeholders (``np.broadcast_to`` of 0)
     for ``reflectance``, ``std`` and ``filled``, stamped with the schema version as
     :func:`~hvaeseg.data.store.write_cube` does: the create step of a region-by-region write
@@ -540,14 +554,15 @@ def inpaint_template(cube: xr.Dataset | str | os.PathLike, *, method: str = "pos
     from hvaeseg.data.schema import SCHEMA_VERSION
 
     ds = _checked(cube, method=method, hvae=hvae, patch_size=patch_size, dates=dates, window=window,
-                  num_samples=num_samples, batch_size=batch_size)
+                  num_samples=num_samples, batch_size=batch_size, spread_factor=spread_factor)
     refl = ds["reflectance"]
     T, C, Y, X = (ds.sizes[d] for d in ("time", "band", "y", "x"))
     out = _filled_dataset(ds, np.broadcast_to(np.zeros((), dtype=refl.dtype), refl.shape),
                           np.broadcast_to(np.zeros((), dtype=np.float32), (T, C, Y, X)),
                           np.broadcast_to(np.zeros((), dtype=bool), (T, Y, X)))
     out.attrs.update(_provenance(ds, method=method, run=run, num_samples=num_samples, dates=dates, window=window,
-                                 seed=seed, patch_size=patch_size, batch_size=batch_size))
+                                 seed=seed, patch_size=patch_size, batch_size=batch_size,
+                                 spread_factor=spread_factor))
     out.attrs.setdefault("hvaeseg_schema_version", SCHEMA_VERSION)
     return out
 
@@ -573,6 +588,7 @@ def inpaint_region(
     device: str | torch.device = "cpu",
     seed: int = 0,
     stats: tuple[list[float], list[float]] | None = None,
+    spread_factor: float = 1.0,
 ) -> tuple[dict[str, np.ndarray], int]:
     """The filled cube's variables over one region (:mod:`hvaeseg.data.regions`), filled from every tile over it
     in the whole cube's order (arguments as :func:`inpaint_cube`'s).
@@ -588,7 +604,7 @@ def inpaint_region(
     """
     device = torch.device(device)
     ds = _checked(cube, method=method, hvae=hvae, patch_size=patch_size, dates=dates, window=window,
-                  num_samples=num_samples, batch_size=batch_size)
+                  num_samples=num_samples, batch_size=batch_size, spread_factor=spread_factor)
     P = int(patch_size)
     Y, X = ds.sizes["y"], ds.sizes["x"]
     ys = [y for y in tile_starts(Y, P) if y < region.y1 and y + P > region.y0]
@@ -600,7 +616,7 @@ def inpaint_region(
         stats = _band_stats(ds)
     acc = _fill(cube, ds, valid, ys, xs, box, method=method, hvae=hvae, patch_size=P, dates=int(dates),
                 window=window, num_samples=num_samples, batch_size=int(batch_size), device=device,
-                seed=region_seed(seed, region.index), stats=stats, progress=False)
+                seed=region_seed(seed, region.index), stats=stats, progress=False, spread_factor=float(spread_factor))
     cut = (slice(region.y0 - box[0], region.y1 - box[0]), slice(region.x0 - box[2], region.x1 - box[2]))
     refl = ds["reflectance"]
     out = {

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ConfusionMatrix", "error_vs_spread", "inpainting_errors", "interval_coverage", "per_band_rmse"]
+__all__ = ["ConfusionMatrix", "error_vs_spread", "inpainting_errors", "interval_coverage", "per_band_rmse",
+           "quantile_weibull"]
 
 
 class ConfusionMatrix:
@@ -263,7 +264,7 @@ def per_band_rmse(pred: Tensor, truth: Tensor, mask: Tensor) -> list[float]:
     return [float(e[mask].pow(2).mean().sqrt()) for e in err]
 
 
-def _quantile_weibull(sorted_samples: Tensor, p: float) -> Tensor:
+def quantile_weibull(sorted_samples: Tensor, p: float) -> Tensor:
     """Sample quantile ``p`` of each column of ``sorted_samples (K, N)`` (sorted along dim 0) at the plotting
     position ``p (K + 1)`` (Hyndman and Fan type 6, numpy's ``method="weibull"``), interpolated linearly between
     order statistics and clamped to the smallest and largest sample."""
@@ -313,7 +314,7 @@ def interval_coverage(
     t = t.double()
     out = {}
     for a in levels:
-        lo, hi = _quantile_weibull(s, (1 - a) / 2), _quantile_weibull(s, (1 + a) / 2)
+        lo, hi = quantile_weibull(s, (1 - a) / 2), quantile_weibull(s, (1 + a) / 2)
         out[a] = float(((t >= lo) & (t <= hi)).double().mean())
     return out
 

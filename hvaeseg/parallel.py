@@ -308,6 +308,8 @@ class InpaintJob(RegionJob):
 
     :param run: an HVAE run folder (``method="posterior"``; optional for interpolation).
     :param patch_size: tile side (default: the run's; 64, at most the cube's size, without a run).
+    :param recalibrate: scale the spread by :func:`hvaeseg.calibrate_cube.cube_spread_factor` (each part fits it
+        again, with the same seed: the same factor on the same kind of device).
     """
 
     out: str
@@ -322,6 +324,9 @@ class InpaintJob(RegionJob):
     device: str | None = None
     chunk: int | None = None
     overwrite: bool = False
+    recalibrate: bool = False
+    calibration_samples: int = 32
+    calibration_tiles: int = 64
 
     def _config(self) -> Any:
         from hvaeseg.run_config import RunConfig
@@ -337,7 +342,8 @@ class InpaintJob(RegionJob):
                 "checkpoint": "" if self.run is None else _checkpoint_digest(self.run), "data": _where(data),
                 "method": self.method, "samples": self.samples if self.method == "posterior" else 0,
                 "window": self.window, "batch_size": self.batch_size, "patch_size": self.patch_size,
-                "seed": self.seed}
+                "seed": self.seed, "recalibrate": [self.calibration_samples, self.calibration_tiles]
+                if self.recalibrate else None}
 
     def _load(self) -> dict[str, Any]:
         from hvaeseg.commands.inpaint import inpaint_inputs
@@ -350,12 +356,22 @@ class InpaintJob(RegionJob):
         ds = _open(cube)
         if self.patch_size is None and config is None:
             patch = min(patch, ds.sizes["y"], ds.sizes["x"])
+        stats = _band_stats(ds) if self.method == "posterior" else None
+        factor = 1.0
+        if self.recalibrate:
+            from hvaeseg.calibrate_cube import cube_spread_factor
+
+            factor = cube_spread_factor(cube, hvae=hvae, patch_size=patch, dates=dates, window=self.window,
+                                        num_samples=self.calibration_samples, max_tiles=self.calibration_tiles,
+                                        batch_size=self.batch_size, device=device, seed=self.seed,
+                                        stats=stats).factor
         return {"cube": cube, "ds": ds, "hvae": hvae, "dates": dates, "patch": patch, "device": device,
-                "stats": _band_stats(ds) if self.method == "posterior" else None, "data": data}
+                "stats": stats, "data": data, "spread_factor": factor}
 
     def _arguments(self, state: dict[str, Any]) -> dict[str, Any]:
         return dict(method=self.method, hvae=state["hvae"], patch_size=state["patch"], dates=state["dates"],
-                    window=self.window, num_samples=self.samples, batch_size=self.batch_size, seed=self.seed)
+                    window=self.window, num_samples=self.samples, batch_size=self.batch_size, seed=self.seed,
+                    spread_factor=state["spread_factor"])
 
     def _template(self, state: dict[str, Any]) -> xr.Dataset:
         from hvaeseg.inpaint_cube import inpaint_template

@@ -377,3 +377,96 @@ def test_cli_fills_a_transfer_run_at_its_larger_tile(tmp_path):
         out = tmp_path / f"filled{side}.zarr"
         assert main(["inpaint", run, "--out", str(out), "--samples", "1", *extra]) == 0
         assert open_cube(str(out)).attrs["inpaint_patch_size"] == side
+
+
+# --------------------------------------------------------------------------------------------- recalibration
+
+
+def test_the_spread_factor_scales_the_std_and_nothing_else(cube):
+    hvae = _hvae()
+    plain = inpaint_cube(cube, hvae=hvae, patch_size=32, num_samples=3, seed=1, progress=False)
+    wide = inpaint_cube(cube, hvae=hvae, patch_size=32, num_samples=3, seed=1, progress=False, spread_factor=1.5)
+    assert np.array_equal(plain["reflectance"].values, wide["reflectance"].values)
+    np.testing.assert_allclose(wide["std"].values, 1.5 * plain["std"].values, rtol=1e-6)
+    assert plain.attrs["inpaint_spread_factor"] == 1.0 and wide.attrs["inpaint_spread_factor"] == 1.5
+    for bad in (0.0, -2.0, float("inf")):
+        with pytest.raises(ValueError, match="spread_factor"):
+            inpaint_cube(cube, hvae=hvae, patch_size=32, progress=False, spread_factor=bad)
+    with pytest.raises(ValueError, match="method='posterior'"):
+        inpaint_cube(cube, method="interpolation", patch_size=32, progress=False, spread_factor=2.0)
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+def test_cube_spread_factor_fits_on_hidden_clear_pixels_only(cube, temporal, monkeypatch):
+    import hvaeseg.calibrate_cube as cc
+
+    valid = cube["valid"].values  # dates 0-3 are 0%, 1%, 100% and 6% clear: one pair, (2, 3)
+    calls = []
+    inner = cc.posterior_inpaint
+
+    def spy(hvae, x, v, k, **kw):
+        calls.append((x.clone(), v.clone(), kw.get("date")))
+        return inner(hvae, x, v, k, **kw)
+
+    monkeypatch.setattr(cc, "posterior_inpaint", spy)
+    hvae = _hvae(temporal=temporal)
+    cal = cc.cube_spread_factor(cube, hvae=hvae, patch_size=32, dates=2 if temporal else 1, num_samples=4,
+                                max_tiles=16, batch_size=3)
+    hidden = valid[2] & ~valid[3]
+    # every tile of the 64 x 64 cube that holds a hidden pixel is one item; each hidden pixel counts once per band
+    tiles = sum(bool(hidden[y:y + 32, x:x + 32].any()) for y in (0, 32) for x in (0, 32))
+    assert cal.tiles == tiles and cal.values == int(hidden.sum()) * BANDS
+    assert cal.factor > 0 and np.isfinite(cal.factor) and 0 <= cal.coverage_before <= 1 and cal.level == 0.9
+    assert "spread factor" in str(cal)
+    # the model never saw a hidden value: the target date's input is 0 and invalid there
+    for x, v, date in calls:
+        target = (slice(None), 0) if date is None else (torch.arange(len(date)), date)
+        xt, vt = (x, v) if not temporal else (x[target], v[target])
+        assert not bool(vt.all())  # the pasted mask
+        assert bool((xt * (~vt).unsqueeze(-3) == 0).all())
+    monkeypatch.undo()
+    again = cc.cube_spread_factor(cube, hvae=hvae, patch_size=32, dates=2 if temporal else 1, num_samples=4,
+                                  max_tiles=16, batch_size=3)
+    assert again == cal  # seeded
+
+
+def test_cube_spread_factor_never_uses_the_hidden_pixels(cube, monkeypatch):
+    import hvaeseg.calibrate_cube as cc
+
+    valid = cube["valid"].values
+    hide = np.zeros_like(valid)
+    hide[2, :40] = True  # the top of the clear date: neither seen nor a calibration value
+    hide[3] = True  # another date: no effect (date 3 is a donor and context, never a target)
+    seen = []
+    inner = cc.posterior_inpaint
+    monkeypatch.setattr(cc, "posterior_inpaint", lambda h, x, v, k, **kw: seen.append(v.clone()) or inner(h, x, v, k,
+                                                                                                           **kw))
+    cal = cc.cube_spread_factor(cube, hvae=_hvae(), patch_size=32, num_samples=4, max_tiles=16, hide=hide)
+    assert cal.values == int((valid[2] & ~valid[3] & ~hide[2]).sum()) * BANDS
+    for v in seen:  # the top tiles' first 32 rows and the bottom tiles' first 8 are never shown
+        assert not bool(v[:, :8].any())
+    with pytest.raises(ValueError, match="hide"):
+        cc.cube_spread_factor(cube, hvae=_hvae(), patch_size=32, num_samples=4, hide=hide[:2])
+
+
+def test_cube_spread_factor_needs_a_calibration_pair(cube):
+    from hvaeseg.calibrate_cube import cube_spread_factor
+
+    clear = cube.assign(valid=cube["valid"] | True)
+    with pytest.raises(ValueError, match="no calibration pair"):
+        cube_spread_factor(clear, hvae=_hvae(), patch_size=32, num_samples=4)
+    with pytest.raises(ValueError, match="num_samples >= 2"):
+        cube_spread_factor(cube, hvae=_hvae(), patch_size=32, num_samples=1)
+
+
+def test_cli_recalibrates_the_spread(symmetric_run, store, tmp_path, capsys):
+    out = tmp_path / "filled.zarr"
+    assert main(["inpaint", symmetric_run, "--data", store, "--out", str(out), "--samples", "2", "--recalibrate",
+                 "--calibration-samples", "4", "--calibration-tiles", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "spread factor" in text and "filled" in text
+    factor = open_cube(str(out)).attrs["inpaint_spread_factor"]
+    assert factor > 0 and f"{factor:.3f}" in text
+    assert main(["inpaint", "--method", "interpolation", "--data", store, "--out", str(tmp_path / "i.zarr"),
+                 "--recalibrate"]) == 2
+    assert "--recalibrate" in capsys.readouterr().err and _nothing_at(tmp_path / "i.zarr")

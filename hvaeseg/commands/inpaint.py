@@ -85,6 +85,11 @@ def _inpaint(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size: expected N >= 1, got {args.batch_size}")
     if args.patch_size is not None and args.patch_size < 1:
         raise ValueError(f"--patch-size: expected a positive size, got {args.patch_size}")
+    if args.recalibrate and args.method != "posterior":
+        raise ValueError("--recalibrate scales the posterior spread: it needs --method posterior (an HVAE run)")
+    if args.recalibrate and (args.calibration_samples < 2 or args.calibration_tiles < 1):
+        raise ValueError(f"--calibration-samples must be >= 2 and --calibration-tiles >= 1, got "
+                         f"{args.calibration_samples} and {args.calibration_tiles}")
     config = None
     if args.run is not None:
         config = RunConfig.load(args.run)  # FileNotFoundError: not a run folder
@@ -111,7 +116,8 @@ def _inpaint(args: argparse.Namespace) -> int:
 
         job = InpaintJob(out=args.out, run=args.run, data=data, method=args.method, samples=args.samples,
                          window=args.window, batch_size=args.batch_size, patch_size=args.patch_size, seed=args.seed,
-                         device=args.device, chunk=args.chunk, overwrite=args.overwrite)
+                         device=args.device, chunk=args.chunk, overwrite=args.overwrite, recalibrate=args.recalibrate,
+                         calibration_samples=args.calibration_samples, calibration_tiles=args.calibration_tiles)
         print(run_part(job, *part).summary("filled", args.out))
         return 0
     check_output_free(args.out, args.overwrite)  # before any work; checked again when committing
@@ -126,9 +132,18 @@ def _inpaint(args: argparse.Namespace) -> int:
 
         ds = _open(cube)
         patch = min(patch, ds.sizes["y"], ds.sizes["x"])
+    factor = 1.0
+    if args.recalibrate:
+        from hvaeseg.calibrate_cube import cube_spread_factor
+
+        calibration = cube_spread_factor(cube, hvae=hvae, patch_size=patch, dates=dates, window=args.window,
+                                         num_samples=args.calibration_samples, max_tiles=args.calibration_tiles,
+                                         batch_size=args.batch_size, device=device, seed=args.seed)
+        print(calibration)
+        factor = calibration.factor
     filled = inpaint_cube(cube, method=args.method, hvae=hvae, patch_size=patch, dates=dates, window=args.window,
                           num_samples=args.samples, batch_size=args.batch_size, device=device, seed=args.seed,
-                          run=args.run)
+                          run=args.run, spread_factor=factor)
     filled.attrs["inpaint_data"] = str(data)
     write_filled(filled, args.out, overwrite=args.overwrite, chunks=chunks)
     seconds = time.perf_counter() - start
@@ -179,6 +194,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, default=None, metavar="P",
                    help="tile side (default: the run's patch size, at least 4 x the transfer radius for a hierarchy "
                    f"with image.transfer; {DEFAULT_INTERPOLATION_PATCH} without a run)")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="scale the posterior spread by a factor fitted so that 90%% intervals of the samples hold "
+                   "90%% of the cube's own clear pixels hidden under its own cloud masks (hvaeseg.calibrate_cube); "
+                   "the factor is printed and stored as inpaint_spread_factor")
+    p.add_argument("--calibration-samples", type=int, default=32, metavar="K",
+                   help="--recalibrate: samples of x per calibration tile (default 32)")
+    p.add_argument("--calibration-tiles", type=int, default=64, metavar="N",
+                   help="--recalibrate: (date, mask, tile) items that fit the factor (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior sampling (default 0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the run's device)")
     add_storage_options(p)

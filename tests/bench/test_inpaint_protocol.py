@@ -412,3 +412,53 @@ def test_inference_patch_is_checked_and_optional(inpaint):
     assert inpaint.parse_args(["--inference-patch", "64"]).inference_patch == 64
     with pytest.raises(SystemExit):
         inpaint.parse_args(["--inference-patch", "0"])
+
+
+@pytest.mark.parametrize("protocol", ["pasted", "occluded"])
+def test_recalibration_fits_on_unscored_values_and_scales_the_spread(inpaint, monkeypatch, protocol):
+    import hvaeseg.calibrate_cube as cc
+
+    cube = _cube(inpaint)
+    tasks, _ = inpaint.protocol_tasks(cube, protocol, 0)
+    args = inpaint.parse_args(["--recalibrate", "--calibration-samples", "8", "--calibration-tiles", "5"])
+    asked = {}
+
+    def fitted(source, **kw):
+        asked.update(kw, source=source)
+        return cc.SpreadCalibration(1.7, kw["level"], 120, 5, 0.8)
+
+    monkeypatch.setattr(cc, "cube_spread_factor", fitted)
+    recal = inpaint.spread_calibration("model", cube, tasks, seed=2, patch=4, dates=3, args=args)
+    assert recal == {"spread_factor": 1.7, "calibration_values": 120, "calibration_tiles": 5,
+                     "calibration_coverage_raw": 0.8}
+    # the library's fit (hvaeseg inpaint --recalibrate's), on the cube read, on the protocol's kind of masks, with the
+    # scored pixels hidden on their dates and nowhere else
+    assert asked["source"] is cube.source and asked["hvae"] == "model" and asked["level"] == 0.9
+    assert asked["donor_range"] == (inpaint.DONOR_VALID if protocol == "pasted" else inpaint.PARTLY)
+    assert asked["min_target"] == inpaint.TARGET_MIN_VALID and asked["seed"] == 2 + inpaint.CALIBRATION_SEED_OFFSET
+    assert (asked["num_samples"], asked["max_tiles"], asked["patch_size"], asked["dates"]) == (8, 5, 4, 3)
+    want = np.zeros(cube.valid.shape, bool)
+    for task in tasks:
+        want[task.target] |= task.scored.numpy()
+    assert want.any() and np.array_equal(asked["hide"], want)
+    # the factor scales the spread about the same mean, and the unscaled coverage is kept
+    fills = {}
+    for factor in (1.0, 1.7):
+        pyro.set_rng_seed(1)
+        fills[factor] = inpaint.hvae_fills(RecordingHVAE(3), cube, tasks, patch=4, dates=3, samples=1,
+                                           calibration_samples=8, levels=(0.5, 0.9), spread_factor=factor)
+    for plain, scaled in zip(fills[1.0], fills[1.7]):
+        torch.testing.assert_close(scaled.std, 1.7 * plain.std)
+        torch.testing.assert_close(scaled.mean, plain.mean)
+        assert scaled.inside_raw == pytest.approx(plain.inside) and not plain.inside_raw
+        assert all(scaled.inside[a] >= plain.inside[a] for a in plain.inside)  # wider intervals hold more
+    row = inpaint.score(cube, tasks, fills[1.7])
+    assert set(row["coverage_raw"]) == set(row["coverage"]) == {"0.5", "0.9"}
+
+
+def test_recalibration_needs_calibration_samples(inpaint):
+    with pytest.raises(SystemExit):
+        inpaint.parse_args(["--recalibrate", "--calibration-samples", "0"])
+    with pytest.raises(SystemExit):
+        inpaint.parse_args(["--calibration-tiles", "0"])
+
