@@ -204,6 +204,28 @@ def test_parallel_inpainting_equals_one_process(symmetric_run, tmp_path, capsys,
     assert filled["filled"].values.any() and filled.attrs["inpaint_samples"] == 1
 
 
+def test_parallel_inpainting_recalibrates_as_one_process(symmetric_run, tmp_path, capsys):
+    from hvaeseg.data.store import open_cube
+
+    post = ["inpaint", symmetric_run, "--samples", "1", "--recalibrate", "--calibration-samples", "4",
+            "--calibration-tiles", "3"]
+    plain, one, two = (str(tmp_path / f"{n}.zarr") for n in ("plain", "one", "two"))
+    assert main([*post, "--out", plain]) == 0
+    assert main([*post, "--chunk", CHUNK, "--out", one, "--part", "0/1"]) == 0
+    assert main([*post, "--chunk", CHUNK, "--out", two, "--part", "1/2"]) == 0
+    assert main([*post, "--chunk", CHUNK, "--out", two, "--part", "0/2"]) == 0
+    capsys.readouterr()
+    _assert_same_store(one, two, ignore_attrs=("inpaint_created",))
+    # every part fits the factor the single process fits (the same seed), and stamps it
+    factor = open_cube(plain).attrs["inpaint_spread_factor"]
+    assert factor != 1.0 and open_cube(two).attrs["inpaint_spread_factor"] == factor
+    # a part of another calibration is another command
+    assert main(["inpaint", symmetric_run, "--samples", "1", "--chunk", CHUNK, "--out", str(tmp_path / "x.zarr"),
+                 "--part", "0/2"]) == 0
+    assert main([*post, "--chunk", CHUNK, "--out", str(tmp_path / "x.zarr"), "--part", "1/2"]) == 2
+    assert "another run or command" in capsys.readouterr().err
+
+
 def test_map_regions_with_an_executor(symmetric_run, plain, tmp_path):
     out = str(tmp_path / "pred.zarr")
     job = PredictJob(run=symmetric_run, out=out, chunk=48)
