@@ -708,6 +708,12 @@ def figure(summary: Sequence[dict], title: str = ""):
             h = ax.errorbar([float(a) for a in lv], [cov[a] for a in lv], yerr=[sd.get(a, 0.0) for a in lv],
                             marker="o", markersize=4, capsize=3, color=COLORS.get(e["method"], "grey"))
             handles.setdefault(e["method"], h)
+            raw = e.get("coverage_raw") or {}
+            if raw:  # --recalibrate: the unscaled samples, dashed
+                ax.plot([float(a) for a in lv], [raw[a] for a in lv], linestyle="--", marker="x", markersize=4,
+                        linewidth=1, color=COLORS.get(e["method"], "grey"))
+                ax.text(0.42, 0.95, f"dashed: before the spread factor (x{e.get('spread_factor', 1.0):.2f})",
+                        fontsize=7, va="top", color=COLORS.get(e["method"], "grey"))
             drawn = True
         ax.set_xlim(0.4, 1.0)
         ax.set_ylim(0.0, 1.02)
