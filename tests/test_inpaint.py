@@ -68,7 +68,7 @@ def _stack(spec, seed=0, B=2, T=3, size=16):
     return x, valid, doy
 
 
-@pytest.mark.parametrize("name", ["temporal", "temporal_shared", "temporal_interp"])
+@pytest.mark.parametrize("name", ["temporal", "temporal_shared", "temporal_interp", "temporal_interp_seen"])
 def test_the_encoded_guide_samples_as_the_guide_alone(name):
     """guide(..., encoded=HVAE.encode(...)) is the same distribution and draws the same values as the guide that
     runs its own U-Net (posterior_inpaint runs the U-Net once for all its samples)."""
@@ -89,7 +89,7 @@ def test_the_encoded_guide_samples_as_the_guide_alone(name):
     torch.testing.assert_close(a.log_prob_sum(), b.log_prob_sum())
 
 
-@pytest.mark.parametrize("name", ["temporal", "temporal_shared", "temporal_interp"])
+@pytest.mark.parametrize("name", ["temporal", "temporal_shared", "temporal_interp", "temporal_interp_seen"])
 def test_filling_one_date_is_that_date_of_the_stack(name):
     """date= narrows the decoder to one date of each stack: given the same draw of the latents (one sample, same
     seed) its decoder mean is the whole stack's at that date, and observed pixels come back bit for bit."""

@@ -34,7 +34,8 @@ def test_round_trip_default(fmt, tmp_path):
     assert HierarchySpec.load(path) == spec
 
 
-@pytest.mark.parametrize("name", ["default", "gaussian", "temporal", "temporal_interp", "pixel_mixture"])
+@pytest.mark.parametrize("name", ["default", "gaussian", "temporal", "temporal_interp", "temporal_interp_seen",
+                                  "pixel_mixture"])
 def test_example_specs_load(name):
     spec = HierarchySpec.load(SPECS_DIR / f"{name}.yaml")
     assert HierarchySpec.from_yaml(spec.to_yaml()) == spec

@@ -11,7 +11,7 @@ from hvaeseg.hierarchy.draw import NODE_COLORS, spec_graph
 from tests.hierarchy.helpers import SPECS_DIR, load_example, tiny_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-EXAMPLES = ["default", "gaussian", "temporal", "temporal_shared", "temporal_interp"]
+EXAMPLES = ["default", "gaussian", "temporal", "temporal_shared", "temporal_interp", "temporal_interp_seen"]
 
 
 def drawn(ax) -> tuple[dict, dict]:

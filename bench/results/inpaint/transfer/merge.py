@@ -43,4 +43,14 @@ merge_reports(str(HERE), [
      f"WorldCereal, pasted: {DESIGN}, clear_radius 4, seen, scale pixel"),
     ("inpaint_synth_seen", [f"{HERE}/per_seed/trsb_syn_{s}.json" for s in SEEDS],
      f"synthetic:small, occluded: {DESIGN}, clear_radius 4, seen, scale pixel"),
+    # --recalibrate (hvaeseg.calibrate_cube) on the stored runs, 32 calibration samples (2026-12-04): the seen design
+    # (trsb's runs) and the adopted one (tr's runs, band scale), both at 64-px tiles
+    ("inpaint_wc_seen_recal", [f"{HERE}/per_seed/trsr_wc_{s}.json" for s in SEEDS],
+     f"WorldCereal, pasted: {DESIGN}, clear_radius 4, seen, scale pixel, --recalibrate"),
+    ("inpaint_synth_seen_recal", [f"{HERE}/per_seed/trsr_syn_{s}.json" for s in SEEDS],
+     f"synthetic:small, occluded: {DESIGN}, clear_radius 4, seen, scale pixel, --recalibrate"),
+    ("inpaint_wc_recal", [f"{HERE}/per_seed/trar_wc_{s}.json" for s in SEEDS],
+     f"WorldCereal, pasted: {DESIGN}, scale band, 64-px tiles, --recalibrate"),
+    ("inpaint_synth_recal", [f"{HERE}/per_seed/trar_syn_{s}.json" for s in SEEDS],
+     f"synthetic:small, occluded: {DESIGN}, scale band, 64-px tiles, --recalibrate"),
 ])
