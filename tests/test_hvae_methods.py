@@ -64,6 +64,7 @@ def snapshot(params) -> list[torch.Tensor]:
     ("alpha", -1.0), ("alpha", float("nan")),
     ("image_cov_rank", -1), ("image_cov_rank", 1.5), ("decoder_interactions", "yes"),
     ("exact_s", 1), ("decoder_lr", 0), ("decoder_lr", True), ("hierarchy", "deep"),
+    ("teacher_decay", 1.0), ("teacher_decay", -0.5), ("teacher_decay", True),
 ])
 def test_config_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field}: expected") as err:
@@ -145,6 +146,32 @@ def test_exact_s_trains_a_pixel_mixture_and_names_a_hierarchy_without_it(cls):
     with pytest.raises(ValueError, match="exact_s: the posterior of s is not exact in this hierarchy: it has latent "
                                          "layers .*pixel_mixture.yaml"):
         cls.build(C, K, config=HVAEConfig(exact_s=True), patch_size=P)
+
+
+def test_the_teacher_is_a_polyak_average_of_the_decoder_and_teaches_posterior_q():
+    """``teacher_decay``: a copy of the HVAE whose decoder follows the live one by a moving average (its encoder
+    never moves) and whose exact posterior is posterior_q's target; it needs exact_s."""
+    from hvaeseg.nets.ema import ema_decay_at
+
+    torch.manual_seed(0)
+    method = build(SymmetricMethod, exact_spec(), exact_s=True, teacher_decay=0.9, weights={"sleep_q": 0.0})
+    teacher = method.teacher
+    assert teacher is not None and "teacher" in method.modules()
+    assert method.objective.teacher is not None and method.objective_at(0).teacher is not None
+    assert not any(p.requires_grad for p in teacher.parameters())
+    old_dec, old_enc = snapshot(teacher.decoder.parameters()), snapshot(teacher.encoder.parameters())
+    for step in range(2):
+        method.update(method.losses(step_batch(step), step))
+        method.after_update(step)
+        decay = ema_decay_at(step, 0.9)
+        for avg, old, live in zip(teacher.decoder.parameters(), old_dec, method.hvae.decoder.parameters()):
+            torch.testing.assert_close(avg, decay * old + (1 - decay) * live)
+        old_dec = snapshot(teacher.decoder.parameters())
+    assert all(torch.equal(p, o) for p, o in zip(teacher.encoder.parameters(), old_enc))
+    assert any(not torch.equal(a, b) for a, b in zip(teacher.decoder.parameters(), method.hvae.decoder.parameters()))
+    with pytest.raises(ValueError, match="teacher_decay averages the decoder that teaches posterior_q"):
+        HVAEConfig(teacher_decay=0.99)
+    assert build(SymmetricMethod, exact_spec(), exact_s=True).teacher is None
 
 
 def test_config_spec_must_match_the_data():

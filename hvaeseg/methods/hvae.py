@@ -20,6 +20,7 @@ s prior), and, for symmetric learning, real cloud masks on the generated images 
 from __future__ import annotations
 
 import abc
+import copy
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -126,6 +127,9 @@ class HVAEConfig:
         ``"pixel_mixture"`` (:meth:`~hvaeseg.hierarchy.spec.HierarchySpec.pixel_mixture`: s, doy -> x pixel by
         pixel, whose s posterior is exact; it takes ``image_cov_rank``, ``image_scale``, ``init_scale``,
         ``decoder_interactions``, ``day_of_year`` and ``interpolation`` from this config).
+    :param teacher_decay: symmetric learning with ``exact_s``: the target of ``posterior_q`` is the exact posterior
+        of a Polyak (exponential moving) average of the decoder with this decay (warmed up as ``ema_decay``),
+        instead of the live decoder's. 0 (default): the live decoder. The ELBO has no such term.
     """
 
     lr: float = 1e-3
@@ -158,6 +162,7 @@ class HVAEConfig:
     decoder_interactions: bool = False
     exact_s: bool = False
     hierarchy: str = "default"
+    teacher_decay: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("lr", "global_lr", "temperature", "init_scale"):
@@ -197,6 +202,12 @@ class HVAEConfig:
         if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float)) and self.clip_norm > 0):
             raise ValueError(f"clip_norm: expected a positive number or None, got {self.clip_norm!r}")
         check_probability(self.sleep_relabel, "sleep_relabel")
+        td = self.teacher_decay
+        if isinstance(td, bool) or not isinstance(td, (int, float)) or not 0 <= td < 1:
+            raise ValueError(f"teacher_decay: expected a number in [0, 1) (0: the live decoder), got {td!r}")
+        if td > 0 and not self.exact_s:
+            raise ValueError("teacher_decay averages the decoder that teaches posterior_q, a term of exact_s: set "
+                             "exact_s: true, or teacher_decay: 0")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
         for name in ("augment", "sleep_masks", "day_of_year", "exact_s"):
@@ -460,6 +471,34 @@ class SymmetricMethod(_HVAEMethod):
             clip_norm=self.clip_norm,
         )
         self.last_grad_norms = self.stepper.last_grad_norms  # the stepper measures them
+        #: ``teacher_decay``: an HVAE whose decoder is the moving average of :attr:`hvae`'s, the target of posterior_q
+        self.teacher: HVAE | None = None
+        if config.teacher_decay > 0:
+            self.teacher = copy.deepcopy(hvae).requires_grad_(False)
+            self.objective.teacher = self._teacher_logits
+
+    def _teacher_logits(self, x: Tensor, valid: Tensor | None, doy: Tensor | None) -> Tensor:
+        assert self.teacher is not None
+        return self.teacher.s_posterior_logits(x, valid, doy=doy)
+
+    def modules(self) -> dict[str, nn.Module]:
+        out = super().modules()
+        return out if self.teacher is None else {**out, "teacher": self.teacher}
+
+    def train(self, mode: bool = True) -> None:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+
+    @torch.no_grad()
+    def after_update(self, step: int) -> None:
+        super().after_update(step)
+        if self.teacher is not None:  # the decoder's parameters only: the teacher's guide is never used
+            decay = ema_decay_at(step, self.config.teacher_decay)
+            for avg, live in zip(self.teacher.decoder.parameters(), self.hvae.decoder.parameters()):
+                avg.lerp_(live, 1 - decay)
+            for avg_buffer, live_buffer in zip(self.teacher.decoder.buffers(), self.hvae.decoder.buffers()):
+                avg_buffer.copy_(live_buffer)
 
     def distribute(self, context: DistributedContext) -> None:
         """Average each player's gradients over the processes of ``context``, before its clipping and step (the
@@ -482,9 +521,11 @@ class SymmetricMethod(_HVAEMethod):
             return o
         else:
             weights = replace(w, sleep_q=w.sleep_q * step / self.config.sleep_warmup)
-        return SymmetricEquilibrium(weights, num_particles=o.num_particles, sleep_masks=o.sleep_masks,
-                                    sleep_relabel=o.sleep_relabel, num_classes=o.num_classes,
-                                    wake_holdout=o.wake_holdout, exact_s=o.exact_s)
+        ramped = SymmetricEquilibrium(weights, num_particles=o.num_particles, sleep_masks=o.sleep_masks,
+                                      sleep_relabel=o.sleep_relabel, num_classes=o.num_classes,
+                                      wake_holdout=o.wake_holdout, exact_s=o.exact_s)
+        ramped.teacher = o.teacher
+        return ramped
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)

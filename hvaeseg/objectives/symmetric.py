@@ -222,6 +222,9 @@ class SymmetricEquilibrium:
         self.sleep_masks = bool(sleep_masks)
         self.sleep_relabel = float(sleep_relabel)
         self.num_classes = num_classes
+        #: ``exact_s``: where ``posterior_q`` takes its target, ``(x, valid, doy) -> (B, H, W, K)`` logits of the
+        #: exact posterior (e.g. of a Polyak average of the decoder, ``HVAEConfig.teacher_decay``); None: the model's
+        self.teacher: Any = None
 
     # ------------------------------------------------------------------------------------------- public
     def differentiable_loss(
@@ -342,7 +345,11 @@ class SymmetricEquilibrium:
         if w.posterior_q > 0:
             fn = site_distribution(guide, "s", unl.x, s=None, valid=unl.valid, **unl.kwargs)
             shape = (unl.x.shape[0], *unl.x.shape[-2:])
-            out["posterior_q"] = posterior_cross_entropy(log_joint, s_logits(fn, shape)).mean()
+            target = log_joint
+            if self.teacher is not None:
+                with torch.no_grad():
+                    target = self.teacher(unl.x, unl.valid, unl.doy)
+            out["posterior_q"] = posterior_cross_entropy(target, s_logits(fn, shape)).mean()
 
     # ------------------------------------------------------------------------------------------ terms
     def _wake(

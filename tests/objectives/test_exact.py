@@ -202,3 +202,27 @@ def test_the_objectives_refuse_a_model_that_is_not_an_hvae_and_holdout_with_exac
         SymmetricEquilibrium(exact_s=True, wake_holdout=0.5)
     with pytest.raises(ValueError, match="exact_s as true or false"):
         SemiSupervisedELBO(exact_s="yes")
+
+
+def test_posterior_q_takes_its_target_from_the_teacher():
+    """With a teacher (``SymmetricEquilibrium.teacher``, e.g. a Polyak average of the decoder) the encoder's
+    posterior_q fits the teacher's exact posterior, not the live decoder's; the decoder's terms stay the model's."""
+    from hvaeseg.objectives._common import s_logits
+    from hvaeseg.traces import site_distribution
+
+    hvae, lab, unl = _batches()
+    teacher, _, _, _ = tiny(seed=5)  # another decoder
+    obj = SymmetricEquilibrium(exact_s=True)
+    plain = obj.terms(hvae.model, hvae.guide, labelled=lab, unlabelled=unl, pool=lab[1].clamp(min=0))
+    obj.teacher = lambda x, valid, doy: teacher.s_posterior_logits(x, valid, doy=doy)
+    taught = obj.terms(hvae.model, hvae.guide, labelled=lab, unlabelled=unl, pool=lab[1].clamp(min=0))
+    x, valid, doy = unl
+    q = s_logits(site_distribution(hvae.guide, "s", x, s=None, valid=valid, doy=doy), (1, H, W))
+    with torch.no_grad():
+        want = posterior_cross_entropy(teacher.s_posterior_logits(x, valid, doy=doy), q).mean()
+        live = posterior_cross_entropy(hvae.s_posterior_logits(x, valid, doy=doy), q).mean()
+    torch.testing.assert_close(taught["posterior_q"], want)
+    torch.testing.assert_close(plain["posterior_q"], live)
+    assert not torch.allclose(want, live)
+    for k in ("labelled_p", "unlabelled_p"):
+        torch.testing.assert_close(taught[k], plain[k])
