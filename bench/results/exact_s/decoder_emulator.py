@@ -6,10 +6,14 @@ costs a quarter of a game step. Prints, every EVERY steps, the decoder's Bayes a
 test tiles and the learned class prior, one JSON line each.
 
     python bench/results/exact_s/decoder_emulator.py RUN SEED STEPS EVERY ['{"option": value}'] [--lr-drop STEP F]
+        [--ema DECAY ...]
 
 RUN: a finished run folder (its config and plans; its own ``decoder_warmup`` / ``decoder_replay`` are dropped);
 the JSON options are merged into the run's. ``--lr-drop STEP F`` multiplies the decoder's learning rates by F from
-step STEP on (a probe of an annealed decoder; no such option exists in training).
+step STEP on (a probe of an annealed decoder; no such option exists in training). ``--ema DECAY ...`` also scores,
+at each print, Polyak averages of the decoder's parameters with these decays, updated after every step from the first
+(a probe of ``HVAEConfig.teacher_decay``, which warms its decay up as ``ema_decay`` does): ``"emaDECAY": [Bayes
+accuracy, IoU of the first class]``.
 """
 
 import argparse
@@ -37,6 +41,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("steps", type=int)
     p.add_argument("every", type=int)
     p.add_argument("options", nargs="?", type=json.loads, default={})
+    p.add_argument("--ema", type=float, nargs="+", default=[], metavar="DECAY",
+                   help="also score Polyak averages of the decoder with these decays (from the first step)")
     p.add_argument("--lr-drop", nargs=2, type=float, default=None, metavar=("STEP", "FACTOR"))
     args = p.parse_args(argv)
     run, seed, steps, every, extra = args.run, args.seed, args.steps, args.every, args.options
@@ -54,6 +60,21 @@ def main(argv: list[str]) -> None:
     test = list(PatchLoader(data.cube, data.eval_plan.select(split="test"), batch_size=16, workers=0).batches(0))
     hvae, K = method.hvae, data.num_classes
 
+    dec = hvae.decoder
+    emas = {d: {n: q.detach().clone() for n, q in dec.named_parameters()} for d in args.ema}
+
+    def evaluate_with(params):
+        live = {n: q.detach().clone() for n, q in dec.named_parameters()}
+        with torch.no_grad():
+            for n, q in dec.named_parameters():
+                q.copy_(params[n])
+        try:
+            return evaluate()
+        finally:
+            with torch.no_grad():
+                for n, q in dec.named_parameters():
+                    q.copy_(live[n])
+
     def evaluate():
         conf = ConfusionMatrix(K)
         with torch.no_grad():
@@ -69,6 +90,9 @@ def main(argv: list[str]) -> None:
             pri = torch.softmax(hvae.decoder.s_logits.detach(), -1)
             row = {"step": k, "acc": round(a, 4), "iou": iou, "prior": [round(float(v), 3) for v in pri],
                    "t": round(time.time() - t0, 1)}
+            for d, e in emas.items():
+                a2, iou2 = evaluate_with(e)
+                row[f"ema{d}"] = [round(a2, 4), iou2[0]]  # the average's Bayes accuracy, the first class's IoU
             print(json.dumps(row), flush=True)
         if k == steps:
             break
@@ -77,6 +101,10 @@ def main(argv: list[str]) -> None:
                 group["lr"] *= args.lr_drop[1]
         batch = StepBatch(labelled=next(lab), unlabelled=next(unl), pool=next(pool))
         method.update(method.losses(batch, k))
+        with torch.no_grad():
+            for d, e in emas.items():
+                for n, q in dec.named_parameters():
+                    e[n].lerp_(q.detach(), 1 - d)
     streams.close()
 
 
