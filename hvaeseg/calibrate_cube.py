@@ -172,11 +172,11 @@ def _batch_needed(batch: list[tuple[int, int, int, int]], refl: xr.DataArray, va
         dn = torch.from_numpy(np.asarray(refl.isel(time=stack, y=slice(y, y + P), x=slice(x, x + P)).values))
         xn = normalise_dn(dn, a, b)  # (T', C, P, P)
         vt = torch.from_numpy(v[stack])
-        truths.append(xn[stack.index(t)])
+        pos.append(stack.index(t))
+        truths.append(xn[pos[-1]])
         xs.append(xn * vt.unsqueeze(1))  # the model never sees a hidden value
         vs.append(vt)
         hidden.append(torch.from_numpy(scored))
-        pos.append(stack.index(t))
         if doy_all is not None:
             doys.append(torch.from_numpy(doy_all[stack]))
     xb, vb = torch.stack(xs).to(device), torch.stack(vs).to(device)
