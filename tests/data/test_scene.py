@@ -1,6 +1,6 @@
 """The real labelled scene kept in the repository (``bench/data/s2-cloud-shadow-512``) and ``bench/scenes.py``.
 
-The scene is read from the repository path (not ``../shared``), as a fresh clone has it. Ingesting it takes
+The scene is read from its path inside the repository, which a fresh clone has. Ingesting it takes
 about a second, so these tests run in the default suite.
 """
 
