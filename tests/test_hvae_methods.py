@@ -65,6 +65,7 @@ def snapshot(params) -> list[torch.Tensor]:
     ("image_cov_rank", -1), ("image_cov_rank", 1.5), ("decoder_interactions", "yes"),
     ("exact_s", 1), ("decoder_lr", 0), ("decoder_lr", True), ("hierarchy", "deep"),
     ("teacher_decay", 1.0), ("teacher_decay", -0.5), ("teacher_decay", True),
+    ("posterior_warmup", -1), ("posterior_warmup", 2.5), ("posterior_warmup", True),
 ])
 def test_config_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field}: expected") as err:
@@ -172,6 +173,38 @@ def test_the_teacher_is_a_polyak_average_of_the_decoder_and_teaches_posterior_q(
     with pytest.raises(ValueError, match="teacher_decay averages the decoder that teaches posterior_q"):
         HVAEConfig(teacher_decay=0.99)
     assert build(SymmetricMethod, exact_spec(), exact_s=True).teacher is None
+
+
+def test_the_posterior_warmup_ramps_posterior_q_and_leaves_the_encoder_the_labels_at_first():
+    """``posterior_warmup``: posterior_q's weight is ``step / warmup`` of its own; at step 0 the term is not computed,
+    so the encoder's loss is the supervised term alone; the decoder's terms keep their weights; it needs exact_s."""
+    torch.manual_seed(0)
+    method = build(SymmetricMethod, exact_spec(), exact_s=True, posterior_warmup=4,
+                   weights={"sleep_q": 0.0, "posterior_q": 3.0})
+    batch = step_batch()
+    losses = method.losses(batch, 0)
+    w = method.stepper.objective.weights
+    assert (w.posterior_q, w.labelled_p, w.unlabelled_p, w.supervised_q) == (0.0, 1.0, 1.0, 1.0)
+    supervised = SymmetricEquilibrium(SymmetricWeights(0.0, 0.0, 1.0, 0.0, 0.0), exact_s=True).terms(
+        method.hvae.model, method.hvae.guide, labelled=batch.labelled)["supervised_q"]
+    assert float(losses["encoder"].detach()) == pytest.approx(-float(supervised.detach()), rel=1e-5)
+    method.losses(batch, 3)
+    assert method.stepper.objective.weights.posterior_q == pytest.approx(2.25)
+    assert method.objective.weights.posterior_q == 3.0  # the full-weight objective is kept
+    method.losses(batch, 4)
+    assert method.stepper.objective is method.objective
+    with pytest.raises(ValueError, match="posterior_warmup ramps what the encoder learns from the exact posterior"):
+        HVAEConfig(posterior_warmup=100)
+
+
+def test_the_posterior_warmup_ramps_the_elbos_share_of_q_s():
+    """The ELBO with ``posterior_warmup``: the unlabelled term's share of q(s|x)'s gradient is ``step / warmup``;
+    the full objective is kept and is used from the warm-up's end."""
+    method = build(ELBOMethod, exact_spec(), exact_s=True, posterior_warmup=4)
+    assert method.objective_at(0).unlabelled_q_share == 0.0
+    assert method.objective_at(1).unlabelled_q_share == 0.25 and method.objective.unlabelled_q_share == 1.0
+    assert method.objective_at(4) is method.objective
+    method.update(method.losses(step_batch(), 0))  # a step at share 0 trains
 
 
 def test_config_spec_must_match_the_data():

@@ -104,6 +104,12 @@ class HVAEConfig:
         ``weights.sleep_q`` over this many steps (0: full weight from the start), so that the encoder does not
         learn from generated images before the decoder has learned anything; the term is not computed while
         its weight is 0.
+    :param posterior_warmup: symmetric learning with ``exact_s``: ``posterior_q``'s weight rises linearly from 0 to
+        ``weights.posterior_q`` over this many steps (0: full weight from the start), as ``sleep_warmup`` ramps the
+        sleep term: the encoder learns from the labels alone while the decoder's posterior is still a poor teacher
+        (the consistency ramp-up of semi-supervised learning; the term is not computed while its weight is 0).
+        The ELBO with ``exact_s``: the share of the unlabelled term's gradient that reaches q(s|x) rises likewise
+        (``SemiSupervisedELBO.unlabelled_q_share``), so both objectives get the same schedule.
     :param supervised_steps: symmetric learning: after each full step (both players, every term), this many
         steps of the encoder's supervised term alone (the labelled batch's log q(s|x); the decoder
         and the sleep term rest), each about as costly as a step of the supervised U-Net, so that a
@@ -154,6 +160,7 @@ class HVAEConfig:
     day_of_year: bool = True
     image_scale: str = "band"
     sleep_warmup: int = 0
+    posterior_warmup: int = 0
     shared_channels: int = 4
     interpolation: bool = False
     wake_holdout: float = 0.0
@@ -175,7 +182,7 @@ class HVAEConfig:
         lr = self.decoder_lr
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
             raise ValueError(f"decoder_lr: expected a positive number or None (the encoder's lr), got {lr!r}")
-        for name in ("sleep_warmup", "supervised_steps"):
+        for name in ("sleep_warmup", "posterior_warmup", "supervised_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0 (steps), got {value!r}")
@@ -205,6 +212,9 @@ class HVAEConfig:
         td = self.teacher_decay
         if isinstance(td, bool) or not isinstance(td, (int, float)) or not 0 <= td < 1:
             raise ValueError(f"teacher_decay: expected a number in [0, 1) (0: the live decoder), got {td!r}")
+        if self.posterior_warmup and not self.exact_s:
+            raise ValueError("posterior_warmup ramps what the encoder learns from the exact posterior of s: set "
+                             "exact_s: true, or posterior_warmup: 0")
         if td > 0 and not self.exact_s:
             raise ValueError("teacher_decay averages the decoder that teaches posterior_q, a term of exact_s: set "
                              "exact_s: true, or teacher_decay: 0")
@@ -449,6 +459,11 @@ class _HVAEMethod(SeededMethod):
         return out
 
 
+def _ramp(step: int, steps: int) -> float:
+    """A linear warm-up's factor at ``step``: ``step / steps`` until ``steps``, then 1 (``steps`` 0: always 1)."""
+    return 1.0 if step >= steps else step / steps
+
+
 class SymmetricMethod(_HVAEMethod):
     """Symmetric equilibrium learning of the HVAE (decoder and encoder as two players), stepped by a
     :class:`~hvaeseg.objectives.SymmetricStepper` (:attr:`stepper`) that holds the objective and the two
@@ -511,16 +526,18 @@ class SymmetricMethod(_HVAEMethod):
 
     def objective_at(self, step: int) -> SymmetricEquilibrium:
         """The objective of ``step``: the supervised term alone on the ``supervised_steps`` steps that follow
-        each full step, else every term with the sleep weight ramped over ``sleep_warmup`` steps."""
-        o, w = self.objective, self.objective.weights
-        k = self.config.supervised_steps
+        each full step, else every term with the sleep weight ramped over ``sleep_warmup`` steps and the
+        posterior_q weight over ``posterior_warmup`` steps."""
+        o, w, config = self.objective, self.objective.weights, self.config
+        k = config.supervised_steps
         if k and step % (k + 1):
             weights = SymmetricWeights(labelled_p=0.0, unlabelled_p=0.0, supervised_q=w.supervised_q, sleep_q=0.0,
                                        posterior_q=0.0)
-        elif self.config.sleep_warmup == 0 or step >= self.config.sleep_warmup:
-            return o
         else:
-            weights = replace(w, sleep_q=w.sleep_q * step / self.config.sleep_warmup)
+            sleep, posterior = _ramp(step, config.sleep_warmup), _ramp(step, config.posterior_warmup)
+            if sleep == posterior == 1.0:
+                return o
+            weights = replace(w, sleep_q=w.sleep_q * sleep, posterior_q=w.posterior_q * posterior)
         ramped = SymmetricEquilibrium(weights, num_particles=o.num_particles, sleep_masks=o.sleep_masks,
                                       sleep_relabel=o.sleep_relabel, num_classes=o.num_classes,
                                       wake_holdout=o.wake_holdout, exact_s=o.exact_s)
@@ -564,10 +581,20 @@ class ELBOMethod(_HVAEMethod):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._optimizers
 
+    def objective_at(self, step: int) -> SemiSupervisedELBO:
+        """The objective of ``step``: the share of the unlabelled term's gradient that reaches q(s|x) ramped over
+        ``posterior_warmup`` steps."""
+        share = _ramp(step, self.config.posterior_warmup)
+        if share == 1.0:
+            return self.objective
+        ramped = copy.copy(self.objective)
+        ramped.unlabelled_q_share = share
+        return ramped
+
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
         batch = self.augment(batch)
-        loss = self.objective.differentiable_loss(self.hvae.model, self.hvae.guide, labelled=batch.labelled,
-                                   unlabelled=batch.unlabelled)
+        loss = self.objective_at(step).differentiable_loss(self.hvae.model, self.hvae.guide,
+                                                           labelled=batch.labelled, unlabelled=batch.unlabelled)
         return {"elbo": loss}
 
     def _terms(self, batch: StepBatch) -> dict[str, tuple[Tensor, float]]:

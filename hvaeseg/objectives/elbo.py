@@ -82,6 +82,9 @@ class SemiSupervisedELBO:
         classes (:func:`hvaeseg.objectives.exact.enumerated_elbo`), exact and without an estimator, and ``l``,
         which is no parent of the image, adds its closed-form :math:`-KL(q(l|x) \| p(l))`. ``estimator``,
         ``temperature`` and ``num_particles`` do not apply.
+    :param unlabelled_q_share: with ``exact_s``, the share in [0, 1] of the unlabelled term's gradient that reaches
+        the guide's q(s|x) (its value and the decoder's gradient are unchanged): 0 lets the encoder learn from the
+        labels alone, as ``HVAEConfig.posterior_warmup`` does early in a run.
     :raises ValueError: from :meth:`differentiable_loss` when the model's ``"s"`` prior is the empirical prior
         ("ELBO needs a closed-form s prior: set s_prior='categorical' in the HierarchySpec").
 
@@ -102,6 +105,7 @@ class SemiSupervisedELBO:
         *,
         num_particles: int = 1,
         exact_s: bool = False,
+        unlabelled_q_share: float = 1.0,
     ) -> None:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"expected alpha as a finite number >= 0, got {alpha!r}")
@@ -118,6 +122,12 @@ class SemiSupervisedELBO:
         if not isinstance(exact_s, bool):
             raise ValueError(f"expected exact_s as true or false, got {exact_s!r}")
         self.exact_s = exact_s
+        share = unlabelled_q_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ValueError(f"expected unlabelled_q_share in [0, 1], got {share!r}")
+        if share != 1 and not exact_s:
+            raise ValueError("unlabelled_q_share scales the gradient of the enumerated q(s|x): it needs exact_s=True")
+        self.unlabelled_q_share = float(share)
 
     def differentiable_loss(self, model: Any, guide: Any, *, labelled: Any = None, unlabelled: Any = None) -> Tensor:
         """The loss ``-(J_lab + J_unl)`` as a tensor to back-propagate (for ``"score_function"`` a surrogate
@@ -168,7 +178,8 @@ class SemiSupervisedELBO:
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Per-row (image x particle) ELBO, its surrogate, and (labelled) log q(s_lab|x) per row."""
         if self.exact_s:
-            return self._enumerated(model, guide, x, s, valid, doy)
+            return self._enumerated(model, guide, x, s, valid, doy, q_share=1.0 if s is not None else
+                                    self.unlabelled_q_share)
         p = self.num_particles
         xr, sr, vr = repeat(x, p), repeat(s, p), repeat(valid, p)
         kw = covariates(repeat(doy, p))
@@ -202,13 +213,17 @@ class SemiSupervisedELBO:
         return elbo, surrogate, sup
 
     def _enumerated(
-        self, model: Any, guide: Any, x: Tensor, s: Tensor | None, valid: Tensor | None, doy: Tensor | None
+        self, model: Any, guide: Any, x: Tensor, s: Tensor | None, valid: Tensor | None, doy: Tensor | None,
+        q_share: float = 1.0,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """:meth:`_elbo` with ``exact_s``: one row per image, the ELBO exact (its own surrogate)."""
+        """:meth:`_elbo` with ``exact_s``: one row per image, the ELBO exact (its own surrogate); ``q_share`` of
+        the gradient reaches q(s|x)."""
         kw = covariates(doy)
         guide_trace = poutine.trace(guide).get_trace(x, s=None, valid=valid, **kw)
         shape = (x.shape[0], *x.shape[-2:])
         q_logits = s_logits(guide_trace.nodes["s"]["fn"], shape)
+        if q_share != 1:  # the same values; the gradient into the guide scaled by q_share
+            q_logits = q_share * q_logits + (1 - q_share) * q_logits.detach()
         elbo = enumerated_elbo(exact_log_joint(model, x, valid, doy), q_logits, s)
         if "l" in guide_trace.nodes:  # -KL(q(l|x) || Bernoulli(1/2)) in closed form
             q_l = unwrap(guide_trace.nodes["l"]["fn"]).logits  # type: ignore[attr-defined]

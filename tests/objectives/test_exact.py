@@ -176,6 +176,35 @@ def test_elbo_exact_is_the_enumerated_elbo_with_the_codes_kl():
     assert any(n.startswith("encoder.") for n in moved) and any(n.startswith("decoder.") for n in moved)
 
 
+def test_the_unlabelled_q_share_scales_only_the_gradient_that_reaches_q_s():
+    """``unlabelled_q_share``: the unlabelled term's value and the decoder's gradient are unchanged, the encoder's
+    gradient is affine in the share, and at share 0 it is the codes' KL term's alone (q(s|x) learns nothing)."""
+    hvae, _, unl = _batches()
+    decoder, encoder = hvae.parameter_groups()
+
+    def run(share):
+        term = SemiSupervisedELBO(exact_s=True, unlabelled_q_share=share).terms(
+            hvae.model, hvae.guide, unlabelled=unl, differentiable=True)["unlabelled_elbo"]
+        grads = torch.autograd.grad(term, decoder + encoder, allow_unused=True)
+        flat = [torch.zeros_like(p) if g is None else g for p, g in zip(decoder + encoder, grads)]
+        return term.detach(), flat[:len(decoder)], flat[len(decoder):]
+
+    (v1, d1, e1), (v0, d0, e0), (vq, dq, eq) = run(1.0), run(0.0), run(0.25)
+    assert torch.equal(v1, v0) and torch.allclose(v1, vq)
+    assert all(torch.allclose(a, b) for a, b in zip(d1, d0)) and all(torch.allclose(a, b) for a, b in zip(d1, dq))
+    assert all(torch.allclose(q, z + 0.25 * (o - z), atol=1e-6) for q, z, o in zip(eq, e0, e1))
+    assert any(not torch.allclose(o, z) for o, z in zip(e1, e0))
+    x, valid, doy = unl
+    q_l = torch.sigmoid(poutine.trace(hvae.guide).get_trace(x, valid=valid, doy=doy).nodes["l"]["fn"].base_dist.logits)
+    kl_l = (q_l * torch.log(2 * q_l) + (1 - q_l) * torch.log(2 * (1 - q_l))).flatten(1).sum(-1)
+    want = torch.autograd.grad(-kl_l.mean(), encoder, allow_unused=True)
+    assert all(torch.allclose(z, torch.zeros_like(z) if w is None else w, atol=1e-6) for z, w in zip(e0, want))
+    with pytest.raises(ValueError, match=r"unlabelled_q_share in \[0, 1\], got 1.5"):
+        SemiSupervisedELBO(exact_s=True, unlabelled_q_share=1.5)
+    with pytest.raises(ValueError, match="needs exact_s=True"):
+        SemiSupervisedELBO(unlabelled_q_share=0.5)
+
+
 @pytest.mark.parametrize(("spec", "problem"), [
     (lambda: exact_spec(decoder_kernel=3), "decoder convolutions are 3x3.*decoder_kernel: 1"),
     (lambda: HierarchySpec(K, 2, (LatentLayerSpec("z", parents=("s",)),), ImageLayerSpec(BANDS, ("s", "z")),
