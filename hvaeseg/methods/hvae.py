@@ -505,15 +505,10 @@ class SymmetricMethod(_HVAEMethod):
         if self.teacher is not None:
             self.teacher.eval()
 
-    @torch.no_grad()
     def after_update(self, step: int) -> None:
         super().after_update(step)
-        if self.teacher is not None:  # the decoder's parameters only: the teacher's guide is never used
-            decay = ema_decay_at(step, self.config.teacher_decay)
-            for avg, live in zip(self.teacher.decoder.parameters(), self.hvae.decoder.parameters()):
-                avg.lerp_(live, 1 - decay)
-            for avg_buffer, live_buffer in zip(self.teacher.decoder.buffers(), self.hvae.decoder.buffers()):
-                avg_buffer.copy_(live_buffer)
+        if self.teacher is not None:  # the decoder only: the teacher's guide is never used
+            ema_update(self.teacher.decoder, self.hvae.decoder, ema_decay_at(step, self.config.teacher_decay))
 
     def distribute(self, context: DistributedContext) -> None:
         """Average each player's gradients over the processes of ``context``, before its clipping and step (the
@@ -538,10 +533,8 @@ class SymmetricMethod(_HVAEMethod):
             if sleep == posterior == 1.0:
                 return o
             weights = replace(w, sleep_q=w.sleep_q * sleep, posterior_q=w.posterior_q * posterior)
-        ramped = SymmetricEquilibrium(weights, num_particles=o.num_particles, sleep_masks=o.sleep_masks,
-                                      sleep_relabel=o.sleep_relabel, num_classes=o.num_classes,
-                                      wake_holdout=o.wake_holdout, exact_s=o.exact_s)
-        ramped.teacher = o.teacher
+        ramped = copy.copy(o)  # the same settings and teacher, other weights
+        ramped.weights = weights
         return ramped
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
