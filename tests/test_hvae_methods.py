@@ -149,34 +149,6 @@ def test_exact_s_trains_a_pixel_mixture_and_names_a_hierarchy_without_it(cls):
         cls.build(C, K, config=HVAEConfig(exact_s=True), patch_size=P)
 
 
-@pytest.mark.parametrize("hierarchy", ["default", "pixel_mixture"])
-def test_doy_harmonics_reach_the_decoder_and_change_its_phenology(hierarchy):
-    """``doy_harmonics`` sizes the decoder's day-of-year input (two features per harmonic) in both built-in
-    hierarchies, and with more harmonics two dates a year apart still get the same class spectra while dates a
-    week apart can differ through the higher harmonics alone."""
-    with_products = SymmetricMethod.build(C, K, config=HVAEConfig(hierarchy=hierarchy, doy_harmonics=5,
-                                                                  decoder_interactions=True), patch_size=P)
-    products = with_products.hvae.decoder.nets["x"].interactions[0]  # s times the global features: doy (and l)
-    assert products.in_channels == K * (10 + 8 * (hierarchy == "default"))
-    config = HVAEConfig(hierarchy=hierarchy, doy_harmonics=5)
-    method = SymmetricMethod.build(C, K, config=config, patch_size=P)
-    net = method.hvae.decoder.nets["x"]
-    assert method.hvae.spec.network.doy_harmonics == 5
-    assert [lin.in_features for lin in net.globals][-1] == 10
-    if hierarchy == "pixel_mixture":
-        hvae = method.hvae
-        x = torch.randn(2, C, P, P)
-        with torch.no_grad():
-            for lin in net.globals:  # only the 5th harmonic (sine, cosine) moves the class spectra
-                lin.weight.zero_()
-                lin.weight[:, [4, 9]] = 1.0
-            ll = lambda days: hvae.class_log_likelihood(x, doy=torch.tensor(days, dtype=torch.float32))  # noqa: E731
-            torch.testing.assert_close(ll([100.0, 40.0]), ll([100.0 + 365.25, 40.0 + 365.25]), atol=1e-3, rtol=1e-4)
-            assert not torch.allclose(ll([100.0, 40.0]), ll([107.0, 47.0]), atol=1e-3)
-    with pytest.raises(ValueError, match="doy_harmonics: expected an int >= 1"):
-        HVAEConfig(doy_harmonics=0)
-
-
 def test_the_teacher_is_a_polyak_average_of_the_decoder_and_teaches_posterior_q():
     """``teacher_decay``: a copy of the HVAE whose decoder follows the live one by a moving average (its encoder
     never moves) and whose exact posterior is posterior_q's target; it needs exact_s."""

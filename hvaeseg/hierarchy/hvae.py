@@ -231,7 +231,7 @@ class HVAE(PyroModule):
                 f"this hierarchy is conditioned on the day of the year ('doy' is a parent): expected doy of shape "
                 f"{want} (one per image{' and date' if T is not None else ''}), got {_shape_str(doy)}"
             )
-        return doy_features(doy, self._dtype, self.spec.network.doy_harmonics)
+        return doy_features(doy, self._dtype)
 
     def _interp_input(
         self,

@@ -321,10 +321,6 @@ class NetworkSpec:
     :param decoder_interactions: every decoder net with both spatial and global parents (``doy``, ``l``) also
         projects their products (:class:`~hvaeseg.nets.ConditionalConvNet`), so that a class's spectrum can
         follow the day of the year (default: the global parents only shift each map).
-    :param decoder_kernel: side of every decoder convolution, 3 or 1 (pixel by pixel).
-    :param doy_harmonics: Fourier harmonics of the annual cycle in the ``doy`` input of the decoder nets
-        (:func:`~hvaeseg.nets.covariates.doy_features`, two features each): more follow sharper phenology (a
-        harvest, a mowing) from date to date; 2 (default) is a smooth seasonal curve.
     """
 
     encoder_widths: tuple[int, ...] = (32, 48, 64)
@@ -333,7 +329,6 @@ class NetworkSpec:
     decoder_depth: int = 1
     decoder_interactions: bool = False
     decoder_kernel: int = 3
-    doy_harmonics: int = 2
 
     def __post_init__(self):
         widths = _int_tuple(self.encoder_widths, "network: encoder_widths")
@@ -356,7 +351,6 @@ class NetworkSpec:
             raise ValueError(f"network: decoder_interactions must be true or false, got {self.decoder_interactions!r}")
         if isinstance(self.decoder_kernel, bool) or self.decoder_kernel not in (1, 3):
             raise ValueError(f"network: decoder_kernel must be 1 or 3, got {self.decoder_kernel!r}")
-        _positive_int(self.doy_harmonics, "network: doy_harmonics", "e.g. 2 (a smooth season) or 6")
 
     @property
     def factors(self) -> tuple[int, ...]:
@@ -544,7 +538,9 @@ class HierarchySpec:
         if name == "l":
             return self.code_bits
         if name == "doy":
-            return 2 * self.network.doy_harmonics
+            from hvaeseg.nets.covariates import DOY_FEATURES
+
+            return DOY_FEATURES
         if name == "interp":
             from hvaeseg.hierarchy.interpolation import interp_channels
 
@@ -636,7 +632,6 @@ class HierarchySpec:
         interpolation: bool = False,
         image_cov_rank: int = 0,
         decoder_interactions: bool = False,
-        doy_harmonics: int = 2,
     ) -> HierarchySpec:
         """The default hierarchy: s, l -> z1 (Bernoulli, 1/4 resolution) -> z2 (Bernoulli, 1/2) -> x.
 
@@ -647,7 +642,7 @@ class HierarchySpec:
         pixel's own departure from its class, the same on every date. A temporal hierarchy with ``interpolation``
         gives the image the ``interp`` covariate (module doc): x's mean is the interpolation from the stack's other
         dates plus the decoder's correction. ``image_cov_rank`` is the image's ``cov_rank`` (:class:`ImageLayerSpec`),
-        ``decoder_interactions`` and ``doy_harmonics`` the network's (:class:`NetworkSpec`).
+        ``decoder_interactions`` the network's (:class:`NetworkSpec`).
         """
         if interpolation and not temporal:
             raise ValueError("interpolation: the interp covariate needs a temporal hierarchy (temporal=True)")
@@ -668,8 +663,7 @@ class HierarchySpec:
                                  scale=image_scale, init_scale=init_scale, cov_rank=image_cov_rank),
             s_prior=s_prior,
             temporal=temporal,
-            network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1, decoder_interactions,
-                                doy_harmonics=doy_harmonics),
+            network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1, decoder_interactions),
             patch_size=patch_size,
         )
 
@@ -690,7 +684,6 @@ class HierarchySpec:
         day_of_year: bool = True,
         interpolation: bool = False,
         decoder_interactions: bool = True,
-        doy_harmonics: int = 2,
     ) -> HierarchySpec:
         """A per-pixel mixture: ``s (, doy, interp) -> x``, no latent layer, 1x1 decoder nets, categorical s prior.
 
@@ -713,8 +706,7 @@ class HierarchySpec:
                                  cov_rank=cov_rank),
             s_prior="categorical",
             temporal=temporal,
-            network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1, decoder_interactions, decoder_kernel=1,
-                                doy_harmonics=doy_harmonics),
+            network=NetworkSpec(widths, (1,) * len(widths), decoder_width, 1, decoder_interactions, decoder_kernel=1),
             patch_size=patch_size,
         )
 

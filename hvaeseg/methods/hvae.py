@@ -123,8 +123,6 @@ class HVAEConfig:
     :param decoder_interactions: the default hierarchy's decoder nets also project the products of their
         spatial and global parents (``NetworkSpec.decoder_interactions``): class spectra that follow the day of
         the year.
-    :param doy_harmonics: Fourier harmonics of the day of the year that the built-in hierarchy's decoder nets take
-        (``NetworkSpec.doy_harmonics``; the guide's U-Net keeps its own two): more follow sharper phenology.
     :param exact_s: both objectives use the exact posterior of ``s``, which needs a hierarchy (``spec``) where the
         image depends on ``s`` pixel by pixel (:attr:`~hvaeseg.hierarchy.spec.HierarchySpec.exact_s`, e.g.
         ``examples/specs/pixel_mixture.yaml``): the ELBO enumerates each pixel's classes instead of estimating,
@@ -134,7 +132,7 @@ class HVAEConfig:
         (:meth:`~hvaeseg.hierarchy.spec.HierarchySpec.default`, Bernoulli feature maps between s and x) or
         ``"pixel_mixture"`` (:meth:`~hvaeseg.hierarchy.spec.HierarchySpec.pixel_mixture`: s, doy -> x pixel by
         pixel, whose s posterior is exact; it takes ``image_cov_rank``, ``image_scale``, ``init_scale``,
-        ``decoder_interactions``, ``doy_harmonics``, ``day_of_year`` and ``interpolation`` from this config).
+        ``decoder_interactions``, ``day_of_year`` and ``interpolation`` from this config).
     :param teacher_decay: symmetric learning with ``exact_s``: the target of ``posterior_q`` is the exact posterior
         of a Polyak (exponential moving) average of the decoder with this decay (warmed up as ``ema_decay``),
         instead of the live decoder's. 0 (default): the live decoder. The ELBO has no such term.
@@ -169,7 +167,6 @@ class HVAEConfig:
     supervised_steps: int = 0
     image_cov_rank: int = 0
     decoder_interactions: bool = False
-    doy_harmonics: int = 2
     exact_s: bool = False
     hierarchy: str = "default"
     teacher_decay: float = 0.0
@@ -197,9 +194,6 @@ class HVAEConfig:
             raise ValueError(f"image_cov_rank: expected an int >= 0 (0: independent bands), got {rank!r}")
         if not isinstance(self.decoder_interactions, bool):
             raise ValueError(f"decoder_interactions: expected true or false, got {self.decoder_interactions!r}")
-        h = self.doy_harmonics
-        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
-            raise ValueError(f"doy_harmonics: expected an int >= 1 (2: a smooth season), got {h!r}")
         if self.hierarchy not in HIERARCHIES:
             raise ValueError(f"hierarchy: expected one of {HIERARCHIES}, got {self.hierarchy!r}")
         if self.image_scale not in IMAGE_SCALES:
@@ -318,7 +312,7 @@ class _HVAEMethod(SeededMethod):
                 num_classes, in_channels, config.code_bits, cov_rank=config.image_cov_rank,
                 image_scale=config.image_scale, init_scale=config.init_scale, temporal=temporal, patch_size=patch_size,
                 day_of_year=config.day_of_year, interpolation=config.interpolation and temporal,
-                decoder_interactions=config.decoder_interactions, doy_harmonics=config.doy_harmonics,
+                decoder_interactions=config.decoder_interactions,
             )
         else:
             spec = HierarchySpec.default(
@@ -327,7 +321,6 @@ class _HVAEMethod(SeededMethod):
                 day_of_year=config.day_of_year, init_scale=config.init_scale, image_scale=config.image_scale,
                 image_cov_rank=config.image_cov_rank, decoder_interactions=config.decoder_interactions,
                 shared_channels=config.shared_channels, interpolation=config.interpolation and temporal,
-                doy_harmonics=config.doy_harmonics,
             )
         if config.exact_s and not spec.exact_s:
             raise ValueError(f"exact_s: the posterior of s is not exact in this hierarchy: {spec.exact_s_problem} "

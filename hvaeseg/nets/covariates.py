@@ -23,18 +23,13 @@ DOY_FEATURES = 2 * DOY_HARMONICS
 _YEAR = 365.25
 
 
-def doy_features(doy: torch.Tensor, dtype: torch.dtype | None = None, harmonics: int = DOY_HARMONICS) -> torch.Tensor:
-    """``(...,)`` days of the year -> ``(..., 2 * harmonics)``: ``sin(2 pi k doy / 365.25)`` for
-    ``k = 1 .. harmonics``, then the cosines (``DOY_FEATURES`` with the default ``DOY_HARMONICS``).
-
-    More harmonics let a net follow sharper seasonal changes (a harvest within days) from a per-date input.
-    """
-    if isinstance(harmonics, bool) or not isinstance(harmonics, int) or harmonics < 1:
-        raise ValueError(f"harmonics: expected an int >= 1, got {harmonics!r}")
+def doy_features(doy: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``(...,)`` days of the year -> ``(..., DOY_FEATURES)``: ``sin(2 pi k doy / 365.25)``,
+    ``cos(2 pi k doy / 365.25)`` for ``k = 1 .. DOY_HARMONICS``."""
     if doy.is_floating_point() or doy.dtype in (torch.int16, torch.int32, torch.int64):
         angle = doy.to(dtype or (doy.dtype if doy.is_floating_point() else torch.float32)) * (2 * math.pi / _YEAR)
     else:
         raise TypeError(f"expected days of the year as a numeric tensor, got {doy.dtype}")
-    k = torch.arange(1, harmonics + 1, dtype=angle.dtype, device=angle.device)
+    k = torch.arange(1, DOY_HARMONICS + 1, dtype=angle.dtype, device=angle.device)
     phase = angle.unsqueeze(-1) * k
     return torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1)

@@ -143,7 +143,6 @@ ERRORS = [
      "network: decoder_interactions must be true or false, got 'yes'"),
     ("kernel", lambda: NetworkSpec(decoder_kernel=5), "network: decoder_kernel must be 1 or 3, got 5"),
     ("kernel type", lambda: NetworkSpec(decoder_kernel=True), "network: decoder_kernel must be 1 or 3, got True"),
-    ("harmonics", lambda: NetworkSpec(doy_harmonics=0), "network: doy_harmonics must be a positive integer"),
     ("depths", lambda: NetworkSpec(encoder_depths=(1,)), "network: encoder_depths must give one non-negative depth"),
     (
         "unknown field",
@@ -234,7 +233,6 @@ def valid_specs(draw):
         decoder_depth=draw(st.integers(0, 3)),
         decoder_interactions=draw(st.booleans()),
         decoder_kernel=draw(st.sampled_from([1, 3])),
-        doy_harmonics=draw(st.integers(1, 8)),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -49,21 +49,3 @@ def test_new_year_neighbours_are_close_and_days_are_distinguishable():
 def test_non_numeric_days_are_refused():
     with pytest.raises(TypeError, match="numeric"):
         doy_features(torch.tensor([True, False]))
-    for bad in (0, 2.0, True):
-        with pytest.raises(ValueError, match="harmonics: expected an int >= 1"):
-            doy_features(torch.tensor([1.0]), harmonics=bad)
-
-
-@given(st.integers(1, 8), st.floats(-400, 400, allow_nan=False))
-def test_more_harmonics_extend_the_default_columns(harmonics, day):
-    """``harmonics = h``: the sines of harmonics 1 .. h, then their cosines; the first two of each are the default's."""
-    doy = torch.tensor([day], dtype=torch.float64)
-    f = doy_features(doy, harmonics=harmonics)
-    assert f.shape == (1, 2 * harmonics)
-    k = torch.arange(1, harmonics + 1, dtype=torch.float64)
-    angle = 2 * math.pi * day / 365.25 * k
-    torch.testing.assert_close(f[0], torch.cat([torch.sin(angle), torch.cos(angle)]), atol=1e-9, rtol=0)
-    base = doy_features(doy)
-    m = min(harmonics, DOY_HARMONICS)
-    torch.testing.assert_close(f[:, :m], base[:, :m])
-    torch.testing.assert_close(f[:, harmonics:harmonics + m], base[:, DOY_HARMONICS:DOY_HARMONICS + m])
