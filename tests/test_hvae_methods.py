@@ -207,6 +207,18 @@ def test_the_posterior_warmup_ramps_the_elbos_share_of_q_s():
     method.update(method.losses(step_batch(), 0))  # a step at share 0 trains
 
 
+def test_the_elbos_labelled_weight_reaches_its_objective_and_its_logged_terms():
+    """``labelled_elbo_weight`` is the ELBO's ``labelled_weight`` (the value is checked term by term in
+    ``tests/objectives/test_exact.py``) and the weight its diagnostics give ``labelled_elbo``."""
+    method = build(ELBOMethod, exact_spec(), exact_s=True, labelled_elbo_weight=3.0)
+    assert method.objective.labelled_weight == 3.0
+    terms = method._terms(step_batch())
+    assert terms["labelled_elbo"][1] == 3.0 and terms["unlabelled_elbo"][1] == 1.0
+    method.update(method.losses(step_batch(), 0))
+    with pytest.raises(ValueError, match="labelled_elbo_weight: expected a finite number >= 0"):
+        HVAEConfig(labelled_elbo_weight=-1)
+
+
 def test_config_spec_must_match_the_data():
     config = HVAEConfig(spec=tiny_spec().to_dict())
     with pytest.raises(ValueError, match="the data has 4 classes"):

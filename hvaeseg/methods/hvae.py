@@ -63,6 +63,8 @@ class HVAEConfig:
         bands and temporal flag must match the data).
     :param weights: symmetric-learning weight per term.
     :param alpha: ELBO weight of the classifier term ``log q(s|x)`` on labelled pixels.
+    :param labelled_elbo_weight: ELBO weight of the labelled images' ELBO (1: the data's ELBO; above 1 the labels
+        anchor the decoder's classes more), the ELBO's counterpart of ``weights.labelled_p``.
     :param estimator: ELBO gradient estimator for discrete latents, ``"straight_through"`` or ``"score_function"``.
     :param temperature: straight-through relaxation temperature.
     :param num_particles: samples per image of every expectation (the score-function ELBO needs >= 2 for
@@ -144,6 +146,7 @@ class HVAEConfig:
     spec: dict[str, Any] | None = None
     weights: SymmetricWeights = field(default_factory=SymmetricWeights)
     alpha: float = 10.0
+    labelled_elbo_weight: float = 1.0
     estimator: str = "straight_through"
     temperature: float = 0.5
     num_particles: int = 1
@@ -202,6 +205,9 @@ class HVAEConfig:
             raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {self.estimator!r}")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"alpha: expected a finite number >= 0, got {self.alpha!r}")
+        w = self.labelled_elbo_weight
+        if isinstance(w, bool) or not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise ValueError(f"labelled_elbo_weight: expected a finite number >= 0, got {w!r}")
         if isinstance(self.num_particles, bool) or not isinstance(self.num_particles, int) or self.num_particles < 1:
             raise ValueError(f"num_particles: expected an int >= 1, got {self.num_particles!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
@@ -567,7 +573,8 @@ class ELBOMethod(_HVAEMethod):
     def __init__(self, hvae: HVAE, config: HVAEConfig, seed: int = 0) -> None:
         super().__init__(hvae, config, seed)
         self.objective = SemiSupervisedELBO(config.alpha, config.estimator, config.temperature,
-                                            num_particles=config.num_particles, exact_s=config.exact_s)
+                                            num_particles=config.num_particles, exact_s=config.exact_s,
+                                            labelled_weight=config.labelled_elbo_weight)
         self.params = list(hvae.parameters())
         self._optimizers = {"all": self._optimizer(self.params)}
 
@@ -593,7 +600,8 @@ class ELBOMethod(_HVAEMethod):
     def _terms(self, batch: StepBatch) -> dict[str, tuple[Tensor, float]]:
         terms = self.objective.terms(self.hvae.model, self.hvae.guide, labelled=batch.labelled,
                                      unlabelled=batch.unlabelled, differentiable=True)
-        weights = {"labelled_elbo": 1.0, "supervised_q": self.objective.alpha, "unlabelled_elbo": 1.0}
+        o = self.objective
+        weights = {"labelled_elbo": o.labelled_weight, "supervised_q": o.alpha, "unlabelled_elbo": 1.0}
         return {k: (v, weights[k]) for k, v in terms.items() if k in weights}
 
     def update(self, losses: dict[str, Tensor]) -> None:

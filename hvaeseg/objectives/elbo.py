@@ -74,6 +74,10 @@ class SemiSupervisedELBO:
     completed map; under straight-through it receives one-hot floats ``(B, H, W, K)``).
 
     :param alpha: weight of the classifier term :math:`\log q(s_{lab}|x)` (>= 0).
+    :param labelled_weight: weight :math:`w` of the labelled images' ELBO (>= 0): the loss is
+        :math:`-(w J^{elbo}_{lab} + \alpha \log q(s_{lab}|x) + J_{unl})`, :math:`J^{elbo}_{lab}` the first part of
+        :math:`J_{lab}` above. Above 1 the labelled images anchor the classes of the decoder more (as symmetric
+        learning's ``labelled_p`` weight); 1 is the ELBO of the data.
     :param estimator: ``"straight_through"`` or ``"score_function"``.
     :param temperature: relaxation temperature for ``"straight_through"`` (> 0).
     :param num_particles: samples per image (>= 1), drawn by repeating the batch.
@@ -106,6 +110,7 @@ class SemiSupervisedELBO:
         num_particles: int = 1,
         exact_s: bool = False,
         unlabelled_q_share: float = 1.0,
+        labelled_weight: float = 1.0,
     ) -> None:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"expected alpha as a finite number >= 0, got {alpha!r}")
@@ -116,6 +121,10 @@ class SemiSupervisedELBO:
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"expected num_particles as an int >= 1, got {num_particles!r}")
         self.alpha = float(alpha)
+        w = labelled_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"expected labelled_weight as a finite number >= 0, got {w!r}")
+        self.labelled_weight = float(w)
         self.estimator = estimator
         self.temperature = float(temperature)
         self.num_particles = num_particles
@@ -163,7 +172,7 @@ class SemiSupervisedELBO:
             assert sup is not None  # _elbo returns it when given s
             out["labelled_elbo"] = keep(surrogate.mean() if differentiable else elbo.mean())
             out["supervised_q"] = keep(sup.mean())
-            total = surrogate.mean() + self.alpha * sup.mean()
+            total = self.labelled_weight * surrogate.mean() + self.alpha * sup.mean()
         if unl is not None:
             elbo, surrogate, _ = self._elbo(model, guide, unl.x, None, unl.valid, unl.doy)
             out["unlabelled_elbo"] = keep(surrogate.mean() if differentiable else elbo.mean())

@@ -10,6 +10,8 @@ import itertools
 import pyro.poutine as poutine
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hvaeseg.hierarchy import HVAE, HierarchySpec, ImageLayerSpec, LatentLayerSpec, NetworkSpec
 from hvaeseg.objectives import SemiSupervisedELBO, SymmetricEquilibrium
@@ -203,6 +205,32 @@ def test_the_unlabelled_q_share_scales_only_the_gradient_that_reaches_q_s():
         SemiSupervisedELBO(exact_s=True, unlabelled_q_share=1.5)
     with pytest.raises(ValueError, match="needs exact_s=True"):
         SemiSupervisedELBO(unlabelled_q_share=0.5)
+
+
+@given(st.floats(0.0, 20.0), st.floats(0.0, 20.0))
+@settings(max_examples=15, deadline=None)
+def test_the_labelled_weight_weighs_the_labelled_elbo_alone(weight, alpha):
+    """``labelled_weight`` w: the loss is -(w J_lab + alpha log q(s_lab|x) + J_unl), each term as at weight 1 (the
+    enumerated ELBO is exact, so the values are deterministic), and so is its gradient."""
+    hvae, lab, unl = _batches()
+    base = SemiSupervisedELBO(alpha=alpha, exact_s=True).terms(hvae.model, hvae.guide, labelled=lab, unlabelled=unl)
+    obj = SemiSupervisedELBO(alpha=alpha, exact_s=True, labelled_weight=weight)
+    got = obj.terms(hvae.model, hvae.guide, labelled=lab, unlabelled=unl, differentiable=True)
+    want = -(weight * base["labelled_elbo"] + alpha * base["supervised_q"] + base["unlabelled_elbo"])
+    torch.testing.assert_close(got["loss"].detach(), want, rtol=1e-5, atol=1e-3)
+    params = list(hvae.parameters())
+    g_lab = torch.autograd.grad(got["labelled_elbo"], params, allow_unused=True, retain_graph=True)
+    g_sup = torch.autograd.grad(got["supervised_q"], params, allow_unused=True, retain_graph=True)
+    g_unl = torch.autograd.grad(got["unlabelled_elbo"], params, allow_unused=True, retain_graph=True)
+    g_loss = torch.autograd.grad(got["loss"], params, allow_unused=True)
+    zero = torch.zeros(())
+    for gl, gs, gu, g in zip(g_lab, g_sup, g_unl, g_loss):
+        combined = -(weight * (zero if gl is None else gl) + alpha * (zero if gs is None else gs)
+                     + (zero if gu is None else gu))
+        torch.testing.assert_close(zero.expand_as(combined) if g is None else g, combined, rtol=1e-4, atol=1e-3)
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="labelled_weight as a finite number >= 0"):
+            SemiSupervisedELBO(exact_s=True, labelled_weight=bad)
 
 
 @pytest.mark.parametrize(("spec", "problem"), [
