@@ -6,7 +6,7 @@ costs a quarter of a game step. Prints, every EVERY steps, the decoder's Bayes a
 test tiles and the learned class prior, one JSON line each.
 
     python bench/results/exact_s/decoder_emulator.py RUN SEED STEPS EVERY ['{"option": value}'] [--lr-drop STEP F]
-        [--ema DECAY ...]
+        [--ema DECAY ...] [--log-steps]
 
 RUN: a finished run folder (its config and plans; its own ``decoder_warmup`` / ``decoder_replay`` are dropped);
 the JSON options are merged into the run's. ``--lr-drop STEP F`` multiplies the decoder's learning rates by F from
@@ -14,6 +14,8 @@ step STEP on (a probe of an annealed decoder; no such option exists in training)
 at each print, Polyak averages of the decoder's parameters with these decays, updated after every step from the first
 (a probe of ``HVAEConfig.teacher_decay``, which warms its decay up as ``ema_decay`` does): ``"emaDECAY": [Bayes
 accuracy, IoU of the first class]``.
+``--log-steps`` also prints each step's decoder loss (nats per image, lower is better) and the decoder's gradient
+norm before clipping, ``{"k": step, "loss": ..., "g": ...}``: where a decoder diverges.
 """
 
 import argparse
@@ -44,6 +46,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--ema", type=float, nargs="+", default=[], metavar="DECAY",
                    help="also score Polyak averages of the decoder with these decays (from the first step)")
     p.add_argument("--lr-drop", nargs=2, type=float, default=None, metavar=("STEP", "FACTOR"))
+    p.add_argument("--log-steps", action="store_true",
+                   help="also print every step's decoder loss and gradient norm (before clipping): {'k', 'loss', 'g'}")
     args = p.parse_args(argv)
     run, seed, steps, every, extra = args.run, args.seed, args.steps, args.every, args.options
     cfg = RunConfig.load(run)
@@ -100,7 +104,11 @@ def main(argv: list[str]) -> None:
             for group in method.optimizers()["decoder"].param_groups:
                 group["lr"] *= args.lr_drop[1]
         batch = StepBatch(labelled=next(lab), unlabelled=next(unl), pool=next(pool))
-        method.update(method.losses(batch, k))
+        losses = method.losses(batch, k)
+        method.update(losses)
+        if args.log_steps:
+            print(json.dumps({"k": k, "loss": round(float(losses["decoder"].detach()), 1),
+                              "g": round(method.stepper.last_grad_norms.get("decoder", float("nan")), 1)}), flush=True)
         with torch.no_grad():
             for d, e in emas.items():
                 for n, q in dec.named_parameters():
