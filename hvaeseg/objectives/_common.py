@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, overload
 
 import torch
@@ -41,6 +42,13 @@ def check_probability(value: Any, name: str) -> float:
     """``value`` as a float if it is a probability in ``[0, 1]`` (a bool is not); else a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name}: expected a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_weight(value: Any, name: str) -> float:
+    """``value`` as a float if it is a finite number >= 0 (a bool is not); else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"expected {name} as a finite number >= 0, got {value!r}")
     return float(value)
 
 

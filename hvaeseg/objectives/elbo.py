@@ -8,7 +8,6 @@ both cases. The objective needs a closed-form prior density of ``s``: the empiri
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any
 
 import pyro.poutine as poutine
@@ -20,6 +19,7 @@ from hvaeseg.objectives._common import (
     NO_CLOSED_FORM_S_PRIOR,
     as_labelled,
     as_unlabelled,
+    check_weight,
     covariates,
     is_empirical,
     repeat,
@@ -112,19 +112,14 @@ class SemiSupervisedELBO:
         unlabelled_q_share: float = 1.0,
         labelled_weight: float = 1.0,
     ) -> None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"expected alpha as a finite number >= 0, got {alpha!r}")
         if estimator not in ESTIMATORS:
             raise ValueError(f"expected estimator in {ESTIMATORS}, got {estimator!r}")
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise ValueError(f"expected temperature > 0, got {temperature!r}")
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"expected num_particles as an int >= 1, got {num_particles!r}")
-        self.alpha = float(alpha)
-        w = labelled_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise ValueError(f"expected labelled_weight as a finite number >= 0, got {w!r}")
-        self.labelled_weight = float(w)
+        self.alpha = check_weight(alpha, "alpha")
+        self.labelled_weight = check_weight(labelled_weight, "labelled_weight")
         self.estimator = estimator
         self.temperature = float(temperature)
         self.num_particles = num_particles
