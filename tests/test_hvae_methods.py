@@ -66,7 +66,6 @@ def snapshot(params) -> list[torch.Tensor]:
     ("exact_s", 1), ("decoder_lr", 0), ("decoder_lr", True), ("hierarchy", "deep"),
     ("teacher_decay", 1.0), ("teacher_decay", -0.5), ("teacher_decay", True),
     ("posterior_warmup", -1), ("posterior_warmup", 2.5), ("posterior_warmup", True),
-    ("labelled_warmup", -1), ("labelled_warmup", 0.5), ("labelled_warmup", False),
 ])
 def test_config_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field}: expected") as err:
@@ -218,39 +217,6 @@ def test_the_elbos_labelled_weight_reaches_its_objective_and_its_logged_terms():
     method.update(method.losses(step_batch(), 0))
     with pytest.raises(ValueError, match="labelled_elbo_weight: expected a finite number >= 0"):
         HVAEConfig(labelled_elbo_weight=-1)
-
-
-def test_the_labelled_warmup_moves_labelled_p_from_one_to_its_weight():
-    """``labelled_warmup``: the decoder's loss is ``-(w_k L + U)`` with ``w_k = 1 + (3 - 1) k / 4`` on the labelled
-    term ``L`` and the unlabelled term ``U`` (exact, so the same batch gives the same terms), the encoder's terms
-    keep their weights, and from the warm-up's end the full objective is used."""
-    torch.manual_seed(0)
-    method = build(SymmetricMethod, exact_spec(), exact_s=True, labelled_warmup=4,
-                   weights={"sleep_q": 0.0, "posterior_q": 2.0, "labelled_p": 3.0})
-    batch = step_batch()
-    terms = method.objective.terms(method.hvae.model, method.hvae.guide, labelled=batch.labelled,
-                                   unlabelled=batch.unlabelled)
-    lab, unl = float(terms["labelled_p"].detach()), float(terms["unlabelled_p"].detach())
-    assert abs(lab - unl) > 1e-3 * abs(unl)  # the two terms differ, so the weights can be told apart
-    for step, weight in ((0, 1.0), (1, 1.5), (2, 2.0), (3, 2.5)):
-        losses = method.losses(batch, step)
-        w = method.stepper.objective.weights
-        assert (w.labelled_p, w.unlabelled_p, w.posterior_q, w.supervised_q) == (weight, 1.0, 2.0, 1.0)
-        assert float(losses["decoder"].detach()) == pytest.approx(-(weight * lab + unl), rel=1e-5)
-    method.losses(batch, 4)
-    assert method.stepper.objective is method.objective and method.objective.weights.labelled_p == 3.0
-
-
-def test_the_labelled_warmup_moves_the_elbos_labelled_weight_from_one():
-    """The ELBO with ``labelled_warmup``: ``labelled_weight`` is ``1 + (w - 1) step / warmup`` (also below 1), the
-    share of q(s|x) is left alone, and the full objective is used from the warm-up's end."""
-    method = build(ELBOMethod, exact_spec(), exact_s=True, labelled_elbo_weight=3.0, labelled_warmup=4)
-    assert [method.objective_at(k).labelled_weight for k in range(4)] == [1.0, 1.5, 2.0, 2.5]
-    assert method.objective_at(2).unlabelled_q_share == 1.0 and method.objective.labelled_weight == 3.0
-    assert method.objective_at(4) is method.objective
-    down = build(ELBOMethod, exact_spec(), exact_s=True, labelled_elbo_weight=0.0, labelled_warmup=4)
-    assert down.objective_at(1).labelled_weight == 0.75
-    method.update(method.losses(step_batch(), 1))  # a ramped step trains
 
 
 def test_config_spec_must_match_the_data():

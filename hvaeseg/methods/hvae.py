@@ -138,11 +138,6 @@ class HVAEConfig:
     :param teacher_decay: symmetric learning with ``exact_s``: the target of ``posterior_q`` is the exact posterior
         of a Polyak (exponential moving) average of the decoder with this decay (warmed up as ``ema_decay``),
         instead of the live decoder's. 0 (default): the live decoder. The ELBO has no such term.
-    :param labelled_warmup: the labelled images' weight in the decoder's objective (symmetric learning's
-        ``weights.labelled_p``, the ELBO's ``labelled_elbo_weight``) moves linearly from 1 (the data's own weight)
-        to its set value over this many steps (0: the set value from the start), so that a heavy labelled weight
-        does not change the decoder's first steps (where a run whose classes are all labelled picks its best
-        checkpoint).
     """
 
     lr: float = 1e-3
@@ -178,7 +173,6 @@ class HVAEConfig:
     exact_s: bool = False
     hierarchy: str = "default"
     teacher_decay: float = 0.0
-    labelled_warmup: int = 0
 
     def __post_init__(self) -> None:
         for name in ("lr", "global_lr", "temperature", "init_scale"):
@@ -191,7 +185,7 @@ class HVAEConfig:
         lr = self.decoder_lr
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
             raise ValueError(f"decoder_lr: expected a positive number or None (the encoder's lr), got {lr!r}")
-        for name in ("sleep_warmup", "posterior_warmup", "labelled_warmup", "supervised_steps"):
+        for name in ("sleep_warmup", "posterior_warmup", "supervised_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0 (steps), got {value!r}")
@@ -476,11 +470,6 @@ def _ramp(step: int, steps: int) -> float:
     return 1.0 if step >= steps else step / steps
 
 
-def _from_one(weight: float, step: int, steps: int) -> float:
-    """A weight that moves linearly from 1 at step 0 to ``weight`` at ``steps`` (``steps`` 0: ``weight``)."""
-    return 1.0 + (weight - 1.0) * _ramp(step, steps)
-
-
 class SymmetricMethod(_HVAEMethod):
     """Symmetric equilibrium learning of the HVAE (decoder and encoder as two players), stepped by a
     :class:`~hvaeseg.objectives.SymmetricStepper` (:attr:`stepper`) that holds the objective and the two
@@ -539,8 +528,7 @@ class SymmetricMethod(_HVAEMethod):
     def objective_at(self, step: int) -> SymmetricEquilibrium:
         """The objective of ``step``: the supervised term alone on the ``supervised_steps`` steps that follow
         each full step, else every term with the sleep weight ramped over ``sleep_warmup`` steps and the
-        posterior_q weight over ``posterior_warmup`` steps and the labelled_p weight from 1 over ``labelled_warmup``
-        steps."""
+        posterior_q weight over ``posterior_warmup`` steps."""
         o, w, config = self.objective, self.objective.weights, self.config
         k = config.supervised_steps
         if k and step % (k + 1):
@@ -548,10 +536,9 @@ class SymmetricMethod(_HVAEMethod):
                                        posterior_q=0.0)
         else:
             sleep, posterior = _ramp(step, config.sleep_warmup), _ramp(step, config.posterior_warmup)
-            if sleep == posterior == 1.0 and step >= config.labelled_warmup:
+            if sleep == posterior == 1.0:
                 return o
-            weights = replace(w, sleep_q=w.sleep_q * sleep, posterior_q=w.posterior_q * posterior,
-                              labelled_p=_from_one(w.labelled_p, step, config.labelled_warmup))
+            weights = replace(w, sleep_q=w.sleep_q * sleep, posterior_q=w.posterior_q * posterior)
         ramped = copy.copy(o)  # the same settings and teacher, other weights
         ramped.weights = weights
         return ramped
@@ -596,14 +583,12 @@ class ELBOMethod(_HVAEMethod):
 
     def objective_at(self, step: int) -> SemiSupervisedELBO:
         """The objective of ``step``: the share of the unlabelled term's gradient that reaches q(s|x) ramped over
-        ``posterior_warmup`` steps, and the labelled images' weight from 1 over ``labelled_warmup`` steps."""
-        config = self.config
-        share = _ramp(step, config.posterior_warmup)
-        if share == 1.0 and step >= config.labelled_warmup:
+        ``posterior_warmup`` steps."""
+        share = _ramp(step, self.config.posterior_warmup)
+        if share == 1.0:
             return self.objective
         ramped = copy.copy(self.objective)
         ramped.unlabelled_q_share = share
-        ramped.labelled_weight = _from_one(config.labelled_elbo_weight, step, config.labelled_warmup)
         return ramped
 
     def losses(self, batch: StepBatch, step: int) -> dict[str, Tensor]:
