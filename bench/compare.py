@@ -156,6 +156,9 @@ def run_one(args: argparse.Namespace, cube: str, data: str, method: str, labels:
         # of a location is a labelled (single-date) patch, so labelled_patches counts (location, date) pairs
         "labelled_patches": len(lab), "labelled_pixels": labelled_pixels(lab),
         "best_step": trainer.history.best_step,
+        # the prediction rule validation chose with the checkpoint (HVAE ``decoder_betas``), None for a single rule
+        "prediction": next((v.get("prediction") for v in trainer.history.validation
+                            if v.get("step") == trainer.history.best_step), None),
         **{k: result.get(k) for k in ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency",
                                       "recon_mae", "recon_rmse")},
     }

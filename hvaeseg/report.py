@@ -103,6 +103,17 @@ def _best(history: Mapping[str, Any]) -> tuple[float | None, float | None]:
     return _num(history.get("best_step")), _num(history.get("best_score"))
 
 
+def _best_rule(history: Mapping[str, Any]) -> str:
+    """`` with decoder beta B`` when validation chose a prediction rule with the best checkpoint (HVAE
+    ``decoder_betas``), else empty."""
+    best = _num(history.get("best_step"))
+    for i, entry in enumerate(_dicts(history.get("validation"))):
+        beta = _num(entry.get("prediction"))
+        if _step(entry, i) == best and beta is not None:
+            return f" with decoder beta {beta:g}"
+    return ""
+
+
 def _loss_series(history: Mapping[str, Any]) -> tuple[Series, Series]:
     """The losses per step, and the per-step update gradient norms (``grad_norm_<player>``) by player."""
     losses: Series = {}
@@ -346,7 +357,7 @@ def _title(history: Mapping[str, Any], config: Mapping[str, Any] | None, fitted:
     best_step, best_score = _best(history)
     unit = "round" if fitted else "step"
     if best_score is not None and best_step is not None:
-        tail = f"best validation mean IoU {best_score:.3f} at {unit} {best_step:g}"
+        tail = f"best validation mean IoU {best_score:.3f} at {unit} {best_step:g}{_best_rule(history)}"
     elif best_step is not None:
         tail = f"best {unit} {best_step:g}"
     else:
@@ -469,7 +480,8 @@ def summarize_history(history: dict, config: dict | None = None) -> str:
         lines.append(", ".join(p for p in (what, f"trained for {seconds:.0f} s" if seconds is not None else "") if p))
     best_step, best_score = _best(history)
     if best_score is not None:
-        lines.append(f"best validation mean IoU {best_score:.3f} at {unit} {_fmt(best_step, 'g')}")
+        lines.append(f"best validation mean IoU {best_score:.3f} at {unit} {_fmt(best_step, 'g')}"
+                     f"{_best_rule(history)}")
     else:
         lines.append("no validation score recorded")
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -218,6 +218,24 @@ def evaluate_segmentation(
     return cm
 
 
+def evaluate_candidates(
+    method: SegmentationMethod, batches: Iterable[PatchBatch], num_classes: int, precision: str = "fp32"
+) -> dict[float, ConfusionMatrix]:
+    """One confusion matrix per candidate prediction rule of ``method``
+    (:meth:`~hvaeseg.methods.base.SegmentationMethod.prediction_keys`, in that order) over ``batches``, from one
+    pass."""
+    cms = {key: ConfusionMatrix(num_classes) for key in method.prediction_keys()}
+    method.train(False)
+    with torch.no_grad():
+        for batch in batches:
+            with autocast(precision, batch.x.device):
+                probas = cast(dict[float, torch.Tensor], predict_batch(method.predict_candidates, batch))
+            for key, cm in cms.items():
+                cm.update(probas[key].argmax(1), batch.labels)
+    method.train(True)
+    return cms
+
+
 class Trainer:
     """Train ``method`` on the given streams, validating and checkpointing into ``run_dir``.
 
@@ -306,11 +324,23 @@ class Trainer:
         return True
 
     # -- loop ----------------------------------------------------------------------------------------
-    def validate(self) -> dict[str, float]:
+    def validate(self) -> dict[str, Any]:
+        """Accuracy and mean IoU on the validation batches. A method with candidate prediction rules
+        (:meth:`~hvaeseg.methods.base.SegmentationMethod.predict_candidates`) is scored under each; the rule with
+        the best mean IoU (the first in the method's order on a tie) is the one it predicts with from here on, so
+        the checkpoint and its rule are chosen together. Its figures are the round's, with ``prediction`` (its key)
+        and ``candidates`` (``{key: [accuracy, mean IoU]}``)."""
         if self.validation is None:
             return {}
-        cm = evaluate_segmentation(self.method, self.validation(), self.num_classes, self.config.precision)
-        return {"step": self.step, "accuracy": cm.accuracy(), "mean_iou": cm.mean_iou()}
+        if not self.method.prediction_keys():
+            cm = evaluate_segmentation(self.method, self.validation(), self.num_classes, self.config.precision)
+            return {"step": self.step, "accuracy": cm.accuracy(), "mean_iou": cm.mean_iou()}
+        scored = evaluate_candidates(self.method, self.validation(), self.num_classes, self.config.precision)
+        key = max(scored, key=lambda k: scored[k].mean_iou())  # max keeps the first of equals
+        self.method.use_prediction(key)
+        cm = scored[key]
+        return {"step": self.step, "accuracy": cm.accuracy(), "mean_iou": cm.mean_iou(), "prediction": key,
+                "candidates": {str(k): [c.accuracy(), c.mean_iou()] for k, c in scored.items()}}
 
     def _record_validation(self, batch: StepBatch | None = None) -> None:
         if not self.distributed.is_main:

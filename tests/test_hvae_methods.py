@@ -3,6 +3,8 @@ parameters with the gradient of its own loss only), diagnostics, the EMA of the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,6 +68,8 @@ def snapshot(params) -> list[torch.Tensor]:
     ("exact_s", 1), ("decoder_lr", 0), ("decoder_lr", True), ("hierarchy", "deep"),
     ("teacher_decay", 1.0), ("teacher_decay", -0.5), ("teacher_decay", True),
     ("posterior_warmup", -1), ("posterior_warmup", 2.5), ("posterior_warmup", True),
+    ("decoder_betas", []), ("decoder_betas", [-0.5]), ("decoder_betas", [0.0, 0.0]), ("decoder_betas", 0.5),
+    ("decoder_betas", [float("inf")]), ("decoder_betas", [True]), ("decoder_betas", [[0.5]]),
 ])
 def test_config_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^{field}: expected") as err:
@@ -217,6 +221,58 @@ def test_the_elbos_labelled_weight_reaches_its_objective_and_its_logged_terms():
     method.update(method.losses(step_batch(), 0))
     with pytest.raises(ValueError, match="labelled_elbo_weight: expected a finite number >= 0"):
         HVAEConfig(labelled_elbo_weight=-1)
+
+
+@pytest.mark.parametrize("cls", [SymmetricMethod, ELBOMethod])
+def test_decoder_betas_weigh_the_exact_class_likelihood_into_the_prediction(cls):
+    """Each candidate is ``q(s|x) p(x|s)^beta`` renormalised over the classes (``q`` the EMA encoder's, ``p`` the
+    decoder's exact class likelihood), beta 0 is the encoder alone; ``use_prediction`` makes one of them
+    ``predict_proba``'s, the state keeps it, and beta needs exact_s."""
+    torch.manual_seed(0)
+    method = build(cls, exact_spec(), exact_s=True, decoder_betas=[0, 0.5, 1.0])
+    assert method.prediction_keys() == (0.0, 0.5, 1.0) and method.decoder_beta == 0.0
+    b = step_batch().unlabelled
+    method.train(False)
+    with torch.no_grad():
+        cands = method.predict_candidates(b.x, b.valid, b.doy)
+        q = method.predict_proba(b.x, b.valid, b.doy)
+        lik = method.hvae.class_log_likelihood(b.x, b.valid, doy=b.doy).movedim(-1, 1).exp()  # (B, K, H, W)
+    assert list(cands) == [0.0, 0.5, 1.0]
+    torch.testing.assert_close(cands[0.0], q)
+    for beta in (0.5, 1.0):
+        joint = q.double() * lik.double() ** beta
+        torch.testing.assert_close(cands[beta].double(), joint / joint.sum(1, keepdim=True), rtol=1e-4, atol=1e-6)
+    assert not torch.equal(cands[1.0].argmax(1), q.argmax(1))  # the decoder's evidence moves some pixels
+    method.use_prediction(1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(method.predict_proba(b.x, b.valid, b.doy), cands[1.0])
+    again = build(cls, exact_spec(), exact_s=True, decoder_betas=[0, 0.5, 1.0])
+    again.load_state_dict(method.state_dict())
+    assert again.decoder_beta == 1.0
+    with pytest.raises(ValueError, match=r"decoder beta 2.0 is not among decoder_betas \[0.0, 0.5, 1.0\]"):
+        method.use_prediction(2.0)
+    assert build(cls, exact_spec(), exact_s=True).prediction_keys() == ()  # one rule: validation as before
+    with pytest.raises(ValueError, match="decoder_betas weighs the decoder's exact class likelihood"):
+        HVAEConfig(decoder_betas=[0, 1])
+
+
+def test_decoder_betas_on_stacks_sum_the_dates_evidence():
+    """On a temporal stack the decoder's evidence is the class likelihood summed over the dates (``s`` is shared),
+    so the beta-1 candidate is ``q`` times the product of the dates' likelihoods, renormalised."""
+    torch.manual_seed(0)
+    config = HVAEConfig(spec=dataclasses.replace(exact_spec(), temporal=True).to_dict(), augment=False,
+                        exact_s=True, decoder_betas=[0, 1])
+    method = SymmetricMethod.build(C, K, temporal=True, config=config, patch_size=P)
+    method.train(False)
+    x, valid, doy = torch.randn(2, 3, C, P, P), torch.ones(2, 3, P, P, dtype=torch.bool), 365 * torch.rand(2, 3)
+    valid[0, 1, :2] = False  # a date hidden on two rows: it adds no evidence there
+    with torch.no_grad():
+        cands = method.predict_candidates(x, valid, doy)
+        per_date = [method.hvae.class_log_likelihood(x[:, t:t + 1], valid[:, t:t + 1], doy=doy[:, t:t + 1])
+                    for t in range(3)]
+    joint = cands[0.0].double() * torch.stack(per_date).sum(0).movedim(-1, 1).double().exp()
+    assert cands[1.0].shape == (2, K, P, P)
+    torch.testing.assert_close(cands[1.0].double(), joint / joint.sum(1, keepdim=True), rtol=1e-4, atol=1e-6)
 
 
 def test_config_spec_must_match_the_data():

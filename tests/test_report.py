@@ -177,6 +177,16 @@ def test_summary_without_collapse_has_no_warning():
     assert "collapsed" not in summarize_history(hvae_history(active={"z1": COLLAPSE_THRESHOLD}), CONFIG)
 
 
+def test_summary_names_the_prediction_rule_chosen_with_the_best_checkpoint():
+    """An HVAE run with ``decoder_betas``: the best round's rule is named; other rounds' rules are not."""
+    history = supervised_history()
+    for entry, beta in zip(history["validation"], (0.0, 1.0, 0.5, 0.25)):
+        entry["prediction"] = beta
+    text = summarize_history(history, {"method": "symmetric"})
+    assert "best validation mean IoU 0.300 at step 40 with decoder beta 0.25" in text
+    assert "decoder beta" not in summarize_history(supervised_history(), {"method": "supervised"})
+
+
 def test_summary_of_a_supervised_run():
     text = summarize_history(supervised_history(), {"method": "supervised"})
     assert "best validation mean IoU 0.300 at step 40" in text

@@ -79,6 +79,53 @@ def params(trainer: Trainer) -> list[torch.Tensor]:
     return [p.detach().clone() for p in trainer.method.net.parameters()]
 
 
+class TwoRuleMethod(TinyMethod):
+    """TinyMethod with two candidate rules: 0.0 its own net, 1.0 an oracle of the validation labels (the sign of
+    band 0); the chosen rule is part of the state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rule = 0.0
+
+    def prediction_keys(self):
+        return (0.0, 1.0)
+
+    def predict_candidates(self, x, valid):
+        oracle = torch.stack([(x[:, 0] <= 0), (x[:, 0] > 0)], 1).float()
+        return {0.0: self.net(x).softmax(1), 1.0: oracle}
+
+    def use_prediction(self, key):
+        self.rule = key
+
+    def predict_proba(self, x, valid):
+        return self.predict_candidates(x, valid)[self.rule]
+
+    def state_dict(self):
+        return {**super().state_dict(), "rule": self.rule}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.rule = state["rule"]
+
+
+def test_validation_chooses_the_prediction_rule_with_the_checkpoint(tmp_path):
+    """A method with candidate rules is scored under each at every validation; the best by mean IoU is the one it
+    predicts with and the one ``best.pt`` keeps; the round records both rules' figures."""
+    torch.manual_seed(0)
+    config = LoopConfig(steps=6, seed=7, val_every=3, checkpoint_every=3)
+    trainer = Trainer(TwoRuleMethod(), {"labelled": stream(3)}, validation, 2, tmp_path, config)
+    history = trainer.fit()
+    last = history.validation[-1]
+    assert last["prediction"] == 1.0 and last["accuracy"] == 1.0 and last["mean_iou"] == 1.0
+    assert last["candidates"]["1.0"] == [1.0, 1.0] and last["candidates"]["0.0"][1] < 1.0
+    assert trainer.method.rule == 1.0
+    assert load_checkpoint(tmp_path / "best.pt")["method"]["rule"] == 1.0
+    tie = TwoRuleMethod()
+    tie.predict_candidates = lambda x, valid: {0.0: tie.net(x).softmax(1), 1.0: tie.net(x).softmax(1)}
+    tied = Trainer(tie, {"labelled": stream(3)}, validation, 2, tmp_path / "tie", config).validate()
+    assert tied["prediction"] == 0.0  # equal scores: the first rule
+
+
 def test_training_learns_and_writes_run_files(tmp_path):
     trainer = make_trainer(tmp_path, 60)
     history = trainer.fit()

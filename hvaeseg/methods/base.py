@@ -115,6 +115,21 @@ class SegmentationMethod(abc.ABC):
         device; ``doy`` the days of the year of the dates, ``(B,)`` or ``(B, T)``
         (:class:`~hvaeseg.data.loader.PatchBatch`)."""
 
+    def prediction_keys(self) -> tuple[float, ...]:
+        """The keys of the method's candidate prediction rules, which validation chooses among
+        (:meth:`predict_candidates`, :meth:`use_prediction`); empty by default: one rule, :meth:`predict_proba`."""
+        return ()
+
+    def predict_candidates(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> dict[float, Tensor]:
+        """Class probabilities ``{key: (B, K, H, W)}`` under each rule of :meth:`prediction_keys`, in that order;
+        arguments as in :meth:`predict_proba`."""
+        raise ValueError(f"{type(self).__name__} has a single prediction rule: call predict_proba")
+
+    def use_prediction(self, key: float) -> None:
+        """Make the candidate rule ``key`` of :meth:`predict_candidates` the one :meth:`predict_proba` applies
+        (kept in :meth:`state_dict`, so a checkpoint predicts as it was validated)."""
+        raise ValueError(f"{type(self).__name__} has a single prediction rule; it has no candidate {key!r}")
+
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """Everything :meth:`load_state_dict` needs, loadable with ``torch.load(weights_only=True)``."""

@@ -138,6 +138,12 @@ class HVAEConfig:
     :param teacher_decay: symmetric learning with ``exact_s``: the target of ``posterior_q`` is the exact posterior
         of a Polyak (exponential moving) average of the decoder with this decay (warmed up as ``ema_decay``),
         instead of the live decoder's. 0 (default): the live decoder. The ELBO has no such term.
+    :param decoder_betas: with ``exact_s``, the candidate weights ``beta`` of the decoder's exact class likelihood
+        in the segmentation ``argmax_k log q(s=k|x) + beta log p(x|s=k)`` (the encoder's posterior and the
+        decoder's per-pixel evidence together: 0 is the encoder alone, 1 their product with the class prior counted
+        once, inside q). Each validation scores every candidate and keeps the best by mean IoU, so the
+        checkpoint and its ``beta`` are chosen together on the validation tiles (the first on a tie: list 0 first
+        to prefer the encoder). Default ``(0.0,)``: the encoder alone.
     """
 
     lr: float = 1e-3
@@ -173,6 +179,7 @@ class HVAEConfig:
     exact_s: bool = False
     hierarchy: str = "default"
     teacher_decay: float = 0.0
+    decoder_betas: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
         for name in ("lr", "global_lr", "temperature", "init_scale"):
@@ -226,6 +233,16 @@ class HVAEConfig:
                              "exact_s: true, or teacher_decay: 0")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
+        betas = self.decoder_betas
+        if (not isinstance(betas, (list, tuple)) or not betas
+                or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0
+                       for b in betas) or len(set(betas)) != len(betas)):
+            raise ValueError(f"decoder_betas: expected a non-empty list of distinct finite numbers >= 0, e.g. "
+                             f"[0, 0.25, 0.5, 1], got {betas!r}")
+        object.__setattr__(self, "decoder_betas", tuple(float(b) for b in betas))
+        if any(self.decoder_betas) and not self.exact_s:
+            raise ValueError("decoder_betas weighs the decoder's exact class likelihood into the segmentation: set "
+                             "exact_s: true (a hierarchy whose posterior of s is exact), or decoder_betas: [0]")
         for name in ("augment", "sleep_masks", "day_of_year", "exact_s"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
@@ -287,6 +304,8 @@ class _HVAEMethod(SeededMethod):
         #: the two players' parameters (:meth:`HVAE.parameter_groups`): the decoder's (theta) and the encoder's (phi)
         self.decoder_params, self.encoder_params = hvae.parameter_groups()
         self._decoder = {id(p) for p in self.decoder_params} if config.decoder_lr else set()
+        #: the decoder likelihood's weight in :meth:`predict_proba` (one of ``config.decoder_betas``)
+        self.decoder_beta = config.decoder_betas[0]
 
     @classmethod
     def build(
@@ -345,12 +364,45 @@ class _HVAEMethod(SeededMethod):
             self.ema.eval()
 
     def predict_proba(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> Tensor:
+        """``q(s|x)`` of the encoder (its EMA when kept), times ``p(x|s)`` raised to :attr:`decoder_beta` and
+        renormalised when that is not 0: ``(B, K, H, W)``."""
+        return self._predict(x, valid, doy, (self.decoder_beta,))[self.decoder_beta]
+
+    def prediction_keys(self) -> tuple[float, ...]:
+        """``config.decoder_betas`` when there are several to choose among, else none."""
+        betas = self.config.decoder_betas
+        return betas if len(betas) > 1 else ()
+
+    def predict_candidates(self, x: Tensor, valid: Tensor, doy: Tensor | None = None) -> dict[float, Tensor]:
+        """:meth:`predict_proba` at every ``beta`` of ``config.decoder_betas``, from one encoder and one decoder
+        pass."""
+        return self._predict(x, valid, doy, self.config.decoder_betas)
+
+    def use_prediction(self, key: float) -> None:
+        if key not in self.config.decoder_betas:
+            raise ValueError(f"decoder beta {key!r} is not among decoder_betas {list(self.config.decoder_betas)}")
+        self.decoder_beta = float(key)
+
+    def _predict(self, x: Tensor, valid: Tensor, doy: Tensor | None, betas: Sequence[float]) -> dict[float, Tensor]:
         if not self.hvae.spec.day_of_year:
             doy = None
         if self.ema is None:
-            return self.hvae.segment(x, valid, doy)
-        with eval_mode(self.ema):
-            return torch.softmax(call_net(self.ema, x, valid, doy), dim=1)
+            q = self.hvae.segment(x, valid, doy)
+        else:
+            with eval_mode(self.ema):
+                q = torch.softmax(call_net(self.ema, x, valid, doy), dim=1)
+        if not any(betas):
+            return {b: q for b in betas}
+        log_lik = self.hvae.class_log_likelihood(x, valid, doy=doy).movedim(-1, 1).to(q.dtype)  # (B, K, H, W)
+        log_q = q.clamp_min(torch.finfo(q.dtype).tiny).log()
+        return {b: torch.softmax(log_q + b * log_lik, dim=1) if b else q for b in betas}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "decoder_beta": self.decoder_beta}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.decoder_beta = float(state.get("decoder_beta", self.config.decoder_betas[0]))
 
     def after_update(self, step: int) -> None:
         if self.ema is not None:

@@ -17,9 +17,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from compare import summarise  # noqa: E402  (bench/compare.py)
 
 HERE = Path(__file__).resolve().parent
-KEEP = ("cube", "method", "labels", "seed", "steps", "train_seconds", "best_step", "accuracy", "mean_iou",
+KEEP = ("cube", "method", "labels", "seed", "steps", "train_seconds", "best_step", "prediction", "accuracy", "mean_iou",
         "iwae_nats_per_value", "consistency", "iou", "fit_seconds", "steps_per_second", "budget_s", "steps_target",
         "options")
+
+
+def read_row(path: Path) -> dict:
+    """A run's ``compare_row.json``; rows written before ``bench/compare.py`` recorded ``prediction`` get it from the
+    run's ``history.json`` (the validation round of ``best_step``)."""
+    row = json.loads(path.read_text())
+    history = path.with_name("history.json")
+    if "prediction" not in row and history.exists():
+        h = json.loads(history.read_text())
+        row["prediction"] = next((v.get("prediction") for v in h.get("validation", [])
+                                  if v.get("step") == h.get("best_step")), None)
+    return row
 
 
 def main(args: list[str]) -> None:
@@ -30,7 +42,7 @@ def main(args: list[str]) -> None:
         add = variant.endswith("+")
         variant = variant.rstrip("+")
         new = [{"variant": variant, **{k: row[k] for k in KEEP if k in row}}
-               for row in (json.loads(f.read_text()) for f in sorted(Path(folder).rglob("compare_row.json")))]
+               for row in (read_row(f) for f in sorted(Path(folder).rglob("compare_row.json")))]
         keys = {(r["cube"], r["method"], r["seed"]) for r in new}
         rows = [r for r in rows if r["variant"] != variant or (add and (r["cube"], r["method"], r["seed"]) not in keys)]
         rows += new

@@ -41,6 +41,7 @@ def split_scores(method, data, split: str) -> dict[float, tuple[float, float]]:
 def main(run: str, checkpoint: str = "best.pt") -> None:
     torch.set_num_threads(1)
     _, data, method = load_run(run, checkpoint=checkpoint)
+    method.decoder_beta = 0.0  # a run with decoder_betas predicts with its chosen beta: q(s|x) alone here
     val, test = split_scores(method, data, "val"), split_scores(method, data, "test")
     pick = max(BETAS, key=lambda beta: (val[beta][1], -beta))
     print(json.dumps({"run": run, "val": val, "test": test, "picked_beta": pick, "test_at_picked": test[pick]}))
