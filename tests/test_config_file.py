@@ -16,7 +16,8 @@ from hvaeseg.cli import build_parser, main
 from hvaeseg.commands.train import _run_fields
 from hvaeseg.data.sampler import SPLITS, SpatialSplit
 from hvaeseg.methods import METHODS
-from hvaeseg.run_config import RunConfig
+from hvaeseg.methods.registry import method_config
+from hvaeseg.run_config import RunConfig, read_config_file
 from tests.bad_inputs.helpers import refuses
 
 #: a 2-step supervised run on the tiny synthetic cube, as flags and as the same settings in a file
@@ -206,3 +207,34 @@ def _spatial_splits(draw) -> SpatialSplit:
 def test_spatial_splits_round_trip(split):
     assert from_dict(SpatialSplit, asdict(split)) == split
     assert SpatialSplit.from_dict(json.loads(json.dumps(split.to_dict()))) == split
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"))
+#: the flags that shrink an example run to two steps on the tiny cube (the file gives everything else)
+TINY = ["--data", "synthetic:tiny", "--labels", "2", "--steps", "2", "--patch-size", "32", "--block", "64",
+        "--unlabelled-patches", "16", "--batch-size", "2", "--val-every", "2", "--checkpoint-every", "2",
+        "--fractions", "0.5", "0.25", "0.25"]
+
+
+def test_the_example_configs_are_there():
+    assert {p.name for p in EXAMPLES} >= {"symmetric_exact_s.yaml", "elbo_exact_s.yaml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_an_example_config_trains_and_validation_chooses_its_prediction_rule(path, tmp_path):
+    """Each file of ``examples/configs`` is a valid run (its options those of its method), trains with the flags that
+    shrink it, and a file with several ``decoder_betas`` has validation score each and record the one it keeps."""
+    settings = read_config_file(path)
+    method_config(settings["method"], settings["options"])
+    assert main(["train", "--config", str(path), *TINY, "--out", str(tmp_path / "run")]) == 0
+    assert _saved(tmp_path / "run")["options"] == settings["options"]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    betas = settings["options"].get("decoder_betas", [0])
+    assert history["validation"]
+    for entry in history["validation"]:
+        if len(betas) > 1:
+            assert set(entry["candidates"]) == {str(float(b)) for b in betas}
+            assert entry["prediction"] in betas
+            assert entry["mean_iou"] == max(miou for _, miou in entry["candidates"].values())
+        else:
+            assert "prediction" not in entry
