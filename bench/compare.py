@@ -39,6 +39,7 @@ import torch
 
 from hvaeseg.data.sampler import PatchPlan
 from hvaeseg.experiment import RunConfig, evaluate_run, train_run
+from hvaeseg.report import best_prediction
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/scenes.py, beside this script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -157,8 +158,8 @@ def run_one(args: argparse.Namespace, cube: str, data: str, method: str, labels:
         "labelled_patches": len(lab), "labelled_pixels": labelled_pixels(lab),
         "best_step": trainer.history.best_step,
         # the prediction rule validation chose with the checkpoint (HVAE ``decoder_betas``), None for a single rule
-        "prediction": next((v.get("prediction") for v in trainer.history.validation
-                            if v.get("step") == trainer.history.best_step), None),
+        "prediction": best_prediction({"validation": trainer.history.validation,
+                                       "best_step": trainer.history.best_step}),
         **{k: result.get(k) for k in ("accuracy", "mean_iou", "iwae_nats_per_value", "consistency",
                                       "recon_mae", "recon_rmse")},
     }

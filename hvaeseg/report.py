@@ -103,15 +103,22 @@ def _best(history: Mapping[str, Any]) -> tuple[float | None, float | None]:
     return _num(history.get("best_step")), _num(history.get("best_score"))
 
 
-def _best_rule(history: Mapping[str, Any]) -> str:
-    """`` with decoder beta B`` when validation chose a prediction rule with the best checkpoint (HVAE
-    ``decoder_betas``), else empty."""
+def best_prediction(history: Mapping[str, Any]) -> float | None:
+    """The prediction rule validation chose with the best checkpoint (HVAE ``decoder_betas``): the ``prediction`` of
+    the validation round at ``best_step`` in ``history`` (a ``history.json`` mapping); None for a method with one
+    rule."""
     best = _num(history.get("best_step"))
     for i, entry in enumerate(_dicts(history.get("validation"))):
         beta = _num(entry.get("prediction"))
         if _step(entry, i) == best and beta is not None:
-            return f" with decoder beta {beta:g}"
-    return ""
+            return beta
+    return None
+
+
+def _best_rule(history: Mapping[str, Any]) -> str:
+    """`` with decoder beta B`` when validation chose a prediction rule with the best checkpoint, else empty."""
+    beta = best_prediction(history)
+    return "" if beta is None else f" with decoder beta {beta:g}"
 
 
 def _loss_series(history: Mapping[str, Any]) -> tuple[Series, Series]:

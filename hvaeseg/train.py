@@ -207,15 +207,8 @@ def evaluate_segmentation(
 ) -> ConfusionMatrix:
     """Accumulate a confusion matrix of ``method``'s argmax predictions over ``batches`` (void excluded),
     predicted in ``precision`` (:func:`hvaeseg.nets.precision.autocast`)."""
-    cm = ConfusionMatrix(num_classes)
-    method.train(False)
-    with torch.no_grad():
-        for batch in batches:
-            with autocast(precision, batch.x.device):
-                pred = predict_batch(method.predict_proba, batch).argmax(1)
-            cm.update(pred, batch.labels)
-    method.train(True)
-    return cm
+    return _confusions(method, batches, num_classes, precision,
+                       lambda batch: {None: predict_batch(method.predict_proba, batch)})[None]
 
 
 def evaluate_candidates(
@@ -224,12 +217,23 @@ def evaluate_candidates(
     """One confusion matrix per candidate prediction rule of ``method``
     (:meth:`~hvaeseg.methods.base.SegmentationMethod.prediction_keys`, in that order) over ``batches``, from one
     pass."""
-    cms = {key: ConfusionMatrix(num_classes) for key in method.prediction_keys()}
+    return _confusions(method, batches, num_classes, precision,
+                       lambda batch: cast(dict[Any, torch.Tensor], predict_batch(method.predict_candidates, batch)),
+                       method.prediction_keys())
+
+
+def _confusions(
+    method: SegmentationMethod, batches: Iterable[PatchBatch], num_classes: int, precision: str,
+    predict: Callable[[PatchBatch], dict[Any, torch.Tensor]], keys: Iterable[Any] = (None,),
+) -> dict[Any, ConfusionMatrix]:
+    """One confusion matrix per key of ``predict(batch)`` (``{key: (B, K, H, W)}`` probabilities), with ``method``
+    in evaluation mode, no gradients, and ``precision``'s autocast."""
+    cms = {key: ConfusionMatrix(num_classes) for key in keys}
     method.train(False)
     with torch.no_grad():
         for batch in batches:
             with autocast(precision, batch.x.device):
-                probas = cast(dict[float, torch.Tensor], predict_batch(method.predict_candidates, batch))
+                probas = predict(batch)
             for key, cm in cms.items():
                 cm.update(probas[key].argmax(1), batch.labels)
     method.train(True)

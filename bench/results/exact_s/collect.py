@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from hvaeseg.report import best_prediction  # noqa: E402
+
 from compare import summarise  # noqa: E402  (bench/compare.py)
 
 HERE = Path(__file__).resolve().parent
@@ -28,9 +30,7 @@ def read_row(path: Path) -> dict:
     row = json.loads(path.read_text())
     history = path.with_name("history.json")
     if "prediction" not in row and history.exists():
-        h = json.loads(history.read_text())
-        row["prediction"] = next((v.get("prediction") for v in h.get("validation", [])
-                                  if v.get("step") == h.get("best_step")), None)
+        row["prediction"] = best_prediction(json.loads(history.read_text()))
     return row
 
 
