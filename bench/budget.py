@@ -5,6 +5,8 @@ cube, with a spread over training seeds; writes JSON and draws the figure.
     python bench/budget.py --steps 2000                     # equal steps: 2000 steps per run, no time budget
     python bench/budget.py --plot-only                      # re-draw bench/results/budget.png from budget.json
     python bench/budget.py --collect-only                   # JSON and figure from the finished runs; no training
+    python bench/budget.py --methods symmetric --options 'symmetric={...}' --merge bench/results/budget.json \
+        --json J --png P                                    # one method's new setting beside the earlier baselines
 
 Every run is one subprocess ``python bench/compare.py --cubes C --methods M --labels N --seeds S ... --threads 1``
 (``OMP_NUM_THREADS=1``), so the protocol is compare.py's: on each cube the same spatial split, labelled subset
@@ -31,8 +33,11 @@ another ``--out``. Each run's output is kept in ``compare.log`` in its folder.
 Output JSON (``--json``): ``runs``, one row per run (cube, method, labels, seed, accuracy, mean_iou, iou per
 class, steps, train_seconds, fit_seconds for pixel-gbm, labelled_pixels, ...), and ``summary``, one entry per
 (cube, method, labels): mean and sample standard deviation over the seeds (``None`` with a single seed) and
-``margin_mean_iou`` / ``margin_accuracy`` over ``pixel-gbm`` at the same N. The JSON is rewritten after every
-finished run; the figure (``--png``) is drawn at the end, or from the JSON alone with ``--plot-only``.
+``margin_mean_iou`` / ``margin_accuracy`` over ``pixel-gbm`` at the same N. ``--merge JSON`` adds an earlier study's
+rows of the methods not run here (``--merge-methods`` chooses them) at this study's cubes and budgets, each marked
+with its ``source``; ``merged`` records which rows came from which study with that study's settings. The JSON
+is rewritten after every finished run; the figure (``--png``) is drawn at the end, or from the JSON alone with
+``--plot-only``.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ REFERENCE = "pixel-gbm"
 DEFAULT_BUDGET_S = 240.0
 #: the fields of a compare.py row kept in the study's rows
 ROW_KEYS = ("cube", "method", "labels", "seed", "accuracy", "mean_iou", "iou", "steps", "best_step",
-            "train_seconds", "fit_seconds", "wall_seconds", "labelled_pixels", "labelled_patches")
+            "train_seconds", "fit_seconds", "wall_seconds", "labelled_pixels", "labelled_patches", "prediction")
 #: the fields averaged over seeds in the summary (mean and sample sd)
 SUMMARY_KEYS = ("accuracy", "mean_iou", "steps", "train_seconds", "fit_seconds")
 
@@ -141,6 +146,14 @@ def add_margins(summary: list[dict], reference: str = REFERENCE) -> list[dict]:
     return out
 
 
+def merged_rows(report: dict, source: str, plan: set[tuple[str, int]], methods: set[str]) -> list[dict]:
+    """The rows of an earlier study's JSON ``report`` that join this study: those of ``methods`` at a (cube,
+    labels) of this ``plan``, each marked with its ``source`` (the JSON's path). A merged row keeps its own
+    settings, recorded in the source JSON; the study that merges it records which rows came from where."""
+    return [{**r, "source": source} for r in report.get("runs", [])
+            if r["method"] in methods and (r["cube"], int(r["labels"])) in plan]
+
+
 # --------------------------------------------------------------------------------------------------
 # figure (matplotlib on an Agg canvas; no pyplot)
 # --------------------------------------------------------------------------------------------------
@@ -162,6 +175,12 @@ def figure_title(mode: str, budget_s: float | None = None, steps: int | None = N
         what = f"equal wall clock: {budget_s:g} s training per run"
     spread = f", mean ± sd over {seeds} seeds" if seeds and seeds > 1 else (", 1 seed" if seeds == 1 else "")
     return f"Label budget, {what}{spread}; pixel-gbm fitted once (early stopping)"
+
+
+def _merged_text(merged: list[dict]) -> str:
+    """The title's note on rows merged from earlier studies (nothing when none)."""
+    parts = [f"{', '.join(m['methods'])} from {Path(m['json']).name}" for m in merged if m["rows"]]
+    return f"\n{'; '.join(parts)}" if parts else ""
 
 
 def _dates_text(dates: int) -> str:
@@ -406,6 +425,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     add_run_settings(p)
     p.add_argument("--options", action="append", default=[], metavar="METHOD=JSON",
                    help="hyper-parameters of METHOD as a JSON object (repeatable, one per method)")
+    p.add_argument("--merge", action="append", default=[], metavar="JSON",
+                   help="an earlier study's JSON whose rows of other methods (see --merge-methods) at this study's "
+                   "cubes and budgets join this study's rows, marked with their source (repeatable; e.g. the "
+                   "baselines beside a new setting of one method)")
+    p.add_argument("--merge-methods", nargs="+", default=None, metavar="METHOD",
+                   help="the methods taken from --merge (default: every method of those studies not run here)")
     p.add_argument("--plot-only", action="store_true", help="re-draw --png from the existing --json; no training")
     p.add_argument("--collect-only", action="store_true",
                    help="write --json and --png from the finished run folders of this plan; no training (e.g. "
@@ -419,6 +444,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         args.budget = DEFAULT_BUDGET_S
     if args.jobs < 1:
         p.error(f"--jobs: expected at least 1, got {args.jobs}")
+    if args.merge_methods is not None and not args.merge:
+        p.error("--merge-methods: give the studies to take them from with --merge JSON")
+    if set(args.merge_methods or ()) & set(args.methods):
+        p.error(f"--merge-methods: {sorted(set(args.merge_methods) & set(args.methods))} also run here; a method's "
+                "rows come from one place (drop it from --methods or from --merge-methods)")
+    for path in args.merge:
+        if not Path(path).is_file():
+            p.error(f"--merge: {path} does not exist (give the JSON an earlier bench/budget.py wrote)")
     if any(n < 0 for n in args.labels):
         p.error(f"--labels: expected N >= 0 (0 = all locations), got {args.labels}")
     for name in ("cubes", "methods", "seeds", "labels"):
@@ -509,18 +542,32 @@ def main(argv: list[str] | None = None) -> int:
                      "options": args.method_options},
         "out": args.out,
     }
+    merged: list[dict] = []
+    plan = {(r.cube, r.labels) for r in runs}
+    for path in args.merge:
+        earlier = json.loads(Path(path).read_text())
+        take = set(args.merge_methods) if args.merge_methods is not None else (
+            set(earlier.get("methods", [])) - set(args.methods))
+        new = merged_rows(earlier, str(path), plan, take)
+        merged += new
+        report.setdefault("merged", []).append({"json": str(path), "methods": sorted({r["method"] for r in new}),
+                                                "rows": len(new), "settings": earlier.get("settings"),
+                                                "budget_s": earlier.get("budget_s"), "steps": earlier.get("steps")})
+    if merged:
+        report["methods"] = args.methods + [m for m in dict.fromkeys(r["method"] for r in merged)
+                                            if m not in args.methods]
 
     def write(failed: list[Run] = ()) -> None:
         done = [rows[id(r)] for r in runs if id(r) in rows]  # in plan order
-        summary = add_margins(summarise(done, n_all))
+        summary = add_margins(summarise(done + merged, n_all))
         report.update(
             complete=len(done) == len(runs), missing=len(runs) - len(done),
-            failed=[str(r.folder) for r in failed], runs=done, summary=summary,
+            failed=[str(r.folder) for r in failed], runs=done + merged, summary=summary,
         )
         counts = [len(e["seeds"]) for e in summary]
         if counts:  # the seeds behind the points, not the seeds asked for
             report["title"] = (figure_title(mode, args.budget, args.steps, (min(counts), max(counts)))
-                               + _dates_text(args.dates))
+                               + _dates_text(args.dates) + _merged_text(report.get("merged", [])))
         _write_json(args.json, report)
 
     def on_row(run: Run, row: dict) -> None:
@@ -529,10 +576,10 @@ def main(argv: list[str] | None = None) -> int:
 
     write()
     if args.collect_only:
-        if rows:
+        if report["runs"]:
             plot_report(report, args.png)
-        print(f"collected {len(rows)} of {len(runs)} runs into {args.json}" + (f" and {args.png}" if rows else ""),
-              file=sys.stderr)
+        print(f"collected {len(rows)} of {len(runs)} runs" + (f" and {len(merged)} merged rows" if merged else "")
+              + f" into {args.json}" + (f" and {args.png}" if report["runs"] else ""), file=sys.stderr)
         return 0
     try:
         failed = run_pool(args, todo, compare.ROW_FILE, on_row)
@@ -542,9 +589,9 @@ def main(argv: list[str] | None = None) -> int:
               "continue", file=sys.stderr)
         return 130
     write(failed)
-    if rows:
+    if report["runs"]:
         plot_report(report, args.png)
-    return report_failures(failed, f"wrote {args.json}" + (f" and {args.png}" if rows else ""))
+    return report_failures(failed, f"wrote {args.json}" + (f" and {args.png}" if report["runs"] else ""))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Augmentations for segmentation patches: the dihedral group D4, translations with validity masks, and
-spectral jitter.
+"""Augmentations for segmentation patches: the dihedral group D4, translations with validity masks,
+spectral jitter, and (temporal stacks) date dropout.
 
 The dihedral group acts on the last two dimensions of any tensor (bands ``(B, C, H, W)``, temporal stacks
 ``(B, T, C, H, W)``, masks ``(B, [T,] H, W)``, label maps ``(B, H, W)``, class probabilities ``(B, K, H, W)``),
@@ -7,6 +7,8 @@ so one element transforms an image, its validity mask and its label map consiste
 a prediction back exactly (no interpolation, no lost pixels). Translations lose the pixels shifted out;
 the pixels shifted in are marked invalid (``valid`` False, label -1, reflectance 0), never filled with
 made-up values. Spectral jitter multiplies each band by a random gain; it leaves labels and masks alone.
+Date dropout hides whole dates of a stack (``valid`` False, reflectance 0), as a cloud over the whole patch
+would, so a temporal network learns not to lean on any one date; labels are time-invariant and stay.
 
 The group itself lives in :mod:`hvaeseg.dihedral`.
 """
@@ -33,6 +35,7 @@ __all__ = [
     "invert",
     "translate",
     "spectral_jitter",
+    "drop_dates",
 ]
 
 Elements = DihedralElement | Sequence[DihedralElement]
@@ -114,6 +117,16 @@ def spectral_jitter(x: Tensor, gains: Tensor) -> Tensor:
     return x * gains.to(x).reshape(shape)
 
 
+def drop_dates(x: Tensor, valid: Tensor, dropped: Tensor) -> tuple[Tensor, Tensor]:
+    """Hide whole dates of stacks: ``x`` ``(B, T, C, H, W)`` set to 0 and ``valid`` ``(B, T, H, W)`` to False where
+    ``dropped`` ``(B, T)`` is True."""
+    if x.dim() != 5 or dropped.shape != x.shape[:2]:
+        raise ValueError(f"expected stacks (B, T, C, H, W) and dropped of shape (B, T), got {tuple(x.shape)} and "
+                         f"{tuple(dropped.shape)}")
+    keep = ~dropped.to(device=x.device, dtype=torch.bool)
+    return x * keep[:, :, None, None, None].to(x.dtype), valid & keep[:, :, None, None]
+
+
 @dataclass(frozen=True)
 class AugmentationDraw:
     """The random parameters of one augmentation of a batch (so it can be replayed or inverted).
@@ -121,11 +134,13 @@ class AugmentationDraw:
     :param elements: one dihedral element per sample.
     :param shifts: ``(B, 2)`` int64 translations, or None.
     :param gains: ``(B, C)`` per-band gains, or None.
+    :param dropped: ``(B, T)`` bool, the dates of each stack hidden (:func:`drop_dates`), or None.
     """
 
     elements: tuple[DihedralElement, ...]
     shifts: Tensor | None = None
     gains: Tensor | None = None
+    dropped: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -137,17 +152,23 @@ class Augmentation:
         invalid and void.
     :param jitter: standard deviation of the log of the per-band gain (0 = none); a gain ``exp(jitter * N(0, 1))``
         multiplies each normalised band, the same on every date of a stack.
+    :param date_dropout: temporal stacks: probability that each date of each stack is hidden (:func:`drop_dates`;
+        at least one date of a stack is always kept; 0 = none). Ignored for single dates.
     """
 
     dihedral: bool = True
     max_shift: int = 0
     jitter: float = 0.0
+    date_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_shift, int) or self.max_shift < 0:
             raise ValueError(f"expected max_shift to be an int >= 0, got {self.max_shift!r}")
         if not self.jitter >= 0:
             raise ValueError(f"expected jitter >= 0, got {self.jitter!r}")
+        p = self.date_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"date_dropout: expected a probability in [0, 1), got {p!r}")
 
     def draw(self, x: Tensor, generator: torch.Generator | None = None) -> AugmentationDraw:
         """Draw parameters for the batch ``x`` ``(B, C, H, W)`` or ``(B, T, C, H, W)`` (drawn on the CPU)."""
@@ -162,7 +183,12 @@ class Augmentation:
         gains = None
         if self.jitter:
             gains = torch.exp(self.jitter * torch.randn(B, C, generator=generator))
-        return AugmentationDraw(elements, shifts, gains)
+        dropped = None
+        if self.date_dropout and x.dim() == 5:
+            u = torch.rand(B, x.shape[1], generator=generator)
+            # at least one date stays: the one with the largest draw is never dropped
+            dropped = (u < self.date_dropout) & (u < u.max(dim=1, keepdim=True).values)
+        return AugmentationDraw(elements, shifts, gains, dropped)
 
     @overload
     @staticmethod
@@ -180,11 +206,13 @@ class Augmentation:
     def apply_draw(
         draw: AugmentationDraw, x: Tensor, valid: Tensor, labels: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Jitter, then the dihedral element, then the translation, applied consistently to
+        """Jitter and date dropout, then the dihedral element, then the translation, applied consistently to
         ``x``, ``valid`` and ``labels`` (label maps ``(B, H, W)`` int64, or soft targets ``(B, K, H, W)``
         float, whose shifted-in pixels become zero vectors, i.e. no target)."""
         if draw.gains is not None:
             x = spectral_jitter(x, draw.gains)
+        if draw.dropped is not None:
+            x, valid = drop_dates(x, valid, draw.dropped)
         x, valid = apply(x, draw.elements), apply(valid, draw.elements)
         if labels is not None:
             labels = apply(labels, draw.elements)

@@ -50,6 +50,8 @@ class SupervisedConfig:
     :param widths: channel widths of the U-Net levels (None = the network's default).
     :param day_of_year: the network takes each date's day of the year as an input (the acquisition date is
         known; phenology depends on it).
+    :param date_dropout: temporal stacks: probability that each date of a labelled stack is hidden from the
+        network (at least one kept; :class:`Augmentation`), so it learns not to lean on one date; 0 = none.
     """
 
     lr: float = 1e-3
@@ -59,6 +61,7 @@ class SupervisedConfig:
     jitter: float = 0.0
     widths: tuple[int, ...] | None = None
     day_of_year: bool = True
+    date_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -74,7 +77,8 @@ class SupervisedConfig:
 
     @property
     def augmentation(self) -> Augmentation:
-        return Augmentation(dihedral=self.dihedral, max_shift=self.max_shift, jitter=self.jitter)
+        return Augmentation(dihedral=self.dihedral, max_shift=self.max_shift, jitter=self.jitter,
+                            date_dropout=self.date_dropout)
 
 
 def decay_param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -154,3 +154,50 @@ def test_a_row_written_before_a_config_field_existed_is_still_done(budget, tmp_p
     assert budget.state(run, "compare_row.json")[0] == "done"
     assert budget.state(budget.Run("x", "supervised", 10, 0, folder, {**wanted, "precision": "bf16"}),
                         "compare_row.json")[0] == "conflict"
+
+
+def test_merged_rows_are_the_other_methods_at_this_plans_budgets_marked_with_their_source(budget):
+    earlier = {"runs": _rows()}
+    plan = {("synthetic:small", 5), ("synthetic:small", 40), ("s2-cloud-shadow-512", 10)}
+    rows = budget.merged_rows(earlier, "old.json", plan, {"supervised", "pixel-gbm"})
+    want = [r for r in _rows() if r["method"] in ("supervised", "pixel-gbm") and (r["cube"], r["labels"]) in plan]
+    assert len(want) == 3 * 2 * 3 and rows == [{**r, "source": "old.json"} for r in want]
+    assert budget.merged_rows(earlier, "old.json", plan, set()) == []
+
+
+def test_collect_only_merges_an_earlier_studys_baselines(budget, tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "run_pool", lambda *a, **k: pytest.fail("--collect-only must not train"))
+    earlier = [_row("synthetic:tiny", m, n, seed, 0.6 + 0.01 * seed, 0.4) for m in ("supervised", "symmetric")
+               for n in (2, 3) for seed in (0, 1)]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"methods": ["symmetric", "supervised"], "runs": earlier, "settings": {"x": 1},
+                               "budget_s": 240.0}))
+    js, png = tmp_path / "b.json", tmp_path / "b.png"
+    argv = ["--collect-only", "--cubes", "synthetic:tiny", "--methods", "symmetric", "--labels", "2", "--seeds", "0",
+            "--out", str(tmp_path / "runs"), "--json", str(js), "--png", str(png), "--patch-size", "32",
+            "--block", "64", "--merge", str(old)]
+    assert budget.main(argv) == 0
+    report = json.loads(js.read_text())
+    # the symmetric rows are this study's (none finished); only the supervised rows at N = 2 join, with their source
+    assert [(r["method"], r["labels"], r["seed"], r["source"]) for r in report["runs"]] == [
+        ("supervised", 2, 0, str(old)), ("supervised", 2, 1, str(old))]
+    assert report["missing"] == 1 and report["methods"] == ["symmetric", "supervised"]
+    assert report["merged"] == [{"json": str(old), "methods": ["supervised"], "rows": 2, "settings": {"x": 1},
+                                 "budget_s": 240.0, "steps": None}]
+    (entry,) = report["summary"]
+    assert entry["method"] == "supervised" and entry["accuracy"] == pytest.approx(0.605)
+    assert "supervised from old.json" in report["title"] and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--merge-methods", "supervised"], "give the studies"),
+    (["--merge", "{old}", "--merge-methods", "symmetric", "--methods", "symmetric"], "also run here"),
+    (["--merge", "{missing}"], "does not exist"),
+])
+def test_merge_arguments_are_checked(budget, tmp_path, capsys, argv, message):
+    old = tmp_path / "old.json"
+    old.write_text("{}")
+    argv = [a.format(old=old, missing=tmp_path / "none.json") for a in argv]
+    with pytest.raises(SystemExit):
+        budget.parse_args(argv)
+    assert message in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The augmentations (:mod:`hvaeseg.methods.augment`): exact inverses, per-sample elements, shifts, spectral
-jitter, one draw for bands, masks and labels (the group laws of D4 itself: ``tests/test_dihedral.py``)."""
+jitter, date dropout, one draw for bands, masks and labels (the group laws of D4 itself: ``tests/test_dihedral.py``)."""
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from hvaeseg.methods.augment import (
     Augmentation,
     DihedralElement,
     apply,
+    drop_dates,
     invert,
     random_elements,
     spectral_jitter,
@@ -121,3 +122,39 @@ def test_augmentation_config_is_validated():
         Augmentation(max_shift=-1)
     with pytest.raises(ValueError, match="jitter"):
         Augmentation(jitter=-0.1)
+
+
+@given(st.integers(1, 6), st.integers(1, 6), st.floats(0.01, 0.999), st.integers(0, 2**31 - 1))
+def test_date_dropout_hides_whole_dates_and_keeps_one_per_stack(B, T, p, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, 3, 4, 4, generator=g) + 5.0  # never 0: a hidden value is one set to 0
+    valid = torch.rand(B, T, 4, 4, generator=g) < 0.8
+    labels = torch.randint(-1, 3, (B, 4, 4), generator=g)
+    aug = Augmentation(dihedral=False, date_dropout=p)
+    draw = aug.draw(x, torch.Generator().manual_seed(seed))
+    assert draw.dropped is not None and draw.dropped.shape == (B, T) and draw.dropped.dtype == torch.bool
+    assert (~draw.dropped).any(dim=1).all()  # every stack keeps a date
+    xa, va, la = aug.apply_draw(draw, x, valid, labels)
+    assert torch.equal(la, labels)  # labels are time-invariant
+    for b in range(B):
+        for t in range(T):
+            if draw.dropped[b, t]:
+                assert (xa[b, t] == 0).all() and not va[b, t].any()
+            else:
+                assert torch.equal(xa[b, t], x[b, t]) and torch.equal(va[b, t], valid[b, t])
+
+
+def test_date_dropout_rate_and_single_dates():
+    aug = Augmentation(dihedral=False, date_dropout=0.3)
+    x = torch.zeros(4000, 6, 1, 2, 2)
+    dropped = aug.draw(x, torch.Generator().manual_seed(0)).dropped
+    # each date is dropped with probability 0.3, except the stack's largest draw (P(all 6 dropped) = 0.3^6)
+    assert dropped.float().mean().item() == pytest.approx(0.3 - 0.3**6 / 6, abs=0.01)
+    assert aug.draw(torch.zeros(3, 1, 2, 2)).dropped is None  # single dates: nothing to drop
+    assert Augmentation(dihedral=False).draw(x).dropped is None
+    with pytest.raises(ValueError, match="date_dropout"):
+        Augmentation(date_dropout=1.0)
+    with pytest.raises(ValueError, match="date_dropout"):
+        Augmentation(date_dropout=-0.1)
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        drop_dates(torch.zeros(2, 3, 1, 2, 2), torch.ones(2, 3, 2, 2, dtype=torch.bool), torch.zeros(2, 2))

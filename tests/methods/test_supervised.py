@@ -86,6 +86,8 @@ def test_config_and_batch_errors():
         SupervisedConfig(widths=(8, 0))
     with pytest.raises(ValueError, match="max_shift"):
         SupervisedConfig(max_shift=-2)
+    with pytest.raises(ValueError, match="date_dropout"):
+        SupervisedConfig(date_dropout=1)
     method = SupervisedMethod(TinyNet(3, 3))
     with pytest.raises(ValueError, match="labelled batch"):
         method.losses(StepBatch(), 0)
@@ -100,3 +102,23 @@ def test_build_uses_the_guide_unet():
     losses = method.losses(StepBatch(labelled=batch), 0)
     method.update(losses)
     assert method.predict_proba(batch.x, batch.valid, batch.doy).shape == (2, 4, 8, 8)
+
+
+def test_date_dropout_hides_dates_from_the_network():
+    """With date dropout the network sees some dates of a labelled stack as invalid and zero: the loss is that of
+    the batch with those dates hidden by hand (the method's generator replayed)."""
+    from hvaeseg.methods.augment import drop_dates
+
+    batch = random_batch(B=4, T=3, seed=2)
+    config = SupervisedConfig(dihedral=False, date_dropout=0.5)
+    method = SupervisedMethod(TinyNet(3, 3), config, seed=7)
+    g = torch.Generator().manual_seed(0)
+    g.set_state(method.generator.get_state())
+    dropped = config.augmentation.draw(batch.x, g).dropped
+    assert dropped.any() and (~dropped).any(dim=1).all()
+    loss = method.losses(StepBatch(labelled=batch), 0)["ce"]
+    x, valid = drop_dates(batch.x, batch.valid, dropped)
+    plain = SupervisedMethod(method.net, SupervisedConfig(dihedral=False))
+    assert loss.item() == plain.losses(StepBatch(labelled=batch._replace(x=x, valid=valid)), 0)["ce"].item()
+    full = plain.losses(StepBatch(labelled=batch), 0)["ce"]
+    assert loss.item() != full.item()
