@@ -50,8 +50,9 @@ class SupervisedConfig:
     :param widths: channel widths of the U-Net levels (None = the network's default).
     :param day_of_year: the network takes each date's day of the year as an input (the acquisition date is
         known; phenology depends on it).
-    :param date_dropout: temporal stacks: probability that each date of a labelled stack is hidden from the
-        network (at least one kept; :class:`Augmentation`), so it learns not to lean on one date; 0 = none.
+    :param date_dropout: temporal stacks: probability that each date of a stack the network trains on (MixMatch:
+        labelled and unlabelled) is hidden from it (at least one kept; :class:`Augmentation`), so it learns not to
+        lean on one date; 0 = none. Prediction always sees every date.
     """
 
     lr: float = 1e-3
