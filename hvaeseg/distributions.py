@@ -46,6 +46,7 @@ __all__ = [
     "StraightThroughCategorical",
     "bernoulli_kl",
     "check_label_pool",
+    "constant_gaussian_log_prob",
     "sample_label_maps",
 ]
 
@@ -479,6 +480,48 @@ def bernoulli_kl(q_logits: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor
     """
     a, b = q_logits, p_logits
     return torch.sigmoid(a) * (F.softplus(-b) - F.softplus(-a)) + torch.sigmoid(-a) * (F.softplus(b) - F.softplus(a))
+
+
+def constant_gaussian_log_prob(
+    value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, factor: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The Gaussian log-density of every pixel's bands under each of ``G`` parameter sets that are constant over
+    the pixels (e.g. one per class of a pixel mixture), ``(G, ..., H, W)``: what
+    :meth:`BandCorrelatedNormal.pixel_log_prob` (``factor`` given) or a per-band ``Normal`` (``None``) gives for
+    parameters broadcast over ``(H, W)``, without the ``(G, ..., C, r, H, W)`` intermediates.
+
+    The band sums run as matrix products of the ``(C, H W)`` image with the ``(G, C)`` parameters (the quadratic
+    form expanded about the parameter sets' mean, so that no ``(G, C, H W)`` difference is formed); the ``r x r``
+    matrix ``A = I_r + F^T D^-1 F`` of Woodbury's identity (:meth:`BandCorrelatedNormal.pixel_log_prob`) and its
+    Cholesky factor are computed once per parameter set, not per pixel.
+
+    :param value: ``(..., C, H, W)``.
+    :param loc: ``(G, ..., C)``.
+    :param scale: positive, ``(G, ..., C)`` or broadcastable to it (e.g. ``(C,)``).
+    :param factor: ``(G, ..., C, r)`` or None (independent bands).
+    """
+    C, H, W = value.shape[-3:]
+    mu = loc.movedim(0, -2)  # (..., G, C)
+    d_inv = scale.expand_as(loc).movedim(0, -2).pow(-2)
+    center = mu.detach().mean(-2, keepdim=True)  # (..., 1, C): any center gives the same value; this one keeps
+    x = value.flatten(-2) - center.transpose(-1, -2)  # the expanded terms small. (..., C, P)
+    mu = mu - center
+    dmu = d_inv * mu
+    # sum_c d_c (x_c - mu_c)^2 = d . x^2 - 2 (d mu) . x + d . mu^2, per pixel and parameter set: (..., G, P)
+    quad = d_inv @ x.pow(2) - 2 * (dmu @ x) + (dmu * mu).sum(-1, keepdim=True)
+    logdet = -d_inv.log().sum(-1, keepdim=True)  # (..., G, 1)
+    if factor is not None:
+        f = factor.movedim(0, -3)  # (..., G, C, r)
+        fd = (f * d_inv.unsqueeze(-1)).transpose(-1, -2)  # F^T D^-1: (..., G, r, C)
+        eye = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
+        chol = torch.linalg.cholesky(eye + fd @ f)  # L L^T = A: (..., G, r, r)
+        fdx = (fd.flatten(-3, -2) @ x).unflatten(-2, fd.shape[-3:-1])  # (..., G, r, P)
+        b = fdx - fd @ mu.unsqueeze(-1)  # F^T D^-1 z
+        w = torch.linalg.solve_triangular(chol, b, upper=False)
+        quad = quad - w.pow(2).sum(-2)
+        logdet = logdet + 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1, keepdim=True)
+    out = -0.5 * (quad + logdet + C * math.log(2 * math.pi))  # (..., G, P)
+    return out.movedim(-2, 0).unflatten(-1, (H, W))
 
 
 class BandCorrelatedNormal(TorchDistribution):

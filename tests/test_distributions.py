@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pyro
@@ -6,6 +7,8 @@ import pytest
 import torch
 import torch.distributions as td
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hvaeseg.distributions import (
     BandCorrelatedNormal,
@@ -14,6 +17,7 @@ from hvaeseg.distributions import (
     FastCategorical,
     PartiallyObservedCategorical,
     StraightThroughCategorical,
+    constant_gaussian_log_prob,
 )
 from hvaeseg.traces import unwrap
 
@@ -348,3 +352,33 @@ def test_band_correlated_is_differentiable_in_every_parameter_and_rejects_a_bad_
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
     with pytest.raises(ValueError, match=r"factor: expected \(\.\.\., C \* r, 3, 5\) with C = 4"):
         BandCorrelatedNormal(loc, scale, factor[:, :5], mask)
+
+
+@settings(max_examples=15, deadline=None)
+@given(G=st.integers(1, 4), lead=st.sampled_from([(2,), (2, 3), ()]), C=st.integers(1, 5), rank=st.integers(0, 3),
+       per_band=st.booleans(), seed=st.integers(0, 2**16))
+def test_constant_gaussian_log_prob_is_each_pixels_low_rank_gaussian(G, lead, C, rank, per_band, seed):
+    """Every pixel under every parameter set against torch's LowRankMultivariateNormal (rank 0: the diagonal
+    Normal), values and gradients, in float64."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = 2, 3
+    x = 2 * torch.randn(*lead, C, H, W, generator=g, dtype=torch.float64)
+    loc = torch.randn(G, *lead, C, generator=g, dtype=torch.float64).requires_grad_()
+    scale_shape = (C,) if per_band else (G, *lead, C)
+    scale = (0.1 + torch.rand(scale_shape, generator=g, dtype=torch.float64)).requires_grad_()
+    factor = (0.5 * torch.randn(G, *lead, C, rank, generator=g, dtype=torch.float64)).requires_grad_() if rank else None
+    got = constant_gaussian_log_prob(x, loc, scale, factor)
+    assert got.shape == (G, *lead, H, W)
+    full_scale = scale.expand(G, *lead, C)
+    want = torch.empty_like(got)
+    for idx in itertools.product(*(range(n) for n in (G, *lead))):
+        F_ = factor[idx] if rank else torch.zeros(C, 1, dtype=torch.float64)
+        dist = td.LowRankMultivariateNormal(loc[idx], F_, full_scale[idx] ** 2)
+        want[idx] = dist.log_prob(x[idx[1:]].movedim(0, -1))  # (H, W, C) -> (H, W)
+    torch.testing.assert_close(got, want)
+    weights = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    params = [loc, scale] + ([factor] if rank else [])
+    grads = torch.autograd.grad((got * weights).sum(), params)
+    wants = torch.autograd.grad((want * weights).sum(), params)
+    for a, b in zip(grads, wants):
+        torch.testing.assert_close(a, b)

@@ -56,6 +56,7 @@ from hvaeseg.distributions import (
     PartiallyObservedCategorical,
     bernoulli_kl,
     check_label_pool,
+    constant_gaussian_log_prob,
 )
 from hvaeseg.hierarchy.interpolation import interpolation_input, without_visibility
 from hvaeseg.hierarchy.networks import LATENT_MIN_SCALE, Decoder, LadderEncoder, parent_input
@@ -442,8 +443,10 @@ class HVAE(PyroModule):
         Only for hierarchies where the image depends on ``s`` pixel by pixel and on nothing latent besides
         (:attr:`HierarchySpec.exact_s`): then ``p(s | x)`` is ``softmax(log pi + class_log_likelihood)`` pixel by
         pixel, and ``log p(x)`` its log-normaliser summed over the pixels, exactly (``l`` is not a parent of the
-        image, so it marginalises to 1). The image net is run once per class on constant class maps, at one
-        pixel when the image has no map-valued covariate (``interp``), else at full size.
+        image, so it marginalises to 1). The image net is run on constant class maps: at one pixel when the image has
+        no map-valued covariate (every class in one pass, the classes stacked along the batch, and the densities
+        computed from parameters constant over the pixels, :func:`~hvaeseg.distributions.constant_gaussian_log_prob`),
+        else (``interp``) at full size, class by class.
 
         :param x: ``(B, C, H, W)`` (temporal ``(B, T, C, H, W)``).
         :param valid: ``(B, H, W)`` (temporal ``(B, T, H, W)``) bool, or None (every pixel).
@@ -456,23 +459,37 @@ class HVAE(PyroModule):
             raise ValueError(f"the posterior of s is not exact in this hierarchy: {problem}")
         B, T, H, W = self._dims(x, None, valid, None)
         inputs = self._covariate_inputs(x, valid, doy, None, B, T, H, W)
-        size = (H, W) if "interp" in inputs else (1, 1)
         K = spec.num_classes
         eye = torch.eye(K, dtype=self._dtype, device=self._device)
-        zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        out = []
-        for k in range(K):
-            onehot = eye[k].view(K, 1, 1).expand(B, K, *size)
-            inputs["s"] = onehot.unsqueeze(1) if T is not None else onehot
-            loc, scale, factor = self._image_params(inputs, lambda i: self.decoder.net_output("x", i, size))
+        if "interp" in inputs:
+            lp = torch.stack([self._class_log_prob(x, inputs, eye[k].expand(B, K), T, (H, W)) for k in range(K)])
+        else:  # row k * B + b of the stacked batch is image b under class k
+            stacked = {name: value.repeat(K, *([1] * (value.dim() - 1))) for name, value in inputs.items()}
+            lp = self._class_log_prob(x, stacked, eye.repeat_interleave(B, 0), T, (1, 1), classes=K)
+        if valid is not None:  # lp: (K, B[, T], H, W)
+            lp = torch.where(valid, lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
+        return (lp.sum(2) if T is not None else lp).movedim(0, -1)
+
+    def _class_log_prob(
+        self, x: torch.Tensor, inputs: dict, onehot: torch.Tensor, T: int | None, size: tuple[int, int],
+        classes: int | None = None,
+    ) -> torch.Tensor:
+        """``log p(x | s, parents)`` per pixel (and date) with ``s`` the constant class maps ``onehot`` ``(R, K)``:
+        ``(R, [T,] H, W)``, or, with ``classes = G`` and ``size = (1, 1)`` (``R = G B``, the parameters constant over
+        the pixels), ``(G, B[, T], H, W)``."""
+        s = onehot[..., None, None].expand(*onehot.shape, *size)
+        inputs = dict(inputs, s=s.unsqueeze(1) if T is not None else s)
+        loc, scale, factor = self._image_params(inputs, lambda i: self.decoder.net_output("x", i, size))
+        if classes is None:
             if factor is not None:
-                lp = BandCorrelatedNormal(loc, scale, factor).pixel_log_prob(x)
-            else:
-                lp = Normal(loc, scale, validate_args=False).log_prob(x).sum(-3)
-            if valid is not None:
-                lp = torch.where(valid, lp, zero)
-            out.append(lp.sum(1) if T is not None else lp)
-        return torch.stack(out, -1)
+                return BandCorrelatedNormal(loc, scale, factor).pixel_log_prob(x)
+            return Normal(loc, scale, validate_args=False).log_prob(x).sum(-3)
+        rows = (classes, -1, *loc.shape[1:-2])  # (G, B[, T], C) from (G B[, T], C, 1, 1)
+        loc = loc.reshape(rows)
+        scale = scale.reshape(rows) if scale.dim() == loc.dim() + 1 else scale.reshape(-1)  # per pixel, or per band
+        if factor is not None:
+            factor = factor.reshape(*loc.shape, -1)  # (G, B[, T], C, r): band c, factor j at channel c r + j
+        return constant_gaussian_log_prob(x, loc, scale, factor)
 
     def s_prior_logits(self) -> torch.Tensor:
         """``log pi``: the categorical s prior's normalised log-probabilities ``(K,)``.

@@ -77,6 +77,23 @@ def test_the_exact_posterior_and_likelihood_match_enumeration(case):
         assert torch.allclose(torch.softmax(a.view(-1, K)[1], -1), hvae.s_prior_logits().exp(), atol=1e-6)
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "plain")
+def test_the_class_likelihoods_of_a_batch_are_those_of_its_images(case):
+    # the classes are stacked along the batch in one pass of the image net: image b's rows must stay image b's
+    hvae, _, _, _ = tiny(**case)
+    g = torch.Generator().manual_seed(1)
+    lead = (3, 2) if case.get("temporal") else (3,)
+    x = torch.randn(*lead, BANDS, H, W, generator=g)
+    valid = torch.rand(*lead, H, W, generator=g) < 0.7
+    doy = 365 * torch.rand(*lead, generator=g)
+    with torch.no_grad():
+        batch = hvae.class_log_likelihood(x, valid, doy=doy)
+        alone = torch.cat([hvae.class_log_likelihood(x[b:b + 1], valid[b:b + 1], doy=doy[b:b + 1]) for b in range(3)])
+    assert batch.shape == (3, H, W, K)
+    assert torch.allclose(batch, alone, atol=1e-5)
+    assert not torch.allclose(batch[0], batch[1])  # the images differ, so a mix-up of rows would show
+
+
 def test_labelled_pixels_score_their_class_in_the_marginal():
     hvae, x, valid, doy = tiny()
     s = torch.tensor([[[2, -1], [0, -1]]])
