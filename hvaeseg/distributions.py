@@ -503,8 +503,10 @@ def constant_gaussian_log_prob(
     C, H, W = value.shape[-3:]
     mu = loc.movedim(0, -2)  # (..., G, C)
     d_inv = scale.expand_as(loc).movedim(0, -2).pow(-2)
-    center = mu.detach().mean(-2, keepdim=True)  # (..., 1, C): any center gives the same value; this one keeps
-    x = value.flatten(-2) - center.transpose(-1, -2)  # the expanded terms small. (..., C, P)
+    # shift the image and the means by the means' average (..., 1, C): the value is the same for any shift, and this
+    # one keeps the expanded terms below small
+    center = mu.detach().mean(-2, keepdim=True)
+    x = value.flatten(-2) - center.transpose(-1, -2)  # (..., C, P)
     mu = mu - center
     dmu = d_inv * mu
     # sum_c d_c (x_c - mu_c)^2 = d . x^2 - 2 (d mu) . x + d . mu^2, per pixel and parameter set: (..., G, P)

@@ -486,7 +486,8 @@ class HVAE(PyroModule):
             return Normal(loc, scale, validate_args=False).log_prob(x).sum(-3)
         rows = (classes, -1, *loc.shape[1:-2])  # (G, B[, T], C) from (G B[, T], C, 1, 1)
         loc = loc.reshape(rows)
-        scale = scale.reshape(rows) if scale.dim() == loc.dim() + 1 else scale.reshape(-1)  # per pixel, or per band
+        # predicted per class, (G B[, T], C, 1, 1), or learned per band, (C, 1, 1)
+        scale = scale.reshape(rows) if scale.dim() > 3 else scale.reshape(-1)
         if factor is not None:
             factor = factor.reshape(*loc.shape, -1)  # (G, B[, T], C, r): band c, factor j at channel c r + j
         return constant_gaussian_log_prob(x, loc, scale, factor)
