@@ -461,36 +461,33 @@ class HVAE(PyroModule):
         inputs = self._covariate_inputs(x, valid, doy, None, B, T, H, W)
         K = spec.num_classes
         eye = torch.eye(K, dtype=self._dtype, device=self._device)
-        if "interp" in inputs:
-            lp = torch.stack([self._class_log_prob(x, inputs, eye[k].expand(B, K), T, (H, W)) for k in range(K)])
-        else:  # row k * B + b of the stacked batch is image b under class k
+        if "interp" in inputs:  # parameters at full size: class by class
+            per_class = []
+            for k in range(K):
+                loc, scale, factor = self._class_image_params(inputs, eye[k].expand(B, K), T, (H, W))
+                per_class.append(BandCorrelatedNormal(loc, scale, factor).pixel_log_prob(x) if factor is not None
+                                 else Normal(loc, scale, validate_args=False).log_prob(x).sum(-3))
+            lp = torch.stack(per_class)
+        else:  # one pixel's parameters per image and class, every class in one pass: row k * B + b is image b, class k
             stacked = {name: value.repeat(K, *([1] * (value.dim() - 1))) for name, value in inputs.items()}
-            lp = self._class_log_prob(x, stacked, eye.repeat_interleave(B, 0), T, (1, 1), classes=K)
+            loc, scale, factor = self._class_image_params(stacked, eye.repeat_interleave(B, 0), T, (1, 1))
+            rows = (K, B, *loc.shape[1:-2])  # (K, B[, T], C) from (K B[, T], C, 1, 1)
+            loc = loc.reshape(rows)
+            scale = scale.reshape(rows) if scale.dim() > 3 else scale.reshape(-1)  # per class, or (C, 1, 1) per band
+            factor = None if factor is None else factor.reshape(*rows, -1)  # (K, B[, T], C, r): channel c r + j
+            lp = constant_gaussian_log_prob(x, loc, scale, factor)
         if valid is not None:  # lp: (K, B[, T], H, W)
             lp = torch.where(valid, lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
         return (lp.sum(2) if T is not None else lp).movedim(0, -1)
 
-    def _class_log_prob(
-        self, x: torch.Tensor, inputs: dict, onehot: torch.Tensor, T: int | None, size: tuple[int, int],
-        classes: int | None = None,
-    ) -> torch.Tensor:
-        """``log p(x | s, parents)`` per pixel (and date) with ``s`` the constant class maps ``onehot`` ``(R, K)``:
-        ``(R, [T,] H, W)``, or, with ``classes = G`` and ``size = (1, 1)`` (``R = G B``, the parameters constant over
-        the pixels), ``(G, B[, T], H, W)``."""
+    def _class_image_params(
+        self, inputs: dict, onehot: torch.Tensor, T: int | None, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(loc, scale, factor)`` of the image (:meth:`_image_params`) at ``size`` under the constant class maps
+        ``onehot`` ``(R, K)``, with the covariates ``inputs`` given for the same ``R`` rows."""
         s = onehot[..., None, None].expand(*onehot.shape, *size)
         inputs = dict(inputs, s=s.unsqueeze(1) if T is not None else s)
-        loc, scale, factor = self._image_params(inputs, lambda i: self.decoder.net_output("x", i, size))
-        if classes is None:
-            if factor is not None:
-                return BandCorrelatedNormal(loc, scale, factor).pixel_log_prob(x)
-            return Normal(loc, scale, validate_args=False).log_prob(x).sum(-3)
-        rows = (classes, -1, *loc.shape[1:-2])  # (G, B[, T], C) from (G B[, T], C, 1, 1)
-        loc = loc.reshape(rows)
-        # predicted per class, (G B[, T], C, 1, 1), or learned per band, (C, 1, 1)
-        scale = scale.reshape(rows) if scale.dim() > 3 else scale.reshape(-1)
-        if factor is not None:
-            factor = factor.reshape(*loc.shape, -1)  # (G, B[, T], C, r): band c, factor j at channel c r + j
-        return constant_gaussian_log_prob(x, loc, scale, factor)
+        return self._image_params(inputs, lambda i: self.decoder.net_output("x", i, size))
 
     def s_prior_logits(self) -> torch.Tensor:
         """``log pi``: the categorical s prior's normalised log-probabilities ``(K,)``.
